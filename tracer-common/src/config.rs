@@ -1,0 +1,46 @@
+//! Start-up configuration handed to the kernel programs as read-only globals.
+
+/// Filters and limits. Set once by the agent before the programs are loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent's own pid: never traced.
+    pub tracer_pid: u32,
+    /// Bytes copied per syscall, at most [`crate::MAX_CAPTURE`].
+    pub capture_limit: u32,
+    /// Non-zero: only trace pids present in the `TARGET_PIDS` map.
+    pub filter_pids: u8,
+    /// Non-zero: only trace connections with a local or remote port in `TARGET_PORTS`.
+    pub filter_ports: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Byte offsets of the kernel struct fields the programs read, computed by the agent from the
+/// running kernel's BTF (`/sys/kernel/btf/vmlinux`): nothing is hard-coded for one kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}

@@ -1,0 +1,12 @@
+//! Types shared by the kernel programs and the agent: fixed-layout (`#[repr(C)]`) events, maps'
+//! keys and values, the start-up configuration handed to the programs, and the small pure
+//! functions both sides need (protocol classification). Everything here is unit-tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+pub mod classify;
+pub mod config;
+pub mod event;
+
+pub use classify::{Protocol, classify};
+pub use config::{Config, KernelOffsets};
+pub use event::*;

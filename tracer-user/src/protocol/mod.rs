@@ -1,0 +1,87 @@
+//! Application protocols: incremental parsers fed with one connection's reassembled byte
+//! stream, per direction, that pair requests with responses into [`HttpExchange`]s.
+//!
+//! The connection layer (`conn`) guarantees the order of chunks within a direction and reports
+//! gaps (bytes the kernel could not deliver) explicitly; a parser never sees a silent hole.
+
+pub mod http1;
+
+pub use tracer_common::Direction;
+
+/// One syscall's worth of bytes in one direction, in order.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    /// The captured prefix of the call's bytes.
+    pub data: &'a [u8],
+    /// Bytes the call moved. `total_len - data.len()` bytes follow `data` on the wire but were
+    /// not captured (bodies beyond the capture limit): a parser may skip them only where it
+    /// knows their meaning (inside a body of known size); elsewhere they are a gap.
+    pub total_len: u32,
+    /// CLOCK_MONOTONIC ns at syscall entry and exit.
+    pub ts_enter: u64,
+    pub ts_exit: u64,
+    /// Thread that made the call.
+    pub tid: u32,
+}
+
+/// A header value kept from a message (bounded copies).
+pub type HeaderList = Vec<(String, String)>;
+
+/// The request half of an exchange.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent (origin-form `/path?query`, or absolute-form).
+    pub target: String,
+    /// "1.0" or "1.1".
+    pub version: &'static str,
+    /// Headers the tracer uses (lower-cased names): host, user-agent, content-length,
+    /// traceparent, tracestate, b3, x-b3-*. Bounded in count and size.
+    pub headers: HeaderList,
+}
+
+/// The response half of an exchange.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub version: &'static str,
+    pub headers: HeaderList,
+}
+
+/// A request and (when seen) its response on one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpExchange {
+    /// The direction that carried the request, seen from the traced process: `Ingress` means
+    /// the process received the request (a SERVER span), `Egress` that it sent it (CLIENT).
+    pub request_direction: Direction,
+    pub request: RequestHead,
+    /// `None` when the connection closed, or the exchange was abandoned, before a response.
+    pub response: Option<ResponseHead>,
+    /// CLIENT: entry of the first request write. SERVER: exit of the first request read
+    /// (when the bytes were there; a blocking read's entry can be long before).
+    pub start_ns: u64,
+    /// Exit of the last response call (read for CLIENT, write for SERVER).
+    pub end_ns: u64,
+    /// Request and response body sizes in bytes (as framed on the wire, chunk framing excluded
+    /// where the parser could follow it).
+    pub request_body_size: u64,
+    pub response_body_size: u64,
+    /// Thread that handled the request (SERVER: read it; CLIENT: wrote it).
+    pub tid: u32,
+    /// Some bytes of this exchange were not seen (a gap inside a body, or the response's end
+    /// inferred from the next request or close rather than from its framing).
+    pub incomplete: bool,
+}
+
+/// Per-connection parser statistics the agent reports with its own counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParseStats {
+    /// Bytes that were not HTTP where a message start was expected (garbage, resync).
+    pub invalid_messages: u64,
+    /// Messages dropped because a gap hit their head, or a head exceeded the size limit.
+    pub dropped_messages: u64,
+    /// Responses that had no outstanding request.
+    pub unmatched_responses: u64,
+    /// Requests still waiting for a response when the connection closed or expired.
+    pub unanswered_requests: u64,
+}

@@ -1,0 +1,7 @@
+//! The span model, and turning protocol exchanges into spans.
+
+pub mod clock;
+pub mod span;
+
+pub use clock::Clock;
+pub use span::*;

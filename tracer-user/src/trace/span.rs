@@ -1,0 +1,99 @@
+//! The agent's span model: what the pipeline stages and the exporters work on. Close to
+//! OTLP's so export is a field-by-field copy.
+use std::sync::Arc;
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        Self::Str(v)
+    }
+}
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        Self::Str(v.to_owned())
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        Self::Bool(v)
+    }
+}
+
+/// Attribute keys are static: the semantic-convention names.
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCode {
+    Unset,
+    Error,
+}
+
+/// The process a span belongs to: OTel resource attributes (`service.name`, `process.pid`,
+/// `host.name`, ...). Shared by all spans of a process; exporters group spans by it.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    pub pid: u32,
+    /// Keys owned: `OTEL_RESOURCE_ATTRIBUTES` may carry any key.
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+impl Resource {
+    pub fn service_name(&self) -> &str {
+        self.attributes
+            .iter()
+            .find_map(|(k, v)| match (k.as_str(), v) {
+                ("service.name", AttrValue::Str(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or("unknown_service")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// W3C tracestate carried over from the incoming request, if any.
+    pub trace_state: Option<String>,
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Wall-clock nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub attributes: Attributes,
+    pub status: StatusCode,
+    pub status_message: Option<String>,
+    pub resource: Arc<Resource>,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+}
