@@ -12,7 +12,10 @@ pub struct Config {
     pub filter_pids: u8,
     /// Non-zero: only trace connections with a local or remote port in `TARGET_PORTS`.
     pub filter_ports: u8,
-    pub _pad: [u8; 6],
+    /// Field offsets in the `sock:inet_sock_set_state` tracepoint record (from its format file).
+    pub sock_state_skaddr_offset: u16,
+    pub sock_state_newstate_offset: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Byte offsets of the kernel struct fields the programs read, computed by the agent from the

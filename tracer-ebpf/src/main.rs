@@ -1,5 +1,174 @@
+//! Kernel programs of the tracer. Tracepoints only (stable ABI, available where kprobes are
+//! not): syscall entry/exit for socket data and lifecycle, `sock:inet_sock_set_state` for
+//! connection ends, `sched:*` for process exec/exit.
 #![no_std]
 #![no_main]
+
+mod capture;
+mod maps;
+mod sock;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{EventKind, ProcessEvent, Role, Source};
+
+use crate::{
+    capture::{arg, close_conn, conn_state, enter_data, exit_data, traced},
+    maps::{CONNECT, EVENTS, INFLIGHT, Inflight, config, offsets},
+    sock::tcp_sock_of_fd,
+};
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $source:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $source);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data::<{ $source as u8 }>(&ctx);
+            0
+        }
+    };
+}
+
+data_syscall!(sys_enter_read, sys_exit_read, Source::Read);
+data_syscall!(sys_enter_write, sys_exit_write, Source::Write);
+data_syscall!(sys_enter_readv, sys_exit_readv, Source::Readv);
+data_syscall!(sys_enter_writev, sys_exit_writev, Source::Writev);
+data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, Source::Recvfrom);
+data_syscall!(sys_enter_sendto, sys_exit_sendto, Source::Sendto);
+data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, Source::Recvmsg);
+data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, Source::Sendmsg);
+data_syscall!(sys_enter_recvmmsg, sys_exit_recvmmsg, Source::Recvmmsg);
+data_syscall!(sys_enter_sendmmsg, sys_exit_sendmmsg, Source::Sendmmsg);
+
+/// accept/accept4 returned a new connection: this process is its server.
+fn accepted(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return;
+    }
+    let Some(fd) = arg::<i64>(ctx, 0) else { return };
+    if fd < 0 {
+        return;
+    }
+    if let Some(sk) = tcp_sock_of_fd(fd as i32, &offsets()) {
+        let _ = conn_state(sk, Role::Server);
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let Some(fd) = arg::<u64>(&ctx, 0) else { return 0 };
+    let inflight = Inflight {
+        sk: 0,
+        buf: 0,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd: fd as i32,
+        source: CONNECT,
+        _pad: [0; 3],
+    };
+    let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
+    0
+}
+
+/// connect returned 0 or EINPROGRESS: this process is the connection's client. The local
+/// address is bound by now.
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    const EINPROGRESS: i64 = 115;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let Some(ret) = arg::<i64>(&ctx, 0) else { return 0 };
+    if inflight.source != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
+        return 0;
+    }
+    if let Some(sk) = tcp_sock_of_fd(inflight.fd, &offsets()) {
+        let _ = conn_state(sk, Role::Client);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let Some(fd) = arg::<u64>(&ctx, 0) else { return 0 };
+    if let Some(sk) = tcp_sock_of_fd(fd as i32, &offsets()) {
+        close_conn(sk, pid_tgid);
+    }
+    0
+}
+
+/// The TCP state machine reached TCP_CLOSE (reset, timeout, or the end of a normal close):
+/// the socket is done even if no close(2) was seen (e.g. the fd is still open after a reset).
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    const TCP_CLOSE: i32 = 7;
+    let cfg = config();
+    let newstate: i32 = unsafe { ctx.read_at(cfg.sock_state_newstate_offset as usize) }.unwrap_or(0);
+    if newstate != TCP_CLOSE {
+        return 0;
+    }
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(cfg.sock_state_skaddr_offset as usize) }) else {
+        return 0;
+    };
+    // Often in softirq context: no meaningful pid.
+    close_conn(sk, 0);
+    0
+}
+
+fn process_event(kind: EventKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut ev = ProcessEvent::default();
+    ev.header.kind = kind as u8;
+    ev.header.pid = (pid_tgid >> 32) as u32;
+    ev.header.tid = pid_tgid as u32;
+    ev.header.ts = unsafe { bpf_ktime_get_ns() };
+    let _ = EVENTS.output::<ProcessEvent>(&ev, 0);
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    process_event(EventKind::Exec);
+    0
+}
+
+/// Fires for every thread; only the thread-group leader's exit ends the process.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
+        process_event(EventKind::Exit);
+    }
+    0
+}
 
 #[cfg(not(test))]
 #[panic_handler]

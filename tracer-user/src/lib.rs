@@ -5,10 +5,12 @@
 //! `protocol` (HTTP parsers, request/response pairing) → `trace` (spans) → `export`.
 //! `process` supplies per-process resource attributes; `cli` the command line.
 
+pub mod agent;
 pub mod capture;
 pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod process;
 pub mod protocol;
+pub mod stitch;
 pub mod trace;

@@ -1,1 +1,80 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Every task does its own set-up first (fast when nothing is missing), so the README's two
+//! commands work on a fresh machine.
+mod setup;
+mod test;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test the tracer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the agent need (idempotent): LLVM 22, rust-src for
+    /// nightly, bpf-linker 0.13.0; mount tracefs.
+    Setup {
+        /// Also install what the end-to-end tests drive (curl, python packages, ...).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the agent (release), kernel programs included.
+    Build,
+    /// Build and start the agent on this node; extra arguments go to `tracer`
+    /// (e.g. `cargo xtask run -- --port 8080`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: lints, host unit tests, and the privileged tests that load the real
+    /// programs into the running kernel and drive real traffic.
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Passed to `cargo test` as a test-name filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup { test_deps } => {
+            util::ensure_root()?;
+            setup::run(test_deps)
+        }
+        Task::Build => {
+            util::ensure_root()?;
+            setup::run(false)?;
+            build_agent()?;
+            Ok(())
+        }
+        Task::Run { args } => {
+            util::ensure_root()?;
+            setup::run(false)?;
+            let bin = build_agent()?;
+            util::exec(&bin, &args)
+        }
+        Task::Test { no_lint, filter } => {
+            util::ensure_root()?;
+            setup::run(true)?;
+            test::run(!no_lint, filter.as_deref())
+        }
+    }
+}
+
+/// Builds the release agent and returns the binary's path.
+fn build_agent() -> Result<PathBuf> {
+    util::cargo(&["build", "--release", "--package", "tracer-user", "--bin", "tracer"])?;
+    Ok(util::workspace_root().join("target/release/tracer"))
+}

@@ -1,1 +1,97 @@
-//! (in progress)
+//! The `tracer` command line. Options follow the OpenTelemetry SDK environment variables
+//! where one exists; every option can also be given as a flag.
+use std::time::Duration;
+
+use clap::Parser;
+use tracer_common::MAX_CAPTURE;
+
+use crate::{capture::CaptureOptions, export::ExportArgs};
+
+/// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
+/// without code changes, and exports the spans as OpenTelemetry (OTLP).
+///
+/// With no OTLP endpoint configured, each finished request is printed as one line on stdout.
+/// Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN) and a kernel ≥ 5.8 with BTF.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Trace only these processes (repeat or comma-separate). Default: every process.
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',', env = "TRACER_PIDS")]
+    pub pids: Vec<u32>,
+
+    /// Trace only connections whose local or remote port is one of these (repeat or
+    /// comma-separate). Default: every port.
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', env = "TRACER_PORTS")]
+    pub ports: Vec<u16>,
+
+    /// Bytes of payload copied per read/write (enough for request and response headers;
+    /// bodies are skipped, not copied). At most 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_CAPTURE as u32, env = "TRACER_CAPTURE_BYTES",
+          value_parser = clap::value_parser!(u32).range(64..=MAX_CAPTURE as i64))]
+    pub capture_bytes: u32,
+
+    /// Size of the kernel-to-agent ring buffer in bytes (rounded up to a power of two). Larger
+    /// absorbs longer bursts; when it is full events are dropped and counted.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, env = "TRACER_RING_BUFFER_BYTES")]
+    pub ring_buffer_bytes: u32,
+
+    /// Keep query string values in `url.query`/`url.full` (by default each value is replaced
+    /// with REDACTED: queries often carry tokens).
+    #[arg(long, env = "TRACER_KEEP_QUERY_VALUES")]
+    pub keep_query_values: bool,
+
+    /// Seconds between the agent's own counter reports in the log (0: only at exit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, env = "TRACER_STATS_INTERVAL")]
+    pub stats_interval: u64,
+
+    /// Log filter for the agent's own logs on stderr (tracing's env-filter syntax, e.g.
+    /// `info`, `debug`, `tracer=debug`).
+    #[arg(long, value_name = "FILTER", default_value = "info", env = "TRACER_LOG")]
+    pub log: String,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  tracer                                          print every HTTP request on this node
+  tracer --port 8080                              only connections to or from port 8080
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 tracer      export over OTLP/gRPC
+  tracer --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
+
+Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
+
+impl Cli {
+    pub fn capture_options(&self) -> CaptureOptions {
+        CaptureOptions {
+            capture_limit: self.capture_bytes,
+            ring_bytes: self.ring_buffer_bytes,
+            pids: self.pids.clone(),
+            ports: self.ports.clone(),
+        }
+    }
+
+    pub fn stats_interval(&self) -> Option<Duration> {
+        (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn filters_parse() {
+        let cli = Cli::try_parse_from(["tracer", "--port", "80,443", "--pid", "1"]).unwrap();
+        assert_eq!(cli.ports, vec![80, 443]);
+        assert_eq!(cli.pids, vec![1]);
+        assert!(Cli::try_parse_from(["tracer", "--capture-bytes", "1000000"]).is_err());
+    }
+}

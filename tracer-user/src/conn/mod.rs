@@ -1,6 +1,11 @@
 //! Connection tracking: one entry per connection the kernel reported, with per-direction
 //! reassembly by byte position feeding the protocol parsers.
 
+pub mod table;
+
+
+pub use table::{ConnTable, Finished, TableLimits, TableStats};
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{AF_INET, AF_INET6, ConnAddr, Role};

@@ -1,0 +1,1 @@
+//! (receiver harness: in progress)

@@ -1,0 +1,419 @@
+//! Syscall data capture: connection state, protocol classification, bounded payload copy
+//! into the ring buffer.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    CloseEvent, ConnState, DataHeader, DropCause, EventKind, MAX_CAPTURE, Protocol, Role, Source,
+    classify::{MAX_CLASSIFY_ATTEMPTS, classify},
+};
+
+use crate::{
+    maps::{
+        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_PIDS,
+        TARGET_PORTS, config, count, offsets,
+    },
+    sock::{conn_addr, tcp_sock_of_fd},
+};
+
+/// Offset of the first syscall argument (and of `ret` at exit) in a syscalls:* record: the
+/// stable layout of syscall tracepoints.
+pub const ARG0: usize = 16;
+const ARG_SIZE: usize = 8;
+
+/// Bounded iovec walk: at most this many segments are copied (positions stay exact).
+const MAX_IOV: u32 = 8;
+/// At most this many messages of a sendmmsg/recvmmsg are captured.
+pub const MAX_MMSG: u32 = 8;
+
+const MASK: usize = MAX_CAPTURE - 1;
+
+#[inline(always)]
+pub fn arg<T>(ctx: &TracePointContext, n: usize) -> Option<T> {
+    // SAFETY: reads inside the tracepoint record.
+    unsafe { ctx.read_at::<T>(ARG0 + n * ARG_SIZE).ok() }
+}
+
+/// Common filter: not the agent itself, and within the target set when one is configured.
+#[inline(always)]
+pub fn traced(pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    let cfg = config();
+    if tgid == cfg.tracer_pid {
+        return false;
+    }
+    // SAFETY: plain lookup; the value is not kept.
+    if cfg.filter_pids != 0 && unsafe { TARGET_PIDS.get(&tgid) }.is_none() {
+        return false;
+    }
+    true
+}
+
+/// Syscall entry of a data call: remember the socket and buffer for the exit.
+#[inline(always)]
+pub fn enter_data(ctx: &TracePointContext, source: Source) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return;
+    }
+    let (Some(fd), Some(buf)) = (arg::<u64>(ctx, 0), arg::<u64>(ctx, 1)) else {
+        return;
+    };
+    let fd = fd as i32;
+    let Some(sk) = tcp_sock_of_fd(fd, &offsets()) else {
+        return;
+    };
+    // Connections already known not to be HTTP cost one lookup from here on.
+    if let Some(conn) = unsafe { CONNS.get(&sk) } {
+        let p = Protocol::from_u8(conn.protocol);
+        if p == Protocol::Other || p == Protocol::Tls {
+            return;
+        }
+    }
+    let inflight = Inflight {
+        sk,
+        buf,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd,
+        source: source as u8,
+        _pad: [0; 3],
+    };
+    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
+        count(DropCause::InflightMapFull);
+    }
+}
+
+/// Syscall exit of a data call. Generic over the source so each program carries only its
+/// own payload path (the verifier explores every path of a program).
+#[inline(always)]
+pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let Some(ret) = arg::<i64>(ctx, 0) else {
+        return;
+    };
+    if ret <= 0 || inflight.source != SOURCE {
+        return;
+    }
+    let Some(conn) = conn_state(inflight.sk, Role::Unknown) else {
+        return;
+    };
+    let source = source_of(SOURCE);
+    match source {
+        Source::Sendmmsg | Source::Recvmmsg => {
+            let n = ret as u32;
+            let mut i = 0;
+            while i < MAX_MMSG && i < n {
+                // struct mmsghdr { struct user_msghdr msg_hdr; unsigned int msg_len; }: 64 bytes.
+                let mmsg = inflight.buf + i as u64 * 64;
+                let len: u32 =
+                    unsafe { bpf_probe_read_user((mmsg + 56) as *const u32) }.unwrap_or(0);
+                // Each message's first segment: a correct prefix of that message.
+                let (base, _) = first_iov(mmsg);
+                data_event(&inflight, conn, source, base, len as u64, pid_tgid);
+                i += 1;
+            }
+            if n > MAX_MMSG {
+                // Sizes of the rest are unknown: stop parsing rather than risk a wrong span.
+                unsafe { (*conn).protocol = Protocol::Other as u8 };
+                count(DropCause::NotHttp);
+            }
+        }
+        Source::Readv | Source::Writev => {
+            data_event_iov(&inflight, conn, source, inflight.buf, u64::MAX, ret as u64, pid_tgid)
+        }
+        Source::Recvmsg | Source::Sendmsg => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (UAPI layout).
+            let iov = unsafe { bpf_probe_read_user((inflight.buf + 16) as *const u64) }.unwrap_or(0);
+            let iovlen =
+                unsafe { bpf_probe_read_user((inflight.buf + 24) as *const u64) }.unwrap_or(0);
+            data_event_iov(&inflight, conn, source, iov, iovlen, ret as u64, pid_tgid)
+        }
+        _ => data_event(&inflight, conn, source, inflight.buf, ret as u64, pid_tgid),
+    }
+}
+
+/// Base and length of the first iovec of a user_msghdr.
+#[inline(always)]
+fn first_iov(msghdr: u64) -> (u64, u64) {
+    let iov = unsafe { bpf_probe_read_user((msghdr + 16) as *const u64) }.unwrap_or(0);
+    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    (base, len)
+}
+
+#[inline(always)]
+fn source_of(v: u8) -> Source {
+    match v {
+        1 => Source::Read,
+        2 => Source::Write,
+        3 => Source::Readv,
+        4 => Source::Writev,
+        5 => Source::Recvfrom,
+        6 => Source::Sendto,
+        7 => Source::Recvmsg,
+        8 => Source::Sendmsg,
+        9 => Source::Recvmmsg,
+        _ => Source::Sendmmsg,
+    }
+}
+
+/// The connection's state, created on first sight. `role` is set when known (accept/connect).
+#[inline(always)]
+pub fn conn_state(sk: u64, role: Role) -> Option<*mut ConnState> {
+    if let Some(c) = CONNS.get_ptr_mut(&sk) {
+        if role != Role::Unknown {
+            unsafe { (*c).role = role as u8 };
+        }
+        return Some(c);
+    }
+    let addr = conn_addr(sk, &offsets());
+    let mut protocol = Protocol::Unknown;
+    if config().filter_ports != 0
+        && unsafe { TARGET_PORTS.get(&addr.local_port) }.is_none()
+        && unsafe { TARGET_PORTS.get(&addr.remote_port) }.is_none()
+    {
+        // Outside the target set: tracked only so later calls are skipped cheaply.
+        protocol = Protocol::Other;
+    }
+    let state = ConnState {
+        conn_id: next_conn_id(),
+        positions: [0; 2],
+        addr,
+        role: role as u8,
+        protocol: protocol as u8,
+        classify_attempts: 0,
+        _pad: [0; 5],
+    };
+    if CONNS.insert(&sk, &state, 0).is_err() {
+        count(DropCause::ConnMapFull);
+        return None;
+    }
+    CONNS.get_ptr_mut(&sk)
+}
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    match CONN_SEQ.get_ptr_mut(0) {
+        Some(seq) => unsafe {
+            *seq += 1;
+            (*seq << 12) | (cpu & 0xfff)
+        },
+        None => cpu,
+    }
+}
+
+/// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
+/// header of the event to emit (the payload is copied by the caller).
+#[inline(always)]
+fn account(conn: *mut ConnState, source: Source, head_src: u64, head_len: u64, len: u64) -> Option<(u64, Protocol)> {
+    let dir = source.direction() as usize & 1;
+    // SAFETY: `conn` points into the CONNS map value; concurrent calls on one socket only skew
+    // positions, which userspace sees as overlap or gap.
+    let (position, protocol) = unsafe {
+        let position = (*conn).positions[dir];
+        (*conn).positions[dir] = position + len;
+        (position, Protocol::from_u8((*conn).protocol))
+    };
+    let protocol = if protocol == Protocol::Unknown {
+        let avail = if head_len < len { head_len } else { len };
+        let mut head = [0u8; 8];
+        let n = read_head(head_src, avail, &mut head);
+        let c = classify(&head, n);
+        unsafe {
+            if c != Protocol::Unknown {
+                (*conn).protocol = c as u8;
+                if c == Protocol::Tls {
+                    // The plaintext comes from the TLS library probes; never parse ciphertext.
+                    count(DropCause::NotHttp);
+                }
+            } else {
+                (*conn).classify_attempts += 1;
+                if (*conn).classify_attempts >= MAX_CLASSIFY_ATTEMPTS {
+                    (*conn).protocol = Protocol::Other as u8;
+                    count(DropCause::NotHttp);
+                }
+            }
+        }
+        c
+    } else {
+        protocol
+    };
+    if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
+        Some((position, protocol))
+    } else {
+        None
+    }
+}
+
+/// Up to 8 first bytes of the payload, for classification.
+#[inline(always)]
+fn read_head(src: u64, avail: u64, head: &mut [u8; 8]) -> usize {
+    if avail >= 8 {
+        return match unsafe { bpf_probe_read_user(src as *const [u8; 8]) } {
+            Ok(h) => {
+                *head = h;
+                8
+            }
+            Err(_) => 0,
+        };
+    }
+    let n = (avail as usize) & 7;
+    if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut head[..n]) }.is_err() {
+        return 0;
+    }
+    n
+}
+
+#[inline(always)]
+fn capture_len(len: u64) -> usize {
+    let limit = config().capture_limit as u64;
+    let want = if len < limit { len } else { limit };
+    let want = (want as usize) & (2 * MAX_CAPTURE - 1);
+    if want > MAX_CAPTURE { MAX_CAPTURE } else { want }
+}
+
+/// A call with one contiguous buffer.
+#[inline(always)]
+fn data_event(inflight: &Inflight, conn: *mut ConnState, source: Source, buf: u64, len: u64, pid_tgid: u64) {
+    let Some((position, protocol)) = account(conn, source, buf, len, len) else {
+        return;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let n = capture_len(len);
+    // SAFETY: per-CPU scratch; n ≤ MAX_CAPTURE < buffer size.
+    let captured = unsafe {
+        if bpf_probe_read_user_buf(buf as *const u8, &mut (&mut (*scratch).data)[..n]).is_err() {
+            count(DropCause::CopyFailed);
+            0
+        } else {
+            n
+        }
+    };
+    emit(scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid);
+}
+
+/// A call with an iovec array.
+#[inline(always)]
+fn data_event_iov(
+    inflight: &Inflight,
+    conn: *mut ConnState,
+    source: Source,
+    iov: u64,
+    iovlen: u64,
+    len: u64,
+    pid_tgid: u64,
+) {
+    if iovlen == 0 {
+        return;
+    }
+    let base0 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    let len0 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    let Some((position, protocol)) = account(conn, source, base0, len0, len) else {
+        return;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let want = capture_len(len);
+    let mut copied: usize = 0;
+    let mut i: u32 = 0;
+    while i < MAX_IOV && (i as u64) < iovlen && copied < want {
+        let seg = iov + i as u64 * 16;
+        let base = unsafe { bpf_probe_read_user(seg as *const u64) }.unwrap_or(0);
+        let seg_len = unsafe { bpf_probe_read_user((seg + 8) as *const u64) }.unwrap_or(0);
+        let room = (want - copied) as u64;
+        let n = (if seg_len < room { seg_len } else { room } as usize) & MASK;
+        let off = copied & MASK;
+        // SAFETY: off < MAX_CAPTURE and n < MAX_CAPTURE: inside the 2×MAX_CAPTURE buffer.
+        if unsafe { bpf_probe_read_user_buf(base as *const u8, &mut (&mut (*scratch).data)[off..off + n]) }
+            .is_err()
+        {
+            count(DropCause::CopyFailed);
+            break;
+        }
+        copied += n;
+        i += 1;
+    }
+    let captured = if copied > MAX_CAPTURE { MAX_CAPTURE } else { copied };
+    emit(scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    scratch: *mut DataScratch,
+    inflight: &Inflight,
+    conn: *mut ConnState,
+    source: Source,
+    protocol: Protocol,
+    position: u64,
+    len: u64,
+    captured: usize,
+    pid_tgid: u64,
+) {
+    if (captured as u64) < len {
+        count(DropCause::Truncated);
+    }
+    // SAFETY: per-CPU scratch and the CONNS value, both valid for this program run.
+    unsafe {
+        let h: &mut DataHeader = &mut (*scratch).header;
+        h.header.kind = EventKind::Data as u8;
+        h.header.pid = (pid_tgid >> 32) as u32;
+        h.header.tid = pid_tgid as u32;
+        h.header.ts = bpf_ktime_get_ns();
+        h.conn_id = (*conn).conn_id;
+        h.position = position;
+        h.ts_enter = inflight.ts_enter;
+        h.total_len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+        h.captured_len = captured as u32;
+        h.fd = inflight.fd;
+        h.direction = source.direction() as u8;
+        h.role = (*conn).role;
+        h.source = source as u8;
+        h.protocol = protocol as u8;
+        h.addr = (*conn).addr;
+        let max = core::mem::size_of::<DataHeader>() + MAX_CAPTURE;
+        let size = core::mem::size_of::<DataHeader>() + captured;
+        let size = if size > max { max } else { size };
+        let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            count(DropCause::RingbufFull);
+        }
+    }
+}
+
+/// Emits a close for a tracked connection and forgets it.
+#[inline(always)]
+pub fn close_conn(sk: u64, pid_tgid: u64) {
+    let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else {
+        return;
+    };
+    let _ = CONNS.remove(&sk);
+    let p = Protocol::from_u8(conn.protocol);
+    if p != Protocol::Http1 && p != Protocol::Http2 {
+        return;
+    }
+    let mut ev = CloseEvent::default();
+    ev.header.kind = EventKind::Close as u8;
+    ev.header.pid = (pid_tgid >> 32) as u32;
+    ev.header.tid = pid_tgid as u32;
+    ev.header.ts = unsafe { bpf_ktime_get_ns() };
+    ev.conn_id = conn.conn_id;
+    ev.positions = conn.positions;
+    if EVENTS.output::<CloseEvent>(&ev, 0).is_err() {
+        count(DropCause::RingbufFull);
+    }
+}
+

@@ -1,0 +1,76 @@
+//! From a file descriptor of the current task to its TCP socket, by walking
+//! task->files->fdt->fd[fd]->private_data->sk with offsets the agent computed from BTF.
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use tracer_common::{AF_INET, AF_INET6, ConnAddr, KernelOffsets};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+
+#[inline(always)]
+unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad pointer yields an error.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// The `struct sock *` of `fd` when it is a TCP (stream, IPv4/IPv6) socket, else `None`
+/// (files, pipes, Unix sockets, UDP, closed fds).
+#[inline(always)]
+pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: every dereference goes through bpf_probe_read_kernel.
+    unsafe {
+        let task = bpf_get_current_task();
+        let files: u64 = read(task, off.task_files)?;
+        let fdt: u64 = read(files, off.files_fdt)?;
+        let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
+        if fd as u32 >= max_fds {
+            return None;
+        }
+        let fd_array: u64 = read(fdt, off.fdt_fd)?;
+        let file: u64 = read(fd_array, (fd as u32) * 8)?;
+        if file == 0 {
+            return None;
+        }
+        let inode: u64 = read(file, off.file_inode)?;
+        let mode: u16 = read(inode, off.inode_mode)?;
+        if mode & S_IFMT != S_IFSOCK {
+            return None;
+        }
+        let socket: u64 = read(file, off.file_private_data)?;
+        let ty: u16 = read(socket, off.socket_type)?;
+        if ty != SOCK_STREAM {
+            return None;
+        }
+        let sk: u64 = read(socket, off.socket_sk)?;
+        let family: u16 = read(sk, off.sk_family)?;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        Some(sk)
+    }
+}
+
+/// Both ends of the connection, from `struct sock_common`.
+#[inline(always)]
+pub fn conn_addr(sk: u64, off: &KernelOffsets) -> ConnAddr {
+    let mut a = ConnAddr::default();
+    // SAFETY: reads go through bpf_probe_read_kernel; a failed read leaves zeros.
+    unsafe {
+        a.family = read(sk, off.sk_family).unwrap_or(0);
+        a.local_port = read(sk, off.sk_num).unwrap_or(0);
+        a.remote_port = u16::from_be(read(sk, off.sk_dport).unwrap_or(0));
+        if a.family == AF_INET6 {
+            a.local_addr = read(sk, off.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+            a.remote_addr = read(sk, off.sk_v6_daddr).unwrap_or([0; 16]);
+        } else {
+            let l: [u8; 4] = read(sk, off.sk_rcv_saddr).unwrap_or([0; 4]);
+            let r: [u8; 4] = read(sk, off.sk_daddr).unwrap_or([0; 4]);
+            a.local_addr[..4].copy_from_slice(&l);
+            a.remote_addr[..4].copy_from_slice(&r);
+        }
+    }
+    a
+}

@@ -1,0 +1,137 @@
+//! The agent's main loop: ring buffer → stitcher → exporter, periodic expiry and counters,
+//! clean shutdown on SIGINT/SIGTERM.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    capture::Capture,
+    cli::Cli,
+    conn::TableLimits,
+    export::{self, ExportStats},
+    process::ProcessTable,
+    stitch::Stitcher,
+    trace::{Clock, http_span::SpanOptions},
+};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut capture = Capture::load(&cli.capture_options())?;
+    // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
+    let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+
+    let export_stats = Arc::new(ExportStats::default());
+    let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
+    tracing::info!("exporting spans to {}", exporter.description());
+
+    let options = SpanOptions {
+        redact_query: !cli.keep_query_values,
+        ..SpanOptions::default()
+    };
+    let mut stitcher = Stitcher::new(
+        ProcessTable::new(None, Vec::new()),
+        Clock::measure(),
+        options,
+        TableLimits::default(),
+    );
+    let mut emit = |span| {
+        spans.send(span);
+    };
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stats_every = cli.stats_interval();
+    let mut last_stats = Instant::now();
+    tracing::info!(pid = std::process::id(), "tracing; stop with Ctrl-C or SIGTERM");
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    stitcher.on_record(&record, &mut emit);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                stitcher.tick(Clock::monotonic_now(), &mut emit);
+                if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
+                    last_stats = Instant::now();
+                    log_stats("periodic", &capture, &stitcher, &export_stats);
+                }
+            }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+        }
+    }
+
+    // Take what the kernel already reported, then detach before the final flush.
+    {
+        let ring = ring.get_mut();
+        while let Some(record) = ring.next() {
+            stitcher.on_record(&record, &mut emit);
+        }
+    }
+    log_stats("final", &capture, &stitcher, &export_stats);
+    drop(ring);
+    drop(capture);
+    tracing::info!("detached all programs");
+    drop(emit);
+    drop(spans);
+    exporter.shutdown().await;
+    let e = export_stats.snapshot();
+    tracing::info!(
+        exported = e.spans_exported,
+        failed = e.spans_failed,
+        dropped_queue_full = e.spans_dropped_queue_full,
+        "export finished"
+    );
+    Ok(())
+}
+
+fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &ExportStats) {
+    let drops = capture
+        .drops()
+        .map(|d| {
+            d.iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|e| format!("unavailable ({e})"));
+    let ev = stitcher.stats();
+    let conns = stitcher.conns.stats();
+    let parse = stitcher.conns.parse_stats();
+    let ex = export.snapshot();
+    tracing::info!(
+        events = ev.events,
+        data_events = ev.data_events,
+        malformed = ev.malformed,
+        spans = ev.spans,
+        conns_open = conns.open,
+        conns_opened = conns.opened,
+        conns_expired = conns.expired,
+        conns_refused_full = conns.refused_full,
+        gaps = conns.gaps,
+        gap_bytes = conns.gap_bytes,
+        invalid_messages = parse.invalid_messages,
+        dropped_messages = parse.dropped_messages,
+        unmatched_responses = parse.unmatched_responses,
+        exported = ex.spans_exported,
+        export_failed = ex.spans_failed,
+        export_queue_full = ex.spans_dropped_queue_full,
+        queue_len = ex.queue_len,
+        "{when} counters; kernel drops: {}",
+        if drops.is_empty() { "none".to_owned() } else { drops }
+    );
+}

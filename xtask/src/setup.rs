@@ -1,0 +1,130 @@
+//! Idempotent installation of what the build, the agent and the tests need on a Debian
+//! machine of this kind. Each step checks first and says what it installs.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, output, step, succeeds, which};
+
+/// Debian packages the eBPF build needs (bpf-linker links against LLVM 22, which matches the
+/// nightly compiler's LLVM).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Real peers the end-to-end tests drive.
+const TEST_PACKAGES: &[&str] = &["curl", "iproute2"];
+/// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
+const TEST_PYTHON: &[(&str, &str)] = &[
+    ("opentelemetry.proto", "opentelemetry-proto"),
+    ("grpc", "grpcio"),
+    ("google.protobuf", "protobuf"),
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run(test_deps: bool) -> Result<()> {
+    let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if test_deps {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    apt_install(&packages)?;
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    if test_deps {
+        python_modules()?;
+    }
+    tracefs()?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if which("apt-get").is_none() {
+        bail!("missing packages {missing:?} and no apt-get: install them by hand (this is set up for Debian 12)");
+    }
+    step(format!("installing Debian packages {}", missing.join(" ")));
+    util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    util::run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get install failed: are Debian's bookworm and bookworm-security repositories reachable?")
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])
+        .context("rustup not found: the eBPF build needs rustup with a nightly toolchain")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly Rust toolchain (the eBPF crate needs -Z build-std)");
+        util::run(Command::new("rustup").args([
+            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+        ]))?;
+    }
+    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to the nightly toolchain");
+        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let current = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if current.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    step(format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
+    if !Path::new(LLVM_PREFIX).exists() {
+        bail!("{LLVM_PREFIX} is missing although llvm-22-dev is installed");
+    }
+    util::run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION,
+            "--no-default-features", "--features", "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .or_else(|_| {
+        // --locked can fail when the published lock file no longer resolves; retry without.
+        util::run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install", "bpf-linker", "--version", BPF_LINKER_VERSION,
+                "--no-default-features", "--features", "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX))
+    })
+    .context("building bpf-linker failed")
+}
+
+fn python() -> &'static str {
+    "python3"
+}
+
+fn python_modules() -> Result<()> {
+    let missing: Vec<&str> = TEST_PYTHON
+        .iter()
+        .filter(|(module, _)| !succeeds(python(), &["-c", &format!("import {module}")]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(format!("installing Python packages {}", missing.join(" ")));
+    util::run(Command::new(python())
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(&missing))
+}
+
+fn tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return Ok(());
+    }
+    step("mounting tracefs at /sys/kernel/tracing (tracepoints are attached through it)");
+    util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}

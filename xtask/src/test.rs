@@ -1,0 +1,75 @@
+//! `cargo xtask test`: lints, then every test of the workspace with one summary line.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Result, bail};
+
+use crate::util::{cargo, describe, step, workspace_root};
+
+pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
+    if lint {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        clippy_ebpf()?;
+    }
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    if let Some(f) = filter {
+        args.push(f);
+    }
+    let (passed, failed, ignored, ok) = cargo_test(&args)?;
+    // One plain closing line, whatever the number of test binaries.
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !ok || failed > 0 {
+        bail!("{failed} test(s) failed");
+    }
+    if ignored > 0 {
+        bail!("{ignored} test(s) were skipped: every test must run here");
+    }
+    Ok(())
+}
+
+/// Clippy on the kernel crate, for its own target.
+fn clippy_ebpf() -> Result<()> {
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run", "nightly", "cargo", "clippy", "--package", "tracer-ebpf", "--target",
+        "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+    ])
+    .current_dir(workspace_root())
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .env_remove("CARGO");
+    crate::util::run(&mut cmd)
+}
+
+/// Runs cargo test, streaming its output, and sums the `test result:` lines.
+fn cargo_test(args: &[&str]) -> Result<(u64, u64, u64, bool)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root()).stdout(Stdio::piped());
+    step(format!("$ {}", describe(&cmd)));
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let ok = child.wait()?.success();
+    Ok((passed, failed, ignored, ok))
+}
