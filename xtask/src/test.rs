@@ -14,6 +14,8 @@ pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
         cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
         clippy_ebpf()?;
     }
+    // The end-to-end tests start the real agent binary.
+    cargo(&["build", "--package", "tracer-user", "--bin", "tracer"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     if let Some(f) = filter {
         args.push(f);
@@ -47,7 +49,10 @@ fn clippy_ebpf() -> Result<()> {
 fn cargo_test(args: &[&str]) -> Result<(u64, u64, u64, bool)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(args).current_dir(workspace_root()).stdout(Stdio::piped());
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .env("TRACER_BIN", workspace_root().join("target/debug/tracer"))
+        .stdout(Stdio::piped());
     step(format!("$ {}", describe(&cmd)));
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped");
