@@ -1,1 +1,116 @@
-//! (receiver harness: in progress)
+//! The OTLP receiver (tests/receiver/otlp_receiver.py): decodes what the agent exports with the
+//! official OpenTelemetry protobuf definitions and writes one JSON line per span.
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{Proc, TempDir, wait_for, workspace_root};
+
+pub struct Receiver {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    out: PathBuf,
+    _dir: TempDir,
+}
+
+impl Receiver {
+    pub fn start(extra_args: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("receiver");
+        let out = dir.path().join("spans.jsonl");
+        let script = workspace_root().join("tests/receiver/otlp_receiver.py");
+        let proc = Proc::spawn(
+            "otlp receiver",
+            Command::new("python3")
+                .arg(script)
+                .args(["--grpc-port", "0", "--http-port", "0", "--out"])
+                .arg(&out)
+                .args(extra_args),
+        )?;
+        let ready = proc.wait_line("READY", Duration::from_secs(20))?;
+        let port = |key: &str| -> Result<u16> {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|p| p.parse().ok())
+                .with_context(|| format!("no {key} in {ready:?}"))
+        };
+        Ok(Self {
+            grpc_port: port("grpc=")?,
+            http_port: port("http=")?,
+            proc,
+            out,
+            _dir: dir,
+        })
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for at least `n` spans; returns all spans matching `pred`.
+    pub fn wait_spans(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        wait_for(timeout, || {
+            let matching: Vec<Value> = self.spans().into_iter().filter(|s| pred(s)).collect();
+            (matching.len() >= n).then_some(matching)
+        })
+        .unwrap_or_else(|| self.spans().into_iter().filter(|s| pred(s)).collect())
+    }
+}
+
+/// Accessors for the receiver's JSON spans.
+pub trait SpanJson {
+    fn attr(&self, key: &str) -> &Value;
+    fn attr_str(&self, key: &str) -> &str;
+    fn attr_i64(&self, key: &str) -> i64;
+    fn res(&self, key: &str) -> &Value;
+    fn kind(&self) -> &str;
+    fn name(&self) -> &str;
+    fn start_ns(&self) -> u64;
+    fn end_ns(&self) -> u64;
+    fn status_code(&self) -> &str;
+}
+
+impl SpanJson for Value {
+    fn attr(&self, key: &str) -> &Value {
+        &self["attributes"][key]
+    }
+    fn attr_str(&self, key: &str) -> &str {
+        self.attr(key).as_str().unwrap_or("")
+    }
+    fn attr_i64(&self, key: &str) -> i64 {
+        self.attr(key).as_i64().unwrap_or(i64::MIN)
+    }
+    fn res(&self, key: &str) -> &Value {
+        &self["resource"][key]
+    }
+    fn kind(&self) -> &str {
+        self["kind"].as_str().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self["name"].as_str().unwrap_or("")
+    }
+    fn start_ns(&self) -> u64 {
+        self["start_time_unix_nano"].as_u64().unwrap_or(0)
+    }
+    fn end_ns(&self) -> u64 {
+        self["end_time_unix_nano"].as_u64().unwrap_or(0)
+    }
+    fn status_code(&self) -> &str {
+        self["status"]["code"].as_str().unwrap_or("")
+    }
+}

@@ -85,7 +85,6 @@ pub async fn run(cli: Cli) -> Result<()> {
     drop(ring);
     drop(capture);
     tracing::info!("detached all programs");
-    drop(emit);
     drop(spans);
     exporter.shutdown().await;
     let e = export_stats.snapshot();

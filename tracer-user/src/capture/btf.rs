@@ -25,7 +25,7 @@ pub fn field_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32> {
         offset_bits += bits;
         ty = skip_modifiers(btf, member_ty)?;
     }
-    if offset_bits % 8 != 0 {
+    if !offset_bits.is_multiple_of(8) {
         bail!("`{name}.{}` is a bit field", path.join("."));
     }
     Ok(offset_bits / 8)

@@ -1,1 +1,31 @@
-//! (in progress)
+//! Span export: the console exporter (default, no backend needed) or OTLP over gRPC or
+//! HTTP/protobuf, configured like the OpenTelemetry SDKs (`OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`).
+//!
+//! ```text
+//! capture path ── SpanSender::send (try_send, never blocks) ──▶ bounded queue
+//!     ──▶ export task: batch (size or delay) ─▶ console | OTLP/gRPC | OTLP/HTTP
+//!                      retry transient failures with backoff, bounded in time
+//! ```
+//!
+//! Memory is bounded whatever the endpoint does: the queue holds at most
+//! `--bsp-max-queue-size` spans (more are dropped and counted), the task holds one batch,
+//! every request has a timeout, and one batch's retries stop after `--bsp-export-timeout`.
+//!
+//! Use: `let (tx, handle) = export::spawn(&args.export, stats.clone())?;` inside the tokio
+//! runtime, `tx.send(span)` from anywhere (clone it freely), and at exit
+//! `handle.shutdown().await` (final flush, bounded by `--otlp-timeout`).
+
+mod config;
+mod console;
+mod otlp;
+mod pipeline;
+mod transport;
+
+pub use config::{Compression, ExportArgs, ExportConfig, ExporterKind, Protocol, Target};
+pub use otlp::{SCOPE_NAME, SCOPE_VERSION, export_request};
+pub use pipeline::{
+    ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config,
+};
+
+#[cfg(test)]
+mod tests;

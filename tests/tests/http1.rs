@@ -1,0 +1,231 @@
+//! Privileged end-to-end: real servers and clients, the real agent, a real OTLP receiver.
+//! Every request must yield exactly one SERVER and one CLIENT span with the right attributes.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// SERVER spans of the server process.
+fn server_spans(r: &Receiver, server: &Proc, n: usize) -> Vec<Value> {
+    let pid = server.pid() as i64;
+    r.wait_spans(n, WAIT, |s| s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid))
+}
+
+/// CLIENT spans of requests to the server's port.
+fn client_spans(r: &Receiver, port: u16, n: usize) -> Vec<Value> {
+    r.wait_spans(n, WAIT, |s| {
+        s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
+    })
+}
+
+fn by_path<'a>(spans: &'a [Value], path: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| s.attr_str("url.path") == path).collect()
+}
+
+/// curl → python server, over both OTLP transports: kind, name, attributes, status,
+/// resource, and the server span inside the client span.
+fn curl_to_python(protocol: &str) {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = test_http_server().unwrap();
+    let endpoint = match protocol {
+        "grpc" => receiver.grpc_endpoint(),
+        _ => receiver.http_endpoint(),
+    };
+    let agent = Agent::otlp(&endpoint, protocol, port).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    curl(&[&format!("{base}/users/12345?token=secret&x=1"), "-A", "tracer-test/1.0"]).unwrap();
+    curl(&["-o", "/dev/null", &format!("{base}/status/404")]).unwrap();
+    curl(&["-o", "/dev/null", &format!("{base}/status/503")]).unwrap();
+
+    let servers = server_spans(&receiver, &server, 3);
+    let clients = client_spans(&receiver, port, 3);
+    agent.stop().unwrap();
+    // After the final flush: still exactly one of each (no duplicates).
+    let servers_after = server_spans(&receiver, &server, 3);
+    assert_eq!(servers.len(), 3, "server spans: {servers:#?}");
+    assert_eq!(servers_after.len(), 3);
+    assert_eq!(clients.len(), 3, "client spans: {clients:#?}");
+    let transport = if protocol == "grpc" { "grpc" } else { "http" };
+    assert!(servers.iter().all(|s| s["transport"] == transport));
+
+    let s = by_path(&servers, "/users/12345")[0];
+    assert_eq!(s.name(), "GET /users/{id}");
+    assert_eq!(s.attr_str("http.route"), "/users/{id}");
+    assert_eq!(s.attr_str("http.request.method"), "GET");
+    assert_eq!(s.attr_i64("http.response.status_code"), 200);
+    assert_eq!(s.attr_str("url.scheme"), "http");
+    assert_eq!(s.attr_str("url.query"), "token=REDACTED&x=REDACTED");
+    assert_eq!(s.attr_str("network.protocol.version"), "1.1");
+    assert_eq!(s.attr_str("user_agent.original"), "tracer-test/1.0");
+    assert_eq!(s.attr_str("client.address"), "127.0.0.1");
+    assert_eq!(s.attr_str("network.peer.address"), "127.0.0.1");
+    assert_eq!(s.attr_str("server.address"), "127.0.0.1");
+    assert_eq!(s.status_code(), "STATUS_CODE_UNSET");
+    assert_eq!(s.res("process.pid").as_i64(), Some(server.pid() as i64));
+    assert!(s.res("service.name").as_str().unwrap().starts_with("python3"), "{s:#}");
+    assert!(s.res("process.command_line").as_str().unwrap().contains("http_server.py"));
+    assert!(s.res("host.name").as_str().is_some_and(|h| !h.is_empty()));
+
+    let c = by_path(&clients, "/users/12345")[0];
+    assert_eq!(c.name(), "GET /users/{id}");
+    assert_eq!(c.res("service.name"), "curl");
+    assert_eq!(c.attr_i64("network.peer.port"), port as i64);
+    assert_eq!(c.attr_i64("http.response.status_code"), 200);
+    assert_eq!(
+        c.attr_str("url.full"),
+        format!("http://127.0.0.1:{port}/users/12345?token=REDACTED&x=REDACTED")
+    );
+    // The server handled the request while the client waited for it.
+    assert!(c.start_ns() <= s.start_ns() && s.end_ns() <= c.end_ns(), "client {c:#} server {s:#}");
+    assert!(s.end_ns() > s.start_ns());
+
+    // Status: 404 is an error for the client only, 503 for both.
+    let s404 = by_path(&servers, "/status/404")[0];
+    let c404 = by_path(&clients, "/status/404")[0];
+    assert_eq!(s404.status_code(), "STATUS_CODE_UNSET");
+    assert_eq!(c404.status_code(), "STATUS_CODE_ERROR");
+    assert_eq!(c404.attr_str("error.type"), "404");
+    assert_eq!(by_path(&servers, "/status/503")[0].status_code(), "STATUS_CODE_ERROR");
+    assert_eq!(by_path(&clients, "/status/503")[0].status_code(), "STATUS_CODE_ERROR");
+}
+
+#[test]
+fn curl_to_python_over_otlp_grpc() {
+    curl_to_python("grpc");
+}
+
+#[test]
+fn curl_to_python_over_otlp_http() {
+    curl_to_python("http/protobuf");
+}
+
+/// Bodies: ≥ 1 MiB responses with Content-Length and chunked, close-delimited, HEAD, and
+/// POST uploads (Content-Length and chunked). Sizes must be the real ones.
+#[test]
+fn bodies_large_chunked_and_uploads() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = test_http_server().unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mib = 1 << 20;
+    let dir = TempDir::new("upload");
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![7u8; 3 * mib / 2]).unwrap();
+    let at = format!("@{}", upload.display());
+
+    curl(&["-o", "/dev/null", &format!("{base}/bytes/{mib}")]).unwrap();
+    curl(&["-o", "/dev/null", &format!("{base}/chunked/{mib}")]).unwrap();
+    curl(&["-o", "/dev/null", &format!("{base}/close/5000")]).unwrap();
+    curl(&["-o", "/dev/null", "-I", &format!("{base}/bytes/777")]).unwrap();
+    let out = curl(&["--data-binary", &at, &format!("{base}/upload")]).unwrap();
+    assert!(out.starts_with(&format!("{} ", 3 * mib / 2)), "{out}");
+    curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", &at, &format!("{base}/upload")]).unwrap();
+
+    let servers = server_spans(&receiver, &server, 6);
+    let clients = client_spans(&receiver, port, 6);
+    agent.stop().unwrap();
+    assert_eq!(servers.len(), 6, "{servers:#?}");
+    assert_eq!(clients.len(), 6, "{clients:#?}");
+    for spans in [&servers, &clients] {
+        let one = |path: &str, method: &str| -> &Value {
+            let v: Vec<&Value> = spans
+                .iter()
+                .filter(|s| s.attr_str("url.path") == path && s.attr_str("http.request.method") == method)
+                .collect();
+            assert_eq!(v.len(), 1, "{path} {method}: {spans:#?}");
+            v[0]
+        };
+        assert_eq!(one(&format!("/bytes/{mib}"), "GET").attr_i64("http.response.body.size"), mib as i64);
+        assert_eq!(one(&format!("/chunked/{mib}"), "GET").attr_i64("http.response.body.size"), mib as i64);
+        assert_eq!(one("/close/5000", "GET").attr_i64("http.response.body.size"), 5000);
+        let head = one("/bytes/777", "HEAD");
+        assert_eq!(head.attr_i64("http.response.status_code"), 200);
+        let posts: Vec<&Value> = spans.iter().filter(|s| s.attr_str("http.request.method") == "POST").collect();
+        assert_eq!(posts.len(), 2);
+        for p in posts {
+            assert_eq!(p.attr_i64("http.request.body.size"), (3 * mib / 2) as i64, "{p:#}");
+            assert_eq!(p.attr_i64("http.response.status_code"), 200);
+        }
+    }
+}
+
+/// Three requests pipelined in one write on one connection from a raw socket: three server
+/// spans in order, and three client spans for the raw client (this test process).
+#[test]
+fn pipelined_requests_on_a_raw_socket() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = test_http_server().unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let reqs = "GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    sock.write_all(reqs.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    sock.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
+
+    let servers = server_spans(&receiver, &server, 3);
+    let clients = client_spans(&receiver, port, 3);
+    agent.stop().unwrap();
+    let paths = |spans: &[Value]| {
+        let mut v: Vec<(u64, String, i64)> = spans
+            .iter()
+            .map(|s| (s.start_ns(), s.attr_str("url.path").to_owned(), s.attr_i64("http.response.status_code")))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, p, c)| (p, c)).collect::<Vec<_>>()
+    };
+    let expected = vec![("/p/1".to_owned(), 200), ("/p/2".to_owned(), 200), ("/status/201".to_owned(), 201)];
+    assert_eq!(paths(&servers), expected);
+    assert_eq!(paths(&clients), expected);
+    assert!(clients.iter().all(|c| c.res("process.pid").as_i64() == Some(std::process::id() as i64)));
+}
+
+/// Many concurrent keep-alive connections: every request accounted for exactly once.
+#[test]
+fn many_concurrent_connections() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = test_http_server().unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    const CONNS: usize = 32;
+    const PER_CONN: usize = 10;
+    let threads: Vec<_> = (0..CONNS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let mut buf = [0u8; 4096];
+                for i in 0..PER_CONN {
+                    let req = format!("GET /c/{c}/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    sock.write_all(req.as_bytes()).unwrap();
+                    // Response is "ok" with Content-Length: 2: read until the body arrived.
+                    let mut got = Vec::new();
+                    while !got.ends_with(b"\r\n\r\nok") {
+                        let n = sock.read(&mut buf).unwrap();
+                        assert!(n > 0);
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = CONNS * PER_CONN;
+    let servers = server_spans(&receiver, &server, n);
+    let clients = client_spans(&receiver, port, n);
+    let stderr = agent.stop().unwrap();
+    let mut paths: Vec<&str> = servers.iter().map(|s| s.attr_str("url.path")).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(servers.len(), n, "{stderr}");
+    assert_eq!(paths.len(), n, "each request exactly once");
+    assert_eq!(clients.len(), n);
+    assert!(servers.iter().all(|s| s.name() == "GET /c/{id}/{id}"), "bounded span names");
+}

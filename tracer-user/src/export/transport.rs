@@ -1,0 +1,316 @@
+//! OTLP transports: gRPC (tonic) and HTTP/protobuf (reqwest). One call = one attempt; the
+//! pipeline owns retries.
+use std::fmt;
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::config::{Compression, ExportConfig};
+
+const USER_AGENT: &str = concat!("tracer/", env!("CARGO_PKG_VERSION"));
+
+/// A failed attempt.
+#[derive(Debug)]
+pub struct ExportError {
+    /// Worth trying again (transient: unreachable, overloaded, timed out).
+    pub retryable: bool,
+    /// Server-requested delay (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
+    pub message: String,
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ExportError {
+    fn new(retryable: bool, message: String) -> Self {
+        Self {
+            retryable,
+            retry_after: None,
+            message,
+        }
+    }
+}
+
+/// A successful attempt; `rejected` spans were refused by the receiver (partial success).
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub rejected: u64,
+    pub message: String,
+}
+
+fn from_response(r: ExportTraceServiceResponse) -> Sent {
+    match r.partial_success {
+        Some(p) => Sent {
+            rejected: u64::try_from(p.rejected_spans).unwrap_or(0),
+            message: p.error_message,
+        },
+        None => Sent::default(),
+    }
+}
+
+/// Appends the messages of `e`'s chain to `s` (`: `-separated), skipping repeats.
+fn append_chain(s: &mut String, mut e: Option<&dyn std::error::Error>) {
+    while let Some(err) = e {
+        let m = err.to_string();
+        if !m.is_empty() && !s.contains(&m) {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(&m);
+        }
+        e = err.source();
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = String::new();
+    append_chain(&mut s, Some(e));
+    s
+}
+
+pub struct GrpcTransport {
+    client: TraceServiceClient<Channel>,
+    metadata: MetadataMap,
+}
+
+impl GrpcTransport {
+    /// Must be called inside a tokio runtime. Connects lazily (on first export), and
+    /// reconnects by itself.
+    pub fn new(url: &str, cfg: &ExportConfig) -> anyhow::Result<Self> {
+        let mut ep = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("OTLP/gRPC endpoint {url:?}"))?
+            .user_agent(USER_AGENT)
+            .context("user agent")?
+            .connect_timeout(cfg.timeout)
+            .timeout(cfg.timeout)
+            .tcp_nodelay(true)
+            // Notice dead connections (NAT/conntrack drops) while idle.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(cfg.timeout.min(Duration::from_secs(20)))
+            .keep_alive_while_idle(false);
+        if url
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        {
+            ep = ep
+                .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                .context("OTLP/gRPC TLS")?;
+        }
+        let mut client = TraceServiceClient::new(ep.connect_lazy())
+            .max_decoding_message_size(4 << 20)
+            .max_encoding_message_size(usize::MAX);
+        if cfg.compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        client = client.accept_compressed(CompressionEncoding::Gzip);
+        let mut metadata = MetadataMap::new();
+        for (k, v) in &cfg.headers {
+            match (
+                k.parse::<AsciiMetadataKey>(),
+                v.parse::<AsciiMetadataValue>(),
+            ) {
+                (Ok(k), Ok(v)) => {
+                    metadata.insert(k, v);
+                }
+                _ => tracing::warn!("OTLP/gRPC: header {k:?} is not valid gRPC metadata; ignored"),
+            }
+        }
+        Ok(Self { client, metadata })
+    }
+
+    pub async fn send(
+        &mut self,
+        req: ExportTraceServiceRequest,
+        timeout: Duration,
+    ) -> Result<Sent, ExportError> {
+        let mut request = tonic::Request::new(req);
+        *request.metadata_mut() = self.metadata.clone();
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, self.client.export(request)).await {
+            Err(_) => Err(ExportError::new(
+                true,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
+            Ok(Ok(resp)) => Ok(from_response(resp.into_inner())),
+            Ok(Err(status)) => {
+                use tonic::Code::*;
+                let retryable = matches!(
+                    status.code(),
+                    Cancelled
+                        | DeadlineExceeded
+                        | ResourceExhausted
+                        | Aborted
+                        | OutOfRange
+                        | Unavailable
+                        | DataLoss
+                );
+                let mut message = format!("gRPC {:?}", status.code());
+                if !status.message().is_empty() {
+                    message.push_str(": ");
+                    message.push_str(status.message());
+                }
+                append_chain(&mut message, std::error::Error::source(&status));
+                Err(ExportError::new(retryable, message))
+            }
+        }
+    }
+}
+
+pub struct HttpTransport {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    gzip: bool,
+}
+
+impl HttpTransport {
+    pub fn new(url: &str, cfg: &ExportConfig) -> anyhow::Result<Self> {
+        let url =
+            reqwest::Url::parse(url).with_context(|| format!("OTLP/HTTP endpoint {url:?}"))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            match (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(mut v)) => {
+                    v.set_sensitive(true);
+                    headers.insert(k, v);
+                }
+                _ => tracing::warn!("OTLP/HTTP: header {k:?} is invalid; ignored"),
+            }
+        }
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/x-protobuf"),
+        );
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .connect_timeout(cfg.timeout)
+            .timeout(cfg.timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .context("building the OTLP/HTTP client")?;
+        Ok(Self {
+            client,
+            url,
+            gzip: cfg.compression == Compression::Gzip,
+        })
+    }
+
+    /// The request body: protobuf, gzipped if configured. Built once per batch.
+    pub fn encode(&self, req: &ExportTraceServiceRequest) -> Bytes {
+        let raw = req.encode_to_vec();
+        if !self.gzip {
+            return raw.into();
+        }
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4 + 64),
+            flate2::Compression::fast(),
+        );
+        // Writing to a Vec cannot fail.
+        match gz.write_all(&raw).and_then(|()| gz.finish()) {
+            Ok(v) => v.into(),
+            Err(_) => Bytes::new(),
+        }
+    }
+
+    pub async fn send(&self, body: Bytes, timeout: Duration) -> Result<Sent, ExportError> {
+        let mut rb = self
+            .client
+            .post(self.url.clone())
+            .timeout(timeout)
+            .body(body);
+        if self.gzip {
+            rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        // reqwest's timeout covers the whole exchange; this one is belt and braces.
+        let resp = match tokio::time::timeout(timeout, rb.send()).await {
+            Err(_) => {
+                return Err(ExportError::new(
+                    true,
+                    format!("no answer within {} ms", timeout.as_millis()),
+                ));
+            }
+            Ok(Err(e)) => {
+                // Connection refused/reset, DNS, TLS handshake, timeout: all transient
+                // from here. Only a request we could not even build is not.
+                return Err(ExportError::new(!e.is_builder(), chain(&e)));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let is_protobuf = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("protobuf"));
+        let body = tokio::time::timeout(timeout, resp.bytes()).await;
+        if status.is_success() {
+            // The data was accepted; a body we cannot read or decode is not a failure.
+            return Ok(match body {
+                Ok(Ok(b)) if !b.is_empty() => ExportTraceServiceResponse::decode(b)
+                    .map(from_response)
+                    .unwrap_or_default(),
+                _ => Sent::default(),
+            });
+        }
+        let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+        let mut message = format!("HTTP {status}");
+        if let Ok(Ok(b)) = body {
+            // Error bodies are a google.rpc.Status (protobuf); its field 2 is the message. Show
+            // plain text bodies as is.
+            let text = is_protobuf
+                .then(|| decode_rpc_status_message(&b))
+                .flatten()
+                .or_else(|| std::str::from_utf8(&b).ok().map(str::to_owned))
+                .unwrap_or_default();
+            let text = text.trim();
+            if !text.is_empty() {
+                message.push_str(": ");
+                message.extend(text.chars().take(200));
+            }
+        }
+        Err(ExportError {
+            retryable,
+            retry_after,
+            message,
+        })
+    }
+}
+
+/// `google.rpc.Status { int32 code = 1; string message = 2; ... }` → message.
+fn decode_rpc_status_message(b: &[u8]) -> Option<String> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    RpcStatus::decode(b)
+        .ok()
+        .map(|s| s.message)
+        .filter(|m| !m.is_empty())
+}
