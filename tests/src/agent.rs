@@ -46,7 +46,10 @@ impl Agent {
         self.proc.signal(libc::SIGTERM);
         let status = self.proc.wait_exit(Duration::from_secs(20))?;
         let stderr = self.proc.stderr().join("\n");
-        anyhow::ensure!(status.success(), "agent exited with {status}; stderr:\n{stderr}");
+        anyhow::ensure!(
+            status.success(),
+            "agent exited with {status}; stderr:\n{stderr}"
+        );
         Ok(stderr)
     }
 }

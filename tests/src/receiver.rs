@@ -63,7 +63,12 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds for at least `n` spans; returns all spans matching `pred`.
-    pub fn wait_spans(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn wait_spans(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         wait_for(timeout, || {
             let matching: Vec<Value> = self.spans().into_iter().filter(|s| pred(s)).collect();
             (matching.len() >= n).then_some(matching)

@@ -14,7 +14,9 @@ use tracer_common::{Direction, Protocol, Role};
 use tracer_tests::*;
 
 fn loaded_program_ids() -> HashSet<u32> {
-    loaded_programs().filter_map(|p| p.ok().map(|p| p.id())).collect()
+    loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect()
 }
 
 #[test]
@@ -28,9 +30,16 @@ fn programs_load_attach_and_report_real_http_traffic() {
     })
     .expect("the kernel programs must load and attach");
     let ids = capture.program_ids();
-    assert_eq!(ids.len(), tracer::capture::TRACEPOINTS.len(), "one program per tracepoint");
+    assert_eq!(
+        ids.len(),
+        tracer::capture::TRACEPOINTS.len(),
+        "one program per tracepoint"
+    );
     let in_kernel = loaded_program_ids();
-    assert!(ids.iter().all(|id| in_kernel.contains(id)), "kernel lists every program");
+    assert!(
+        ids.iter().all(|id| in_kernel.contains(id)),
+        "kernel lists every program"
+    );
 
     let mut ring = capture.take_ring().unwrap();
     let server = python_http_server(port, dir.path()).unwrap();
@@ -67,7 +76,11 @@ fn programs_load_attach_and_report_real_http_traffic() {
         .find(|(h, p)| h.header.pid == server.pid() && p.starts_with(b"GET /probe.txt"))
         .unwrap_or_else(|| panic!("no server-side request event; saw {} events", seen.len()));
     let h = &server_read.0;
-    assert_eq!(Role::from_u8(h.role), Role::Server, "accept(2) marks the server side");
+    assert_eq!(
+        Role::from_u8(h.role),
+        Role::Server,
+        "accept(2) marks the server side"
+    );
     assert_eq!(Protocol::from_u8(h.protocol), Protocol::Http1);
     assert_eq!(h.addr.local_port, port);
     assert_eq!(&h.addr.local_addr[..4], &[127, 0, 0, 1]);
@@ -77,7 +90,11 @@ fn programs_load_attach_and_report_real_http_traffic() {
         .iter()
         .find(|(h, p)| h.header.pid != server.pid() && p.starts_with(b"GET /probe.txt"))
         .expect("client-side request event");
-    assert_eq!(Role::from_u8(client_write.0.role), Role::Client, "connect(2) marks the client");
+    assert_eq!(
+        Role::from_u8(client_write.0.role),
+        Role::Client,
+        "connect(2) marks the client"
+    );
     assert_eq!(client_write.0.addr.remote_port, port);
     assert!(
         seen.iter().any(|(h, p)| h.header.pid == server.pid()
@@ -91,5 +108,8 @@ fn programs_load_attach_and_report_real_http_traffic() {
     drop(ring);
     drop(capture);
     let after = loaded_program_ids();
-    assert!(ids.iter().all(|id| !after.contains(id)), "dropping the capture unloads everything");
+    assert!(
+        ids.iter().all(|id| !after.contains(id)),
+        "dropping the capture unloads everything"
+    );
 }

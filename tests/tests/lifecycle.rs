@@ -6,7 +6,9 @@ use aya::programs::loaded_programs;
 use tracer_tests::*;
 
 fn loaded_program_ids() -> HashSet<u32> {
-    loaded_programs().filter_map(|p| p.ok().map(|p| p.id())).collect()
+    loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect()
 }
 
 /// Program ids held by process `pid` (from its fds' fdinfo).
@@ -33,21 +35,41 @@ fn sigterm_detaches_everything_and_exits_zero() {
         Command::new(&bin).args(["--port", &free_port().to_string()]),
     )
     .unwrap();
-    agent.wait_line("tracing; stop with", Duration::from_secs(30)).unwrap();
+    agent
+        .wait_line("tracing; stop with", Duration::from_secs(30))
+        .unwrap();
     let ids = program_ids_of(agent.pid());
-    assert_eq!(ids.len(), 28, "the agent holds one program per tracepoint: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        28,
+        "the agent holds one program per tracepoint: {ids:?}"
+    );
     assert!(ids.is_subset(&loaded_program_ids()));
     agent
-        .wait_line("attached tracepoints: syscalls:sys_enter_read", Duration::from_secs(1))
+        .wait_line(
+            "attached tracepoints: syscalls:sys_enter_read",
+            Duration::from_secs(1),
+        )
         .expect("the agent logs what it attached");
 
     agent.signal(libc::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(15)).unwrap();
-    assert!(status.success(), "exit status {status}; stderr:\n{}", agent.stderr().join("\n"));
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        agent.stderr().join("\n")
+    );
     let left = loaded_program_ids();
-    assert!(ids.iter().all(|id| !left.contains(id)), "programs still loaded after exit");
-    agent.wait_line("detached all programs", Duration::from_secs(1)).unwrap();
-    agent.wait_line("final counters", Duration::from_secs(1)).unwrap();
+    assert!(
+        ids.iter().all(|id| !left.contains(id)),
+        "programs still loaded after exit"
+    );
+    agent
+        .wait_line("detached all programs", Duration::from_secs(1))
+        .unwrap();
+    agent
+        .wait_line("final counters", Duration::from_secs(1))
+        .unwrap();
 }
 
 #[test]
@@ -58,7 +80,9 @@ fn sigint_also_stops_cleanly() {
         Command::new(&bin).args(["--port", &free_port().to_string()]),
     )
     .unwrap();
-    agent.wait_line("tracing; stop with", Duration::from_secs(30)).unwrap();
+    agent
+        .wait_line("tracing; stop with", Duration::from_secs(30))
+        .unwrap();
     agent.signal(libc::SIGINT);
     let status = agent.wait_exit(Duration::from_secs(15)).unwrap();
     assert!(status.success(), "exit status {status}");
@@ -66,7 +90,10 @@ fn sigint_also_stops_cleanly() {
 
 #[test]
 fn help_explains_every_option() {
-    let out = Command::new(tracer_bin().unwrap()).arg("--help").output().unwrap();
+    let out = Command::new(tracer_bin().unwrap())
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for needle in [
@@ -78,6 +105,9 @@ fn help_explains_every_option() {
         "OTEL_EXPORTER_OTLP_HEADERS",
         "SIGTERM",
     ] {
-        assert!(help.contains(needle), "--help does not mention {needle}:\n{help}");
+        assert!(
+            help.contains(needle),
+            "--help does not mention {needle}:\n{help}"
+        );
     }
 }

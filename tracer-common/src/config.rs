@@ -30,6 +30,7 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub file_private_data: u32,
     pub inode_mode: u32,
+    pub inode_ino: u32,
     pub socket_type: u32,
     pub socket_sk: u32,
     pub sk_family: u32,

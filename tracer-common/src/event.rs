@@ -190,6 +190,9 @@ pub struct ProcessEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnState {
     pub conn_id: u64,
+    /// Inode number of the socket: tells a reused `struct sock` address (a new socket) from
+    /// the socket this state was made for, even when the old one's end was missed.
+    pub ino: u64,
     /// Bytes seen per [`Direction`].
     pub positions: [u64; 2],
     pub addr: ConnAddr,
@@ -220,9 +223,12 @@ pub enum DropCause {
     NotHttp = 5,
     /// Walking the kernel's fd table failed (fd out of range, unreadable pointer).
     FdLookupFailed = 6,
+    /// A connection state left from an earlier socket at the same address was replaced (its
+    /// end was missed, e.g. a TCP_CLOSE skipped while another BPF program ran on that CPU).
+    StaleConn = 7,
 }
 
-pub const DROP_CAUSES: usize = 7;
+pub const DROP_CAUSES: usize = 8;
 
 impl DropCause {
     pub const ALL: [DropCause; DROP_CAUSES] = [
@@ -233,6 +239,7 @@ impl DropCause {
         Self::Truncated,
         Self::NotHttp,
         Self::FdLookupFailed,
+        Self::StaleConn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -244,6 +251,7 @@ impl DropCause {
             Self::Truncated => "truncated_calls",
             Self::NotHttp => "not_http_conns",
             Self::FdLookupFailed => "fd_lookup_failed",
+            Self::StaleConn => "stale_conn_replaced",
         }
     }
 }
@@ -271,7 +279,12 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EventKind::Data, EventKind::Close, EventKind::Exec, EventKind::Exit] {
+        for k in [
+            EventKind::Data,
+            EventKind::Close,
+            EventKind::Exec,
+            EventKind::Exit,
+        ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(EventKind::from_u8(0), None);

@@ -2,8 +2,8 @@
 //! into the ring buffer.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
     },
     programs::TracePointContext,
 };
@@ -17,7 +17,7 @@ use crate::{
         CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_PIDS,
         TARGET_PORTS, config, count, offsets,
     },
-    sock::{conn_addr, tcp_sock_of_fd},
+    sock::{TcpSock, conn_addr, tcp_sock_of_fd},
 };
 
 /// Offset of the first syscall argument (and of `ret` at exit) in a syscalls:* record: the
@@ -64,18 +64,19 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         return;
     };
     let fd = fd as i32;
-    let Some(sk) = tcp_sock_of_fd(fd, &offsets()) else {
+    let Some(sock) = tcp_sock_of_fd(fd, &offsets()) else {
         return;
     };
     // Connections already known not to be HTTP cost one lookup from here on.
-    if let Some(conn) = unsafe { CONNS.get(&sk) } {
+    if let Some(conn) = unsafe { CONNS.get(&sock.sk) } {
         let p = Protocol::from_u8(conn.protocol);
-        if p == Protocol::Other || p == Protocol::Tls {
+        if conn.ino == sock.ino && (p == Protocol::Other || p == Protocol::Tls) {
             return;
         }
     }
     let inflight = Inflight {
-        sk,
+        sk: sock.sk,
+        ino: sock.ino,
         buf,
         ts_enter: unsafe { bpf_ktime_get_ns() },
         fd,
@@ -103,7 +104,13 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
     if ret <= 0 || inflight.source != SOURCE {
         return;
     }
-    let Some(conn) = conn_state(inflight.sk, Role::Unknown) else {
+    let Some(conn) = conn_state(
+        TcpSock {
+            sk: inflight.sk,
+            ino: inflight.ino,
+        },
+        Role::Unknown,
+    ) else {
         return;
     };
     let source = source_of(SOURCE);
@@ -127,12 +134,19 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
                 count(DropCause::NotHttp);
             }
         }
-        Source::Readv | Source::Writev => {
-            data_event_iov(&inflight, conn, source, inflight.buf, u64::MAX, ret as u64, pid_tgid)
-        }
+        Source::Readv | Source::Writev => data_event_iov(
+            &inflight,
+            conn,
+            source,
+            inflight.buf,
+            u64::MAX,
+            ret as u64,
+            pid_tgid,
+        ),
         Source::Recvmsg | Source::Sendmsg => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (UAPI layout).
-            let iov = unsafe { bpf_probe_read_user((inflight.buf + 16) as *const u64) }.unwrap_or(0);
+            let iov =
+                unsafe { bpf_probe_read_user((inflight.buf + 16) as *const u64) }.unwrap_or(0);
             let iovlen =
                 unsafe { bpf_probe_read_user((inflight.buf + 24) as *const u64) }.unwrap_or(0);
             data_event_iov(&inflight, conn, source, iov, iovlen, ret as u64, pid_tgid)
@@ -167,15 +181,22 @@ fn source_of(v: u8) -> Source {
 }
 
 /// The connection's state, created on first sight. `role` is set when known (accept/connect).
+/// A state left from an earlier socket at the same address (its end was missed) is replaced.
 #[inline(always)]
-pub fn conn_state(sk: u64, role: Role) -> Option<*mut ConnState> {
-    if let Some(c) = CONNS.get_ptr_mut(&sk) {
-        if role != Role::Unknown {
-            unsafe { (*c).role = role as u8 };
+pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
+    if let Some(c) = CONNS.get_ptr_mut(&sock.sk) {
+        // SAFETY: pointer into the map value, valid during this program run.
+        unsafe {
+            if (*c).ino == sock.ino {
+                if role != Role::Unknown {
+                    (*c).role = role as u8;
+                }
+                return Some(c);
+            }
         }
-        return Some(c);
+        count(DropCause::StaleConn);
     }
-    let addr = conn_addr(sk, &offsets());
+    let addr = conn_addr(sock.sk, &offsets());
     let mut protocol = Protocol::Unknown;
     if config().filter_ports != 0
         && unsafe { TARGET_PORTS.get(&addr.local_port) }.is_none()
@@ -186,6 +207,7 @@ pub fn conn_state(sk: u64, role: Role) -> Option<*mut ConnState> {
     }
     let state = ConnState {
         conn_id: next_conn_id(),
+        ino: sock.ino,
         positions: [0; 2],
         addr,
         role: role as u8,
@@ -193,11 +215,11 @@ pub fn conn_state(sk: u64, role: Role) -> Option<*mut ConnState> {
         classify_attempts: 0,
         _pad: [0; 5],
     };
-    if CONNS.insert(&sk, &state, 0).is_err() {
+    if CONNS.insert(&sock.sk, &state, 0).is_err() {
         count(DropCause::ConnMapFull);
         return None;
     }
-    CONNS.get_ptr_mut(&sk)
+    CONNS.get_ptr_mut(&sock.sk)
 }
 
 #[inline(always)]
@@ -215,7 +237,13 @@ fn next_conn_id() -> u64 {
 /// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
 /// header of the event to emit (the payload is copied by the caller).
 #[inline(always)]
-fn account(conn: *mut ConnState, source: Source, head_src: u64, head_len: u64, len: u64) -> Option<(u64, Protocol)> {
+fn account(
+    conn: *mut ConnState,
+    source: Source,
+    head_src: u64,
+    head_len: u64,
+    len: u64,
+) -> Option<(u64, Protocol)> {
     let dir = source.direction() as usize & 1;
     // SAFETY: `conn` points into the CONNS map value; concurrent calls on one socket only skew
     // positions, which userspace sees as overlap or gap.
@@ -279,12 +307,23 @@ fn capture_len(len: u64) -> usize {
     let limit = config().capture_limit as u64;
     let want = if len < limit { len } else { limit };
     let want = (want as usize) & (2 * MAX_CAPTURE - 1);
-    if want > MAX_CAPTURE { MAX_CAPTURE } else { want }
+    if want > MAX_CAPTURE {
+        MAX_CAPTURE
+    } else {
+        want
+    }
 }
 
 /// A call with one contiguous buffer.
 #[inline(always)]
-fn data_event(inflight: &Inflight, conn: *mut ConnState, source: Source, buf: u64, len: u64, pid_tgid: u64) {
+fn data_event(
+    inflight: &Inflight,
+    conn: *mut ConnState,
+    source: Source,
+    buf: u64,
+    len: u64,
+    pid_tgid: u64,
+) {
     let Some((position, protocol)) = account(conn, source, buf, len, len) else {
         return;
     };
@@ -301,7 +340,9 @@ fn data_event(inflight: &Inflight, conn: *mut ConnState, source: Source, buf: u6
             n
         }
     };
-    emit(scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid);
+    emit(
+        scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid,
+    );
 }
 
 /// A call with an iovec array.
@@ -337,8 +378,10 @@ fn data_event_iov(
         let n = (if seg_len < room { seg_len } else { room } as usize) & MASK;
         let off = copied & MASK;
         // SAFETY: off < MAX_CAPTURE and n < MAX_CAPTURE: inside the 2×MAX_CAPTURE buffer.
-        if unsafe { bpf_probe_read_user_buf(base as *const u8, &mut (&mut (*scratch).data)[off..off + n]) }
-            .is_err()
+        if unsafe {
+            bpf_probe_read_user_buf(base as *const u8, &mut (&mut (*scratch).data)[off..off + n])
+        }
+        .is_err()
         {
             count(DropCause::CopyFailed);
             break;
@@ -346,8 +389,14 @@ fn data_event_iov(
         copied += n;
         i += 1;
     }
-    let captured = if copied > MAX_CAPTURE { MAX_CAPTURE } else { copied };
-    emit(scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid);
+    let captured = if copied > MAX_CAPTURE {
+        MAX_CAPTURE
+    } else {
+        copied
+    };
+    emit(
+        scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -376,7 +425,11 @@ fn emit(
         h.conn_id = (*conn).conn_id;
         h.position = position;
         h.ts_enter = inflight.ts_enter;
-        h.total_len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+        h.total_len = if len > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            len as u32
+        };
         h.captured_len = captured as u32;
         h.fd = inflight.fd;
         h.direction = source.direction() as u8;
@@ -394,13 +447,18 @@ fn emit(
     }
 }
 
-/// Emits a close for a tracked connection and forgets it.
+/// Emits a close for a tracked connection and forgets it. `ino` (when known: close(2)) must
+/// match, so a stale state is not reported as the end of a new connection.
 #[inline(always)]
-pub fn close_conn(sk: u64, pid_tgid: u64) {
+pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
     let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else {
         return;
     };
     let _ = CONNS.remove(&sk);
+    if ino.is_some_and(|ino| ino != conn.ino) {
+        count(DropCause::StaleConn);
+        return;
+    }
     let p = Protocol::from_u8(conn.protocol);
     if p != Protocol::Http1 && p != Protocol::Http2 {
         return;
@@ -416,4 +474,3 @@ pub fn close_conn(sk: u64, pid_tgid: u64) {
         count(DropCause::RingbufFull);
     }
 }
-

@@ -57,8 +57,8 @@ fn accepted(ctx: &TracePointContext) {
     if fd < 0 {
         return;
     }
-    if let Some(sk) = tcp_sock_of_fd(fd as i32, &offsets()) {
-        let _ = conn_state(sk, Role::Server);
+    if let Some(sock) = tcp_sock_of_fd(fd as i32, &offsets()) {
+        let _ = conn_state(sock, Role::Server);
     }
 }
 
@@ -80,9 +80,12 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(fd) = arg::<u64>(&ctx, 0) else { return 0 };
+    let Some(fd) = arg::<u64>(&ctx, 0) else {
+        return 0;
+    };
     let inflight = Inflight {
         sk: 0,
+        ino: 0,
         buf: 0,
         ts_enter: unsafe { bpf_ktime_get_ns() },
         fd: fd as i32,
@@ -103,12 +106,14 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = INFLIGHT.remove(&pid_tgid);
-    let Some(ret) = arg::<i64>(&ctx, 0) else { return 0 };
+    let Some(ret) = arg::<i64>(&ctx, 0) else {
+        return 0;
+    };
     if inflight.source != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
         return 0;
     }
-    if let Some(sk) = tcp_sock_of_fd(inflight.fd, &offsets()) {
-        let _ = conn_state(sk, Role::Client);
+    if let Some(sock) = tcp_sock_of_fd(inflight.fd, &offsets()) {
+        let _ = conn_state(sock, Role::Client);
     }
     0
 }
@@ -119,9 +124,11 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(fd) = arg::<u64>(&ctx, 0) else { return 0 };
-    if let Some(sk) = tcp_sock_of_fd(fd as i32, &offsets()) {
-        close_conn(sk, pid_tgid);
+    let Some(fd) = arg::<u64>(&ctx, 0) else {
+        return 0;
+    };
+    if let Some(sock) = tcp_sock_of_fd(fd as i32, &offsets()) {
+        close_conn(sock.sk, Some(sock.ino), pid_tgid);
     }
     0
 }
@@ -132,7 +139,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     const TCP_CLOSE: i32 = 7;
     let cfg = config();
-    let newstate: i32 = unsafe { ctx.read_at(cfg.sock_state_newstate_offset as usize) }.unwrap_or(0);
+    let newstate: i32 =
+        unsafe { ctx.read_at(cfg.sock_state_newstate_offset as usize) }.unwrap_or(0);
     if newstate != TCP_CLOSE {
         return 0;
     }
@@ -140,7 +148,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // Often in softirq context: no meaningful pid.
-    close_conn(sk, 0);
+    close_conn(sk, None, 0);
     0
 }
 

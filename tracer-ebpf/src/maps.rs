@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Config, ConnState, DROP_CAUSES, DataHeader, DropCause, KernelOffsets, MAX_CAPTURE};
+use tracer_common::{
+    Config, ConnState, DROP_CAUSES, DataHeader, DropCause, KernelOffsets, MAX_CAPTURE,
+};
 
 /// Filters and limits, written by the agent before load.
 #[unsafe(no_mangle)]
@@ -28,6 +30,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_inode: 0,
     file_private_data: 0,
     inode_mode: 0,
+    inode_ino: 0,
     socket_type: 0,
     socket_sk: 0,
     sk_family: 0,
@@ -55,8 +58,9 @@ pub fn offsets() -> KernelOffsets {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
-    /// `struct sock *` of the fd.
+    /// `struct sock *` of the fd, and its socket's inode number.
     pub sk: u64,
+    pub ino: u64,
     /// The buffer, iovec array, msghdr or mmsghdr array argument.
     pub buf: u64,
     pub ts_enter: u64,

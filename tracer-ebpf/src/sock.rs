@@ -13,10 +13,19 @@ unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
-/// The `struct sock *` of `fd` when it is a TCP (stream, IPv4/IPv6) socket, else `None`
-/// (files, pipes, Unix sockets, UDP, closed fds).
+/// A TCP socket found from a file descriptor.
+#[derive(Clone, Copy)]
+pub struct TcpSock {
+    /// `struct sock *`.
+    pub sk: u64,
+    /// Inode number of the socket (unique while it lives; tells reused addresses apart).
+    pub ino: u64,
+}
+
+/// The socket of `fd` when it is a TCP (stream, IPv4/IPv6) socket, else `None` (files,
+/// pipes, Unix sockets, UDP, closed fds).
 #[inline(always)]
-pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<u64> {
+pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
     if fd < 0 {
         return None;
     }
@@ -49,7 +58,8 @@ pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<u64> {
         if family != AF_INET && family != AF_INET6 {
             return None;
         }
-        Some(sk)
+        let ino: u64 = read(inode, off.inode_ino)?;
+        Some(TcpSock { sk, ino })
     }
 }
 

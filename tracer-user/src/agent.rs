@@ -16,7 +16,7 @@ use crate::{
     cli::Cli,
     conn::TableLimits,
     export::{self, ExportStats},
-    process::ProcessTable,
+    process::{self, ProcessTable},
     stitch::Stitcher,
     trace::{Clock, http_span::SpanOptions},
 };
@@ -36,11 +36,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         ..SpanOptions::default()
     };
     let mut stitcher = Stitcher::new(
-        ProcessTable::new(None, Vec::new()),
+        ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
         options,
         TableLimits::default(),
     );
+    let mut recorder = match &cli.record_events {
+        Some(path) => Some(Recorder::create(path)?),
+        None => None,
+    };
     let mut emit = |span| {
         spans.send(span);
     };
@@ -50,7 +54,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stats_every = cli.stats_interval();
     let mut last_stats = Instant::now();
-    tracing::info!(pid = std::process::id(), "tracing; stop with Ctrl-C or SIGTERM");
+    tracing::info!(
+        pid = std::process::id(),
+        "tracing; stop with Ctrl-C or SIGTERM"
+    );
 
     loop {
         tokio::select! {
@@ -58,6 +65,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 while let Some(record) = ring.next() {
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(&record);
+                    }
                     stitcher.on_record(&record, &mut emit);
                 }
                 guard.clear_ready();
@@ -97,6 +107,57 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Appends raw ring-buffer records to a file (u32 little-endian length, then the bytes), for
+/// replay by the pipeline benchmark and for debugging. Stops recording on the first write error.
+struct Recorder {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Recorder {
+    fn create(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        tracing::info!("recording kernel events to {}", path.display());
+        Ok(Self {
+            out: Some(std::io::BufWriter::new(file)),
+        })
+    }
+
+    fn write(&mut self, record: &[u8]) {
+        use std::io::Write;
+        let Some(out) = self.out.as_mut() else { return };
+        let len = (record.len() as u32).to_le_bytes();
+        if let Err(e) = out.write_all(&len).and_then(|_| out.write_all(record)) {
+            tracing::warn!("event recording stopped: {e}");
+            self.out = None;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Some(out) = self.out.as_mut() {
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Reads a file written by `--record-events` back into records.
+pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(record) = rest.get(4..4 + len) else {
+            break;
+        };
+        records.push(record);
+        rest = &rest[4 + len..];
+    }
+    records
+}
+
 fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &ExportStats) {
     let drops = capture
         .drops()
@@ -131,6 +192,10 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
         export_queue_full = ex.spans_dropped_queue_full,
         queue_len = ex.queue_len,
         "{when} counters; kernel drops: {}",
-        if drops.is_empty() { "none".to_owned() } else { drops }
+        if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops
+        }
     );
 }

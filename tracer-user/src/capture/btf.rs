@@ -35,7 +35,9 @@ fn skip_modifiers(btf: &Btf, mut ty: Type) -> Result<Type> {
     loop {
         ty = match &ty {
             Type::Typedef(t) => btf.resolve_chained_type(t)?,
-            Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => btf.resolve_chained_type(t)?,
+            Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t)?
+            }
             Type::TypeTag(t) => btf.resolve_chained_type(t)?,
             _ => return Ok(ty),
         };
@@ -66,7 +68,8 @@ fn find_member(btf: &Btf, ty: &Type, field: &str, depth: u32) -> Result<Option<(
 
 /// All offsets the programs need.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file(path).with_context(|| format!("reading BTF from {}", path.display()))?;
+    let btf =
+        Btf::from_file(path).with_context(|| format!("reading BTF from {}", path.display()))?;
     let sk = |field: &str| field_offset(&btf, "sock", &["__sk_common", field]);
     Ok(KernelOffsets {
         task_files: field_offset(&btf, "task_struct", &["files"])?,
@@ -76,6 +79,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         file_inode: field_offset(&btf, "file", &["f_inode"])?,
         file_private_data: field_offset(&btf, "file", &["private_data"])?,
         inode_mode: field_offset(&btf, "inode", &["i_mode"])?,
+        inode_ino: field_offset(&btf, "inode", &["i_ino"])?,
         socket_type: field_offset(&btf, "socket", &["type"])?,
         socket_sk: field_offset(&btf, "socket", &["sk"])?,
         sk_family: sk("skc_family")?,
@@ -97,7 +101,13 @@ mod tests {
     fn offsets_resolve_on_this_kernel() {
         let off = kernel_offsets(Path::new(VMLINUX_BTF)).expect("BTF offsets");
         // struct sock starts with struct sock_common; these are within its first 128 bytes.
-        for o in [off.sk_daddr, off.sk_rcv_saddr, off.sk_dport, off.sk_num, off.sk_family] {
+        for o in [
+            off.sk_daddr,
+            off.sk_rcv_saddr,
+            off.sk_dport,
+            off.sk_num,
+            off.sk_family,
+        ] {
             assert!(o < 128, "{off:?}");
         }
         assert_eq!(off.sk_rcv_saddr, off.sk_daddr + 4, "{off:?}");

@@ -6,10 +6,17 @@ use tracer_common::{CloseEvent, DataHeader, EventHeader, EventKind, ProcessEvent
 
 #[derive(Debug)]
 pub enum Event<'a> {
-    Data { header: DataHeader, payload: &'a [u8] },
+    Data {
+        header: DataHeader,
+        payload: &'a [u8],
+    },
     Close(CloseEvent),
-    Exec { pid: u32 },
-    Exit { pid: u32 },
+    Exec {
+        pid: u32,
+    },
+    Exit {
+        pid: u32,
+    },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {

@@ -86,7 +86,9 @@ impl Capture {
     /// the program and the verifier's last lines when the kernel rejects one.
     pub fn load(opts: &CaptureOptions) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP was set)");
+            bail!(
+                "this tracer binary was built without its kernel programs (AYA_BUILD_SKIP was set)"
+            );
         }
         preflight::check()?;
         let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
@@ -134,13 +136,19 @@ impl Capture {
 
     /// The ring buffer carrying events (can be taken once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS map taken already"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map taken already"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Kernel-side drop counters, summed over CPUs.
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let map = self.ebpf.map("DROPS").ok_or_else(|| anyhow!("DROPS map missing"))?;
+        let map = self
+            .ebpf
+            .map("DROPS")
+            .ok_or_else(|| anyhow!("DROPS map missing"))?;
         let drops = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = BTreeMap::new();
         for cause in DropCause::ALL {
@@ -161,15 +169,19 @@ impl Capture {
 
 fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
     if !opts.pids.is_empty() {
-        let mut pids: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(ebpf.map_mut("TARGET_PIDS").ok_or_else(|| anyhow!("TARGET_PIDS missing"))?)?;
+        let mut pids: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+            ebpf.map_mut("TARGET_PIDS")
+                .ok_or_else(|| anyhow!("TARGET_PIDS missing"))?,
+        )?;
         for pid in &opts.pids {
             pids.insert(pid, 1, 0)?;
         }
     }
     if !opts.ports.is_empty() {
-        let mut ports: BpfHashMap<_, u16, u8> =
-            BpfHashMap::try_from(ebpf.map_mut("TARGET_PORTS").ok_or_else(|| anyhow!("TARGET_PORTS missing"))?)?;
+        let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+            ebpf.map_mut("TARGET_PORTS")
+                .ok_or_else(|| anyhow!("TARGET_PORTS missing"))?,
+        )?;
         for port in &opts.ports {
             ports.insert(port, 1, 0)?;
         }
@@ -180,7 +192,10 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
 /// The verifier's verdict in a few readable lines: the program's name and the log's tail.
 fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(12).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();

@@ -51,7 +51,8 @@ fn has_caps() -> bool {
 
 pub fn kernel_version() -> Result<(u32, u32)> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    parse_release(&release).ok_or_else(|| anyhow::anyhow!("cannot parse kernel release {release:?}"))
+    parse_release(&release)
+        .ok_or_else(|| anyhow::anyhow!("cannot parse kernel release {release:?}"))
 }
 
 fn parse_release(release: &str) -> Option<(u32, u32)> {
@@ -75,7 +76,9 @@ pub fn ensure_tracefs() -> Result<()> {
         .args(["-t", "tracefs", "tracefs", TRACEFS])
         .status();
     if !matches!(status, Ok(s) if s.success()) || !tracefs_mounted() {
-        bail!("tracefs is not mounted and mounting it failed: run `mount -t tracefs tracefs {TRACEFS}`");
+        bail!(
+            "tracefs is not mounted and mounting it failed: run `mount -t tracefs tracefs {TRACEFS}`"
+        );
     }
     Ok(())
 }
@@ -95,7 +98,12 @@ pub fn sock_state_offsets() -> (u16, u16) {
             if !decl.ends_with(&format!(" {name}")) {
                 return None;
             }
-            rest.trim().strip_prefix("offset:")?.split(';').next()?.parse::<u16>().ok()
+            rest.trim()
+                .strip_prefix("offset:")?
+                .split(';')
+                .next()?
+                .parse::<u16>()
+                .ok()
         })
     };
     (find("skaddr").unwrap_or(8), find("newstate").unwrap_or(20))

@@ -16,12 +16,22 @@ use crate::{capture::CaptureOptions, export::ExportArgs};
 #[command(name = "tracer", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Trace only these processes (repeat or comma-separate). Default: every process.
-    #[arg(long = "pid", value_name = "PID", value_delimiter = ',', env = "TRACER_PIDS")]
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        value_delimiter = ',',
+        env = "TRACER_PIDS"
+    )]
     pub pids: Vec<u32>,
 
     /// Trace only connections whose local or remote port is one of these (repeat or
     /// comma-separate). Default: every port.
-    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', env = "TRACER_PORTS")]
+    #[arg(
+        long = "port",
+        value_name = "PORT",
+        value_delimiter = ',',
+        env = "TRACER_PORTS"
+    )]
     pub ports: Vec<u16>,
 
     /// Bytes of payload copied per read/write (enough for request and response headers;
@@ -41,13 +51,28 @@ pub struct Cli {
     pub keep_query_values: bool,
 
     /// Seconds between the agent's own counter reports in the log (0: only at exit).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, env = "TRACER_STATS_INTERVAL")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        env = "TRACER_STATS_INTERVAL"
+    )]
     pub stats_interval: u64,
 
     /// Log filter for the agent's own logs on stderr (tracing's env-filter syntax, e.g.
     /// `info`, `debug`, `tracer=debug`).
-    #[arg(long, value_name = "FILTER", default_value = "info", env = "TRACER_LOG")]
+    #[arg(
+        long,
+        value_name = "FILTER",
+        default_value = "info",
+        env = "TRACER_LOG"
+    )]
     pub log: String,
+
+    /// Also write every raw kernel event to FILE (for replay by `cargo xtask bench` and for
+    /// bug reports). The file grows without bound: use for short captures only.
+    #[arg(long, value_name = "FILE")]
+    pub record_events: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub export: ExportArgs,

@@ -3,7 +3,6 @@
 
 pub mod table;
 
-
 pub use table::{ConnTable, Finished, TableLimits, TableStats};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,7 +27,9 @@ pub struct ConnMeta {
 pub fn socket_addrs(addr: &ConnAddr) -> Option<(SocketAddr, SocketAddr)> {
     let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
         match addr.family {
-            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
             AF_INET6 => {
                 let v6 = Ipv6Addr::from(*bytes);
                 // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; users expect a.b.c.d.

@@ -209,7 +209,10 @@ impl ConnTable {
 
     /// Approximate heap bytes held by the parsers.
     pub fn memory_bytes(&self) -> usize {
-        self.conns.values().map(|c| c.http.memory_bytes()).sum::<usize>()
+        self.conns
+            .values()
+            .map(|c| c.http.memory_bytes())
+            .sum::<usize>()
             + self.conns.capacity() * std::mem::size_of::<(u64, Conn)>()
     }
 }

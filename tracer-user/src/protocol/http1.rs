@@ -36,9 +36,14 @@
 //!   (until a clean pairing) the parser only pairs what timing proves possible: a response cannot
 //!   answer a request that started after it (`start` of a request: read exit for a received one,
 //!   write entry for a sent one; of a response: write entry for a sent one, read exit for a
-//!   received one). A new request finishes everything before it: a response whose framing was
-//!   lost is emitted (`incomplete`), requests whose response was lost are dropped. A request after
-//!   which requests were lost is not paired with a response that follows a response-side loss.
+//!   received one). A new request ends a response whose framing was lost (it is emitted,
+//!   `incomplete`). Older requests still waiting when a new one arrives are dropped as "response
+//!   lost" only if the response side lost sync and was active after them; otherwise the
+//!   connection is taken to pipeline. A request after which requests were lost is not paired with
+//!   a response that follows a response-side loss (both are dropped).
+//!
+//! Residual risk, by design of the above: a client that first pipelines right after a
+//! response-side loss (so pipelining was never observed) can be mis-paired.
 //!
 //! Every response checks that timing rule, also in sync, as a guard against mis-ordered input.
 //!
@@ -1001,14 +1006,15 @@ impl Http1Conn {
                     self.mark_incomplete(d);
                 }
                 if take == rem {
-                    self.dirs[d].st = St::Body(Body::Chunked(Chunked::DataCr));
-                    if n > take {
-                        self.lose(dir, out);
-                    }
+                    // The CR LF closing the chunk data has a fixed size: skipping it unseen keeps
+                    // sync (servers often write size line, data and CR LF in one call).
+                    self.skip_data_crlf(dir, n - take, out);
                 } else {
                     self.dirs[d].st = St::Body(Body::Chunked(Chunked::Data(rem - take)));
                 }
             }
+            St::Body(Body::Chunked(Chunked::DataCr)) => self.skip_data_crlf(dir, n, out),
+            St::Body(Body::Chunked(Chunked::DataLf)) => self.skip_data_crlf(dir, n + 1, out),
             St::Body(Body::UntilClose) => {
                 self.add_body(d, n);
                 if gap {
@@ -1019,6 +1025,18 @@ impl Http1Conn {
             St::Start | St::Body(Body::Chunked(_)) => self.lose(dir, out),
             St::Resync => self.pairing_loss(dir, out),
         }
+    }
+
+    /// `n` unseen bytes right after chunk data: up to 2 of them are the CR LF ending the data;
+    /// more would be the next chunk-size line, which cannot be skipped blind.
+    fn skip_data_crlf(&mut self, dir: Direction, n: u64, out: &mut Vec<HttpExchange>) {
+        let d = dir.index();
+        self.dirs[d].st = St::Body(Body::Chunked(match n {
+            0 => Chunked::DataCr,
+            1 => Chunked::DataLf,
+            2 => Chunked::Size,
+            _ => return self.lose(dir, out),
+        }));
     }
 
     /// Chunked body bytes from `data[p..]`; returns the new position.
@@ -1815,6 +1833,39 @@ mod tests {
             (x.len(), x[0].request.target.as_str(), x[0].incomplete),
             (1, "/second", false)
         );
+    }
+
+    #[test]
+    fn chunk_per_call_with_uncaptured_data_and_crlf_stays_in_sync() {
+        // As python's and many servers' chunked writers do: one call per chunk holding the size
+        // line, the data and the closing CR LF, of which only a prefix is captured.
+        let mut t = T::new();
+        t.feed(IN, GET);
+        t.feed(EG, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..4 {
+            let mut call = b"2000\r\n".to_vec();
+            call.extend_from_slice(&[b'y'; 100]);
+            // 6 bytes of size line + 0x2000 of data + 2 of CR LF; 106 captured.
+            t.feed_total(EG, &call, 6 + 0x2000 + 2);
+        }
+        assert!(t.take().is_empty());
+        let (_, end) = t.feed_total(EG, b"0\r\n\r\n", 5);
+        let x = t.take();
+        assert_eq!(x.len(), 1);
+        assert_eq!(
+            (status(&x[0]), x[0].incomplete, x[0].end_ns),
+            (200, false, end)
+        );
+        assert_eq!(x[0].response_body_size, 4 * 0x2000);
+
+        // A tail reaching past the CR LF into the next size line cannot be followed.
+        let mut t = T::new();
+        t.feed(IN, GET);
+        t.feed(EG, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        t.feed_total(EG, b"10\r\n", 5 + 16 + 2 + 3);
+        t.feed(IN, b"GET /next HTTP/1.1\r\n\r\n");
+        let x = t.take();
+        assert_eq!((x.len(), x[0].incomplete), (1, true));
     }
 
     #[test]

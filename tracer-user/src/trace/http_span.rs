@@ -183,7 +183,9 @@ pub fn span_from_exchange_with_ids(
     if let Some(ua) = header(&req.headers, "user-agent") {
         attrs.push(("user_agent.original", ua.into()));
     }
-    if ex.request_body_size > 0 || has_body_framing(&req.headers) {
+    // Sizes of an incomplete exchange are lower bounds at best (bytes went unseen): a body
+    // size attribute must be exact, so it is left out rather than wrong.
+    if !ex.incomplete && (ex.request_body_size > 0 || has_body_framing(&req.headers)) {
         attrs.push((
             "http.request.body.size",
             saturating_i64(ex.request_body_size).into(),
@@ -194,7 +196,7 @@ pub fn span_from_exchange_with_ids(
     let (status, status_message) = match &ex.response {
         Some(resp) => {
             attrs.push(("http.response.status_code", i64::from(resp.status).into()));
-            if ex.response_body_size > 0 || has_body_framing(&resp.headers) {
+            if !ex.incomplete && (ex.response_body_size > 0 || has_body_framing(&resp.headers)) {
                 attrs.push((
                     "http.response.body.size",
                     saturating_i64(ex.response_body_size).into(),
@@ -1171,6 +1173,14 @@ mod tests {
         ex.response = None;
         ex.response_body_size = 10;
         assert_eq!(build(&ex).attr("http.response.body.size"), None);
+        // Incomplete exchange: sizes are not known exactly, so none is reported.
+        let mut ex = exchange(CLIENT, "POST", "/", Some(200));
+        ex.request_body_size = 12;
+        ex.response_body_size = 3456;
+        ex.incomplete = true;
+        let sp = build(&ex);
+        assert_eq!(sp.attr("http.request.body.size"), None);
+        assert_eq!(sp.attr("http.response.body.size"), None);
         ex.request_body_size = u64::MAX;
         assert_eq!(i(&build(&ex), "http.request.body.size"), Some(i64::MAX));
     }

@@ -1,0 +1,88 @@
+//! Feeds arbitrary chunk/gap/close sequences in both directions to `Http1Conn`: no panic, memory
+//! stays bounded, emitted exchanges are sane.
+//!
+//! The protocol module is compiled straight from the agent's sources (it only needs
+//! `tracer-common` and `httparse`), so the fuzz build does not build the agent or its eBPF object.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../tracer-user/src/protocol/mod.rs"]
+mod protocol;
+
+use libfuzzer_sys::fuzz_target;
+use protocol::http1::{Http1Conn, Limits};
+use protocol::{Chunk, Direction};
+
+const LIMITS: Limits = Limits {
+    max_head_bytes: 2048,
+    max_pending_requests: 8,
+    max_header_value: 64,
+};
+/// Heads, chunk-size lines, 8 pending requests (target 2 KiB, 16 headers of <= 64 + 64 bytes).
+const MEMORY_BOUND: usize = 256 * 1024;
+
+fuzz_target!(|input: &[u8]| {
+    let mut conn = Http1Conn::new(LIMITS);
+    let mut out = Vec::new();
+    let mut ts = 1_000u64;
+    let mut p = 0;
+    // Each op: [op] [len] [len bytes of data] ; op bits: 0 direction, 1-2 kind, 3-7 extra.
+    while p + 2 <= input.len() {
+        let (op, len) = (input[p], input[p + 1] as usize);
+        p += 2;
+        let dir = if op & 1 == 0 {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        match (op >> 1) & 3 {
+            0 | 1 => {
+                let data = &input[p..(p + len).min(input.len())];
+                p += data.len();
+                // Sometimes more bytes moved than captured.
+                let extra = if (op >> 1) & 3 == 1 {
+                    u32::from(op >> 3) * 97
+                } else {
+                    0
+                };
+                let chunk = Chunk {
+                    data,
+                    total_len: data.len() as u32 + extra,
+                    ts_enter: ts,
+                    ts_exit: ts + u64::from(op >> 3),
+                    tid: 1,
+                };
+                conn.on_chunk(dir, &chunk, &mut out);
+            }
+            2 => conn.on_gap(dir, (len as u64) << (op >> 5)),
+            _ => {
+                if op >> 3 == 0 {
+                    conn.on_close(ts, &mut out);
+                    assert!(conn.is_idle());
+                }
+            }
+        }
+        ts += 10;
+        assert!(
+            conn.memory_bytes() <= MEMORY_BOUND,
+            "{}",
+            conn.memory_bytes()
+        );
+    }
+    conn.on_close(ts, &mut out);
+    assert!(conn.is_idle());
+    for x in &out {
+        assert!(x.start_ns <= x.end_ns);
+        assert!(!x.request.method.is_empty());
+        assert!(x.request.headers.len() <= 16);
+        assert!(
+            x.request
+                .headers
+                .iter()
+                .all(|(n, v)| n.len() <= 64 && v.len() <= 3 * 64)
+        );
+        if let Some(r) = &x.response {
+            assert!((100..1000).contains(&r.status));
+        }
+    }
+});

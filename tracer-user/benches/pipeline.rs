@@ -1,0 +1,111 @@
+//! The agent's event pipeline without the kernel: a recorded ring-buffer stream
+//! (`data/events.bin`, written by `tracer --record-events` during `cargo xtask bench --record`)
+//! replayed through reassembly → HTTP parsing → spans (`Stitcher::on_record`, as the agent
+//! runs it) → OTLP encoding in batches of 512 (`export_request` + protobuf encoding, as the
+//! OTLP exporters do). Throughput is in events (ring-buffer records) per second on one core.
+//!
+//! Two variants:
+//! - `replay`: every data and close event is attributed to this (live) process, so resource
+//!   look-ups hit the cache after the first one, as they do in the agent for live processes.
+//! - `replay_recorded_pids`: the pids as recorded. Those processes are gone at replay time, and
+//!   `ProcessTable` does not cache misses, so every span pays a failed procfs look-up.
+//!
+//! Run by `cargo xtask bench`, which reads the figures back from criterion's estimates and
+//! the `events per pass:` / `spans per pass:` lines printed here.
+use std::{hint::black_box, time::Duration};
+
+use criterion::{BatchSize, Criterion, Throughput};
+use prost::Message;
+use tracer::{
+    agent::read_recording,
+    conn::TableLimits,
+    export::export_request,
+    process::ProcessTable,
+    stitch::Stitcher,
+    trace::{Clock, Span, http_span::SpanOptions},
+};
+use tracer_common::EventKind;
+
+const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
+/// The OTLP exporters' default batch size (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+const BATCH: usize = 512;
+/// Offset of `EventHeader::pid` in every record.
+const PID_OFFSET: usize = 4;
+
+fn stitcher() -> Stitcher {
+    Stitcher::new(
+        ProcessTable::new(None, vec![]),
+        Clock::measure(),
+        SpanOptions::default(),
+        TableLimits::default(),
+    )
+}
+
+/// One pass: every record through the stitcher, spans encoded in batches. Returns the spans
+/// produced and the encoded bytes.
+fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
+    let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
+    let mut spans = 0u64;
+    let mut encoded = 0usize;
+    let mut flush = |batch: &mut Vec<Span>| {
+        spans += batch.len() as u64;
+        encoded += black_box(export_request(batch.drain(..)).encode_to_vec()).len();
+    };
+    for record in records {
+        stitcher.on_record(record, &mut |span| batch.push(span));
+        if batch.len() >= BATCH {
+            flush(&mut batch);
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch);
+    }
+    (spans, encoded)
+}
+
+/// The records with data and close events attributed to `pid`.
+fn with_pid(records: &[Vec<u8>], pid: u32) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let kind = r.first().copied().and_then(EventKind::from_u8);
+            if matches!(kind, Some(EventKind::Data | EventKind::Close)) && r.len() >= PID_OFFSET + 4
+            {
+                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_le_bytes());
+            }
+            r
+        })
+        .collect()
+}
+
+fn main() {
+    let bytes = std::fs::read(RECORDING).unwrap_or_else(|e| {
+        panic!("{RECORDING}: {e} (record one with `cargo xtask bench --record`)")
+    });
+    let recorded: Vec<Vec<u8>> = read_recording(&bytes)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let live = with_pid(&recorded, std::process::id());
+    let (spans, encoded) = replay(&mut stitcher(), &live);
+    println!("events per pass: {}", recorded.len());
+    println!("spans per pass: {spans}");
+    println!("OTLP bytes per pass: {encoded}");
+    assert!(spans > 0, "the recording produced no span");
+
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(recorded.len() as u64));
+    for (name, records) in [("replay", &live), ("replay_recorded_pids", &recorded)] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(stitcher, |s| replay(s, records), BatchSize::LargeInput)
+        });
+    }
+    group.finish();
+    c.final_summary();
+}
