@@ -86,7 +86,7 @@ fn garbage_oversized_and_slowloris_make_no_spans() {
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/after")]).unwrap();
 
     let pid = server.pid() as i64;
-    let servers = receiver.wait_spans(1, WAIT, |s| {
+    receiver.wait_spans(1, WAIT, |s| {
         s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid)
     });
     std::thread::sleep(Duration::from_millis(500));

@@ -18,10 +18,10 @@ fn program_ids_of(pid: u32) -> HashSet<u32> {
         return ids;
     };
     for fd in fds.flatten() {
-        if let Ok(info) = std::fs::read_to_string(fd.path()) {
-            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
-                ids.insert(id.trim().parse().unwrap());
-            }
+        if let Ok(info) = std::fs::read_to_string(fd.path())
+            && let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:"))
+        {
+            ids.insert(id.trim().parse().unwrap());
         }
     }
     ids

@@ -47,7 +47,7 @@ pub fn traced(pid_tgid: u64) -> bool {
         return false;
     }
     // SAFETY: plain lookup; the value is not kept.
-    if cfg.filter_pids != 0 && unsafe { TARGET_PIDS.get(&tgid) }.is_none() {
+    if cfg.filter_pids != 0 && unsafe { TARGET_PIDS.get(tgid) }.is_none() {
         return false;
     }
     true
@@ -68,7 +68,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         return;
     };
     // Connections already known not to be HTTP cost one lookup from here on.
-    if let Some(conn) = unsafe { CONNS.get(&sock.sk) } {
+    if let Some(conn) = unsafe { CONNS.get(sock.sk) } {
         let p = Protocol::from_u8(conn.protocol);
         if conn.ino == sock.ino && (p == Protocol::Other || p == Protocol::Tls) {
             return;
@@ -83,7 +83,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         source: source as u8,
         _pad: [0; 3],
     };
-    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
+    if INFLIGHT.insert(pid_tgid, inflight, 0).is_err() {
         count(DropCause::InflightMapFull);
     }
 }
@@ -94,10 +94,10 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
 pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the entry is removed.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
         return;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
+    let _ = INFLIGHT.remove(pid_tgid);
     let Some(ret) = arg::<i64>(ctx, 0) else {
         return;
     };
@@ -184,7 +184,7 @@ fn source_of(v: u8) -> Source {
 /// A state left from an earlier socket at the same address (its end was missed) is replaced.
 #[inline(always)]
 pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
-    if let Some(c) = CONNS.get_ptr_mut(&sock.sk) {
+    if let Some(c) = CONNS.get_ptr_mut(sock.sk) {
         // SAFETY: pointer into the map value, valid during this program run.
         unsafe {
             if (*c).ino == sock.ino {
@@ -199,8 +199,8 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
     let addr = conn_addr(sock.sk, &offsets());
     let mut protocol = Protocol::Unknown;
     if config().filter_ports != 0
-        && unsafe { TARGET_PORTS.get(&addr.local_port) }.is_none()
-        && unsafe { TARGET_PORTS.get(&addr.remote_port) }.is_none()
+        && unsafe { TARGET_PORTS.get(addr.local_port) }.is_none()
+        && unsafe { TARGET_PORTS.get(addr.remote_port) }.is_none()
     {
         // Outside the target set: tracked only so later calls are skipped cheaply.
         protocol = Protocol::Other;
@@ -215,11 +215,11 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
         classify_attempts: 0,
         _pad: [0; 5],
     };
-    if CONNS.insert(&sock.sk, &state, 0).is_err() {
+    if CONNS.insert(sock.sk, state, 0).is_err() {
         count(DropCause::ConnMapFull);
         return None;
     }
-    CONNS.get_ptr_mut(&sock.sk)
+    CONNS.get_ptr_mut(sock.sk)
 }
 
 #[inline(always)]
@@ -451,10 +451,10 @@ fn emit(
 /// match, so a stale state is not reported as the end of a new connection.
 #[inline(always)]
 pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
-    let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else {
+    let Some(conn) = (unsafe { CONNS.get(sk) }).copied() else {
         return;
     };
-    let _ = CONNS.remove(&sk);
+    let _ = CONNS.remove(sk);
     if ino.is_some_and(|ino| ino != conn.ino) {
         count(DropCause::StaleConn);
         return;

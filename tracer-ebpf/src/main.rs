@@ -92,7 +92,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         source: CONNECT,
         _pad: [0; 3],
     };
-    let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
+    let _ = INFLIGHT.insert(pid_tgid, inflight, 0);
     0
 }
 
@@ -102,10 +102,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     const EINPROGRESS: i64 = 115;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
+    let _ = INFLIGHT.remove(pid_tgid);
     let Some(ret) = arg::<i64>(&ctx, 0) else {
         return 0;
     };

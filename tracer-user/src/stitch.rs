@@ -81,10 +81,10 @@ impl Stitcher {
             Event::Close(close) => self.conns.on_close(&close, &mut self.finished),
             Event::Exec { pid } => self.processes.on_exec(pid),
             Event::Exit { pid } => {
-                if self.exits.len() >= MAX_PENDING_EXITS {
-                    if let Some((old, _)) = self.exits.pop_front() {
-                        self.processes.on_exit(old);
-                    }
+                if self.exits.len() >= MAX_PENDING_EXITS
+                    && let Some((old, _)) = self.exits.pop_front()
+                {
+                    self.processes.on_exit(old);
                 }
                 self.exits.push_back((pid, header_ts(record)));
             }
