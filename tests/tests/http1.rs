@@ -331,3 +331,56 @@ fn many_concurrent_connections() {
         "bounded span names"
     );
 }
+
+/// A keep-alive connection opened before the agent started: its later requests are traced
+/// (the kernel finds the socket from the fd; the role comes from the traffic).
+#[test]
+fn connection_open_before_the_agent_started() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = test_http_server().unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut exchange = |path: &str| {
+        sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    exchange("/before");
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    exchange("/after/1");
+    exchange("/after/2");
+    receiver.wait_spans(1, WAIT, |s| {
+        s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path") == "/after/2"
+    });
+    client_spans(&receiver, port, 2);
+    let log = final_counters(&agent.stop().unwrap());
+    let servers = server_spans(&receiver, &server, 1);
+    let clients = client_spans(&receiver, port, 2);
+    let paths = |spans: &[Value]| {
+        let mut p: Vec<String> = spans
+            .iter()
+            .map(|s| s.attr_str("url.path").to_owned())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(paths(&clients), vec!["/after/1", "/after/2"], "{log}");
+    // The server thread was already blocked in recv(2) for /after/1 when the programs were
+    // attached: that call's arguments were never seen, so its request is lost once and counted
+    // (its response has no request). Every later request is traced.
+    let server_paths = paths(&servers);
+    assert!(server_paths.contains(&"/after/2".to_owned()), "{log}");
+    if !server_paths.contains(&"/after/1".to_owned()) {
+        assert!(log.contains("unmatched_responses=1"), "{log}");
+    }
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.attr_i64("client.port") > 0 && s.attr_str("client.address") == "127.0.0.1")
+    );
+}

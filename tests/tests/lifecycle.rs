@@ -111,3 +111,24 @@ fn help_explains_every_option() {
         );
     }
 }
+
+#[test]
+fn without_privileges_it_says_so_in_one_line() {
+    // Drop to nobody: no CAP_BPF, no root.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tracer_bin().unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("must run as root"), "{stderr}");
+    assert!(errors[0].contains("CAP_BPF"), "{stderr}");
+}

@@ -134,7 +134,10 @@ impl ConnTable {
             tid: h.header.tid,
         };
         let end = h.position + h.total_len as u64;
-        match conn.next[dir.index()] {
+        // Positions count from when the kernel first saw the connection: a direction's first
+        // event past 0 follows bytes that were moved but not delivered (lost, or seen before
+        // the protocol was recognised), so the parser may be mid-message.
+        match conn.next[dir.index()].or(Some(0)) {
             Some(expected) if h.position > expected => {
                 let gap = h.position - expected;
                 self.stats.gaps += 1;
@@ -222,4 +225,184 @@ fn add_parse_stats(total: &mut ParseStats, s: &ParseStats) {
     total.dropped_messages += s.dropped_messages;
     total.unmatched_responses += s.unmatched_responses;
     total.unanswered_requests += s.unanswered_requests;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{AF_INET, ConnAddr, EventKind};
+
+    const SERVER: u8 = Role::Server as u8;
+
+    fn header(conn_id: u64, dir: Direction, position: u64, payload: &[u8], ts: u64) -> DataHeader {
+        let mut h = DataHeader::default();
+        h.header.kind = EventKind::Data as u8;
+        h.header.pid = 42;
+        h.header.tid = 43;
+        h.header.ts = ts;
+        h.conn_id = conn_id;
+        h.position = position;
+        h.ts_enter = ts.saturating_sub(10);
+        h.total_len = payload.len() as u32;
+        h.captured_len = payload.len() as u32;
+        h.direction = dir as u8;
+        h.role = SERVER;
+        h.addr = ConnAddr {
+            family: AF_INET,
+            local_port: 8080,
+            remote_port: 50000,
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote_addr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        h
+    }
+
+    struct T {
+        table: ConnTable,
+        pos: [u64; 2],
+        out: Vec<Finished>,
+        ts: u64,
+    }
+
+    impl T {
+        fn new(limits: TableLimits) -> Self {
+            Self {
+                table: ConnTable::new(limits),
+                pos: [0; 2],
+                out: Vec::new(),
+                ts: 1_000,
+            }
+        }
+        fn send(&mut self, dir: Direction, bytes: &[u8]) {
+            self.ts += 1_000;
+            let h = header(1, dir, self.pos[dir.index()], bytes, self.ts);
+            self.pos[dir.index()] += bytes.len() as u64;
+            self.table.on_data(&h, bytes, &mut self.out);
+        }
+        /// Bytes that were moved but never delivered (a lost event).
+        fn lose(&mut self, dir: Direction, n: u64) {
+            self.pos[dir.index()] += n;
+        }
+    }
+
+    const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn request_and_response_make_one_exchange_with_connection_metadata() {
+        let mut t = T::new(TableLimits::default());
+        t.send(Direction::Ingress, REQ);
+        t.send(Direction::Egress, RESP);
+        assert_eq!(t.out.len(), 1);
+        let (meta, ex) = &t.out[0];
+        assert_eq!(meta.local.to_string(), "127.0.0.1:8080");
+        assert_eq!(meta.remote.to_string(), "127.0.0.2:50000");
+        assert_eq!((meta.pid, meta.role), (42, Role::Server));
+        assert_eq!(ex.request.target, "/a");
+        assert_eq!(ex.response.as_ref().map(|r| r.status), Some(200));
+        assert!(ex.start_ns < ex.end_ns);
+    }
+
+    #[test]
+    fn a_lost_event_is_a_gap_never_a_wrong_span() {
+        let mut t = T::new(TableLimits::default());
+        t.send(Direction::Ingress, REQ);
+        // The response head was lost; the next bytes seen are its body's tail.
+        t.lose(Direction::Egress, 30);
+        t.send(Direction::Egress, b"k");
+        assert!(t.out.is_empty(), "{:?}", t.out);
+        let s = t.table.stats();
+        assert_eq!((s.gaps, s.gap_bytes), (1, 30));
+        // The connection recovers at the next message.
+        t.send(Direction::Ingress, REQ);
+        t.send(Direction::Egress, RESP);
+        assert_eq!(t.out.len(), 1);
+        assert!(!t.out[0].1.incomplete);
+    }
+
+    #[test]
+    fn repeated_bytes_are_dropped_and_partial_overlaps_trimmed() {
+        let mut t = T::new(TableLimits::default());
+        t.send(Direction::Ingress, REQ);
+        // The same call reported again (concurrent calls on one socket): ignored.
+        let h = header(1, Direction::Ingress, 0, REQ, 99_000);
+        t.table.on_data(&h, REQ, &mut t.out);
+        // A call overlapping the end of what was seen: only its new bytes count.
+        let head = &RESP[..10];
+        t.send(Direction::Egress, head);
+        let overlap = [&RESP[5..10], &RESP[10..]].concat();
+        let h = header(1, Direction::Egress, 5, &overlap, 100_000);
+        t.table.on_data(&h, &overlap, &mut t.out);
+        assert_eq!(t.table.stats().overlaps, 2);
+        assert_eq!(t.out.len(), 1, "exactly one exchange");
+        assert_eq!(t.out[0].1.response_body_size, 2);
+    }
+
+    #[test]
+    fn close_finishes_and_forgets() {
+        let mut t = T::new(TableLimits::default());
+        t.send(Direction::Ingress, REQ);
+        t.send(
+            Direction::Egress,
+            b"HTTP/1.0 200 OK\r\n\r\nbody until close",
+        );
+        assert!(t.out.is_empty());
+        let mut close = CloseEvent::default();
+        close.conn_id = 1;
+        close.header.ts = t.ts + 5;
+        t.table.on_close(&close, &mut t.out);
+        assert_eq!(t.out.len(), 1);
+        assert_eq!(t.out[0].1.response_body_size, 16);
+        assert!(t.table.is_empty());
+        assert_eq!(t.table.stats().closed, 1);
+    }
+
+    #[test]
+    fn full_table_refuses_new_connections_and_counts() {
+        let mut t = T::new(TableLimits {
+            max_conns: 1,
+            ..Default::default()
+        });
+        t.send(Direction::Ingress, REQ);
+        let h = header(2, Direction::Ingress, 0, REQ, 5_000);
+        t.table.on_data(&h, REQ, &mut t.out);
+        assert_eq!(t.table.len(), 1);
+        assert_eq!(t.table.stats().refused_full, 1);
+    }
+
+    #[test]
+    fn idle_and_stalled_connections_expire_and_memory_returns() {
+        let limits = TableLimits {
+            max_conns: 100,
+            idle_timeout_ns: 1_000,
+            stalled_timeout_ns: 10_000,
+        };
+        let mut t = T::new(limits);
+        t.send(Direction::Ingress, REQ);
+        t.send(Direction::Egress, RESP);
+        // Idle (nothing in flight): forgotten after the idle timeout.
+        t.table.expire(t.ts + 500, &mut t.out);
+        assert_eq!(t.table.len(), 1);
+        t.table.expire(t.ts + 1_500, &mut t.out);
+        assert!(t.table.is_empty());
+        // Half-finished (a request without response): kept longer, then given up.
+        let mut t = T::new(limits);
+        t.send(Direction::Ingress, b"GET /half HTTP/1.1\r\nHost: x\r\n");
+        t.table.expire(t.ts + 5_000, &mut t.out);
+        assert_eq!(t.table.len(), 1);
+        t.table.expire(t.ts + 20_000, &mut t.out);
+        assert!(t.table.is_empty());
+        assert_eq!(t.table.stats().expired, 1);
+        assert!(t.out.is_empty(), "a half request makes no span");
+    }
+
+    #[test]
+    fn unknown_address_family_is_ignored() {
+        let mut t = T::new(TableLimits::default());
+        let mut h = header(1, Direction::Ingress, 0, REQ, 1);
+        h.addr.family = 1; // AF_UNIX: never reported by the kernel side for TCP
+        t.table.on_data(&h, REQ, &mut t.out);
+        assert!(t.table.is_empty());
+    }
 }

@@ -115,15 +115,15 @@ async fn dead_endpoint_fails_fast_and_counts() {
     ] {
         let mut c = cfg(target.clone());
         // A refused connection must not wait for the 5 s request timeout: several attempts
-        // fit in the 1.5 s retry budget.
-        c.export_timeout = Duration::from_millis(1500);
+        // fit in the retry budget (generous: the machine may be busy with other tests).
+        c.export_timeout = Duration::from_millis(3000);
         let (s, elapsed) = run_failing(c, 3).await;
         assert_eq!(s.spans_failed, 3, "{target:?} {s:?}");
         assert_eq!(s.spans_exported, 0);
         assert!(s.export_requests >= 2, "{target:?} retried: {s:?}");
         assert_eq!(s.export_errors, s.export_requests);
         assert!(
-            elapsed < Duration::from_secs(4),
+            elapsed < Duration::from_secs(8),
             "{target:?} took {elapsed:?}"
         );
     }
@@ -145,7 +145,7 @@ async fn hanging_endpoint_times_out() {
         assert_eq!(s.spans_failed, 2, "{target:?} {s:?}");
         assert!(s.export_errors >= 1, "{s:?}");
         assert!(
-            elapsed < Duration::from_secs(4),
+            elapsed < Duration::from_secs(8),
             "{target:?} took {elapsed:?}"
         );
     }

@@ -1181,6 +1181,7 @@ mod tests {
         let sp = build(&ex);
         assert_eq!(sp.attr("http.request.body.size"), None);
         assert_eq!(sp.attr("http.response.body.size"), None);
+        ex.incomplete = false;
         ex.request_body_size = u64::MAX;
         assert_eq!(i(&build(&ex), "http.request.body.size"), Some(i64::MAX));
     }
