@@ -51,6 +51,7 @@ fuzz_target!(|input: &[u8]| {
                     ts_enter: ts,
                     ts_exit: ts + u64::from(op >> 3),
                     tid: 1,
+                    other_unseen: 0,
                 };
                 conn.on_chunk(dir, &chunk, &mut out);
             }

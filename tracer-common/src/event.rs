@@ -148,6 +148,10 @@ pub struct DataHeader {
     /// next call in the same direction starts at `position + total_len`; a larger position
     /// means bytes were not seen (a gap).
     pub position: u64,
+    /// Bytes the kernel had seen in the opposite direction when this call ended: tells
+    /// userspace whether the other side has bytes it was not (yet) given, e.g. a lost request
+    /// before this response.
+    pub other_position: u64,
     /// CLOCK_MONOTONIC nanoseconds at syscall entry (`header.ts` is the exit).
     pub ts_enter: u64,
     /// Bytes moved by the syscall (its return value).
@@ -272,7 +276,7 @@ mod tests {
     fn layouts_are_stable_and_padded_explicitly() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ConnAddr>(), 40);
-        assert_eq!(size_of::<DataHeader>(), 24 + 8 * 3 + 4 * 3 + 4 + 40);
+        assert_eq!(size_of::<DataHeader>(), 24 + 8 * 4 + 4 * 3 + 4 + 40);
         assert_eq!(size_of::<DataHeader>() % 8, 0);
         assert_eq!(size_of::<CloseEvent>(), 48);
     }

@@ -234,6 +234,14 @@ fn next_conn_id() -> u64 {
     }
 }
 
+/// Byte positions of a call: where it starts in its direction, and how far the opposite
+/// direction had got.
+#[derive(Clone, Copy)]
+struct Positions {
+    this: u64,
+    other: u64,
+}
+
 /// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
 /// header of the event to emit (the payload is copied by the caller).
 #[inline(always)]
@@ -243,14 +251,18 @@ fn account(
     head_src: u64,
     head_len: u64,
     len: u64,
-) -> Option<(u64, Protocol)> {
+) -> Option<(Positions, Protocol)> {
     let dir = source.direction() as usize & 1;
     // SAFETY: `conn` points into the CONNS map value; concurrent calls on one socket only skew
     // positions, which userspace sees as overlap or gap.
-    let (position, protocol) = unsafe {
+    let (position, other_position, protocol) = unsafe {
         let position = (*conn).positions[dir];
         (*conn).positions[dir] = position + len;
-        (position, Protocol::from_u8((*conn).protocol))
+        (
+            position,
+            (*conn).positions[dir ^ 1],
+            Protocol::from_u8((*conn).protocol),
+        )
     };
     let protocol = if protocol == Protocol::Unknown {
         let avail = if head_len < len { head_len } else { len };
@@ -277,7 +289,13 @@ fn account(
         protocol
     };
     if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
-        Some((position, protocol))
+        Some((
+            Positions {
+                this: position,
+                other: other_position,
+            },
+            protocol,
+        ))
     } else {
         None
     }
@@ -407,7 +425,7 @@ fn emit(
     conn: *mut ConnState,
     source: Source,
     protocol: Protocol,
-    position: u64,
+    position: Positions,
     len: u64,
     captured: usize,
     pid_tgid: u64,
@@ -423,7 +441,8 @@ fn emit(
         h.header.tid = pid_tgid as u32;
         h.header.ts = bpf_ktime_get_ns();
         h.conn_id = (*conn).conn_id;
-        h.position = position;
+        h.position = position.this;
+        h.other_position = position.other;
         h.ts_enter = inflight.ts_enter;
         h.total_len = if len > u32::MAX as u64 {
             u32::MAX

@@ -14,7 +14,6 @@ use tokio::{
 use crate::{
     capture::Capture,
     cli::Cli,
-    conn::TableLimits,
     export::{self, ExportStats},
     process::{self, ProcessTable},
     stitch::Stitcher,
@@ -39,7 +38,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
         options,
-        TableLimits::default(),
+        cli.table_limits(),
     );
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracer_common::MAX_CAPTURE;
 
-use crate::{capture::CaptureOptions, export::ExportArgs};
+use crate::{capture::CaptureOptions, conn::TableLimits, export::ExportArgs};
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
 /// without code changes, and exports the spans as OpenTelemetry (OTLP).
@@ -49,6 +49,18 @@ pub struct Cli {
     /// with REDACTED: queries often carry tokens).
     #[arg(long, env = "TRACER_KEEP_QUERY_VALUES")]
     pub keep_query_values: bool,
+
+    /// Seconds without traffic after which a connection with nothing in flight is forgotten
+    /// (keep-alive connections come back on their next request).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "TRACER_IDLE_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// Seconds without traffic after which a connection with a request or response in flight
+    /// is given up (its partial message is dropped and counted).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, env = "TRACER_STALLED_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stalled_timeout: u64,
 
     /// Seconds between the agent's own counter reports in the log (0: only at exit).
     #[arg(
@@ -94,6 +106,14 @@ impl Cli {
             ring_bytes: self.ring_buffer_bytes,
             pids: self.pids.clone(),
             ports: self.ports.clone(),
+        }
+    }
+
+    pub fn table_limits(&self) -> TableLimits {
+        TableLimits {
+            idle_timeout_ns: self.idle_timeout.saturating_mul(1_000_000_000),
+            stalled_timeout_ns: self.stalled_timeout.saturating_mul(1_000_000_000),
+            ..TableLimits::default()
         }
     }
 

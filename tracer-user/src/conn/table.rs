@@ -126,12 +126,14 @@ impl ConnTable {
             conn.meta.role = Role::from_u8(h.role);
         }
         let dir = Direction::from_u8(h.direction);
+        let other_seen = conn.next[dir.opposite().index()].unwrap_or(0);
         let mut chunk = Chunk {
             data: payload,
             total_len: h.total_len,
             ts_enter: h.ts_enter,
             ts_exit: ts,
             tid: h.header.tid,
+            other_unseen: h.other_position.saturating_sub(other_seen),
         };
         let end = h.position + h.total_len as u64;
         // Positions count from when the kernel first saw the connection: a direction's first

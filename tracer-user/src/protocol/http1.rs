@@ -102,6 +102,8 @@ struct Meta {
     ts_enter: u64,
     ts_exit: u64,
     tid: u32,
+    /// See [`Chunk::other_unseen`].
+    other_unseen: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,6 +560,7 @@ impl Http1Conn {
             ts_enter: chunk.ts_enter,
             ts_exit: chunk.ts_exit,
             tid: chunk.tid,
+            other_unseen: chunk.other_unseen,
         };
         let data = chunk.data;
         let mut p = 0usize;
@@ -1298,7 +1301,7 @@ impl Http1Conn {
             Direction::Egress => first.ts_enter,
             Direction::Ingress => first.ts_exit,
         };
-        let req = self.pair(resp_start);
+        let req = self.pair(resp_start, first.other_unseen > 0);
         let method = req.as_ref().map_or(Method::Other, |q| q.method);
         if status == 101 || (method == Method::Connect && (200..300).contains(&status)) {
             if let Some(req) = req {
@@ -1357,7 +1360,8 @@ impl Http1Conn {
     }
 
     /// The request a final response starting at `resp_start` answers, if it can be told.
-    fn pair(&mut self, resp_start: u64) -> Option<PendingReq> {
+    /// `requests_unseen`: the kernel had moved request bytes the parser was not given.
+    fn pair(&mut self, resp_start: u64, requests_unseen: bool) -> Option<PendingReq> {
         match self.queue.front_mut() {
             None => {
                 self.stats.unmatched_responses += 1;
@@ -1379,7 +1383,10 @@ impl Http1Conn {
                     self.suspect = true;
                     return None;
                 }
-                let ambiguous = r.loss_after && self.resp_desynced;
+                // After a response-side loss this response may answer a later request: one
+                // already known lost, or one whose bytes were never delivered (its loss only
+                // shows when a later request arrives).
+                let ambiguous = (r.loss_after || requests_unseen) && self.resp_desynced;
                 let Some(Slot::Req(r)) = self.queue.pop_front() else {
                     return None;
                 };
@@ -1412,6 +1419,8 @@ mod tests {
         c: Http1Conn,
         out: Vec<HttpExchange>,
         t: u64,
+        /// `Chunk::other_unseen` of the next chunks.
+        unseen: u64,
     }
 
     impl T {
@@ -1423,6 +1432,7 @@ mod tests {
                 c: Http1Conn::new(limits),
                 out: Vec::new(),
                 t: 100,
+                unseen: 0,
             }
         }
         /// Feeds `data` as one chunk; returns its (ts_enter, ts_exit).
@@ -1439,6 +1449,7 @@ mod tests {
                 ts_enter: a,
                 ts_exit: b,
                 tid,
+                other_unseen: self.unseen,
             };
             self.c.on_chunk(dir, &chunk, &mut self.out);
             (a, b)
@@ -1869,6 +1880,27 @@ mod tests {
     }
 
     #[test]
+    fn response_after_losses_on_both_sides_is_not_paired_with_an_older_request() {
+        // Client: request A seen; A's response lost; request B lost (its loss is not visible
+        // yet); B's response seen. It must not become A's response.
+        let mut t = T::new();
+        t.feed(EG, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        t.c.on_gap(IN, 40);
+        t.unseen = 27; // the kernel had moved request B's bytes
+        t.feed(IN, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        assert!(t.take().is_empty(), "no wrong pairing");
+        assert!(t.c.stats().unmatched_responses >= 1);
+        // Without unseen requests the same response does answer A.
+        let mut t = T::new();
+        t.feed(EG, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        t.c.on_gap(IN, 40);
+        t.feed(IN, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let x = t.take();
+        assert_eq!(x.len(), 1);
+        assert_eq!((x[0].request.target.as_str(), status(&x[0])), ("/a", 200));
+    }
+
+    #[test]
     fn gap_inside_a_head() {
         let mut t = T::new();
         t.feed(IN, b"GET /lost HTTP/1.1\r\nHo");
@@ -2031,6 +2063,7 @@ mod tests {
             ts_enter: 500,
             ts_exit: 600,
             tid: 1,
+            other_unseen: 0,
         };
         t.c.on_chunk(EG, &chunk, &mut t.out);
         assert!(t.take().is_empty());
@@ -2274,6 +2307,7 @@ mod tests {
                     ts_enter: ts,
                     ts_exit: ts + 500,
                     tid: 7,
+                    other_unseen: 0,
                 };
                 c.on_chunk(dir, &chunk, &mut out);
                 ts += 1000;

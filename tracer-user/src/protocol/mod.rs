@@ -22,6 +22,10 @@ pub struct Chunk<'a> {
     pub ts_exit: u64,
     /// Thread that made the call.
     pub tid: u32,
+    /// Bytes already moved in the opposite direction (as of this call's exit) that the parser
+    /// has not been given: still in flight, or lost. After a loss, a response is paired with a
+    /// request only when no request bytes are unseen.
+    pub other_unseen: u64,
 }
 
 /// A header value kept from a message (bounded copies).
