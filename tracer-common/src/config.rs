@@ -16,6 +16,10 @@ pub struct Config {
     pub sock_state_skaddr_offset: u16,
     pub sock_state_newstate_offset: u16,
     pub _pad: [u8; 2],
+    /// Events are committed without waking the agent until this many bytes wait in the ring
+    /// buffer (the agent also drains it on a short timer): one wakeup per batch, not per event.
+    pub wakeup_bytes: u32,
+    pub _pad2: u32,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, computed by the agent from the

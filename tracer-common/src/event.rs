@@ -168,6 +168,9 @@ pub struct DataHeader {
     /// A [`crate::Protocol`], as classified by the kernel from the connection's first bytes.
     pub protocol: u8,
     pub addr: ConnAddr,
+    /// The calling task's name (NUL-padded): names the process when it is gone from /proc by
+    /// the time the agent reads the event (short-lived clients such as curl).
+    pub comm: [u8; 16],
 }
 
 /// A tracked connection was closed. Carries the final byte positions so userspace can tell
@@ -276,7 +279,7 @@ mod tests {
     fn layouts_are_stable_and_padded_explicitly() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ConnAddr>(), 40);
-        assert_eq!(size_of::<DataHeader>(), 24 + 8 * 4 + 4 * 3 + 4 + 40);
+        assert_eq!(size_of::<DataHeader>(), 24 + 8 * 4 + 4 * 3 + 4 + 40 + 16);
         assert_eq!(size_of::<DataHeader>() % 8, 0);
         assert_eq!(size_of::<CloseEvent>(), 48);
     }

@@ -2,8 +2,8 @@
 //! into the ring buffer.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     programs::TracePointContext,
 };
@@ -15,7 +15,7 @@ use tracer_common::{
 use crate::{
     maps::{
         CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_PIDS,
-        TARGET_PORTS, config, count, offsets,
+        TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
 };
@@ -456,11 +456,12 @@ fn emit(
         h.source = source as u8;
         h.protocol = protocol as u8;
         h.addr = (*conn).addr;
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let max = core::mem::size_of::<DataHeader>() + MAX_CAPTURE;
         let size = core::mem::size_of::<DataHeader>() + captured;
         let size = if size > max { max } else { size };
         let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
             count(DropCause::RingbufFull);
         }
     }
@@ -489,7 +490,7 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     ev.conn_id = conn.conn_id;
     ev.positions = conn.positions;
-    if EVENTS.output::<CloseEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(DropCause::RingbufFull);
     }
 }

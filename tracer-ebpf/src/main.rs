@@ -17,7 +17,7 @@ use tracer_common::{EventKind, ProcessEvent, Role, Source};
 
 use crate::{
     capture::{arg, close_conn, conn_state, enter_data, exit_data, traced},
-    maps::{CONNECT, EVENTS, INFLIGHT, Inflight, config, offsets},
+    maps::{CONNECT, EVENTS, INFLIGHT, Inflight, config, offsets, wakeup_flags},
     sock::tcp_sock_of_fd,
 };
 
@@ -159,7 +159,7 @@ fn process_event(kind: EventKind) {
     ev.header.pid = (pid_tgid >> 32) as u32;
     ev.header.tid = pid_tgid as u32;
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
-    let _ = EVENTS.output::<ProcessEvent>(&ev, 0);
+    let _ = EVENTS.output::<ProcessEvent>(&ev, wakeup_flags());
 }
 
 #[tracepoint]

@@ -18,6 +18,8 @@ pub static CONFIG: Config = Config {
     sock_state_skaddr_offset: 8,
     sock_state_newstate_offset: 20,
     _pad: [0; 2],
+    wakeup_bytes: 0,
+    _pad2: 0,
 };
 
 /// Kernel struct offsets from the running kernel's BTF, written by the agent before load.
@@ -108,6 +110,18 @@ pub struct DataScratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ring-buffer commit flags: wake the agent only once enough events wait (it also drains the
+/// ring on a timer), so a busy node costs one wakeup per batch instead of one per event.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config().wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 pub fn count(cause: DropCause) {

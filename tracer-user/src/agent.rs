@@ -6,18 +6,19 @@ use std::{
 };
 
 use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    capture::Capture,
+    capture::{Capture, DRAIN_INTERVAL},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
     stitch::Stitcher,
-    trace::{Clock, http_span::SpanOptions},
+    trace::{Clock, Span, http_span::SpanOptions},
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -51,6 +52,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cli.stats_interval();
     let mut last_stats = Instant::now();
     tracing::info!(
@@ -62,14 +65,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(record) = ring.next() {
-                    if let Some(r) = recorder.as_mut() {
-                        r.write(&record);
-                    }
-                    stitcher.on_record(&record, &mut emit);
-                }
+                drain_ring(guard.get_inner_mut(), &mut recorder, &mut stitcher, &mut emit);
                 guard.clear_ready();
+            }
+            _ = drain.tick() => {
+                drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut emit);
             }
             _ = tick.tick() => {
                 stitcher.tick(Clock::monotonic_now(), &mut emit);
@@ -84,12 +84,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 
     // Take what the kernel already reported, then detach before the final flush.
-    {
-        let ring = ring.get_mut();
-        while let Some(record) = ring.next() {
-            stitcher.on_record(&record, &mut emit);
-        }
-    }
+    drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut emit);
     log_stats("final", &capture, &stitcher, &export_stats);
     drop(ring);
     drop(capture);
@@ -104,6 +99,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         "export finished"
     );
     Ok(())
+}
+
+/// Hands every record waiting in the ring buffer to the stitcher (and the recorder).
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    recorder: &mut Option<Recorder>,
+    stitcher: &mut Stitcher,
+    emit: &mut impl FnMut(Span),
+) {
+    while let Some(record) = ring.next() {
+        if let Some(r) = recorder.as_mut() {
+            r.write(&record);
+        }
+        stitcher.on_record(&record, emit);
+    }
 }
 
 /// Appends raw ring-buffer records to a file (u32 little-endian length, then the bytes), for

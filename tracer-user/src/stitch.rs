@@ -75,7 +75,10 @@ impl Stitcher {
                 self.stats.payload_bytes += payload.len() as u64;
                 // Read the process's metadata while it certainly exists (short-lived clients
                 // such as curl are often gone when their last span is finished). Cached.
-                drop(self.processes.resource(header.header.pid));
+                drop(
+                    self.processes
+                        .resource_named(header.header.pid, &header.comm),
+                );
                 self.conns.on_data(&header, payload, &mut self.finished);
             }
             Event::Close(close) => self.conns.on_close(&close, &mut self.finished),

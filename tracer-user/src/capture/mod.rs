@@ -14,6 +14,10 @@ use aya::{
 };
 use tracer_common::{Config, DropCause, MAX_CAPTURE};
 
+/// How often the agent drains the ring buffer without being woken (events are committed
+/// without wakeups until `ring_bytes / 8` wait).
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -101,8 +105,16 @@ impl Capture {
             sock_state_skaddr_offset: skaddr,
             sock_state_newstate_offset: newstate,
             _pad: [0; 2],
+            wakeup_bytes: 0,
+            _pad2: 0,
         };
         let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
+        // Wake the agent when an eighth of the ring is used (it drains every DRAIN_INTERVAL
+        // anyway): far from full, few wakeups.
+        let config = Config {
+            wakeup_bytes: ring_bytes / 8,
+            ..config
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .override_global("OFFSETS", &offsets, true)

@@ -148,6 +148,33 @@ impl ProcessTable {
         }
     }
 
+    /// Like [`ProcessTable::resource`], but when the process is already gone from /proc the
+    /// resource is named after `comm` (the task name the kernel reported with its event) and
+    /// kept until [`ProcessTable::on_exit`]/[`ProcessTable::on_exec`].
+    pub fn resource_named(&mut self, pid: u32, comm: &[u8]) -> Arc<Resource> {
+        let r = self.resource(pid);
+        if r.service_name() != UNKNOWN_SERVICE || self.entries.contains_key(&pid) {
+            return r;
+        }
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let name = String::from_utf8_lossy(&comm[..end]).into_owned();
+        if name.is_empty() {
+            return r;
+        }
+        let mut named = minimal_resource(pid, self.host_name.as_deref(), &self.extra);
+        for (k, v) in &mut named.attributes {
+            if k == "service.name" {
+                *v = AttrValue::Str(name.clone());
+            }
+        }
+        named
+            .attributes
+            .insert(2, ("process.executable.name".into(), AttrValue::Str(name)));
+        let named = Arc::new(named);
+        self.insert(pid, Arc::clone(&named));
+        named
+    }
+
     /// The process called execve: its metadata changed; the next look-up reads procfs again.
     pub fn on_exec(&mut self, pid: u32) {
         self.entries.remove(&pid);
@@ -748,6 +775,24 @@ mod tests {
         assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(123)));
         assert_eq!(s(&r, "host.name").as_deref(), Some("h"));
         assert_eq!(s(&r, "a").as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn gone_process_is_named_after_its_task_name() {
+        let mut t = ProcessTable::new(Some("h".into()), vec![]);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let r = t.resource_named(999_999_999, &comm);
+        assert_eq!(r.service_name(), "curl");
+        assert_eq!(s(&r, "process.executable.name").as_deref(), Some("curl"));
+        assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(999_999_999)));
+        // Kept: the span finished later gets the same resource.
+        assert!(Arc::ptr_eq(&r, &t.resource(999_999_999)));
+        t.on_exit(999_999_999);
+        assert_eq!(t.resource(999_999_999).service_name(), UNKNOWN_SERVICE);
+        // A live process keeps its /proc metadata whatever the task name.
+        let me = t.resource_named(std::process::id(), b"other\0\0\0\0\0\0\0\0\0\0\0");
+        assert_ne!(me.service_name(), "other");
     }
 
     // ---- cache ----
