@@ -1,0 +1,120 @@
+//! Privileged: every capture path of the kernel side with a real peer: vectored I/O
+//! (readv/writev/recvmsg/sendmsg), IPv6, and process metadata from the environment.
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn vectored(family: &str) {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let script = workspace_root().join("tests/servers/vectored.py");
+    let server = Proc::spawn(
+        "vectored server",
+        Command::new("python3")
+            .arg(&script)
+            .args(["server", &port.to_string(), family]),
+    )
+    .unwrap();
+    server.wait_line("READY", WAIT).unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["client", &port.to_string(), family, "3"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "{out:?}"
+    );
+    let spans = receiver.wait_spans(6, WAIT, |s| {
+        s.attr_i64("network.peer.port") == port as i64
+            || s.res("process.pid").as_i64() == Some(server.pid() as i64)
+    });
+    agent.stop().unwrap();
+    let (servers, clients): (Vec<&Value>, Vec<&Value>) =
+        spans.iter().partition(|s| s.kind() == "SPAN_KIND_SERVER");
+    assert_eq!((servers.len(), clients.len()), (3, 3), "{spans:#?}");
+    let loopback = if family == "6" { "::1" } else { "127.0.0.1" };
+    for s in &spans {
+        let code: i64 = s
+            .attr_str("url.path")
+            .trim_start_matches("/status/")
+            .parse()
+            .unwrap();
+        assert_eq!(s.attr_i64("http.response.status_code"), code, "{s:#}");
+        assert_eq!(s.attr_str("user_agent.original"), "vectored");
+        assert_eq!(
+            s.attr_i64("http.response.body.size"),
+            format!("vectored /status/{code}").len() as i64
+        );
+        assert_eq!(s.attr_str("network.peer.address"), loopback, "{s:#}");
+    }
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.attr_str("client.address") == loopback)
+    );
+}
+
+#[test]
+fn readv_writev_recvmsg_sendmsg_ipv4() {
+    vectored("4");
+}
+
+#[test]
+fn readv_writev_recvmsg_sendmsg_ipv6() {
+    vectored("6");
+}
+
+#[test]
+fn service_name_and_resource_attributes_from_the_process_environment() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let script = workspace_root().join("tests/servers/http_server.py");
+    let server = Proc::spawn(
+        "checkout server",
+        Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .env("OTEL_SERVICE_NAME", "checkout")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test,team=payments%20core",
+            ),
+    )
+    .unwrap();
+    server.wait_line("READY", WAIT).unwrap();
+    let agent = Agent::start(
+        &["--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // The agent's own resource attributes apply to every process it traces.
+            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.node.name=node-1"),
+        ],
+    )
+    .unwrap();
+    curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/cart")]).unwrap();
+    let pid = server.pid() as i64;
+    let spans = receiver.wait_spans(1, WAIT, |s| s.res("process.pid").as_i64() == Some(pid));
+    let client = receiver.wait_spans(1, WAIT, |s| {
+        s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
+    });
+    agent.stop().unwrap();
+    let s = &spans[0];
+    assert_eq!(s.res("service.name"), "checkout");
+    assert_eq!(s.res("deployment.environment"), "test");
+    assert_eq!(s.res("team"), "payments core");
+    assert_eq!(s.res("k8s.node.name"), "node-1");
+    assert!(
+        s.res("process.executable.name")
+            .as_str()
+            .unwrap()
+            .starts_with("python3")
+    );
+    assert_eq!(client[0].res("service.name"), "curl");
+    assert_eq!(client[0].res("k8s.node.name"), "node-1");
+}
