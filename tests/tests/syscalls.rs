@@ -118,3 +118,57 @@ fn service_name_and_resource_attributes_from_the_process_environment() {
     assert_eq!(client[0].res("service.name"), "curl");
     assert_eq!(client[0].res("k8s.node.name"), "node-1");
 }
+
+#[test]
+fn sendmmsg_and_recvmmsg() {
+    let dir = TempDir::new("mmsg");
+    let bin = dir.path().join("mmsg_client");
+    let cc = Command::new("cc")
+        .arg(workspace_root().join("tests/servers/mmsg_client.c"))
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .expect("a C compiler (cc) builds the mmsg client");
+    assert!(cc.status.success(), "{cc:?}");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let script = workspace_root().join("tests/servers/vectored.py");
+    let server = Proc::spawn(
+        "vectored server",
+        Command::new("python3")
+            .arg(&script)
+            .args(["server", &port.to_string(), "4"]),
+    )
+    .unwrap();
+    server.wait_line("READY", WAIT).unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let out = Command::new(&bin).arg(port.to_string()).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "{out:?}"
+    );
+    let clients = receiver.wait_spans(2, WAIT, |s| {
+        s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
+    });
+    agent.stop().unwrap();
+    let mut got: Vec<(String, i64)> = clients
+        .iter()
+        .map(|s| {
+            (
+                s.attr_str("url.path").to_owned(),
+                s.attr_i64("http.response.status_code"),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("/status/201".into(), 201), ("/status/202".into(), 202)],
+        "{clients:#?}"
+    );
+    assert!(
+        clients
+            .iter()
+            .all(|s| s.res("service.name") == "mmsg_client")
+    );
+}
