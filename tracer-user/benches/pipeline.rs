@@ -11,7 +11,10 @@
 //!   `ProcessTable` does not cache misses, so every span pays a failed procfs look-up.
 //!
 //! Run by `cargo xtask bench`, which reads the figures back from criterion's estimates and
-//! the `events per pass:` / `spans per pass:` lines printed here.
+//! the `events per pass:` / `spans per pass:` lines printed here. A recording made before a
+//! change of the event layout (tracer-common) no longer decodes: this then says
+//! `stale recording` and exits with status 3 (with `PIPELINE_CHECK_ONLY` set it only checks),
+//! and `cargo xtask bench` re-records it.
 use std::{hint::black_box, time::Duration};
 
 use criterion::{BatchSize, Criterion, Throughput};
@@ -88,11 +91,21 @@ fn main() {
         .map(<[u8]>::to_vec)
         .collect();
     let live = with_pid(&recorded, std::process::id());
-    let (spans, encoded) = replay(&mut stitcher(), &live);
+    let mut check = stitcher();
+    let (spans, encoded) = replay(&mut check, &live);
+    let malformed = check.stats().malformed;
     println!("events per pass: {}", recorded.len());
+    println!("malformed per pass: {malformed}");
     println!("spans per pass: {spans}");
     println!("OTLP bytes per pass: {encoded}");
-    assert!(spans > 0, "the recording produced no span");
+    if malformed > 0 || spans == 0 {
+        // The event layout (tracer-common) changed since the recording was made.
+        println!("stale recording: re-record it with `cargo xtask bench --record`");
+        std::process::exit(3);
+    }
+    if std::env::var_os("PIPELINE_CHECK_ONLY").is_some() {
+        return;
+    }
 
     let mut c = Criterion::default()
         .sample_size(10)

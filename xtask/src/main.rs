@@ -2,6 +2,7 @@
 //!
 //! Every task does its own set-up first (fast when nothing is missing), so the README's two
 //! commands work on a fresh machine.
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -44,6 +45,9 @@ enum Task {
         /// Passed to `cargo test` as a test-name filter.
         filter: Option<String>,
     },
+    /// Measure what tracing costs: throughput, latency, coverage, agent CPU/RSS (nginx + wrk +
+    /// oha, traced and untraced rounds interleaved) and the event pipeline without the kernel.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -70,11 +74,23 @@ fn main() -> Result<()> {
             setup::run(true)?;
             test::run(!no_lint, filter.as_deref())
         }
+        Task::Bench(args) => {
+            util::ensure_root()?;
+            setup::run(false)?;
+            bench::run(args)
+        }
     }
 }
 
 /// Builds the release agent and returns the binary's path.
 fn build_agent() -> Result<PathBuf> {
-    util::cargo(&["build", "--release", "--package", "tracer-user", "--bin", "tracer"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tracer-user",
+        "--bin",
+        "tracer",
+    ])?;
     Ok(util::workspace_root().join("target/release/tracer"))
 }

@@ -8,7 +8,12 @@ use crate::util::{self, output, step, succeeds, which};
 
 /// Debian packages the eBPF build needs (bpf-linker links against LLVM 22, which matches the
 /// nightly compiler's LLVM).
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// Real peers the end-to-end tests drive.
 const TEST_PACKAGES: &[&str] = &["curl", "iproute2"];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
@@ -46,7 +51,9 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     if which("apt-get").is_none() {
-        bail!("missing packages {missing:?} and no apt-get: install them by hand (this is set up for Debian 12)");
+        bail!(
+            "missing packages {missing:?} and no apt-get: install them by hand (this is set up for Debian 12)"
+        );
     }
     step(format!("installing Debian packages {}", missing.join(" ")));
     util::run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -63,14 +70,29 @@ fn nightly_with_rust_src() -> Result<()> {
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         step("installing the nightly Rust toolchain (the eBPF crate needs -Z build-std)");
         util::run(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ]))?;
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .unwrap_or_default();
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         step("adding rust-src to the nightly toolchain");
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -80,24 +102,41 @@ fn bpf_linker() -> Result<()> {
     if current.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    step(format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
+    step(format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+    ));
     if !Path::new(LLVM_PREFIX).exists() {
         bail!("{LLVM_PREFIX} is missing although llvm-22-dev is installed");
     }
-    util::run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION,
-            "--no-default-features", "--features", "llvm-22",
-        ])
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    util::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
     .or_else(|_| {
         // --locked can fail when the published lock file no longer resolves; retry without.
-        util::run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install", "bpf-linker", "--version", BPF_LINKER_VERSION,
-                "--no-default-features", "--features", "llvm-22",
-            ])
-            .env("LLVM_PREFIX", LLVM_PREFIX))
+        util::run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )
     })
     .context("building bpf-linker failed")
 }
@@ -116,9 +155,11 @@ fn python_modules() -> Result<()> {
         return Ok(());
     }
     step(format!("installing Python packages {}", missing.join(" ")));
-    util::run(Command::new(python())
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-        .args(&missing))
+    util::run(
+        Command::new(python())
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(&missing),
+    )
 }
 
 fn tracefs() -> Result<()> {
@@ -127,4 +168,22 @@ fn tracefs() -> Result<()> {
     }
     step("mounting tracefs at /sys/kernel/tracing (tracepoints are attached through it)");
     util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}
+
+/// What `cargo xtask bench` drives: nginx as the server, wrk for throughput, curl for the
+/// recording, and oha for latency at a fixed rate. (Debian's `hey` is not used: it reports
+/// latencies in steps of 0.1 ms and its rate limit is per worker, closed loop, which cannot
+/// show a 10 µs difference; oha reports full precision and corrects for coordinated omission.)
+pub fn bench_deps() -> Result<()> {
+    apt_install(&["nginx", "wrk", "curl"])?;
+    let oha = crate::bench::cargo_home().join("bin/oha");
+    if succeeds("oha", &["--version"]) || succeeds(&oha.to_string_lossy(), &["--version"]) {
+        return Ok(());
+    }
+    step("building oha (fixed-rate HTTP load generator) with cargo install (a few minutes, once)");
+    util::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "oha", "--locked"]),
+    )
+    .context("cargo install oha failed")
 }

@@ -12,7 +12,16 @@ pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
     if lint {
         cargo(&["fmt", "--all", "--check"])?;
         // The kernel crate builds only for its BPF target: linted separately below.
-        cargo(&["clippy", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
         clippy_ebpf()?;
     }
     // The end-to-end tests start the real agent binary.
@@ -37,8 +46,20 @@ pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
 fn clippy_ebpf() -> Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.args([
-        "run", "nightly", "cargo", "clippy", "--package", "tracer-ebpf", "--target",
-        "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "tracer-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
     ])
     .current_dir(workspace_root())
     .env_remove("RUSTUP_TOOLCHAIN")
