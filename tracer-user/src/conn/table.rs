@@ -350,8 +350,10 @@ mod tests {
             b"HTTP/1.0 200 OK\r\n\r\nbody until close",
         );
         assert!(t.out.is_empty());
-        let mut close = CloseEvent::default();
-        close.conn_id = 1;
+        let mut close = CloseEvent {
+            conn_id: 1,
+            ..Default::default()
+        };
         close.header.ts = t.ts + 5;
         t.table.on_close(&close, &mut t.out);
         assert_eq!(t.out.len(), 1);
