@@ -15,7 +15,9 @@ pub struct Config {
     /// Field offsets in the `sock:inet_sock_set_state` tracepoint record (from its format file).
     pub sock_state_skaddr_offset: u16,
     pub sock_state_newstate_offset: u16,
-    pub _pad: [u8; 2],
+    /// Non-zero: only trace tasks whose cgroup v2 id is in `TARGET_CGROUPS`.
+    pub filter_cgroups: u8,
+    pub _pad: u8,
     /// Events are committed without waking the agent until this many bytes wait in the ring
     /// buffer (the agent also drains it on a short timer): one wakeup per batch, not per event.
     pub wakeup_bytes: u32,

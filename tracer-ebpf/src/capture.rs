@@ -2,7 +2,7 @@
 //! into the ring buffer.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     programs::TracePointContext,
@@ -14,7 +14,7 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_PIDS,
+        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_CGROUPS, TARGET_PIDS,
         TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
@@ -48,6 +48,11 @@ pub fn traced(pid_tgid: u64) -> bool {
     }
     // SAFETY: plain lookup; the value is not kept.
     if cfg.filter_pids != 0 && unsafe { TARGET_PIDS.get(tgid) }.is_none() {
+        return false;
+    }
+    if cfg.filter_cgroups != 0
+        && unsafe { TARGET_CGROUPS.get(bpf_get_current_cgroup_id()) }.is_none()
+    {
         return false;
     }
     true

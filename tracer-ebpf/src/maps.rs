@@ -17,7 +17,8 @@ pub static CONFIG: Config = Config {
     filter_ports: 0,
     sock_state_skaddr_offset: 8,
     sock_state_newstate_offset: 20,
-    _pad: [0; 2],
+    filter_cgroups: 0,
+    _pad: 0,
     wakeup_bytes: 0,
     _pad2: 0,
 };
@@ -99,6 +100,8 @@ pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static TARGET_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 /// A data event under construction. Twice the capture size so that the verifier can prove
 /// every copy at a masked offset stays inside the buffer.

@@ -22,7 +22,7 @@ use crate::{
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let mut capture = Capture::load(&cli.capture_options())?;
+    let mut capture = Capture::load(&cli.capture_options()?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and reading what they report.
 
 pub mod btf;
+pub mod cgroup;
 pub mod events;
 pub mod preflight;
 
@@ -32,6 +33,8 @@ pub struct CaptureOptions {
     pub pids: Vec<u32>,
     /// Trace only connections with one of these local or remote ports (empty: all).
     pub ports: Vec<u16>,
+    /// Trace only processes in these cgroup v2 ids (empty: all).
+    pub cgroups: Vec<u64>,
 }
 
 impl Default for CaptureOptions {
@@ -41,6 +44,7 @@ impl Default for CaptureOptions {
             ring_bytes: 8 << 20,
             pids: Vec::new(),
             ports: Vec::new(),
+            cgroups: Vec::new(),
         }
     }
 }
@@ -104,7 +108,8 @@ impl Capture {
             filter_ports: u8::from(!opts.ports.is_empty()),
             sock_state_skaddr_offset: skaddr,
             sock_state_newstate_offset: newstate,
-            _pad: [0; 2],
+            filter_cgroups: u8::from(!opts.cgroups.is_empty()),
+            _pad: 0,
             wakeup_bytes: 0,
             _pad2: 0,
         };
@@ -196,6 +201,15 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
         )?;
         for port in &opts.ports {
             ports.insert(port, 1, 0)?;
+        }
+    }
+    if !opts.cgroups.is_empty() {
+        let mut cgroups: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+            ebpf.map_mut("TARGET_CGROUPS")
+                .ok_or_else(|| anyhow!("TARGET_CGROUPS missing"))?,
+        )?;
+        for id in &opts.cgroups {
+            cgroups.insert(id, 1, 0)?;
         }
     }
     Ok(())

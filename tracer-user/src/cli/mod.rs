@@ -34,6 +34,16 @@ pub struct Cli {
     )]
     pub ports: Vec<u16>,
 
+    /// Trace only processes in this cgroup v2 (a path under the cgroup v2 mount, or relative to
+    /// it; cgroups below it at start-up are included). Repeat for several.
+    #[arg(
+        long = "cgroup",
+        value_name = "PATH",
+        env = "TRACER_CGROUPS",
+        value_delimiter = ','
+    )]
+    pub cgroups: Vec<std::path::PathBuf>,
+
     /// Bytes of payload copied per read/write (enough for request and response headers;
     /// bodies are skipped, not copied). At most 4096.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_CAPTURE as u32, env = "TRACER_CAPTURE_BYTES",
@@ -100,13 +110,18 @@ Examples:
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 
 impl Cli {
-    pub fn capture_options(&self) -> CaptureOptions {
-        CaptureOptions {
+    pub fn capture_options(&self) -> anyhow::Result<CaptureOptions> {
+        let mut cgroups = Vec::new();
+        for path in &self.cgroups {
+            cgroups.extend(crate::capture::cgroup::cgroup_ids(path)?);
+        }
+        Ok(CaptureOptions {
             capture_limit: self.capture_bytes,
             ring_bytes: self.ring_buffer_bytes,
             pids: self.pids.clone(),
             ports: self.ports.clone(),
-        }
+            cgroups,
+        })
     }
 
     pub fn table_limits(&self) -> TableLimits {
