@@ -18,6 +18,10 @@
 use std::{hint::black_box, time::Duration};
 
 use criterion::{BatchSize, Criterion, Throughput};
+
+/// The same allocator as the agent binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
 use tracer::{
     agent::read_recording,

@@ -4,6 +4,11 @@ use clap::Parser;
 use tracer::cli::Cli;
 use tracing_subscriber::EnvFilter;
 
+/// The per-event path allocates small, short-lived objects (heads, attributes, protobuf
+/// buffers): mimalloc makes them markedly cheaper than glibc's allocator (see the benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
