@@ -2,8 +2,8 @@
 //! into the ring buffer.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     programs::TracePointContext,
 };
@@ -14,8 +14,8 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_CGROUPS, TARGET_PIDS,
-        TARGET_PORTS, config, count, offsets, wakeup_flags,
+        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_CGROUPS,
+        TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
 };
