@@ -182,6 +182,7 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
     let conns = stitcher.conns.stats();
     let parse = stitcher.conns.parse_stats();
     let ex = export.snapshot();
+    let links = stitcher.link_stats();
     tracing::info!(
         events = ev.events,
         data_events = ev.data_events,
@@ -196,6 +197,10 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
         invalid_messages = parse.invalid_messages,
         dropped_messages = parse.dropped_messages,
         unmatched_responses = parse.unmatched_responses,
+        links_open = links.open,
+        links_linked = links.linked,
+        links_ambiguous = links.ambiguous,
+        links_refused_full = links.refused_full,
         exported = ex.spans_exported,
         export_failed = ex.spans_failed,
         export_queue_full = ex.spans_dropped_queue_full,

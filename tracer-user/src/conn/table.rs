@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use tracer_common::{CloseEvent, DataHeader, Direction, Role};
 
 use super::{ConnMeta, socket_addrs};
-use crate::protocol::{Chunk, HttpExchange, ParseStats, http1::Http1Conn};
+use crate::protocol::{
+    Chunk, HttpExchange, ParseStats,
+    http1::{Http1Conn, RequestStart},
+};
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]
@@ -88,8 +91,25 @@ impl ConnTable {
         s
     }
 
+    /// Whether the connection is tracked.
+    pub fn contains(&self, conn_id: u64) -> bool {
+        self.conns.contains_key(&conn_id)
+    }
+
     /// One data call from the kernel.
     pub fn on_data(&mut self, h: &DataHeader, payload: &[u8], out: &mut Vec<Finished>) {
+        self.on_data_with(h, payload, out, &mut |_, _| {});
+    }
+
+    /// [`Self::on_data`], also reporting each request the process received whose head this
+    /// call completed (before its exchange completes).
+    pub fn on_data_with(
+        &mut self,
+        h: &DataHeader,
+        payload: &[u8],
+        out: &mut Vec<Finished>,
+        on_start: &mut impl FnMut(&ConnMeta, &RequestStart<'_>),
+    ) {
         let ts = h.header.ts;
         if !self.conns.contains_key(&h.conn_id) {
             if self.conns.len() >= self.limits.max_conns {
@@ -160,6 +180,9 @@ impl ConnTable {
         }
         conn.next[dir.index()] = Some(end);
         conn.http.on_chunk(dir, &chunk, &mut self.scratch);
+        for start in conn.http.started() {
+            on_start(&conn.meta, &start);
+        }
         out.extend(self.scratch.drain(..).map(|ex| (conn.meta, ex)));
     }
 

@@ -273,6 +273,23 @@ pub struct Http1Conn {
     /// Exchanges completed by [`Http1Conn::on_gap`] (which has no output), handed out by the
     /// next `on_chunk` or `on_close`.
     ready: Vec<HttpExchange>,
+    /// Sequence numbers of the requests received (`Ingress`) whose head the last `on_chunk`
+    /// parsed: see [`Http1Conn::started`].
+    started: Vec<(u64, u32, u64)>,
+}
+
+/// A request the traced process received, reported as soon as its head is parsed (its
+/// exchange completes later, with the same [`HttpExchange::seq`], or never).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStart<'a> {
+    pub seq: u64,
+    /// Thread that read the request's first bytes.
+    pub tid: u32,
+    /// As [`HttpExchange::start_ns`] will be.
+    pub start_ns: u64,
+    /// `None` when the request was not kept (over the pending limit, or the connection was
+    /// given up while parsing it): it will never complete.
+    pub head: Option<&'a RequestHead>,
 }
 
 enum Plaus {
@@ -546,12 +563,14 @@ impl Http1Conn {
             suspect: false,
             resp_desynced: false,
             ready: Vec::new(),
+            started: Vec::new(),
         }
     }
 
     /// Feed one chunk of one direction. Completed exchanges are pushed to `out`.
     pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) {
         out.append(&mut self.ready);
+        self.started.clear();
         if self.stopped {
             return;
         }
@@ -704,6 +723,7 @@ impl Http1Conn {
     /// they are skipped (the exchange is marked incomplete); anywhere else the direction loses
     /// sync. An exchange completed by the gap is handed out by the next `on_chunk`/`on_close`.
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
+        self.started.clear();
         if self.stopped || len == 0 {
             return;
         }
@@ -750,6 +770,7 @@ impl Http1Conn {
                             request_body_size: r.body_size,
                             response_body_size: 0,
                             tid: r.tid,
+                            seq: r.seq,
                             incomplete: r.incomplete,
                         });
                     }
@@ -772,9 +793,26 @@ impl Http1Conn {
         self.upgrades
     }
 
+    /// The requests received (`Ingress`, SERVER side) whose head the last [`Self::on_chunk`]
+    /// parsed, in order. Empty after `on_gap` and `on_close`.
+    pub fn started(&self) -> impl Iterator<Item = RequestStart<'_>> {
+        self.started
+            .iter()
+            .map(|&(seq, tid, start_ns)| RequestStart {
+                seq,
+                tid,
+                start_ns,
+                head: self.queue.iter().find_map(|s| match s {
+                    Slot::Req(r) if r.seq == seq => Some(&r.head),
+                    _ => None,
+                }),
+            })
+    }
+
     /// Approximate heap bytes held (for bounded-memory assertions).
     pub fn memory_bytes(&self) -> usize {
         let mut n = self.dirs.iter().map(|d| d.buf.capacity()).sum::<usize>();
+        n += self.started.capacity() * std::mem::size_of::<(u64, u32, u64)>();
         n += self.queue.capacity() * std::mem::size_of::<Slot>();
         n += self
             .queue
@@ -976,6 +1014,7 @@ impl Http1Conn {
             request_body_size: f.req.body_size,
             response_body_size: f.body_size,
             tid: f.req.tid,
+            seq: f.req.seq,
             incomplete: f.incomplete || f.req.incomplete,
         });
     }
@@ -1235,6 +1274,9 @@ impl Http1Conn {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if dir == Direction::Ingress {
+            self.started.push((seq, first.tid, start_ns));
+        }
         let pending = PendingReq {
             seq,
             dir,
@@ -1521,6 +1563,48 @@ mod tests {
         assert_eq!(x.len(), 1);
         assert_eq!(x[0].request_direction, EG);
         assert_eq!((x[0].start_ns, x[0].end_ns, x[0].tid), (req_enter, end, 22));
+    }
+
+    #[test]
+    fn request_starts_are_reported_with_the_exchange_seq() {
+        let mut t = T::new();
+        // Two pipelined requests in one chunk: both reported, in order, with their heads.
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: tp\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        let (_, exit) = t.feed(IN, req);
+        let starts: Vec<_> =
+            t.c.started()
+                .map(|s| (s.seq, s.tid, s.start_ns, s.head.map(|h| h.target.clone())))
+                .collect();
+        assert_eq!(
+            starts,
+            vec![
+                (0, 11, exit, Some("/a".to_owned())),
+                (1, 11, exit, Some("/b".to_owned()))
+            ]
+        );
+        let head = t.c.started().next().and_then(|s| s.head).cloned().unwrap();
+        assert!(head.headers.contains(&("traceparent".into(), "tp".into())));
+        // The next chunk clears them; responses report nothing.
+        t.feed(EG, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(t.c.started().count(), 0);
+        t.feed(EG, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let x = t.take();
+        assert_eq!(x.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(x[0].start_ns, exit);
+        // Requests the process sends (client side) are not reported.
+        let mut t = T::new();
+        t.feed(EG, b"GET /c HTTP/1.1\r\n\r\n");
+        assert_eq!(t.c.started().count(), 0);
+        // A request over the pending limit is reported without a head (it never completes).
+        let mut t = T::with(Limits {
+            max_pending_requests: 1,
+            ..Limits::default()
+        });
+        t.feed(IN, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        let heads: Vec<_> = t.c.started().map(|s| s.head.is_some()).collect();
+        assert_eq!(heads, vec![true, false]);
+        t.c.on_gap(IN, 5);
+        assert_eq!(t.c.started().count(), 0);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct HttpExchange {
     pub response_body_size: u64,
     /// Thread that handled the request (SERVER: read it; CLIENT: wrote it).
     pub tid: u32,
+    /// The request's number on its connection (0, 1, ... in parse order, both directions):
+    /// with the connection id, it names the request from its head to its exchange (see
+    /// [`http1::RequestStart`]).
+    pub seq: u64,
     /// Some bytes of this exchange were not seen (a gap inside a body, or the response's end
     /// inferred from the next request or close rather than from its framing).
     pub incomplete: bool,

@@ -18,14 +18,15 @@
 //! - An exchange without a response gets status Error, message "no response" and
 //!   `error.type=no_response`. Otherwise SERVER spans are Error for 5xx, CLIENT spans for 4xx
 //!   and 5xx, with `error.type` the status code.
-//! - Trace context comes from [`context_for`]: for now a fresh random trace id, no parent,
-//!   sampled flag set (the agent records every span it emits). Propagation of an incoming
-//!   `traceparent` will plug in there.
+//! - Trace context ([`SpanContext`]) is resolved by the caller (`crate::trace::links`: incoming
+//!   `traceparent`/B3 headers, in-process thread links, or a new root); every span records how
+//!   in `tracer.parent.source` (`w3c`, `b3`, `thread`, `none`).
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::context::{FLAG_SAMPLED, ParentSource, RemoteContext};
 use super::{Attributes, Clock, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HeaderList, HttpExchange};
@@ -56,32 +57,20 @@ impl Default for SpanOptions {
     }
 }
 
-/// Builds the span for one exchange, with ids from this thread's [`IdGenerator`].
+/// Builds the span for one exchange, in the trace context `ctx` (resolved by the caller: see
+/// [`crate::trace::links`]).
 pub fn span_from_exchange(
     ex: &HttpExchange,
     conn: &ConnMeta,
     resource: Arc<Resource>,
     clock: &Clock,
     opts: &SpanOptions,
-) -> Span {
-    with_thread_ids(|ids| span_from_exchange_with_ids(ex, conn, resource, clock, opts, ids))
-}
-
-/// [`span_from_exchange`] with an explicit id generator (deterministic tests).
-pub fn span_from_exchange_with_ids(
-    ex: &HttpExchange,
-    conn: &ConnMeta,
-    resource: Arc<Resource>,
-    clock: &Clock,
-    opts: &SpanOptions,
-    ids: &mut IdGenerator,
+    ctx: SpanContext,
 ) -> Span {
     let kind = match ex.request_direction {
         Direction::Ingress => SpanKind::Server,
         Direction::Egress => SpanKind::Client,
     };
-    let ctx = context_for(ex, ids);
-    let span_id = ids.span_id();
 
     let req = &ex.request;
     let mut attrs: Attributes = Vec::with_capacity(20);
@@ -221,6 +210,7 @@ pub fn span_from_exchange_with_ids(
     if ex.incomplete {
         attrs.push(("tracer.incomplete", true.into()));
     }
+    attrs.push(("tracer.parent.source", ctx.source.as_str().into()));
 
     let name = match &route {
         Some(r) => format!("{method_name} {r}"),
@@ -232,7 +222,7 @@ pub fn span_from_exchange_with_ids(
 
     Span {
         trace_id: ctx.trace_id,
-        span_id,
+        span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
         trace_state: ctx.trace_state,
         flags: ctx.flags,
@@ -247,28 +237,42 @@ pub fn span_from_exchange_with_ids(
     }
 }
 
-/// The trace a span belongs to and its parent.
+/// A span's identity and place in its trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceContext {
+pub struct SpanContext {
     pub trace_id: TraceId,
+    pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,
     pub trace_state: Option<String>,
+    /// How the parent (or the trace) was found: `tracer.parent.source`.
+    pub source: ParentSource,
 }
 
-/// W3C trace flag: sampled.
-pub const FLAG_SAMPLED: u8 = 0x01;
+impl SpanContext {
+    /// A new trace: random ids, no parent, sampled (the agent records every span it emits).
+    pub fn root(ids: &mut IdGenerator) -> Self {
+        Self {
+            trace_id: ids.trace_id(),
+            span_id: ids.span_id(),
+            parent_span_id: None,
+            flags: FLAG_SAMPLED,
+            trace_state: None,
+            source: ParentSource::None,
+        }
+    }
 
-/// The trace context of the span for `ex`. For now always a new root: a random trace id, no
-/// parent, sampled. This is where an incoming `traceparent`/`tracestate` (SERVER) or one the
-/// application injected (CLIENT) will set the trace id, parent and flags.
-pub fn context_for(_ex: &HttpExchange, ids: &mut IdGenerator) -> TraceContext {
-    TraceContext {
-        trace_id: ids.trace_id(),
-        parent_span_id: None,
-        flags: FLAG_SAMPLED,
-        trace_state: None,
+    /// The child of a remote span (its id becomes our parent).
+    pub fn child_of_remote(remote: RemoteContext, span_id: SpanId) -> Self {
+        Self {
+            trace_id: remote.trace_id,
+            span_id,
+            parent_span_id: Some(remote.span_id),
+            flags: remote.flags,
+            trace_state: remote.trace_state,
+            source: remote.source,
+        }
     }
 }
 
@@ -648,6 +652,7 @@ mod tests {
             request_body_size: 0,
             response_body_size: 0,
             tid: 7,
+            seq: 0,
             incomplete: false,
         }
     }
@@ -663,13 +668,13 @@ mod tests {
 
     fn build_opts(ex: &HttpExchange, opts: &SpanOptions) -> Span {
         let mut ids = IdGenerator::from_seed(1);
-        span_from_exchange_with_ids(
+        span_from_exchange(
             ex,
             &conn(),
             resource(),
             &Clock::with_offset(1_000_000),
             opts,
-            &mut ids,
+            SpanContext::root(&mut ids),
         )
     }
 
@@ -1107,6 +1112,7 @@ mod tests {
             resource(),
             &Clock::with_offset(0),
             &SpanOptions::default(),
+            SpanContext::root(&mut IdGenerator::from_seed(3)),
         );
         assert_eq!(s(&sp, "server.address").as_deref(), Some("2001:db8::2"));
         assert_eq!(
@@ -1248,35 +1254,47 @@ mod tests {
     #[test]
     fn ids_and_context() {
         let ex = exchange(SERVER, "GET", "/", Some(200));
+        let mut ids = IdGenerator::from_seed(5);
+        let root = SpanContext::root(&mut ids);
         let a = span_from_exchange(
             &ex,
             &conn(),
             resource(),
             &Clock::with_offset(0),
             &SpanOptions::default(),
+            root.clone(),
         );
+        assert_eq!((a.trace_id, a.span_id), (root.trace_id, root.span_id));
+        assert_ne!(a.trace_id, [0; 16]);
+        assert_ne!(a.span_id, [0; 8]);
+        assert_eq!(a.parent_span_id, None);
+        assert_eq!(a.trace_state, None);
+        assert_eq!(a.flags, FLAG_SAMPLED);
+        assert_eq!(s(&a, "tracer.parent.source").as_deref(), Some("none"));
+        assert_eq!(a.resource.service_name(), "svc");
+        assert_ne!(SpanContext::root(&mut ids).trace_id, root.trace_id);
+
+        let remote = RemoteContext {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            flags: 0,
+            trace_state: Some("k=v".into()),
+            source: ParentSource::W3c,
+        };
         let b = span_from_exchange(
             &ex,
             &conn(),
             resource(),
             &Clock::with_offset(0),
             &SpanOptions::default(),
+            SpanContext::child_of_remote(remote, [9; 8]),
         );
-        assert_ne!(a.trace_id, [0; 16]);
-        assert_ne!(a.span_id, [0; 8]);
-        assert_ne!(a.trace_id, b.trace_id);
-        assert_ne!(a.span_id, b.span_id);
-        assert_eq!(a.parent_span_id, None);
-        assert_eq!(a.trace_state, None);
-        assert_eq!(a.flags, FLAG_SAMPLED);
-        assert_eq!(a.resource.service_name(), "svc");
-
-        let ctx = context_for(&ex, &mut IdGenerator::from_seed(9));
-        assert_eq!(ctx.parent_span_id, None);
-        assert_eq!(
-            ctx.trace_id,
-            context_for(&ex, &mut IdGenerator::from_seed(9)).trace_id
-        );
+        assert_eq!(b.trace_id, [7; 16]);
+        assert_eq!(b.span_id, [9; 8]);
+        assert_eq!(b.parent_span_id, Some([8; 8]));
+        assert_eq!(b.flags, 0);
+        assert_eq!(b.trace_state.as_deref(), Some("k=v"));
+        assert_eq!(s(&b, "tracer.parent.source").as_deref(), Some("w3c"));
     }
 
     #[test]

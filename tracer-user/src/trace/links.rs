@@ -1,0 +1,384 @@
+//! Resolving each span's trace context: from the request's own headers, from the request the
+//! sending thread is serving (in-process links), or a new trace. Every span records which in
+//! `tracer.parent.source` (`w3c`, `b3`, `thread`, `none`).
+//!
+//! **SERVER spans.** A valid incoming context ([`super::context::extract`]: W3C, else B3) makes
+//! the span a child of the caller's span: same trace id, parent = the header's span id, its
+//! flags and (W3C) `tracestate`. A sampling-only B3 header (`b3: 0`) gives a new trace with that
+//! decision; anything else a new sampled trace. The server span's own ids are *derived*
+//! (a keyed hash of connection id, request sequence number and start time, with a random
+//! per-agent key), not drawn: they are known as soon as the request head is parsed and are the
+//! same when the exchange completes, with no state kept in between. So losing the in-process
+//! state (caps, expiry) never leaves a client span pointing at a server span id that is not
+//! emitted.
+//!
+//! **CLIENT spans with context in the request** (the application, or an SDK in it, injected a
+//! `traceparent`/B3): the header's span id is the one the callee will use as its parent, so the
+//! CLIENT span *takes that id* (trace id, flags and tracestate from the header too). The
+//! callee's SERVER span then hangs under our CLIENT span. Its parent is the in-process link
+//! below when that server span is in the same trace, else none. The cost: with an SDK client
+//! span in the process, two spans carry that id (ours and the SDK's); we accept the duplicate
+//! rather than give our span an id nobody refers to. One exception: a header forwarded
+//! verbatim (same trace id and span id as the request the thread is serving received) names
+//! the *caller's* span; taking its id would duplicate the caller's span, so the header is
+//! ignored and the thread link applies.
+//!
+//! **In-process links.** When a thread sends a request while it is serving exactly one
+//! request, the CLIENT span becomes that SERVER span's child (`thread`). The parser reports
+//! each received request's head ([`crate::protocol::http1::RequestStart`]); from then until its
+//! exchange completes (or its connection closes or expires), "thread T serves context C since
+//! t0" is kept. A CLIENT exchange of thread T (same process) that started at or after t0 gets
+//! parent C. What it cannot see, and how it degrades (always to a new root, never a guess):
+//! - event loops (node, nginx, Python asyncio) serve many requests on one thread: a thread seen
+//!   with two requests open at once (or one whose request could not be tracked) is marked
+//!   *multiplexed* and never links until it has been idle for [`MULTIPLEXED_TTL_NS`]. A
+//!   remaining risk: an event-loop thread doing background work while it has exactly one
+//!   request open, before it was ever seen multiplexing, links that work to the request;
+//! - hand-offs between threads (acceptor/worker pools reading the head on one thread and
+//!   calling out on another), async runtimes moving tasks between threads: no link;
+//! - a client exchange still in flight when its server exchange completes: no link;
+//! - connections and requests the parser dropped: their state ends at the next completion on
+//!   the same connection, or the connection's close or expiry.
+//!
+//! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
+//! not tracked (counted in [`LinkStats::refused_full`]) and their thread is marked multiplexed.
+use std::collections::{HashMap, VecDeque};
+
+use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
+use super::http_span::{IdGenerator, SpanContext};
+use super::{SpanId, TraceId};
+use crate::conn::ConnMeta;
+use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
+
+/// Default bound of open server requests (and of thread states) tracked.
+pub const DEFAULT_CAP: usize = 16384;
+/// A thread marked multiplexed is forgotten after this long without a new request.
+pub const MULTIPLEXED_TTL_NS: u64 = 600_000_000_000;
+
+/// Counters of the in-process linking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Server requests tracked from their head.
+    pub tracked: u64,
+    /// Server requests not tracked because a table was full.
+    pub refused_full: u64,
+    /// CLIENT spans given a parent by a thread link.
+    pub linked: u64,
+    /// CLIENT spans not linked because their thread was multiplexed or serving several.
+    pub ambiguous: u64,
+    /// Server requests open now.
+    pub open: u64,
+}
+
+/// An open server request.
+#[derive(Debug)]
+struct Open {
+    seq: u64,
+    tid: u32,
+    pid: u32,
+    start_ns: u64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: u8,
+    trace_state: Option<String>,
+    /// The caller's span id from the request's header, if any.
+    remote_parent: Option<SpanId>,
+}
+
+#[derive(Debug)]
+struct TidState {
+    open: u32,
+    /// (connection, seq) of the last request started on the thread.
+    last: (u64, u64),
+    multiplexed: bool,
+    last_ns: u64,
+}
+
+pub struct Links {
+    key: u64,
+    ids: IdGenerator,
+    cap: usize,
+    conns: HashMap<u64, VecDeque<Open>>,
+    tids: HashMap<u32, TidState>,
+    stats: LinkStats,
+    /// Open server requests (entries of `conns`).
+    open: usize,
+    scratch: Vec<u64>,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAP)
+    }
+}
+
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Links {
+    /// Random key and ids from the OS.
+    pub fn new(cap: usize) -> Self {
+        let mut ids = IdGenerator::from_os();
+        let key = u64::from_ne_bytes(ids.span_id());
+        Self::with_ids(cap, key, ids)
+    }
+
+    /// Explicit key and generator (deterministic tests).
+    pub fn with_ids(cap: usize, key: u64, ids: IdGenerator) -> Self {
+        Self {
+            key,
+            ids,
+            cap: cap.max(1),
+            conns: HashMap::new(),
+            tids: HashMap::new(),
+            stats: LinkStats::default(),
+            open: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        let mut s = self.stats;
+        s.open = self.open as u64;
+        s
+    }
+
+    /// The context of the SERVER span for request `seq` of connection `conn_id` (a pure function
+    /// of its arguments and the agent's key).
+    pub fn server_context(
+        &self,
+        conn_id: u64,
+        seq: u64,
+        start_ns: u64,
+        head: &RequestHead,
+    ) -> SpanContext {
+        let seed = mix64(mix64(mix64(self.key ^ conn_id) ^ seq) ^ start_ns);
+        let mut ids = IdGenerator::from_seed(seed);
+        let span_id = ids.span_id();
+        let headers = head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        match extract(headers) {
+            Extracted::Context(remote) => SpanContext::child_of_remote(remote, span_id),
+            other => SpanContext {
+                trace_id: ids.trace_id(),
+                span_id,
+                parent_span_id: None,
+                flags: match other {
+                    Extracted::SamplingOnly(f) => f,
+                    _ => FLAG_SAMPLED,
+                },
+                trace_state: None,
+                source: ParentSource::None,
+            },
+        }
+    }
+
+    /// A request the process received: its head was just parsed.
+    pub fn on_server_start(&mut self, conn: &ConnMeta, start: &RequestStart<'_>) {
+        let Some(head) = start.head else {
+            // It will never complete and its thread may work for it: no link from there.
+            self.mark_multiplexed(start.tid, start.start_ns);
+            return;
+        };
+        if self.open >= self.cap
+            || (self.tids.len() >= self.cap && !self.tids.contains_key(&start.tid))
+        {
+            self.stats.refused_full += 1;
+            self.mark_multiplexed(start.tid, start.start_ns);
+            return;
+        }
+        let ctx = self.server_context(conn.conn_id, start.seq, start.start_ns, head);
+        let st = self.tids.entry(start.tid).or_insert(TidState {
+            open: 0,
+            last: (0, 0),
+            multiplexed: false,
+            last_ns: 0,
+        });
+        st.open += 1;
+        if st.open > 1 {
+            st.multiplexed = true;
+        }
+        st.last = (conn.conn_id, start.seq);
+        st.last_ns = start.start_ns;
+        self.conns.entry(conn.conn_id).or_default().push_back(Open {
+            seq: start.seq,
+            tid: start.tid,
+            pid: conn.pid,
+            start_ns: start.start_ns,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            flags: ctx.flags,
+            trace_state: ctx.trace_state,
+            remote_parent: ctx.parent_span_id,
+        });
+        self.open += 1;
+        self.stats.tracked += 1;
+    }
+
+    fn mark_multiplexed(&mut self, tid: u32, now_ns: u64) {
+        if let Some(st) = self.tids.get_mut(&tid) {
+            st.multiplexed = true;
+            st.last_ns = now_ns;
+        } else if self.tids.len() < self.cap {
+            self.tids.insert(
+                tid,
+                TidState {
+                    open: 0,
+                    last: (0, 0),
+                    multiplexed: true,
+                    last_ns: now_ns,
+                },
+            );
+        }
+    }
+
+    fn release(tids: &mut HashMap<u32, TidState>, open: &mut usize, o: &Open) {
+        *open = open.saturating_sub(1);
+        if let Some(st) = tids.get_mut(&o.tid) {
+            st.open = st.open.saturating_sub(1);
+            if st.open == 0 && !st.multiplexed {
+                tids.remove(&o.tid);
+            }
+        }
+    }
+
+    /// Server request `seq` of `conn_id` completed: it, and older ones of the connection
+    /// (responses come in order, so those will never complete), are no longer open.
+    pub fn on_server_done(&mut self, conn_id: u64, seq: u64) {
+        let Some(q) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        while q.front().is_some_and(|o| o.seq <= seq) {
+            if let Some(o) = q.pop_front() {
+                Self::release(&mut self.tids, &mut self.open, &o);
+            }
+        }
+        if q.is_empty() {
+            self.conns.remove(&conn_id);
+        }
+    }
+
+    /// The connection closed or expired: its requests are no longer open.
+    pub fn on_conn_gone(&mut self, conn_id: u64) {
+        if let Some(q) = self.conns.remove(&conn_id) {
+            for o in &q {
+                Self::release(&mut self.tids, &mut self.open, o);
+            }
+        }
+    }
+
+    /// Periodic clean-up: forgets connections `alive` denies, and idle multiplexed threads.
+    pub fn tick(&mut self, now_ns: u64, alive: impl Fn(u64) -> bool) {
+        self.scratch.clear();
+        self.scratch
+            .extend(self.conns.keys().copied().filter(|id| !alive(*id)));
+        let mut gone = std::mem::take(&mut self.scratch);
+        for id in gone.drain(..) {
+            self.on_conn_gone(id);
+        }
+        self.scratch = gone;
+        self.tids
+            .retain(|_, st| st.open > 0 || now_ns.saturating_sub(st.last_ns) < MULTIPLEXED_TTL_NS);
+    }
+
+    /// The open server request thread `tid` of `pid` is serving, when it serves exactly one,
+    /// is not multiplexed, and that request started no later than `start_ns`.
+    fn serving(&mut self, pid: u32, tid: u32, start_ns: u64) -> Option<&Open> {
+        let st = self.tids.get(&tid)?;
+        if st.multiplexed || st.open != 1 {
+            self.stats.ambiguous += 1;
+            return None;
+        }
+        let (conn_id, seq) = st.last;
+        self.conns
+            .get(&conn_id)?
+            .iter()
+            .find(|o| o.seq == seq)
+            .filter(|o| o.tid == tid && o.pid == pid && o.start_ns <= start_ns)
+    }
+
+    /// The context of the span for a finished exchange. For a SERVER exchange this also ends
+    /// its in-process state.
+    pub fn context_for(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
+        match ex.request_direction {
+            Direction::Ingress => {
+                let ctx = self.server_context(conn.conn_id, ex.seq, ex.start_ns, &ex.request);
+                self.on_server_done(conn.conn_id, ex.seq);
+                ctx
+            }
+            Direction::Egress => self.client_context(conn, ex),
+        }
+    }
+
+    fn client_context(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
+        let headers = ex
+            .request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let outgoing = extract(headers);
+        // The server span this thread is serving: (trace, span, flags, remote parent, state).
+        let serving = self.serving(conn.pid, ex.tid, ex.start_ns).map(|o| {
+            (
+                o.trace_id,
+                o.span_id,
+                o.flags,
+                o.remote_parent,
+                o.trace_state.clone(),
+            )
+        });
+        let ctx = match (outgoing, serving) {
+            (Extracted::Context(r), Some(srv))
+                if !(r.trace_id == srv.0 && srv.3 == Some(r.span_id)) =>
+            {
+                // Context injected for this call: it names our span. The serving span is its
+                // parent only within the same trace.
+                let parent = (srv.0 == r.trace_id).then_some(srv.1);
+                SpanContext {
+                    trace_id: r.trace_id,
+                    span_id: r.span_id,
+                    parent_span_id: parent,
+                    flags: r.flags,
+                    trace_state: r.trace_state,
+                    source: if parent.is_some() {
+                        ParentSource::Thread
+                    } else {
+                        r.source
+                    },
+                }
+            }
+            (Extracted::Context(r), None) => SpanContext {
+                trace_id: r.trace_id,
+                span_id: r.span_id,
+                parent_span_id: None,
+                flags: r.flags,
+                trace_state: r.trace_state,
+                source: r.source,
+            },
+            // No context in the request (or the incoming header forwarded verbatim, which
+            // names the caller's span): the child of the serving span.
+            (_, Some((trace_id, parent, flags, _, trace_state))) => SpanContext {
+                trace_id,
+                span_id: self.ids.span_id(),
+                parent_span_id: Some(parent),
+                flags,
+                trace_state,
+                source: ParentSource::Thread,
+            },
+            (other, None) => {
+                let mut root = SpanContext::root(&mut self.ids);
+                if let Extracted::SamplingOnly(f) = other {
+                    root.flags = f;
+                }
+                root
+            }
+        };
+        if ctx.source == ParentSource::Thread {
+            self.stats.linked += 1;
+        }
+        ctx
+    }
+}
