@@ -11,6 +11,7 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
+use tracer_common::KernelOffsets;
 
 use crate::{
     capture::{Capture, DRAIN_INTERVAL},
@@ -21,8 +22,12 @@ use crate::{
     trace::{Clock, Span, http_span::SpanOptions},
 };
 
-pub async fn run(cli: Cli) -> Result<()> {
-    let mut capture = Capture::load(&cli.capture_options()?)?;
+/// Runs the agent. `offsets`: kernel struct offsets computed before the runtime started (see
+/// `capture::btf::kernel_offsets_isolated`), or `None` to compute them now.
+pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
+    let mut options = cli.capture_options()?;
+    options.offsets = offsets;
+    let mut capture = Capture::load(&options)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;

@@ -16,6 +16,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before any thread exists: the BTF child is forked from here (see the function's docs).
+    // A failure here is reported by the start-up checks in `Capture::load` (no BTF, ...).
+    let offsets = tracer::capture::preflight::check().ok().and_then(|()| {
+        tracer::capture::btf::kernel_offsets_isolated(std::path::Path::new(
+            tracer::capture::btf::VMLINUX_BTF,
+        ))
+        .ok()
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -27,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tracer::agent::run(cli)) {
+    match runtime.block_on(tracer::agent::run(cli, offsets)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

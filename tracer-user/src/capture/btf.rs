@@ -92,6 +92,73 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     })
 }
 
+/// [`kernel_offsets`] computed in a forked child, so the ~40 MiB the BTF parser allocates never
+/// lands in the agent's resident memory (allocators keep freed memory). Must be called while
+/// the process is single-threaded (before the async runtime starts): a fork copies only the
+/// calling thread.
+pub fn kernel_offsets_isolated(path: &Path) -> Result<KernelOffsets> {
+    use std::{io::Read, os::fd::FromRawFd};
+
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) fills two fds.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return kernel_offsets(path);
+    }
+    // SAFETY: single-threaded caller (documented); the child only computes, writes and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: closing the fds pipe(2) returned.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        return kernel_offsets(path);
+    }
+    if pid == 0 {
+        // Child: one byte of status, then the offsets' bytes on success, or the error text.
+        let reply = match kernel_offsets(path) {
+            Ok(off) => {
+                let mut v = vec![1u8];
+                // SAFETY: KernelOffsets is a plain #[repr(C)] struct of u32s.
+                v.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(
+                        (&off as *const KernelOffsets).cast::<u8>(),
+                        std::mem::size_of::<KernelOffsets>(),
+                    )
+                });
+                v
+            }
+            Err(e) => {
+                let mut v = vec![0u8];
+                v.extend_from_slice(format!("{e:#}").as_bytes());
+                v
+            }
+        };
+        // SAFETY: writing our own buffer to our pipe, then leaving without running destructors.
+        unsafe {
+            libc::write(fds[1], reply.as_ptr().cast(), reply.len());
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent owns the read end; the write end is the child's.
+    unsafe { libc::close(fds[1]) };
+    let mut reply = Vec::new();
+    // SAFETY: fds[0] is an open fd this function owns; File closes it.
+    let read = unsafe { std::fs::File::from_raw_fd(fds[0]) }.read_to_end(&mut reply);
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    read.context("reading kernel offsets from the BTF child")?;
+    match reply.split_first() {
+        Some((1, bytes)) if bytes.len() == std::mem::size_of::<KernelOffsets>() => {
+            // SAFETY: length checked; plain struct of u32s.
+            Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelOffsets>()) })
+        }
+        Some((0, msg)) => bail!("{}", String::from_utf8_lossy(msg)),
+        _ => kernel_offsets(path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +179,16 @@ mod tests {
         }
         assert_eq!(off.sk_rcv_saddr, off.sk_daddr + 4, "{off:?}");
         assert!(off.task_files > 0 && off.fdt_fd > 0, "{off:?}");
+    }
+
+    #[test]
+    fn isolated_computation_gives_the_same_offsets() {
+        let path = Path::new(VMLINUX_BTF);
+        assert_eq!(
+            kernel_offsets_isolated(path).unwrap(),
+            kernel_offsets(path).unwrap()
+        );
+        let err = kernel_offsets_isolated(Path::new("/nonexistent/btf")).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/btf"), "{err:#}");
     }
 }

@@ -13,7 +13,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
-use tracer_common::{Config, DropCause, MAX_CAPTURE};
+use tracer_common::{Config, DropCause, KernelOffsets, MAX_CAPTURE};
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -35,6 +35,9 @@ pub struct CaptureOptions {
     pub ports: Vec<u16>,
     /// Trace only processes in these cgroup v2 ids (empty: all).
     pub cgroups: Vec<u64>,
+    /// Kernel struct offsets computed beforehand (see `btf::kernel_offsets_isolated`);
+    /// `None`: computed during `Capture::load`.
+    pub offsets: Option<KernelOffsets>,
 }
 
 impl Default for CaptureOptions {
@@ -45,6 +48,7 @@ impl Default for CaptureOptions {
             pids: Vec::new(),
             ports: Vec::new(),
             cgroups: Vec::new(),
+            offsets: None,
         }
     }
 }
@@ -99,7 +103,15 @@ impl Capture {
             );
         }
         preflight::check()?;
-        let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
+        tracing::debug!(rss_kib = rss_kib(), "start-up: before reading BTF");
+        let offsets = match opts.offsets {
+            Some(off) => off,
+            None => btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?,
+        };
+        tracing::debug!(
+            rss_kib = rss_kib(),
+            "start-up: kernel offsets read from BTF"
+        );
         let (skaddr, newstate) = preflight::sock_state_offsets();
         let config = Config {
             tracer_pid: std::process::id(),
@@ -121,12 +133,15 @@ impl Capture {
             ..config
         };
         let mut ebpf = EbpfLoader::new()
+            // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
+            // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
+            .btf(None)
             .override_global("CONFIG", &config, true)
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(EBPF_OBJECT)
             .context("loading the kernel programs' maps")?;
-        tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        tracing::debug!(?offsets, rss_kib = rss_kib(), "start-up: maps created");
 
         fill_targets(&mut ebpf, opts)?;
 
@@ -141,6 +156,7 @@ impl Capture {
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
         }
+        tracing::debug!(rss_kib = rss_kib(), "start-up: programs attached");
         tracing::info!(
             programs = attached.len(),
             capture_limit = config.capture_limit,
@@ -182,6 +198,18 @@ impl Capture {
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+/// Resident memory of the agent in KiB (for start-up diagnostics).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {

@@ -121,6 +121,7 @@ impl Cli {
             pids: self.pids.clone(),
             ports: self.ports.clone(),
             cgroups,
+            offsets: None,
         })
     }
 
