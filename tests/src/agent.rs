@@ -53,3 +53,31 @@ impl Agent {
         Ok(stderr)
     }
 }
+
+/// The agent's last log line containing `needle` (e.g. `final counters`).
+pub fn log_line(stderr: &str, needle: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A `name=value` counter from one of the agent's log lines (0 when absent).
+pub fn counter(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

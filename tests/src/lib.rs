@@ -4,7 +4,7 @@ pub mod agent;
 pub mod procs;
 pub mod receiver;
 
-pub use agent::Agent;
+pub use agent::{Agent, counter, log_line, rss_kib};
 pub use procs::*;
 pub use receiver::{Receiver, SpanJson};
 

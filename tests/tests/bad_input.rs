@@ -33,21 +33,8 @@ fn spans_on(r: &Receiver, port: u16) -> Vec<Value> {
         .collect()
 }
 
-/// The agent's last `final counters` log line.
 fn final_counters(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("final counters"))
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn counter(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    log_line(stderr, "final counters")
 }
 
 #[test]

@@ -12,15 +12,6 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn last_line_with(agent: &Agent, needle: &str) -> String {
     agent
         .proc
@@ -29,13 +20,6 @@ fn last_line_with(agent: &Agent, needle: &str) -> String {
         .rev()
         .find(|l| l.contains(needle))
         .unwrap_or_default()
-}
-
-fn counter(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// `n` keep-alive requests on one connection; each path is `/status/<code>` so a span's

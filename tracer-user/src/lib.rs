@@ -13,4 +13,5 @@ pub mod export;
 pub mod process;
 pub mod protocol;
 pub mod stitch;
+pub mod text;
 pub mod trace;

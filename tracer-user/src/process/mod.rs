@@ -35,7 +35,10 @@ use std::sync::Arc;
 
 use procfs::process::Process;
 
-use crate::trace::{AttrValue, Resource};
+use crate::{
+    text::truncate,
+    trace::{AttrValue, Resource},
+};
 
 /// Cached processes at most, by default; the oldest entry is evicted beyond.
 pub const DEFAULT_MAX_ENTRIES: usize = 16384;
@@ -388,17 +391,6 @@ fn command_line(cmdline: &[u8]) -> String {
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn non_empty(s: &str) -> Option<&str> {

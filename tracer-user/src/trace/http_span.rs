@@ -30,6 +30,7 @@ use super::context::{FLAG_SAMPLED, ParentSource, RemoteContext};
 use super::{Attributes, Clock, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HeaderList, HttpExchange};
+use crate::text::truncate;
 
 /// Value that replaces each query parameter's value when redacting.
 pub const REDACTED: &str = "REDACTED";
@@ -595,18 +596,6 @@ fn has_body_framing(headers: &HeaderList) -> bool {
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// At most `max` bytes, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]
