@@ -228,14 +228,12 @@ pub enum DropCause {
     Truncated = 4,
     /// A connection whose first bytes are not a protocol we parse: payload no longer copied.
     NotHttp = 5,
-    /// Walking the kernel's fd table failed (fd out of range, unreadable pointer).
-    FdLookupFailed = 6,
     /// A connection state left from an earlier socket at the same address was replaced (its
     /// end was missed, e.g. a TCP_CLOSE skipped while another BPF program ran on that CPU).
-    StaleConn = 7,
+    StaleConn = 6,
 }
 
-pub const DROP_CAUSES: usize = 8;
+pub const DROP_CAUSES: usize = 7;
 
 impl DropCause {
     pub const ALL: [DropCause; DROP_CAUSES] = [
@@ -245,7 +243,6 @@ impl DropCause {
         Self::CopyFailed,
         Self::Truncated,
         Self::NotHttp,
-        Self::FdLookupFailed,
         Self::StaleConn,
     ];
 
@@ -257,7 +254,6 @@ impl DropCause {
             Self::CopyFailed => "copy_failed",
             Self::Truncated => "truncated_calls",
             Self::NotHttp => "not_http_conns",
-            Self::FdLookupFailed => "fd_lookup_failed",
             Self::StaleConn => "stale_conn_replaced",
         }
     }
@@ -282,6 +278,20 @@ mod tests {
         assert_eq!(size_of::<DataHeader>(), 24 + 8 * 4 + 4 * 3 + 4 + 40 + 16);
         assert_eq!(size_of::<DataHeader>() % 8, 0);
         assert_eq!(size_of::<CloseEvent>(), 48);
+    }
+
+    #[test]
+    fn drop_causes_index_the_whole_counter_array_once() {
+        for (i, cause) in DropCause::ALL.iter().enumerate() {
+            assert_eq!(*cause as usize, i, "{cause:?}");
+        }
+        let mut names: [&str; DROP_CAUSES] = [""; DROP_CAUSES];
+        for (i, c) in DropCause::ALL.iter().enumerate() {
+            names[i] = c.name();
+        }
+        for (i, a) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(a), "duplicate name {a}");
+        }
     }
 
     #[test]
