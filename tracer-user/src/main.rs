@@ -24,8 +24,9 @@ fn main() -> ExitCode {
         ))
         .ok()
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: capture, stitching and export are a single sequential flow; a multi-thread
+    // runtime only added cross-thread wakeups (measured with `cargo xtask bench`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
