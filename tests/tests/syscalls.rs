@@ -172,3 +172,35 @@ fn sendmmsg_and_recvmmsg() {
             .all(|s| s.res("service.name") == "mmsg_client")
     );
 }
+
+/// A pre-fork server: the parent closes its copy of the connection while the child still
+/// serves it. The connection must live on (only the last close ends it).
+#[test]
+fn connection_closed_by_the_parent_lives_on_in_the_forked_child() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let server = Proc::spawn(
+        "forking server",
+        Command::new("python3")
+            .arg(workspace_root().join("tests/servers/forking.py"))
+            .arg(port.to_string()),
+    )
+    .unwrap();
+    server.wait_line("READY", WAIT).unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    for i in 0..3 {
+        let body = curl(&[&format!("http://127.0.0.1:{port}/fork/{i}")]).unwrap();
+        assert_eq!(body, "forked");
+    }
+    let servers = receiver.wait_spans(3, WAIT, |s| {
+        s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path").starts_with("/fork/")
+    });
+    let log = log_line(&agent.stop().unwrap(), "final counters");
+    assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.attr_i64("http.response.status_code") == 200)
+    );
+    assert_eq!(counter(&log, "unmatched_responses"), 0, "{log}");
+}

@@ -35,6 +35,10 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_inode: u32,
     pub file_private_data: u32,
+    /// The file's reference count (`f_count`, or `f_ref` since 6.13), and its value when
+    /// exactly one reference is held (1 for `f_count`; 0 for `file_ref_t`, which counts from 0).
+    pub file_refcount: u32,
+    pub file_refcount_one: u32,
     pub inode_mode: u32,
     pub inode_ino: u32,
     pub socket_type: u32,

@@ -113,6 +113,7 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
         TcpSock {
             sk: inflight.sk,
             ino: inflight.ino,
+            file: 0,
         },
         Role::Unknown,
     ) else {

@@ -18,7 +18,7 @@ use tracer_common::{EventKind, ProcessEvent, Role, Source};
 use crate::{
     capture::{arg, close_conn, conn_state, enter_data, exit_data, traced},
     maps::{CONNECT, EVENTS, INFLIGHT, Inflight, config, offsets, wakeup_flags},
-    sock::tcp_sock_of_fd,
+    sock::{file_shared, tcp_sock_of_fd},
 };
 
 macro_rules! data_syscall {
@@ -127,8 +127,13 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(fd) = arg::<u64>(&ctx, 0) else {
         return 0;
     };
-    if let Some(sock) = tcp_sock_of_fd(fd as i32, &offsets()) {
-        close_conn(sock.sk, Some(sock.ino), pid_tgid);
+    let off = offsets();
+    if let Some(sock) = tcp_sock_of_fd(fd as i32, &off) {
+        // Pre-fork servers close the parent's copy while a child serves the connection: only
+        // the last reference's close ends it (TCP_CLOSE also does).
+        if !file_shared(sock.file, &off) {
+            close_conn(sock.sk, Some(sock.ino), pid_tgid);
+        }
     }
     0
 }

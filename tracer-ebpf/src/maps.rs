@@ -32,6 +32,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_inode: 0,
     file_private_data: 0,
+    file_refcount: 0,
+    file_refcount_one: 0,
     inode_mode: 0,
     inode_ino: 0,
     socket_type: 0,

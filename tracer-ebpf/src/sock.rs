@@ -20,6 +20,8 @@ pub struct TcpSock {
     pub sk: u64,
     /// Inode number of the socket (unique while it lives; tells reused addresses apart).
     pub ino: u64,
+    /// `struct file *` of the fd.
+    pub file: u64,
 }
 
 /// The socket of `fd` when it is a TCP (stream, IPv4/IPv6) socket, else `None` (files,
@@ -59,7 +61,7 @@ pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
             return None;
         }
         let ino: u64 = read(inode, off.inode_ino)?;
-        Some(TcpSock { sk, ino })
+        Some(TcpSock { sk, ino, file })
     }
 }
 
@@ -83,4 +85,14 @@ pub fn conn_addr(sk: u64, off: &KernelOffsets) -> ConnAddr {
         }
     }
     a
+}
+
+/// Whether other references to the file remain (a forked child, a dup'ed fd): closing this fd
+/// then does not end the connection.
+#[inline(always)]
+pub fn file_shared(file: u64, off: &KernelOffsets) -> bool {
+    // SAFETY: read through bpf_probe_read_kernel; on failure assume not shared (the close
+    // ends tracking, as before).
+    let count: i64 = unsafe { read(file, off.file_refcount) }.unwrap_or(0);
+    count > off.file_refcount_one as i64
 }

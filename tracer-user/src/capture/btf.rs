@@ -71,6 +71,12 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     let btf =
         Btf::from_file(path).with_context(|| format!("reading BTF from {}", path.display()))?;
     let sk = |field: &str| field_offset(&btf, "sock", &["__sk_common", field]);
+    // `f_count` (atomic_long_t, 1 = one reference) until 6.12; `f_ref` (file_ref_t, 0 = one
+    // reference) since 6.13.
+    let (file_refcount, file_refcount_one) = match field_offset(&btf, "file", &["f_count"]) {
+        Ok(off) => (off, 1),
+        Err(_) => (field_offset(&btf, "file", &["f_ref", "refcnt"])?, 0),
+    };
     Ok(KernelOffsets {
         task_files: field_offset(&btf, "task_struct", &["files"])?,
         files_fdt: field_offset(&btf, "files_struct", &["fdt"])?,
@@ -78,6 +84,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         fdt_fd: field_offset(&btf, "fdtable", &["fd"])?,
         file_inode: field_offset(&btf, "file", &["f_inode"])?,
         file_private_data: field_offset(&btf, "file", &["private_data"])?,
+        file_refcount,
+        file_refcount_one,
         inode_mode: field_offset(&btf, "inode", &["i_mode"])?,
         inode_ino: field_offset(&btf, "inode", &["i_ino"])?,
         socket_type: field_offset(&btf, "socket", &["type"])?,
