@@ -186,17 +186,38 @@ impl ConnTable {
         out.extend(self.scratch.drain(..).map(|ex| (conn.meta, ex)));
     }
 
-    /// The connection ended: finish what its framing allows, forget it.
+    /// The connection ended: finish what its framing allows, forget it. The kernel's final
+    /// byte counts reveal trailing losses (e.g. a response lost when the ring buffer was full),
+    /// which must not pass for "no response".
     pub fn on_close(&mut self, ev: &CloseEvent, out: &mut Vec<Finished>) {
-        if let Some(conn) = self.conns.remove(&ev.conn_id) {
+        if let Some(mut conn) = self.conns.remove(&ev.conn_id) {
             self.stats.closed += 1;
-            Self::finish(conn, ev.header.ts, out, &mut self.stats);
+            for dir in [Direction::Egress, Direction::Ingress] {
+                let seen = conn.next[dir.index()].unwrap_or(0);
+                let total = ev.positions[dir.index()];
+                if total > seen {
+                    self.stats.gaps += 1;
+                    self.stats.gap_bytes += total - seen;
+                    conn.http.on_gap(dir, total - seen);
+                }
+            }
+            Self::finish(conn, ev.header.ts, false, out, &mut self.stats);
         }
     }
 
-    fn finish(mut conn: Conn, ts: u64, out: &mut Vec<Finished>, stats: &mut TableStats) {
+    fn finish(
+        mut conn: Conn,
+        ts: u64,
+        expired: bool,
+        out: &mut Vec<Finished>,
+        stats: &mut TableStats,
+    ) {
         let mut done = Vec::new();
-        conn.http.on_close(ts, &mut done);
+        if expired {
+            conn.http.on_expire(ts, &mut done);
+        } else {
+            conn.http.on_close(ts, &mut done);
+        }
         out.extend(done.into_iter().map(|ex| (conn.meta, ex)));
         add_parse_stats(&mut stats.parse, &conn.http.stats());
     }
@@ -221,7 +242,7 @@ impl ConnTable {
             if let Some(conn) = self.conns.remove(&id) {
                 self.stats.expired += 1;
                 let last = conn.last_ns;
-                Self::finish(conn, last, out, &mut self.stats);
+                Self::finish(conn, last, true, out, &mut self.stats);
             }
         }
     }
@@ -383,6 +404,57 @@ mod tests {
         assert_eq!(t.out[0].1.response_body_size, 16);
         assert!(t.table.is_empty());
         assert_eq!(t.table.stats().closed, 1);
+    }
+
+    #[test]
+    fn a_response_lost_at_the_end_is_not_reported_as_no_response() {
+        // A client request; its response was lost (ring buffer full), so only the close's
+        // final byte counts tell the response bytes existed.
+        let client = |t: &mut T| {
+            let mut h = header(1, Direction::Egress, 0, REQ, 2_000);
+            h.role = Role::Client as u8;
+            t.table.on_data(&h, REQ, &mut t.out);
+        };
+        let close = |t: &mut T, ingress: u64| {
+            let mut ev = CloseEvent {
+                conn_id: 1,
+                positions: [REQ.len() as u64, ingress],
+                ..Default::default()
+            };
+            ev.header.ts = 9_000;
+            t.table.on_close(&ev, &mut t.out);
+        };
+        let mut t = T::new(TableLimits::default());
+        client(&mut t);
+        close(&mut t, RESP.len() as u64);
+        assert!(t.out.is_empty(), "{:?}", t.out);
+        assert_eq!(t.table.stats().gap_bytes, RESP.len() as u64);
+        // Nothing was lost: the server really did not answer, and the client span says so.
+        let mut t = T::new(TableLimits::default());
+        client(&mut t);
+        close(&mut t, 0);
+        assert_eq!(t.out.len(), 1);
+        assert!(t.out[0].1.response.is_none());
+    }
+
+    #[test]
+    fn expiry_does_not_report_no_response() {
+        let limits = TableLimits {
+            max_conns: 10,
+            idle_timeout_ns: 1_000,
+            stalled_timeout_ns: 1_000,
+        };
+        let mut t = T::new(limits);
+        let mut h = header(1, Direction::Egress, 0, REQ, 2_000);
+        h.role = Role::Client as u8;
+        t.table.on_data(&h, REQ, &mut t.out);
+        t.table.expire(1_000_000, &mut t.out);
+        assert!(t.table.is_empty());
+        assert!(
+            t.out.is_empty(),
+            "its close may have been lost: {:?}",
+            t.out
+        );
     }
 
     #[test]

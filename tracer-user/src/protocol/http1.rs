@@ -783,6 +783,14 @@ impl Http1Conn {
         self.upgrades = upgrades;
     }
 
+    /// The connection is given up without its end having been seen (expiry: its close may
+    /// have been lost with other events). Like [`Http1Conn::on_close`], but requests still
+    /// waiting are only counted: "no response" cannot be told from "response lost".
+    pub fn on_expire(&mut self, ts: u64, out: &mut Vec<HttpExchange>) {
+        self.suspect = true;
+        self.on_close(ts, out);
+    }
+
     pub fn stats(&self) -> ParseStats {
         self.stats
     }
