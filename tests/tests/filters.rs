@@ -23,7 +23,14 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        // Processes killed by their own Drop leave it empty shortly after.
+        // Move whatever still runs in it back to the parent, then remove it.
+        let parent = self.0.parent().unwrap().join("cgroup.procs");
+        for pid in std::fs::read_to_string(self.0.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = std::fs::write(&parent, pid);
+        }
         for _ in 0..50 {
             if std::fs::remove_dir(&self.0).is_ok() {
                 return;
