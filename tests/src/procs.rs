@@ -257,3 +257,25 @@ pub fn reset(s: std::net::TcpStream) {
     }
     drop(s);
 }
+
+/// Ids of every BPF program loaded in the kernel (the kernel's own view).
+pub fn loaded_program_ids() -> std::collections::HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect()
+}
+
+/// Ids of the BPF programs process `pid` holds (from its fds' fdinfo).
+pub fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}

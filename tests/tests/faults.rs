@@ -1,13 +1,11 @@
 //! Privileged fault tests: the agent under faults keeps its promises: counted losses, never a
 //! wrong span, bounded memory, recovery. They assert behaviour, not speed.
 use std::{
-    collections::HashSet,
     io::{Read, Write},
     net::TcpStream,
     time::{Duration, Instant},
 };
 
-use aya::programs::loaded_programs;
 use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -226,24 +224,13 @@ fn restart_after_sigkill_is_clean() {
     let (server, port) = test_http_server().unwrap();
     let mut first = Agent::start(&["--port", &port.to_string()], &[]).unwrap();
     let pid = first.proc.pid();
-    let ids: HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .collect();
+    let ids = program_ids_of(pid);
     assert_eq!(ids.len(), 28);
     first.proc.signal(libc::SIGKILL);
     first.proc.wait_exit(Duration::from_secs(5)).unwrap();
     // The kernel unloads a dead agent's programs (nothing is pinned).
     let gone = wait_for(Duration::from_secs(10), || {
-        let loaded: HashSet<u32> = loaded_programs()
-            .filter_map(|p| p.ok().map(|p| p.id()))
-            .collect();
+        let loaded = loaded_program_ids();
         ids.is_disjoint(&loaded).then_some(())
     });
     assert!(gone.is_some(), "programs of the killed agent are unloaded");

@@ -1,23 +1,13 @@
 //! Privileged: the real programs in the running kernel, real traffic, events observed in
 //! userspace. These fail (never skip) when the programs cannot be loaded.
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use aya::programs::loaded_programs;
 use tracer::capture::{
     Capture, CaptureOptions,
     events::{Event, decode},
 };
 use tracer_common::{Direction, Protocol, Role};
 use tracer_tests::*;
-
-fn loaded_program_ids() -> HashSet<u32> {
-    loaded_programs()
-        .filter_map(|p| p.ok().map(|p| p.id()))
-        .collect()
-}
 
 #[test]
 fn programs_load_attach_and_report_real_http_traffic() {

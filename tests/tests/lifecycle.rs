@@ -1,31 +1,8 @@
 //! Privileged: the `tracer` binary starts, attaches, and on SIGTERM detaches everything and
 //! exits 0 — checked against the kernel's own list of loaded programs.
-use std::{collections::HashSet, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use aya::programs::loaded_programs;
 use tracer_tests::*;
-
-fn loaded_program_ids() -> HashSet<u32> {
-    loaded_programs()
-        .filter_map(|p| p.ok().map(|p| p.id()))
-        .collect()
-}
-
-/// Program ids held by process `pid` (from its fds' fdinfo).
-fn program_ids_of(pid: u32) -> HashSet<u32> {
-    let mut ids = HashSet::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for fd in fds.flatten() {
-        if let Ok(info) = std::fs::read_to_string(fd.path())
-            && let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:"))
-        {
-            ids.insert(id.trim().parse().unwrap());
-        }
-    }
-    ids
-}
 
 #[test]
 fn sigterm_detaches_everything_and_exits_zero() {

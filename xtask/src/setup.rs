@@ -108,37 +108,20 @@ fn bpf_linker() -> Result<()> {
     if !Path::new(LLVM_PREFIX).exists() {
         bail!("{LLVM_PREFIX} is missing although llvm-22-dev is installed");
     }
-    util::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("LLVM_PREFIX", LLVM_PREFIX),
-    )
-    .or_else(|_| {
-        // --locked can fail when the published lock file no longer resolves; retry without.
-        util::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", LLVM_PREFIX),
-        )
-    })
-    .context("building bpf-linker failed")
+    let install = |locked: bool| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX);
+        if locked {
+            cmd.arg("--locked");
+        }
+        util::run(&mut cmd)
+    };
+    // --locked can fail when the published lock file no longer resolves; retry without.
+    install(true)
+        .or_else(|_| install(false))
+        .context("building bpf-linker failed")
 }
 
 fn python() -> &'static str {
