@@ -19,7 +19,7 @@ use crate::{
     export::{self, ExportStats},
     process::{self, ProcessTable},
     stitch::Stitcher,
-    trace::{Clock, Span, http_span::SpanOptions},
+    trace::{Clock, Span, http_span::SpanOptions, links::Links},
 };
 
 /// Runs the agent. `offsets`: kernel struct offsets computed before the runtime started (see
@@ -27,6 +27,9 @@ use crate::{
 pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
     let mut options = cli.capture_options()?;
     options.offsets = offsets;
+    // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
+    let links = Links::default();
+    options.ctx_key = links.key();
     let mut capture = Capture::load(&options)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
@@ -45,7 +48,8 @@ pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
         Clock::measure(),
         options,
         cli.table_limits(),
-    );
+    )
+    .with_links(links);
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -183,6 +187,19 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
                 .join(" ")
         })
         .unwrap_or_else(|e| format!("unavailable ({e})"));
+    let injection = if capture.injecting {
+        capture
+            .inject_counts()
+            .map(|d| {
+                d.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("unavailable ({e})"))
+    } else {
+        "off".to_owned()
+    };
     let ev = stitcher.stats();
     let conns = stitcher.conns.stats();
     let parse = stitcher.conns.parse_stats();
@@ -206,15 +223,18 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
         links_linked = links.linked,
         links_ambiguous = links.ambiguous,
         links_refused_full = links.refused_full,
+        links_injected = links.injected,
+        links_injected_unlinked = links.injected_unlinked,
         exported = ex.spans_exported,
         export_failed = ex.spans_failed,
         export_queue_full = ex.spans_dropped_queue_full,
         queue_len = ex.queue_len,
-        "{when} counters; kernel drops: {}",
+        "{when} counters; kernel drops: {}; injection: {}",
         if drops.is_empty() {
             "none".to_owned()
         } else {
             drops
-        }
+        },
+        injection
     );
 }

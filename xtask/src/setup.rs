@@ -20,6 +20,16 @@ const TEST_PACKAGES: &[&str] = &["curl", "iproute2"];
 const TEST_PYTHON: &[(&str, &str)] = &[
     ("opentelemetry.proto", "opentelemetry-proto"),
     ("grpc", "grpcio"),
+    // The propagation tests' instrumented services.
+    ("opentelemetry.sdk.trace", "opentelemetry-sdk"),
+    (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+    (
+        "opentelemetry.propagators.b3",
+        "opentelemetry-propagator-b3",
+    ),
     ("google.protobuf", "protobuf"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

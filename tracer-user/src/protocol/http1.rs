@@ -58,7 +58,9 @@
 
 use std::collections::VecDeque;
 
-use super::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
+use super::{
+    Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead, SpanCtx,
+};
 
 /// Bounds on what one connection's parser holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +106,21 @@ struct Meta {
     tid: u32,
     /// See [`Chunk::other_unseen`].
     other_unseen: u64,
+    /// As a message's first meta: the position of the message's first byte, and the kernel's
+    /// injected ids when the message starts exactly where the chunk that carried them did.
+    position: u64,
+    ctx: Option<SpanCtx>,
+}
+
+impl Meta {
+    /// This chunk's meta as the first of a message starting `offset` bytes into it.
+    fn starting_at(self, offset: usize) -> Self {
+        Self {
+            position: self.position + offset as u64,
+            ctx: if offset == 0 { self.ctx } else { None },
+            ..self
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +222,8 @@ struct PendingReq {
     incomplete: bool,
     /// Requests may have been lost (request-side loss of sync) after this one.
     loss_after: bool,
+    head_position: u64,
+    injected: Option<SpanCtx>,
 }
 
 #[derive(Debug)]
@@ -275,7 +294,7 @@ pub struct Http1Conn {
     ready: Vec<HttpExchange>,
     /// Sequence numbers of the requests received (`Ingress`) whose head the last `on_chunk`
     /// parsed: see [`Http1Conn::started`].
-    started: Vec<(u64, u32, u64)>,
+    started: Vec<(u64, u32, u64, u64)>,
 }
 
 /// A request the traced process received, reported as soon as its head is parsed (its
@@ -287,6 +306,8 @@ pub struct RequestStart<'a> {
     pub tid: u32,
     /// As [`HttpExchange::start_ns`] will be.
     pub start_ns: u64,
+    /// As [`HttpExchange::head_position`] will be.
+    pub head_position: u64,
     /// `None` when the request was not kept (over the pending limit, or the connection was
     /// given up while parsing it): it will never complete.
     pub head: Option<&'a RequestHead>,
@@ -580,6 +601,8 @@ impl Http1Conn {
             ts_exit: chunk.ts_exit,
             tid: chunk.tid,
             other_unseen: chunk.other_unseen,
+            position: chunk.position,
+            ctx: chunk.ctx,
         };
         let data = chunk.data;
         let mut p = 0usize;
@@ -620,7 +643,7 @@ impl Http1Conn {
                             self.drop_head(dir, out);
                             break;
                         }
-                        if !self.on_head(dir, &rest[..end], meta, meta, out) {
+                        if !self.on_head(dir, &rest[..end], meta.starting_at(p), meta, out) {
                             break;
                         }
                         p += end;
@@ -633,7 +656,7 @@ impl Http1Conn {
                         st.buf.extend_from_slice(rest);
                         st.st = St::Head;
                         // The message's first byte is in this chunk.
-                        st.first = meta;
+                        st.first = meta.starting_at(p);
                         p = data.len();
                     }
                 }
@@ -772,6 +795,8 @@ impl Http1Conn {
                             tid: r.tid,
                             seq: r.seq,
                             incomplete: r.incomplete,
+                            head_position: r.head_position,
+                            injected: r.injected,
                         });
                     }
                 }
@@ -806,10 +831,11 @@ impl Http1Conn {
     pub fn started(&self) -> impl Iterator<Item = RequestStart<'_>> {
         self.started
             .iter()
-            .map(|&(seq, tid, start_ns)| RequestStart {
+            .map(|&(seq, tid, start_ns, head_position)| RequestStart {
                 seq,
                 tid,
                 start_ns,
+                head_position,
                 head: self.queue.iter().find_map(|s| match s {
                     Slot::Req(r) if r.seq == seq => Some(&r.head),
                     _ => None,
@@ -820,7 +846,7 @@ impl Http1Conn {
     /// Approximate heap bytes held (for bounded-memory assertions).
     pub fn memory_bytes(&self) -> usize {
         let mut n = self.dirs.iter().map(|d| d.buf.capacity()).sum::<usize>();
-        n += self.started.capacity() * std::mem::size_of::<(u64, u32, u64)>();
+        n += self.started.capacity() * std::mem::size_of::<(u64, u32, u64, u64)>();
         n += self.queue.capacity() * std::mem::size_of::<Slot>();
         n += self
             .queue
@@ -1024,6 +1050,8 @@ impl Http1Conn {
             tid: f.req.tid,
             seq: f.req.seq,
             incomplete: f.incomplete || f.req.incomplete,
+            head_position: f.req.head_position,
+            injected: f.req.injected,
         });
     }
 
@@ -1283,7 +1311,8 @@ impl Http1Conn {
         let seq = self.next_seq;
         self.next_seq += 1;
         if dir == Direction::Ingress {
-            self.started.push((seq, first.tid, start_ns));
+            self.started
+                .push((seq, first.tid, start_ns, first.position));
         }
         let pending = PendingReq {
             seq,
@@ -1295,6 +1324,8 @@ impl Http1Conn {
             body_size: 0,
             incomplete: false,
             loss_after: false,
+            head_position: first.position,
+            injected: first.ctx.filter(|_| dir == Direction::Egress),
         };
         let cap = self.limits.max_pending_requests.max(1);
         let owner = if self.queue.len() < cap {
@@ -1471,6 +1502,10 @@ mod tests {
         t: u64,
         /// `Chunk::other_unseen` of the next chunks.
         unseen: u64,
+        /// Bytes fed per direction (the next chunk's position).
+        pos: [u64; 2],
+        /// `Chunk::ctx` of the next chunk.
+        ctx: Option<SpanCtx>,
     }
 
     impl T {
@@ -1483,6 +1518,8 @@ mod tests {
                 out: Vec::new(),
                 t: 100,
                 unseen: 0,
+                pos: [0; 2],
+                ctx: None,
             }
         }
         /// Feeds `data` as one chunk; returns its (ts_enter, ts_exit).
@@ -1500,7 +1537,10 @@ mod tests {
                 ts_exit: b,
                 tid,
                 other_unseen: self.unseen,
+                position: self.pos[dir.index()],
+                ctx: self.ctx.take(),
             };
+            self.pos[dir.index()] += u64::from(total);
             self.c.on_chunk(dir, &chunk, &mut self.out);
             (a, b)
         }
@@ -2156,6 +2196,8 @@ mod tests {
             ts_exit: 600,
             tid: 1,
             other_unseen: 0,
+            position: 0,
+            ctx: None,
         };
         t.c.on_chunk(EG, &chunk, &mut t.out);
         assert!(t.take().is_empty());
@@ -2400,6 +2442,8 @@ mod tests {
                     ts_exit: ts + 500,
                     tid: 7,
                     other_unseen: 0,
+                    position: w[0] as u64,
+                    ctx: None,
                 };
                 c.on_chunk(dir, &chunk, &mut out);
                 ts += 1000;

@@ -49,6 +49,7 @@ use super::http_span::{IdGenerator, SpanContext};
 use super::{SpanId, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
+use tracer_common::{SpanCtx, propagation::server_ids};
 
 /// Default bound of open server requests (and of thread states) tracked.
 pub const DEFAULT_CAP: usize = 16384;
@@ -68,6 +69,11 @@ pub struct LinkStats {
     pub ambiguous: u64,
     /// Server requests open now.
     pub open: u64,
+    /// CLIENT spans whose ids the kernel injected into the request.
+    pub injected: u64,
+    /// Of those, spans the kernel gave a parent the in-process view did not confirm (left
+    /// without a parent).
+    pub injected_unlinked: u64,
 }
 
 /// An open server request.
@@ -112,13 +118,6 @@ impl Default for Links {
     }
 }
 
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Links {
     /// Random key and ids from the OS.
     pub fn new(cap: usize) -> Self {
@@ -147,23 +146,27 @@ impl Links {
         s
     }
 
-    /// The context of the SERVER span for request `seq` of connection `conn_id` (a pure function
-    /// of its arguments and the agent's key).
+    /// The key of the id derivation shared with the kernel (it must see the same one).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The context of the SERVER span of the request whose head starts at byte
+    /// `head_position` of connection `conn_id`'s ingress: a pure function of its arguments and
+    /// the agent's key, computed the same way by the kernel when the request arrives (so the
+    /// `traceparent` it injects into the requests this one causes names this span).
     pub fn server_context(
         &self,
         conn_id: u64,
-        seq: u64,
-        start_ns: u64,
+        head_position: u64,
         head: &RequestHead,
     ) -> SpanContext {
-        let seed = mix64(mix64(mix64(self.key ^ conn_id) ^ seq) ^ start_ns);
-        let mut ids = IdGenerator::from_seed(seed);
-        let span_id = ids.span_id();
+        let (trace_id, span_id) = server_ids(self.key, conn_id, head_position);
         let headers = head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         match extract(headers) {
             Extracted::Context(remote) => SpanContext::child_of_remote(remote, span_id),
             other => SpanContext {
-                trace_id: ids.trace_id(),
+                trace_id,
                 span_id,
                 parent_span_id: None,
                 flags: match other {
@@ -190,7 +193,7 @@ impl Links {
             self.mark_multiplexed(start.tid, start.start_ns);
             return;
         }
-        let ctx = self.server_context(conn.conn_id, start.seq, start.start_ns, head);
+        let ctx = self.server_context(conn.conn_id, start.head_position, head);
         let st = self.tids.entry(start.tid).or_insert(TidState {
             open: 0,
             last: (0, 0),
@@ -305,7 +308,7 @@ impl Links {
     pub fn context_for(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
         match ex.request_direction {
             Direction::Ingress => {
-                let ctx = self.server_context(conn.conn_id, ex.seq, ex.start_ns, &ex.request);
+                let ctx = self.server_context(conn.conn_id, ex.head_position, &ex.request);
                 self.on_server_done(conn.conn_id, ex.seq);
                 ctx
             }
@@ -313,7 +316,52 @@ impl Links {
         }
     }
 
+    /// A request the kernel injected `traceparent` into: the callee names these ids, so the
+    /// CLIENT span takes them as they are. Its parent is the SERVER span the kernel saw the
+    /// thread serving, when the in-process view agrees (same span, same trace); otherwise the
+    /// span has no parent (in the injected trace), never a guessed one.
+    fn injected_context(
+        &mut self,
+        conn: &ConnMeta,
+        ex: &HttpExchange,
+        injected: &SpanCtx,
+    ) -> SpanContext {
+        self.stats.injected += 1;
+        let kernel_parent = (injected.parent_id != [0; 8]).then_some(injected.parent_id);
+        let serving = self
+            .serving(conn.pid, ex.tid, ex.start_ns)
+            .map(|o| (o.trace_id, o.span_id, o.trace_state.clone()));
+        let (parent, trace_state) = match (kernel_parent, serving) {
+            (Some(p), Some((trace, span, state))) if p == span && trace == injected.trace_id => {
+                (Some(p), state)
+            }
+            (None, _) => (None, None),
+            _ => {
+                self.stats.injected_unlinked += 1;
+                (None, None)
+            }
+        };
+        if parent.is_some() {
+            self.stats.linked += 1;
+        }
+        SpanContext {
+            trace_id: injected.trace_id,
+            span_id: injected.span_id,
+            parent_span_id: parent,
+            flags: injected.flags,
+            trace_state,
+            source: if parent.is_some() {
+                ParentSource::Thread
+            } else {
+                ParentSource::None
+            },
+        }
+    }
+
     fn client_context(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
+        if let Some(injected) = &ex.injected {
+            return self.injected_context(conn, ex, injected);
+        }
         let headers = ex
             .request
             .headers
