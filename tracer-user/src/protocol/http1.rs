@@ -294,16 +294,31 @@ pub struct Http1Conn {
     ready: Vec<HttpExchange>,
     /// Sequence numbers of the requests received (`Ingress`) whose head the last `on_chunk`
     /// parsed: see [`Http1Conn::started`].
-    started: Vec<(u64, u32, u64, u64)>,
+    started: Vec<Started>,
 }
 
-/// A request the traced process received, reported as soon as its head is parsed (its
-/// exchange completes later, with the same [`HttpExchange::seq`], or never).
+/// A request head parsed in [`Http1Conn::on_chunk`] (see [`RequestStart`]).
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    seq: u64,
+    tid: u32,
+    start_ns: u64,
+    head_position: u64,
+    direction: Direction,
+    injected: Option<SpanCtx>,
+}
+
+/// A request the traced process received or sent, reported as soon as its head is parsed
+/// (its exchange completes later, with the same [`HttpExchange::seq`], or never).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestStart<'a> {
     pub seq: u64,
-    /// Thread that read the request's first bytes.
+    /// Thread that read (SERVER) or wrote (CLIENT) the request's first bytes.
     pub tid: u32,
+    /// `Ingress`: received (SERVER side); `Egress`: sent (CLIENT side).
+    pub direction: Direction,
+    /// As [`HttpExchange::injected`] will be.
+    pub injected: Option<SpanCtx>,
     /// As [`HttpExchange::start_ns`] will be.
     pub start_ns: u64,
     /// As [`HttpExchange::head_position`] will be.
@@ -826,27 +841,36 @@ impl Http1Conn {
         self.upgrades
     }
 
-    /// The requests received (`Ingress`, SERVER side) whose head the last [`Self::on_chunk`]
-    /// parsed, in order. Empty after `on_gap` and `on_close`.
+    /// The requests (received or sent) whose head the last [`Self::on_chunk`] parsed, in
+    /// order. Empty after `on_gap` and `on_close`.
     pub fn started(&self) -> impl Iterator<Item = RequestStart<'_>> {
-        self.started
-            .iter()
-            .map(|&(seq, tid, start_ns, head_position)| RequestStart {
+        self.started.iter().map(
+            |&Started {
+                 seq,
+                 tid,
+                 start_ns,
+                 head_position,
+                 direction,
+                 injected,
+             }| RequestStart {
                 seq,
                 tid,
                 start_ns,
                 head_position,
+                direction,
+                injected,
                 head: self.queue.iter().find_map(|s| match s {
                     Slot::Req(r) if r.seq == seq => Some(&r.head),
                     _ => None,
                 }),
-            })
+            },
+        )
     }
 
     /// Approximate heap bytes held (for bounded-memory assertions).
     pub fn memory_bytes(&self) -> usize {
         let mut n = self.dirs.iter().map(|d| d.buf.capacity()).sum::<usize>();
-        n += self.started.capacity() * std::mem::size_of::<(u64, u32, u64, u64)>();
+        n += self.started.capacity() * std::mem::size_of::<Started>();
         n += self.queue.capacity() * std::mem::size_of::<Slot>();
         n += self
             .queue
@@ -1310,10 +1334,14 @@ impl Http1Conn {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if dir == Direction::Ingress {
-            self.started
-                .push((seq, first.tid, start_ns, first.position));
-        }
+        self.started.push(Started {
+            seq,
+            tid: first.tid,
+            start_ns,
+            head_position: first.position,
+            direction: dir,
+            injected: first.ctx.filter(|_| dir == Direction::Egress),
+        });
         let pending = PendingReq {
             seq,
             dir,
@@ -1639,10 +1667,11 @@ mod tests {
         let x = t.take();
         assert_eq!(x.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(x[0].start_ns, exit);
-        // Requests the process sends (client side) are not reported.
+        // Requests the process sends (client side) are reported too, with their direction.
         let mut t = T::new();
         t.feed(EG, b"GET /c HTTP/1.1\r\n\r\n");
-        assert_eq!(t.c.started().count(), 0);
+        let dirs: Vec<_> = t.c.started().map(|s| s.direction).collect();
+        assert_eq!(dirs, vec![EG]);
         // A request over the pending limit is reported without a head (it never completes).
         let mut t = T::with(Limits {
             max_pending_requests: 1,
