@@ -225,6 +225,7 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
         links_refused_full = links.refused_full,
         links_injected = links.injected,
         links_injected_unlinked = links.injected_unlinked,
+        address_linked = links.address_linked,
         exported = ex.spans_exported,
         export_failed = ex.spans_failed,
         export_queue_full = ex.spans_dropped_queue_full,

@@ -61,6 +61,10 @@ pub struct Args {
     /// live traffic, then stop.
     #[arg(long)]
     record: bool,
+    /// Extra option for the traced agent (repeatable), e.g.
+    /// `--agent-arg=--inject-traceparent` to measure injection.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -104,7 +108,15 @@ pub fn run(args: Args) -> Result<()> {
     let nginx = Nginx::start(&dir, false)?;
     let target = format!("http://127.0.0.1:{}/", nginx.port);
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let agent = |record: Option<&Path>| Agent::start(&tracer, nginx.port, Some(&endpoint), record);
+    let agent = |record: Option<&Path>| {
+        Agent::start(
+            &tracer,
+            nginx.port,
+            Some(&endpoint),
+            record,
+            &args.agent_args,
+        )
+    };
 
     step("warming up nginx (2 s, untraced)");
     wrk(&target, 2)?;
@@ -906,9 +918,11 @@ impl Agent {
         port: u16,
         endpoint: Option<&str>,
         record: Option<&Path>,
+        extra: &[String],
     ) -> Result<Self> {
         let mut cmd = Command::new(tracer);
         cmd.args(["--port", &port.to_string(), "--stats-interval", "0"]);
+        cmd.args(extra);
         if let Some(path) = record {
             cmd.arg("--record-events").arg(path);
         }
@@ -1355,7 +1369,7 @@ fn record(tracer: &Path, out: &Path) -> Result<()> {
     let raw = dir.0.join("events.bin");
     let body = dir.0.join("body");
     std::fs::write(&body, "k=v&".repeat(2048))?;
-    let agent = Agent::start(tracer, nginx.port, None, Some(&raw))?;
+    let agent = Agent::start(tracer, nginx.port, None, Some(&raw), &[])?;
     run_bounded(
         "oha",
         Command::new(oha_bin()).args(["--no-tui", "-n", "1500", "-c", "4", &format!("{base}/")]),
