@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod events;
+pub mod features;
 pub mod preflight;
 
 use std::{collections::BTreeMap, path::Path};
@@ -14,6 +15,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tracer_common::{Config, DropCause, KernelOffsets, MAX_CAPTURE};
+
+use self::features::Features;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -38,6 +41,9 @@ pub struct CaptureOptions {
     /// Kernel struct offsets computed beforehand (see `btf::kernel_offsets_isolated`);
     /// `None`: computed during `Capture::load`.
     pub offsets: Option<KernelOffsets>,
+    /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
+    /// during `Capture::load`.
+    pub features: Option<Features>,
 }
 
 impl Default for CaptureOptions {
@@ -49,6 +55,7 @@ impl Default for CaptureOptions {
             ports: Vec::new(),
             cgroups: Vec::new(),
             offsets: None,
+            features: None,
         }
     }
 }
@@ -89,8 +96,13 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    /// Verifier-processed instruction counts per program, when the kernel reports them.
+    /// The attached tracepoints (`category:name`).
     pub attached: Vec<String>,
+    /// What the kernel offers (logged at start-up).
+    pub features: Features,
+    /// Instructions the verifier processed per program (`None`: the kernel does not report
+    /// them; it does since 5.16).
+    pub verified: Vec<(&'static str, Option<u32>)>,
 }
 
 impl Capture {
@@ -103,6 +115,10 @@ impl Capture {
             );
         }
         preflight::check()?;
+        let features = opts.features.unwrap_or_else(Features::detect);
+        // One line saying what this kernel has; the agent uses tracepoints whatever else exists.
+        tracing::info!("{}", features.summary(&features::kernel_release()));
+        features.require()?;
         tracing::debug!(rss_kib = rss_kib(), "start-up: before reading BTF");
         let offsets = match opts.offsets {
             Some(off) => off,
@@ -146,12 +162,19 @@ impl Capture {
         fill_targets(&mut ebpf, opts)?;
 
         let mut attached = Vec::new();
+        let mut verified = Vec::new();
         for (name, category) in TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| describe_load_error(name, e))?;
+            verified.push((
+                *name,
+                prog.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
+            ));
             prog.attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
@@ -164,7 +187,13 @@ impl Capture {
             "attached tracepoints: {}",
             attached.join(" ")
         );
-        Ok(Self { ebpf, attached })
+        tracing::info!("{}", verifier_summary(&verified));
+        Ok(Self {
+            ebpf,
+            attached,
+            features,
+            verified,
+        })
     }
 
     /// The ring buffer carrying events (can be taken once).
@@ -198,6 +227,37 @@ impl Capture {
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+/// One line with the verifier's work: `verifier: 28 programs, 51234 instructions processed in
+/// total, largest sys_exit_recvmsg=9876; sys_enter_read=120 ...` (the kernel reports the counts
+/// since 5.16).
+pub fn verifier_summary(verified: &[(&str, Option<u32>)]) -> String {
+    let counts: Vec<(&str, u32)> = verified
+        .iter()
+        .filter_map(|(name, n)| n.map(|n| (*name, n)))
+        .collect();
+    if counts.len() < verified.len() {
+        return format!(
+            "verifier: {} programs loaded; this kernel does not report instruction counts (5.16+ does)",
+            verified.len()
+        );
+    }
+    let total: u64 = counts.iter().map(|(_, n)| u64::from(*n)).sum();
+    let (max_name, max) = counts
+        .iter()
+        .copied()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or(("-", 0));
+    let each: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    format!(
+        "verifier: {} programs, {total} instructions processed in total, largest {max_name}={max}; {}",
+        counts.len(),
+        each.join(" ")
+    )
 }
 
 /// Resident memory of the agent in KiB (for start-up diagnostics).

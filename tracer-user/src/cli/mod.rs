@@ -122,6 +122,7 @@ impl Cli {
             ports: self.ports.clone(),
             cgroups,
             offsets: None,
+            features: None,
         })
     }
 
