@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test`.
 //!
 //! Every task does its own set-up first (fast when nothing is missing), so the README's two
 //! commands work on a fresh machine.
 mod bench;
+mod kernel_test;
 mod setup;
 mod test;
 mod util;
@@ -48,6 +49,11 @@ enum Task {
     /// Measure what tracing costs: throughput, latency, coverage, agent CPU/RSS (nginx + wrk +
     /// oha, traced and untraced rounds interleaved) and the event pipeline without the kernel.
     Bench(bench::Args),
+    /// The kernel matrix: boot Debian's 6.1 and 6.12 kernels under qemu with an initramfs
+    /// holding the agent, run the load-and-attach and HTTP/1.x scenario in each (and natively
+    /// on this kernel), report programs loaded/attached, verifier instruction counts and
+    /// pass/fail (also in target/kernel-matrix/report.md).
+    KernelTest(kernel_test::Args),
 }
 
 fn main() -> Result<()> {
@@ -78,6 +84,11 @@ fn main() -> Result<()> {
             util::ensure_root()?;
             setup::run(false)?;
             bench::run(args)
+        }
+        Task::KernelTest(args) => {
+            util::ensure_root()?;
+            setup::run(false)?;
+            kernel_test::command(args)
         }
     }
 }
