@@ -37,12 +37,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: lints, host unit tests, and the privileged tests that load the real
-    /// programs into the running kernel and drive real traffic.
+    /// Run every test: lints, host unit tests, the privileged tests that load the real
+    /// programs into the running kernel and drive real traffic, and the kernel matrix.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (`cargo xtask kernel-test`), which otherwise runs after the
+        /// workspace tests when no filter is given.
+        #[arg(long)]
+        no_kernel_matrix: bool,
         /// Passed to `cargo test` as a test-name filter.
         filter: Option<String>,
     },
@@ -75,10 +79,14 @@ fn main() -> Result<()> {
             let bin = build_agent()?;
             util::exec(&bin, &args)
         }
-        Task::Test { no_lint, filter } => {
+        Task::Test {
+            no_lint,
+            no_kernel_matrix,
+            filter,
+        } => {
             util::ensure_root()?;
             setup::run(true)?;
-            test::run(!no_lint, filter.as_deref())
+            test::run(!no_lint, !no_kernel_matrix, filter.as_deref())
         }
         Task::Bench(args) => {
             util::ensure_root()?;
