@@ -27,7 +27,8 @@ use crate::{
 /// Kernels run when none is named: Debian 12's own (6.1) and its backport (6.12).
 pub const DEFAULT_VERSIONS: &[&str] = &["6.1", "6.12"];
 /// What the command needs on the host: the emulator, a static busybox, cpio for the initramfs.
-const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// (binutils: `strip`, to keep the initramfs small when the agent is a debug build.)
+const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
 const INIT: &str = include_str!("../kernel-test/init.sh");
 const SCENARIO: &str = include_str!("../kernel-test/scenario.sh");
 /// A kernel whose VM has not powered off by then is killed and counted as failed.
@@ -42,6 +43,17 @@ pub struct Args {
     /// Do not run the scenario natively on the host kernel.
     #[arg(long)]
     pub no_host: bool,
+    /// Test the debug build of the agent instead of the release build (what `cargo xtask test`
+    /// does: it has built it already, and start-up time is the kernel verifier's either way).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Which build of the agent goes into the VMs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Release,
+    Debug,
 }
 
 /// One kernel's outcome.
@@ -77,10 +89,16 @@ pub fn matrix_dir() -> PathBuf {
 /// Installs what is missing, builds the agent, runs every kernel (in parallel) and the host,
 /// prints the table and writes the report. Returns the rows; the caller decides what a failure
 /// means.
-pub fn run(versions: &[String], host: bool) -> Result<Vec<Row>> {
+pub fn run(versions: &[String], host: bool, build: Build) -> Result<Vec<Row>> {
     let started = Instant::now();
     setup::apt_install(PACKAGES)?;
-    let bin = crate::build_agent()?;
+    let bin = match build {
+        Build::Release => crate::build_agent()?,
+        Build::Debug => {
+            util::cargo(&["build", "--package", "tracer-user", "--bin", "tracer"])?;
+            workspace_root().join("target/debug/tracer")
+        }
+    };
     let dir = matrix_dir();
     fs::create_dir_all(&dir)?;
 
@@ -117,7 +135,7 @@ pub fn run(versions: &[String], host: bool) -> Result<Vec<Row>> {
         });
         rows.extend(vm_rows);
     }
-    let report = report(&rows);
+    let report = report(&rows, build);
     fs::write(dir.join("report.md"), &report)?;
     println!(
         "\nkernel matrix ({:.0} s in all):\n{report}",
@@ -134,7 +152,12 @@ pub fn command(args: Args) -> Result<()> {
     } else {
         args.versions
     };
-    let rows = run(&versions, !args.no_host)?;
+    let build = if args.debug {
+        Build::Debug
+    } else {
+        Build::Release
+    };
+    let rows = run(&versions, !args.no_host, build)?;
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| !r.passed())
@@ -251,6 +274,12 @@ fn initramfs(bin: &Path, dir: &Path) -> Result<PathBuf> {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     fs::copy(bin, root.join("bin/tracer"))?;
+    // A debug build carries ~100 MB of debug info the VM does not need.
+    util::run(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg(root.join("bin/tracer")),
+    )?;
     let ldd = output("ldd", &[&bin.to_string_lossy()]).context("ldd on the agent")?;
     for lib in ldd.lines().filter_map(library_path) {
         let dest = root.join(lib.trim_start_matches('/'));
@@ -489,8 +518,16 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 }
 
 /// The matrix as markdown: one row per kernel, then each kernel's feature line.
-fn report(rows: &[Row]) -> String {
+fn report(rows: &[Row], build: Build) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Agent: {} build. VMs: qemu -accel tcg -cpu max -smp 1 -m 1024, in parallel.\n",
+        match build {
+            Build::Release => "release",
+            Build::Debug => "debug",
+        }
+    );
     out.push_str(
         "| kernel | release | run | programs loaded | attached | verified insns (total) | \
          largest program (insns) | agent start | HTTP/1.x spans | time | result |\n\

@@ -49,7 +49,8 @@ pub fn run(lint: bool, kernel_matrix: bool, filter: Option<&str>) -> Result<()> 
             .iter()
             .map(|v| v.to_string())
             .collect();
-        match kernel_test::run(&versions, true) {
+        // The debug agent built above: a release build would add minutes to a clean run.
+        match kernel_test::run(&versions, true, kernel_test::Build::Debug) {
             Ok(rows) => {
                 for row in rows {
                     let verdict = match &row.result {
