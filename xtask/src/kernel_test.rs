@@ -562,7 +562,11 @@ fn report(rows: &[Row], build: Build) -> String {
             "- {} features: {} (log: {})",
             r.label,
             opt(&r.features),
-            r.log.display()
+            if r.log.as_os_str().is_empty() {
+                "-".into()
+            } else {
+                r.log.display().to_string()
+            }
         );
     }
     out
