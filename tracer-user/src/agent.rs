@@ -14,7 +14,7 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
-    capture::{Capture, DRAIN_INTERVAL},
+    capture::{Capture, DRAIN_INTERVAL, features::Features},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
@@ -22,11 +22,17 @@ use crate::{
     trace::{Clock, Span, http_span::SpanOptions, links::Links},
 };
 
-/// Runs the agent. `offsets`: kernel struct offsets computed before the runtime started (see
-/// `capture::btf::kernel_offsets_isolated`), or `None` to compute them now.
-pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
+/// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed
+/// before the runtime started (see `capture::btf::kernel_offsets_isolated` and
+/// `Features::detect_isolated`), or `None` to compute them now.
+pub async fn run(
+    cli: Cli,
+    offsets: Option<KernelOffsets>,
+    features: Option<Features>,
+) -> Result<()> {
     let mut options = cli.capture_options()?;
     options.offsets = offsets;
+    options.features = features;
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
     let links = Links::default();
     options.ctx_key = links.key();

@@ -1034,7 +1034,8 @@ struct Counters {
     export: BTreeMap<String, u64>,
 }
 
-/// Fields of the `final counters` line (anything else after `kernel drops:` is a drop cause).
+/// Fields of the `final counters` line reported with each round (kernel drop causes come
+/// between `kernel drops:` and the next `;`).
 const AGENT_FIELDS: &[&str] = &[
     "events",
     "data_events",
@@ -1067,7 +1068,7 @@ const LOSS_FIELDS: &[&str] = &[
 fn pairs(s: &str) -> impl Iterator<Item = (&str, u64)> {
     s.split_whitespace().filter_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        Some((k, v.trim_matches('"').parse().ok()?))
+        Some((k, v.trim_matches(['"', ';', ',']).parse().ok()?))
     })
 }
 
@@ -1075,12 +1076,15 @@ impl Counters {
     fn parse(lines: &[String]) -> Option<Self> {
         let mut c = Self::default();
         let fin = lines.iter().rev().find(|l| l.contains("final counters"))?;
+        // `kernel drops: a=1 b=2; injection: …` then the agent's own `key=value` fields.
         let rest = fin.split_once("kernel drops:")?.1;
-        for (k, v) in pairs(rest) {
-            if AGENT_FIELDS.contains(&k) {
+        let (drops, fields) = rest.split_once(';').unwrap_or((rest, ""));
+        for (k, v) in pairs(drops) {
+            c.kernel_drops.insert(k.to_owned(), v);
+        }
+        for (k, v) in pairs(fields) {
+            if AGENT_FIELDS.contains(&k) || k.starts_with("inject_") {
                 c.agent.insert(k.to_owned(), v);
-            } else {
-                c.kernel_drops.insert(k.to_owned(), v);
             }
         }
         if let Some(l) = lines.iter().rev().find(|l| l.contains("export finished")) {

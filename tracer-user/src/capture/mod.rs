@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod events;
+pub mod features;
 pub mod preflight;
 
 use std::{collections::BTreeMap, path::Path};
@@ -14,6 +15,8 @@ use aya::{
     programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE};
+
+use self::features::Features;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -43,6 +46,9 @@ pub struct CaptureOptions {
     /// Key of the server span id derivation shared with the kernel
     /// ([`tracer_common::propagation::server_ids`]).
     pub ctx_key: u64,
+    /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
+    /// during `Capture::load`.
+    pub features: Option<Features>,
 }
 
 impl Default for CaptureOptions {
@@ -56,6 +62,7 @@ impl Default for CaptureOptions {
             offsets: None,
             inject: false,
             ctx_key: 0,
+            features: None,
         }
     }
 }
@@ -96,10 +103,15 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    /// The tracepoints attached (`category:name`).
+    /// The attached tracepoints (`category:name`).
     pub attached: Vec<String>,
     /// `traceparent` injection is active.
     pub injecting: bool,
+    /// What the kernel offers (logged at start-up).
+    pub features: Features,
+    /// Instructions the verifier processed per program (`None`: the kernel does not report
+    /// them; it does since 5.16).
+    pub verified: Vec<(&'static str, Option<u32>)>,
 }
 
 /// Programs reached by tail calls, in `PROGS` index order (see the kernel's `maps.rs`).
@@ -113,7 +125,11 @@ const TAIL_PROGRAMS: &[&str] = &[
 
 /// sock_ops on the cgroup v2 root puts established client sockets into `SOCKS`; sk_msg on
 /// `SOCKS` inserts the header. Both stay attached until the agent exits.
-fn attach_injection(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
+fn attach_injection(
+    ebpf: &mut Ebpf,
+    root: &Path,
+    verified: &mut Vec<(&'static str, Option<u32>)>,
+) -> Result<()> {
     let socks: SockHash<_, u64> = SockHash::try_from(
         ebpf.map("SOCKS")
             .ok_or_else(|| anyhow!("SOCKS map missing"))?,
@@ -125,6 +141,10 @@ fn attach_injection(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
         .try_into()?;
     msg.load()
         .map_err(|e| describe_load_error("tracer_sk_msg", e))?;
+    verified.push((
+        "tracer_sk_msg",
+        msg.info().ok().and_then(|i| i.verified_instruction_count()),
+    ));
     msg.attach(&socks_fd).context("attaching sk_msg to SOCKS")?;
     let ops: &mut SockOps = ebpf
         .program_mut("tracer_sock_ops")
@@ -132,6 +152,10 @@ fn attach_injection(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
         .try_into()?;
     ops.load()
         .map_err(|e| describe_load_error("tracer_sock_ops", e))?;
+    verified.push((
+        "tracer_sock_ops",
+        ops.info().ok().and_then(|i| i.verified_instruction_count()),
+    ));
     let cgroup = std::fs::File::open(root)
         .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
     ops.attach(cgroup, CgroupAttachMode::Single)
@@ -154,6 +178,10 @@ impl Capture {
             );
         }
         preflight::check()?;
+        let features = opts.features.unwrap_or_else(Features::detect);
+        // One line saying what this kernel has; the agent uses tracepoints whatever else exists.
+        tracing::info!("{}", features.summary(&features::kernel_release()));
+        features.require()?;
         tracing::debug!(rss_kib = rss_kib(), "start-up: before reading BTF");
         let offsets = match opts.offsets {
             Some(off) => off,
@@ -216,6 +244,7 @@ impl Capture {
         )?;
         hex.set(0, tracer_common::propagation::HEX_TABLE, 0)?;
 
+        let mut verified = Vec::new();
         // Tail-call targets first, so the first events find them.
         for (index, name) in TAIL_PROGRAMS.iter().enumerate() {
             let prog: &mut TracePoint = ebpf
@@ -223,6 +252,12 @@ impl Capture {
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| describe_load_error(name, e))?;
+            verified.push((
+                *name,
+                prog.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
+            ));
             let fd = prog.fd()?.try_clone()?;
             let mut progs = ProgramArray::try_from(
                 ebpf.map_mut("PROGS")
@@ -231,7 +266,7 @@ impl Capture {
             progs.set(index as u32, &fd, 0)?;
         }
         let injecting = match &inject_root {
-            Some(root) => match attach_injection(&mut ebpf, root) {
+            Some(root) => match attach_injection(&mut ebpf, root, &mut verified) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(
@@ -261,6 +296,12 @@ impl Capture {
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| describe_load_error(name, e))?;
+            verified.push((
+                *name,
+                prog.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
+            ));
             prog.attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
@@ -284,10 +325,13 @@ impl Capture {
                  from incoming headers, threads and same-node connections"
             );
         }
+        tracing::info!("{}", verifier_summary(&verified));
         Ok(Self {
             ebpf,
             attached,
             injecting,
+            features,
+            verified,
         })
     }
 
@@ -337,6 +381,37 @@ impl Capture {
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+/// One line with the verifier's work: `verifier: 28 programs, 51234 instructions processed in
+/// total, largest sys_exit_recvmsg=9876; sys_enter_read=120 ...` (the kernel reports the counts
+/// since 5.16).
+pub fn verifier_summary(verified: &[(&str, Option<u32>)]) -> String {
+    let counts: Vec<(&str, u32)> = verified
+        .iter()
+        .filter_map(|(name, n)| n.map(|n| (*name, n)))
+        .collect();
+    if counts.len() < verified.len() {
+        return format!(
+            "verifier: {} programs loaded; this kernel does not report instruction counts (5.16+ does)",
+            verified.len()
+        );
+    }
+    let total: u64 = counts.iter().map(|(_, n)| u64::from(*n)).sum();
+    let (max_name, max) = counts
+        .iter()
+        .copied()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or(("-", 0));
+    let each: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    format!(
+        "verifier: {} programs, {total} instructions processed in total, largest {max_name}={max}; {}",
+        counts.len(),
+        each.join(" ")
+    )
 }
 
 /// Resident memory of the agent in KiB (for start-up diagnostics).

@@ -134,6 +134,7 @@ impl Cli {
             offsets: None,
             inject: self.inject_traceparent,
             ctx_key: 0,
+            features: None,
         })
     }
 
