@@ -182,7 +182,8 @@ fn span_for(receiver: &Receiver, kind: &str, path: &str, pid: u32) -> Value {
 fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     let receiver = Receiver::start(&[]).unwrap();
     let (server, port) = echo_server();
-    let agent = agent(&receiver, &[port], &["--inject-traceparent"]);
+    // The test's own sockets are blocking: `all` lets them join the sockmap.
+    let agent = agent(&receiver, &[port], &["--inject-traceparent", "all"]);
     let me = std::process::id();
 
     // A plain GET: one header after the request line, the rest as sent.
@@ -269,7 +270,7 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
 fn without_injection_requests_are_byte_identical() {
     let receiver = Receiver::start(&[]).unwrap();
     let (server, port) = echo_server();
-    let agent = agent(&receiver, &[port], &[]);
+    let agent = agent(&receiver, &[port], &["--inject-traceparent", "off"]);
     let me = std::process::id();
     let plain = get("/off");
     assert_eq!(exchange(port, &[&plain], 1).remove(0), plain);
@@ -293,7 +294,7 @@ fn without_injection_requests_are_byte_identical() {
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
     let log = agent.stop().unwrap();
     assert!(
-        log.contains("traceparent injection off (enable with"),
+        log.contains("traceparent injection off (--inject-traceparent off)"),
         "{log}"
     );
     assert!(log_line(&log, "final counters").contains("injection: off"));
@@ -328,7 +329,8 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     )
     .unwrap();
     a.wait_line("READY", Duration::from_secs(10)).unwrap();
-    let agent = agent(&receiver, &[a_port, b_port], &["--inject-traceparent"]);
+    // Default mode: curl and A's http.client (with a timeout) use non-blocking sockets.
+    let agent = agent(&receiver, &[a_port, b_port], &[]);
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{a_port}/hop")]).unwrap();
 
     let curl_client = receiver.wait_spans(1, WAIT, |s| {
@@ -371,13 +373,42 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     agent.stop().unwrap();
 }
 
+/// The default mode leaves blocking sockets alone (the kernel's sockmap receive path can fail
+/// a blocking recv with EAGAIN): a blocking client's request arrives byte-identical, and the
+/// spans still link by address; curl (non-blocking) gets the header.
+#[test]
+fn default_mode_injects_only_on_non_blocking_sockets() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = echo_server();
+    let agent = agent(&receiver, &[port], &[]);
+    let blocking = get("/blocking");
+    assert_eq!(exchange(port, &[&blocking], 1).remove(0), blocking);
+    let echoed = curl(&[&format!("http://127.0.0.1:{port}/nonblocking")]).unwrap();
+    assert_eq!(
+        echoed.matches("\r\ntraceparent: 00-").count(),
+        1,
+        "{echoed}"
+    );
+    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/blocking", server.pid());
+    assert_eq!(srv.attr_str("tracer.parent.source"), "address");
+    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/nonblocking", server.pid());
+    assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
+    let log = agent.stop().unwrap();
+    assert!(
+        log.contains("traceparent injection on (non-blocking client sockets)"),
+        "{log}"
+    );
+    let line = log_line(&log, "final counters");
+    assert_eq!(counter(&line, "inject_done"), 1, "{line}");
+}
+
 /// An SDK-instrumented client calling an uninstrumented server: the server span continues the
 /// SDK's trace, with W3C and with B3 (single and multi-header); nothing is injected on top.
 #[test]
 fn sdk_client_context_is_continued_by_the_server_span() {
     let receiver = Receiver::start(&[]).unwrap();
     let (server, port) = test_http_server().unwrap();
-    let agent = agent(&receiver, &[port], &["--inject-traceparent"]);
+    let agent = agent(&receiver, &[port], &[]);
     for (fmt, source) in [("w3c", "w3c"), ("b3", "b3"), ("b3multi", "b3")] {
         let out = Command::new("python3")
             .arg(sdk_script())
@@ -481,7 +512,7 @@ fn trace_links_across_network_namespaces() {
     )
     .unwrap();
     server.wait_line("READY", Duration::from_secs(10)).unwrap();
-    let agent = agent(&receiver, &[port], &["--inject-traceparent"]);
+    let agent = agent(&receiver, &[port], &[]);
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "10"])
         .arg(format!("http://{host}:{port}/across"))

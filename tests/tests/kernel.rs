@@ -22,8 +22,9 @@ fn programs_load_attach_and_report_real_http_traffic() {
     let ids = capture.program_ids();
     assert_eq!(
         ids.len(),
-        tracer::capture::TRACEPOINTS.len(),
-        "one program per tracepoint"
+        tracer::capture::TRACEPOINTS.len() + 5,
+        "one program per tracepoint, and the 5 tail-called context programs (injection is off \
+         in the default options)"
     );
     let in_kernel = loaded_program_ids();
     assert!(

@@ -18,9 +18,9 @@ fn sigterm_detaches_everything_and_exits_zero() {
     let ids = program_ids_of(agent.pid());
     assert_eq!(
         ids.len(),
-        28 + 5,
-        "the agent holds one program per tracepoint and the 5 tail-called context programs \
-         (sock_ops and sk_msg only with --inject-traceparent): {ids:?}"
+        28 + 5 + 2,
+        "the agent holds one program per tracepoint, the 5 tail-called context programs, and \
+         sock_ops and sk_msg (injection is on by default): {ids:?}"
     );
     assert!(ids.is_subset(&loaded_program_ids()));
     agent
@@ -155,7 +155,7 @@ fn start_up_reports_kernel_features_in_one_line_and_keeps_tracepoints() {
         .wait_line("programs=28", Duration::from_secs(1))
         .unwrap();
     let verifier = agent
-        .wait_line("verifier: 33 programs, ", Duration::from_secs(1))
+        .wait_line("verifier: 35 programs, ", Duration::from_secs(1))
         .expect("the agent reports the verifier's instruction counts (kernel ≥ 5.16)");
     assert!(
         verifier.contains("sys_enter_read=") && verifier.contains("sched_process_exit="),

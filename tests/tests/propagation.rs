@@ -63,8 +63,9 @@ fn agent_for(receiver: &Receiver, ports: &[u16]) -> Agent {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    // Injection off: these tests are about what the agent links without touching requests.
     Agent::start(
-        &["--port", &ports],
+        &["--port", &ports, "--inject-traceparent", "off"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

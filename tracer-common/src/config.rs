@@ -17,7 +17,8 @@ pub struct Config {
     pub sock_state_newstate_offset: u16,
     /// Non-zero: only trace tasks whose cgroup v2 id is in `TARGET_CGROUPS`.
     pub filter_cgroups: u8,
-    /// Non-zero: insert `traceparent` into outgoing plaintext HTTP/1.x requests (sk_msg).
+    /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests (sk_msg): 0 off,
+    /// [`INJECT_NONBLOCKING`] or [`INJECT_ALL`] (which client sockets join the sockmap).
     pub inject: u8,
     /// Events are committed without waking the agent until this many bytes wait in the ring
     /// buffer (the agent also drains it on a short timer): one wakeup per batch, not per event.
@@ -26,6 +27,12 @@ pub struct Config {
     /// Random per-agent key of [`crate::propagation::server_ids`].
     pub ctx_key: u64,
 }
+
+/// `Config::inject`: only sockets whose file is non-blocking (event loops: a spurious EAGAIN
+/// from the kernel's sockmap receive path is part of their contract).
+pub const INJECT_NONBLOCKING: u8 = 1;
+/// `Config::inject`: every client socket.
+pub const INJECT_ALL: u8 = 2;
 
 /// Byte offsets of the kernel struct fields the programs read, computed by the agent from the
 /// running kernel's BTF (`/sys/kernel/btf/vmlinux`): nothing is hard-coded for one kernel.
@@ -53,6 +60,12 @@ pub struct KernelOffsets {
     pub sk_num: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `sock->sk_socket`, `socket->file`, `file->f_flags`: whether a socket's file is
+    /// non-blocking (which sockets injection may touch).
+    pub sk_socket: u32,
+    pub socket_file: u32,
+    pub file_flags: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -18,7 +18,7 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_msg_pull_data,
-        bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
     },
     macros::{sk_msg, sock_ops, tracepoint},
     programs::{SkMsgContext, SockOpsContext, TracePointContext},
@@ -35,8 +35,9 @@ use crate::maps::{
     CONNS, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROG_CLIENT_CTX, PROG_CLIENT_FINISH,
     PROG_SCAN, PROG_SERVER_CTX, PROG_SERVER_FINISH, PROGS, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH,
     SOCKS, ScanBuf, TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING,
-    ThreadCtx, config, count_inject,
+    ThreadCtx, config, count_inject, offsets,
 };
+use tracer_common::config::INJECT_ALL;
 
 const MASK: usize = SCAN_MAX - 1;
 
@@ -422,6 +423,42 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether the socket's file is non-blocking: sock->sk_socket->file->f_flags & O_NONBLOCK.
+/// Sockets in a sockmap get the kernel's sockmap receive path, which can fail a blocking recv
+/// with EAGAIN; applications with non-blocking sockets retry on EAGAIN by contract.
+#[inline(always)]
+fn nonblocking(ctx: &SockOpsContext) -> bool {
+    const O_NONBLOCK: u32 = 0o4000;
+    // SAFETY: reads of kernel memory through bpf_probe_read_kernel (errors yield false). The
+    // socket pointer is copied out of the context through the stack so that it becomes a
+    // plain number the offsets can be added to.
+    unsafe {
+        let sk_ptr = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk_ptr.is_null() {
+            return false;
+        }
+        let slot = sk_ptr;
+        let Ok(sk) = bpf_probe_read_kernel(&slot as *const _ as *const u64) else {
+            return false;
+        };
+        let off = offsets();
+        let Ok(socket) = bpf_probe_read_kernel((sk + off.sk_socket as u64) as *const u64) else {
+            return false;
+        };
+        let Ok(file) = bpf_probe_read_kernel((socket + off.socket_file as u64) as *const u64)
+        else {
+            return false;
+        };
+        if file == 0 {
+            return false;
+        }
+        let Ok(flags) = bpf_probe_read_kernel((file + off.file_flags as u64) as *const u32) else {
+            return false;
+        };
+        flags & O_NONBLOCK != 0
+    }
+}
+
 /// Established client connections join `SOCKS`, so the sk_msg program sees what they send.
 #[sock_ops]
 pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
@@ -436,6 +473,9 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
         {
             return 0;
         }
+    }
+    if config().inject != INJECT_ALL && !nonblocking(&ctx) {
+        return 0;
     }
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     let _ = SOCKS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);

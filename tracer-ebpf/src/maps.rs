@@ -47,6 +47,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_num: 0,
     sk_v6_daddr: 0,
     sk_v6_rcv_saddr: 0,
+    sk_socket: 0,
+    socket_file: 0,
+    file_flags: 0,
+    _pad: 0,
 };
 
 #[inline(always)]

@@ -33,7 +33,7 @@ rm -rf "$WORK" && mkdir -p "$WORK/www" || fail "cannot create $WORK"
 echo "hello from the kernel matrix" > "$WORK/www/index.html"
 
 start=$(uptime_s)
-"$TRACER" --port "$PORT" --stats-interval 0 --inject-traceparent >"$WORK/spans" 2>"$WORK/agent.log" &
+"$TRACER" --port "$PORT" --stats-interval 0 --inject-traceparent all >"$WORK/spans" 2>"$WORK/agent.log" &
 agent_pid=$!
 # Start-up under software emulation takes seconds (BTF parsing, verifying 35 programs).
 i=0

@@ -97,6 +97,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         sk_num: sk("skc_num")?,
         sk_v6_daddr: sk("skc_v6_daddr")?,
         sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
+        sk_socket: field_offset(&btf, "sock", &["sk_socket"])?,
+        socket_file: field_offset(&btf, "socket", &["file"])?,
+        file_flags: field_offset(&btf, "file", &["f_flags"])?,
+        _pad: 0,
     })
 }
 

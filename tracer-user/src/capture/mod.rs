@@ -17,6 +17,7 @@ use aya::{
 use tracer_common::{Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE};
 
 use self::features::Features;
+use crate::cli::InjectMode;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -42,7 +43,7 @@ pub struct CaptureOptions {
     /// `None`: computed during `Capture::load`.
     pub offsets: Option<KernelOffsets>,
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests.
-    pub inject: bool,
+    pub inject: crate::cli::InjectMode,
     /// Key of the server span id derivation shared with the kernel
     /// ([`tracer_common::propagation::server_ids`]).
     pub ctx_key: u64,
@@ -60,7 +61,7 @@ impl Default for CaptureOptions {
             ports: Vec::new(),
             cgroups: Vec::new(),
             offsets: None,
-            inject: false,
+            inject: crate::cli::InjectMode::Off,
             ctx_key: 0,
             features: None,
         }
@@ -210,7 +211,7 @@ impl Capture {
         // anyway): far from full, few wakeups.
         // Injection needs sock_ops and sk_msg on the cgroup v2 root; without them the agent
         // still links what it can see (incoming headers, threads, same-node connections).
-        let inject_root = if opts.inject {
+        let inject_root = if opts.inject != InjectMode::Off {
             let root = cgroup::cgroup2_mount();
             if root.is_none() {
                 tracing::warn!(
@@ -223,7 +224,11 @@ impl Capture {
         };
         let config = Config {
             wakeup_bytes: ring_bytes / 8,
-            inject: u8::from(inject_root.is_some()),
+            inject: match (&inject_root, opts.inject) {
+                (None, _) | (_, InjectMode::Off) => 0,
+                (Some(_), InjectMode::Auto) => tracer_common::config::INJECT_NONBLOCKING,
+                (Some(_), InjectMode::All) => tracer_common::config::INJECT_ALL,
+            },
             ..config
         };
         let mut ebpf = EbpfLoader::new()
@@ -316,13 +321,17 @@ impl Capture {
         );
         if injecting {
             tracing::info!(
-                "traceparent injection on: sock_ops and sk_msg attached to the cgroup v2 root \
-                 (plaintext HTTP/1.x requests on connections opened from now on)"
+                "traceparent injection on ({}): sock_ops and sk_msg attached to the cgroup v2 \
+                 root (plaintext HTTP/1.x requests on connections opened from now on)",
+                match opts.inject {
+                    InjectMode::All => "all client sockets",
+                    _ => "non-blocking client sockets",
+                }
             );
-        } else if !opts.inject {
+        } else if opts.inject == InjectMode::Off {
             tracing::info!(
-                "traceparent injection off (enable with --inject-traceparent); spans are linked \
-                 from incoming headers, threads and same-node connections"
+                "traceparent injection off (--inject-traceparent off); spans are linked from \
+                 incoming headers, threads and same-node connections"
             );
         }
         tracing::info!("{}", verifier_summary(&verified));

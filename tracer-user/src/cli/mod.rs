@@ -94,12 +94,21 @@ pub struct Cli {
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests that carry no trace
     /// context (one header line after the request line, naming the CLIENT span), so the next
     /// service, traced by this agent on another node or instrumented with an OpenTelemetry
-    /// SDK, continues the trace. Off by default: it puts client sockets into a BPF sockmap, and
-    /// the kernel's sockmap receive path can fail a blocking recv with EAGAIN (measured here on
-    /// 6.18; see README). Without it spans are still linked from incoming headers, threads and
-    /// same-node connections.
-    #[arg(long, env = "TRACER_INJECT_TRACEPARENT")]
-    pub inject_traceparent: bool,
+    /// SDK, continues the trace. `auto`: only on connections whose socket is non-blocking
+    /// (event loops, sockets with timeouts: Go, node, nginx, curl, Python with a timeout);
+    /// `all`: every client connection; `off`: requests leave byte-identical. Injection puts
+    /// the chosen client sockets into a BPF sockmap, whose kernel receive path can fail a
+    /// *blocking* recv with EAGAIN (measured on 6.18, see README): `auto` keeps blocking
+    /// sockets out of it. Spans are still linked from incoming headers, threads and same-node
+    /// connections without injection.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "TRACER_INJECT_TRACEPARENT"
+    )]
+    pub inject_traceparent: InjectMode,
 
     /// Also write every raw kernel event to FILE (for replay by `cargo xtask bench` and for
     /// bug reports). The file grows without bound: use for short captures only.
@@ -108,6 +117,18 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+}
+
+/// Which outgoing requests get a `traceparent` (see `--inject-traceparent`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectMode {
+    /// Requests on non-blocking client sockets.
+    #[default]
+    Auto,
+    /// Requests on every client socket.
+    All,
+    /// None: requests leave byte-identical.
+    Off,
 }
 
 const AFTER_HELP: &str = "\
