@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CloseEvent, ConnState, DataHeader, DropCause, EventKind, MAX_CAPTURE, Protocol, Role, Source,
+    CloseEvent, ConnAddr, ConnState, DataHeader, DropCause, EventKind, MAX_CAPTURE, Protocol, Role,
+    Source,
     classify::{MAX_CLASSIFY_ATTEMPTS, classify},
 };
 
@@ -72,6 +73,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
     let Some(sock) = tcp_sock_of_fd(fd, &offsets()) else {
         return;
     };
+    crate::tls::on_socket_syscall(pid_tgid, &sock, fd);
     // Connections already known not to be HTTP cost one lookup from here on.
     if let Some(conn) = unsafe { CONNS.get(sock.sk) } {
         let p = Protocol::from_u8(conn.protocol);
@@ -204,10 +206,7 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
     }
     let addr = conn_addr(sock.sk, &offsets());
     let mut protocol = Protocol::Unknown;
-    if config().filter_ports != 0
-        && unsafe { TARGET_PORTS.get(addr.local_port) }.is_none()
-        && unsafe { TARGET_PORTS.get(addr.remote_port) }.is_none()
-    {
+    if !in_port_targets(&addr) {
         // Outside the target set: tracked only so later calls are skipped cheaply.
         protocol = Protocol::Other;
     }
@@ -220,12 +219,24 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
         protocol: protocol as u8,
         classify_attempts: 0,
         _pad: [0; 5],
+        tls_positions: [0; 2],
+        tls_protocol: Protocol::Unknown as u8,
+        tls_classify_attempts: 0,
+        _pad_tls: [0; 6],
     };
     if CONNS.insert(sock.sk, state, 0).is_err() {
         count(DropCause::ConnMapFull);
         return None;
     }
     CONNS.get_ptr_mut(sock.sk)
+}
+
+/// Whether a connection is inside the port target set (always, when none is configured).
+#[inline(always)]
+pub fn in_port_targets(addr: &ConnAddr) -> bool {
+    config().filter_ports == 0
+        || unsafe { TARGET_PORTS.get(addr.local_port) }.is_some()
+        || unsafe { TARGET_PORTS.get(addr.remote_port) }.is_some()
 }
 
 #[inline(always)]
@@ -243,9 +254,9 @@ fn next_conn_id() -> u64 {
 /// Byte positions of a call: where it starts in its direction, and how far the opposite
 /// direction had got.
 #[derive(Clone, Copy)]
-struct Positions {
-    this: u64,
-    other: u64,
+pub struct Positions {
+    pub this: u64,
+    pub other: u64,
 }
 
 /// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
@@ -327,7 +338,7 @@ fn read_head(src: u64, avail: u64, head: &mut [u8; 8]) -> usize {
 }
 
 #[inline(always)]
-fn capture_len(len: u64) -> usize {
+pub fn capture_len(len: u64) -> usize {
     let limit = config().capture_limit as u64;
     let want = if len < limit { len } else { limit };
     let want = (want as usize) & (2 * MAX_CAPTURE - 1);
@@ -425,7 +436,7 @@ fn data_event_iov(
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(
+pub fn emit(
     scratch: *mut DataScratch,
     inflight: &Inflight,
     conn: *mut ConnState,
@@ -485,17 +496,24 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
         count(DropCause::StaleConn);
         return;
     }
-    let p = Protocol::from_u8(conn.protocol);
-    if p != Protocol::Http1 && p != Protocol::Http2 {
-        return;
-    }
+    // A TLS connection's spans come from its plaintext: report the plaintext's positions.
+    let positions = match crate::tls::plaintext_positions(&conn) {
+        Some(plain) => plain,
+        None => {
+            let p = Protocol::from_u8(conn.protocol);
+            if p != Protocol::Http1 && p != Protocol::Http2 {
+                return;
+            }
+            conn.positions
+        }
+    };
     let mut ev = CloseEvent::default();
     ev.header.kind = EventKind::Close as u8;
     ev.header.pid = (pid_tgid >> 32) as u32;
     ev.header.tid = pid_tgid as u32;
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     ev.conn_id = conn.conn_id;
-    ev.positions = conn.positions;
+    ev.positions = positions;
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(DropCause::RingbufFull);
     }

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod events;
 pub mod preflight;
+pub mod tls;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -91,6 +92,9 @@ pub struct Capture {
     ebpf: Ebpf,
     /// Verifier-processed instruction counts per program, when the kernel reports them.
     pub attached: Vec<String>,
+    /// Whether the TLS probe programs loaded (they are attached per file by
+    /// [`tls::TlsAttacher`]).
+    pub tls_loaded: bool,
 }
 
 impl Capture {
@@ -156,6 +160,13 @@ impl Capture {
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
         }
+        let tls_loaded = match tls::load_programs(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("TLS plaintext will not be traced: {e:#}");
+                false
+            }
+        };
         tracing::debug!(rss_kib = rss_kib(), "start-up: programs attached");
         tracing::info!(
             programs = attached.len(),
@@ -164,7 +175,16 @@ impl Capture {
             "attached tracepoints: {}",
             attached.join(" ")
         );
-        Ok(Self { ebpf, attached })
+        Ok(Self {
+            ebpf,
+            attached,
+            tls_loaded,
+        })
+    }
+
+    /// The loaded object, for attaching the per-file TLS probes.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The ring buffer carrying events (can be taken once).
@@ -244,7 +264,7 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
 }
 
 /// The verifier's verdict in a few readable lines: the program's name and the log's tail.
-fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error {
+pub(crate) fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
             io_error,

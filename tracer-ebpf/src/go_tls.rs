@@ -1,0 +1,126 @@
+//! Go `crypto/tls`: plaintext of `(*Conn).Read` and `(*Conn).Write` (Go ≥ 1.17, register ABI).
+//!
+//! The entry uprobe remembers the call per goroutine (a goroutine may move between threads
+//! while it blocks); the agent places the "return" uprobes on the function's RET
+//! instructions, because uretprobes rewrite the return address and corrupt Go's stack
+//! handling. Register ABI on amd64: arguments in RAX (receiver), RBX, RCX...; results in RAX,
+//! RBX...; R14 holds the current goroutine (`g`).
+//!
+//! The socket comes from the `*tls.Conn` itself: `Conn.conn` (a `net.Conn` interface, first
+//! field) holds a `*net.TCPConn`, whose first word is its `*net.netFD`, whose `pfd.Sysfd` is
+//! at offset 16 (after `fdMutex`). These layouts have been stable since Go 1.9; the fd is then
+//! checked to be a TCP socket of the calling process, so another `net.Conn` type yields no
+//! event (counted), never a wrong connection.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+use tracer_common::{DropCause, Source};
+
+use crate::{
+    capture::traced,
+    maps::{count, offsets},
+    sock::tcp_sock_of_fd,
+    tls::plaintext_event,
+};
+
+/// Offset of the interface data word of `tls.Conn.conn`.
+const TLS_CONN_CONN_DATA: u64 = 8;
+/// Offset of `poll.FD.Sysfd` in `net.netFD`.
+const NETFD_SYSFD: u64 = 16;
+
+/// A `Read`/`Write` in progress on a goroutine.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoCall {
+    /// `*tls.Conn`.
+    pub conn: u64,
+    pub buf: u64,
+    pub ts_enter: u64,
+}
+
+/// Calls in progress by [tgid, g].
+#[map]
+pub static GO_CALLS: LruHashMap<[u64; 2], GoCall> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return;
+    }
+    // SAFETY: the context of a uprobe is the user registers.
+    let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    let call = GoCall {
+        conn,
+        buf,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = GO_CALLS.insert([pid_tgid >> 32, g], call, 0);
+}
+
+#[inline(always)]
+fn go_return(ctx: &ProbeContext, source: Source) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: as above.
+    let (n, g) = unsafe { ((*ctx.regs).rax as i64, (*ctx.regs).r14) };
+    let key = [pid_tgid >> 32, g];
+    // SAFETY: copied out before removal.
+    let Some(call) = (unsafe { GO_CALLS.get(key) }).copied() else {
+        return;
+    };
+    let _ = GO_CALLS.remove(key);
+    if n <= 0 {
+        return;
+    }
+    let sysfd = unsafe {
+        bpf_probe_read_user((call.conn + TLS_CONN_CONN_DATA) as *const u64)
+            .and_then(|tcp_conn| bpf_probe_read_user(tcp_conn as *const u64))
+            .and_then(|netfd| bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64))
+    };
+    let Some(sock) = sysfd
+        .ok()
+        .filter(|fd| *fd >= 0 && *fd < i32::MAX as i64)
+        .and_then(|fd| tcp_sock_of_fd(fd as i32, &offsets()).map(|s| (s, fd as i32)))
+    else {
+        count(DropCause::TlsNoSocket);
+        return;
+    };
+    plaintext_event(
+        sock.0,
+        sock.1,
+        source,
+        call.buf,
+        n as u64,
+        call.ts_enter,
+        pid_tgid,
+    );
+}
+
+#[uprobe]
+pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx);
+    0
+}
+
+/// Attached to each RET of `crypto/tls.(*Conn).Read`.
+#[uprobe]
+pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, Source::GoTlsRead);
+    0
+}
+
+/// Attached to each RET of `crypto/tls.(*Conn).Write`.
+#[uprobe]
+pub fn go_tls_write_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, Source::GoTlsWrite);
+    0
+}
