@@ -6,6 +6,12 @@
 //! read or write made on that thread during the call ties the `SSL*` to its socket
 //! ([`on_socket_syscall`]); the return emits the plaintext for that socket's connection. A call
 //! satisfied from OpenSSL's own buffer (no syscall) uses the remembered `SSL*` → socket.
+//!
+//! Programs that give OpenSSL memory BIOs and move the ciphertext themselves (`node`: libuv
+//! reads and writes the socket outside the SSL calls) make no syscall inside the call: an
+//! `SSL*` whose socket is still unknown when a call returns is tied to the next socket read or
+//! write of that thread (for `node`, the write of the handshake bytes the call produced).
+//! `SSL_free` forgets the `SSL*`, so a reused address is never tied to an old socket.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
@@ -62,6 +68,11 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static SSL_SOCKS: LruHashMap<[u64; 2], SslSock> = LruHashMap::with_max_entries(65536, 0);
 
+/// An `SSL *` whose socket is unknown, by the pid_tgid of its last call: the thread's next
+/// socket syscall ties it.
+#[map]
+pub static SSL_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 #[inline(always)]
 fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -116,6 +127,15 @@ pub fn ssl_handshake_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `SSL_free`: the `SSL *` is gone (its address may be reused for another connection).
+#[uprobe]
+pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = SSL_SOCKS.remove([pid_tgid >> 32, ssl]);
+    0
+}
+
 /// Return of every probed OpenSSL function (one program attached to each).
 #[uretprobe]
 pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
@@ -125,11 +145,21 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = SSL_CALLS.remove(pid_tgid);
+    let key = [pid_tgid >> 32, call.ssl];
+    // All four return `int`: only the low 32 bits of rax are defined.
+    let ret = unsafe { (*ctx.regs).rax } as u32 as i32;
+    // SAFETY: plain lookup; the value is read again below.
+    if unsafe { SSL_SOCKS.get(key) }.is_none() {
+        // No syscall inside the call (memory BIO): the thread's next one tells.
+        let _ = SSL_PENDING.insert(pid_tgid, call.ssl, 0);
+        if call.kind != KIND_HANDSHAKE && ret > 0 {
+            count(DropCause::TlsNoSocket);
+        }
+        return 0;
+    }
     if call.kind == KIND_HANDSHAKE {
         return 0;
     }
-    // All four return `int`: only the low 32 bits of rax are defined.
-    let ret = unsafe { (*ctx.regs).rax } as u32 as i32;
     let len = if call.len_ptr != 0 {
         if ret != 1 {
             return 0;
@@ -143,7 +173,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     if len == 0 {
         return 0;
     }
-    let key = [pid_tgid >> 32, call.ssl];
+    // SAFETY: copied out at once.
     let Some(sock) = (unsafe { SSL_SOCKS.get(key) }).copied() else {
         count(DropCause::TlsNoSocket);
         return 0;
@@ -170,14 +200,23 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
 }
 
 /// Called by the syscall capture for every socket read/write entry: inside an OpenSSL call on
-/// this thread, that call's `SSL *` uses this socket.
+/// this thread, that call's `SSL *` uses this socket; outside, a pending `SSL *` of this
+/// thread (see the module comment) does.
 #[inline(always)]
 pub fn on_socket_syscall(pid_tgid: u64, sock: &TcpSock, fd: i32) {
     // SAFETY: copied out at once.
-    let Some(call) = (unsafe { SSL_CALLS.get(pid_tgid) }).copied() else {
-        return;
+    let ssl = match unsafe { SSL_CALLS.get(pid_tgid) } {
+        Some(call) => call.ssl,
+        None => match unsafe { SSL_PENDING.get(pid_tgid) } {
+            Some(ssl) => {
+                let ssl = *ssl;
+                let _ = SSL_PENDING.remove(pid_tgid);
+                ssl
+            }
+            None => return,
+        },
     };
-    let key = [pid_tgid >> 32, call.ssl];
+    let key = [pid_tgid >> 32, ssl];
     let value = SslSock {
         sk: sock.sk,
         ino: sock.ino,

@@ -5,13 +5,15 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
-/// OpenSSL functions probed: (symbol, entry program). Each also gets the `ssl_ret` uretprobe.
+/// OpenSSL functions probed: (symbol, entry program). Each but `SSL_free` also gets the
+/// `ssl_ret` uretprobe.
 pub const OPENSSL_FUNCTIONS: &[(&str, &str)] = &[
     ("SSL_read", "ssl_read_entry"),
     ("SSL_write", "ssl_write_entry"),
     ("SSL_read_ex", "ssl_read_ex_entry"),
     ("SSL_write_ex", "ssl_write_ex_entry"),
     ("SSL_do_handshake", "ssl_handshake_entry"),
+    ("SSL_free", "ssl_free_entry"),
 ];
 
 pub const GO_TLS_READ: &str = "crypto/tls.(*Conn).Read";
@@ -23,13 +25,13 @@ pub enum TlsTarget {
     /// OpenSSL API: (symbol, file offset) of each function found (`SSL_read` and `SSL_write`
     /// always among them).
     OpenSsl(Vec<(&'static str, u64)>),
-    /// Go crypto/tls: entry offsets and the offsets of every RET of each function.
+    /// Go crypto/tls: entry offsets, and the offsets of every RET of `Read` (`Write` is
+    /// captured at its entry).
     Go {
         version: String,
         read: u64,
         read_rets: Vec<u64>,
         write: u64,
-        write_rets: Vec<u64>,
     },
 }
 
@@ -188,31 +190,28 @@ fn inspect_go(obj: &object::File<'_>, data: &[u8], buildinfo: &[u8]) -> Result<I
             "Go binary with crypto/tls ({version}) is stripped: no symbol table to find {GO_TLS_READ}"
         )));
     };
-    let mut offsets = Vec::new();
-    for (addr, size) in [read_sym, write_sym] {
-        let off = file_offset(obj, addr).ok_or_else(|| anyhow!("{addr:#x} not in a segment"))?;
-        let code = data
-            .get(off as usize..(off + size) as usize)
-            .ok_or_else(|| anyhow!("function at {addr:#x} past the end of the file"))?;
-        let rets: Vec<u64> = ret_offsets(code, addr)
-            .into_iter()
-            .map(|r| off + r)
-            .collect();
-        if rets.is_empty() {
-            return Ok(Inspection::Unsupported(format!(
-                "Go binary ({version}): no RET instruction found in a crypto/tls function"
-            )));
-        }
-        offsets.push((off, rets));
+    let (read_addr, read_size) = read_sym;
+    let read =
+        file_offset(obj, read_addr).ok_or_else(|| anyhow!("{read_addr:#x} not in a segment"))?;
+    let write = file_offset(obj, write_sym.0)
+        .ok_or_else(|| anyhow!("{:#x} not in a segment", write_sym.0))?;
+    let code = data
+        .get(read as usize..(read + read_size) as usize)
+        .ok_or_else(|| anyhow!("function at {read_addr:#x} past the end of the file"))?;
+    let read_rets: Vec<u64> = ret_offsets(code, read_addr)
+        .into_iter()
+        .map(|r| read + r)
+        .collect();
+    if read_rets.is_empty() {
+        return Ok(Inspection::Unsupported(format!(
+            "Go binary ({version}): no RET instruction found in {GO_TLS_READ}"
+        )));
     }
-    let (write, write_rets) = offsets.pop().expect("two functions");
-    let (read, read_rets) = offsets.pop().expect("two functions");
     Ok(Inspection::Target(TlsTarget::Go {
         version,
         read,
         read_rets,
         write,
-        write_rets,
     }))
 }
 

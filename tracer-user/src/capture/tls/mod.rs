@@ -36,11 +36,11 @@ pub const PROGRAMS: &[&str] = &[
     "ssl_write_entry",
     "ssl_write_ex_entry",
     "ssl_handshake_entry",
+    "ssl_free_entry",
     "ssl_ret",
     "go_tls_read_entry",
     "go_tls_write_entry",
     "go_tls_read_ret",
-    "go_tls_write_ret",
 ];
 
 /// When a new process is looked at again after its exec.
@@ -263,15 +263,7 @@ impl TlsAttacher {
         let Some(a) = self.attached.remove(&f) else {
             return;
         };
-        for (prog, link) in a.links {
-            if let Some(p) = ebpf
-                .program_mut(prog)
-                .and_then(|p| <&mut UProbe>::try_from(p).ok())
-                && let Err(e) = p.detach(link)
-            {
-                tracing::warn!("detaching {prog} from {}: {e}", a.description);
-            }
-        }
+        detach_links(ebpf, a.links, &a.description);
         self.stats.detached += 1;
         tracing::info!(
             "detached TLS probes from {} (no process maps it)",
@@ -351,15 +343,11 @@ impl TlsAttacher {
                 found.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" ")
             ),
             TlsTarget::Go {
-                version,
-                read_rets,
-                write_rets,
-                ..
+                version, read_rets, ..
             } => format!(
-                "{} [Go {version} crypto/tls: Read with {} RETs, Write with {} RETs]",
+                "{} [Go {version} crypto/tls: Read (entry and {} RETs), Write (entry)]",
                 m.path,
                 read_rets.len(),
-                write_rets.len()
             ),
         };
         let a = Attached {
@@ -369,14 +357,23 @@ impl TlsAttacher {
         };
         if let Err(e) = result {
             // Keep nothing half-attached.
-            let f = m.file;
-            self.attached.insert(f, a);
-            self.detach(ebpf, f);
-            self.stats.detached -= 1;
+            detach_links(ebpf, a.links, &a.description);
             return Err(e);
         }
         tracing::info!("attached TLS probes to {}", a.description);
         Ok(Some(a))
+    }
+}
+
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>, what: &str) {
+    for (prog, link) in links {
+        if let Some(p) = ebpf
+            .program_mut(prog)
+            .and_then(|p| <&mut UProbe>::try_from(p).ok())
+            && let Err(e) = p.detach(link)
+        {
+            tracing::warn!("detaching {prog} from {what}: {e}");
+        }
     }
 }
 
@@ -417,14 +414,15 @@ fn attach_target(
                     .map(|(_, p)| *p)
                     .ok_or_else(|| anyhow!("no program for {name}"))?;
                 attach(entry, *off)?;
-                attach("ssl_ret", *off)?;
+                if *name != "SSL_free" {
+                    attach("ssl_ret", *off)?;
+                }
             }
         }
         TlsTarget::Go {
             read,
             read_rets,
             write,
-            write_rets,
             ..
         } => {
             attach("go_tls_read_entry", *read)?;
@@ -432,9 +430,6 @@ fn attach_target(
                 attach("go_tls_read_ret", *r)?;
             }
             attach("go_tls_write_entry", *write)?;
-            for r in write_rets {
-                attach("go_tls_write_ret", *r)?;
-            }
         }
     }
     Ok(())
