@@ -87,6 +87,38 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Inspection> {
     Ok(Inspection::None)
 }
 
+/// The shared libraries an ELF file names (`DT_NEEDED`) and its own search paths
+/// (`DT_RUNPATH`, else `DT_RPATH`, with `$ORIGIN` replaced by `origin`, the file's directory).
+/// Empty for static executables and non-ELF files.
+pub fn dynamic_deps(data: &[u8], origin: &str) -> (Vec<String>, Vec<String>) {
+    use object::{elf, read::elf::ElfFile64};
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else {
+        return Default::default();
+    };
+    let Ok(table) = file.elf_section_table().dynamic_table(file.endian(), data) else {
+        return Default::default();
+    };
+    let (mut needed, mut runpath, mut rpath) = (Vec::new(), Vec::new(), Vec::new());
+    for d in table.iter() {
+        let Ok(value) = table.string(d) else { continue };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match d.tag {
+            elf::DT_NEEDED => needed.push(value),
+            elf::DT_RUNPATH => runpath.push(value),
+            elf::DT_RPATH => rpath.push(value),
+            _ => {}
+        }
+    }
+    let search = if runpath.is_empty() { rpath } else { runpath };
+    let dirs = search
+        .iter()
+        .flat_map(|s| s.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin))
+        .collect();
+    (needed, dirs)
+}
+
 /// The file offset of a virtual address, from the loadable segment that contains it.
 fn file_offset(obj: &object::File<'_>, addr: u64) -> Option<u64> {
     obj.segments().find_map(|seg| {
@@ -286,6 +318,17 @@ mod tests {
             }
             return;
         }
+    }
+
+    #[test]
+    fn needed_libraries_of_a_system_binary() {
+        let data = std::fs::read("/bin/ls").unwrap();
+        let (needed, _) = dynamic_deps(&data, "/bin");
+        assert!(
+            needed.iter().any(|n| n.starts_with("libc.so")),
+            "{needed:?}"
+        );
+        assert_eq!(dynamic_deps(b"not elf", "/"), (vec![], vec![]));
     }
 
     #[test]

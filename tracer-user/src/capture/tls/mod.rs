@@ -55,6 +55,19 @@ const RESCAN_AFTER: &[Duration] = &[
 /// Bounds: pending looks and files remembered.
 const MAX_PENDING: usize = 65536;
 const MAX_FILES: usize = 65536;
+/// Libraries followed at most per executable when resolving what it will load.
+const MAX_NEEDED: usize = 256;
+/// Where the dynamic loader looks when an object's own search path does not have a library
+/// (Debian's multiarch directories first; `ld.so.cache` and `LD_LIBRARY_PATH` are not read).
+const LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+];
 
 /// A file, as `/proc/PID/maps` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +101,10 @@ pub struct TlsAttacher {
     ignored: HashMap<FileId, Option<String>>,
     pid_files: HashMap<u32, Vec<FileId>>,
     pending: VecDeque<(Instant, u32)>,
+    /// Processes just exec'ed whose executable's libraries are resolved before they load.
+    fresh: Vec<u32>,
+    /// `DT_NEEDED` names and search paths per file (bounded cache).
+    deps: HashMap<FileId, (Vec<String>, Vec<String>)>,
     /// Processes exited since the last `process` call.
     exited: Vec<u32>,
     stats: TlsStats,
@@ -177,6 +194,9 @@ impl TlsAttacher {
         let now = Instant::now();
         // The old image's files are no longer mapped by this pid.
         self.exited.push(pid);
+        if self.fresh.len() < MAX_PENDING {
+            self.fresh.push(pid);
+        }
         for d in RESCAN_AFTER {
             if self.pending.len() >= MAX_PENDING {
                 break;
@@ -214,6 +234,11 @@ impl TlsAttacher {
     pub fn process(&mut self, ebpf: &mut Ebpf) {
         for pid in std::mem::take(&mut self.exited) {
             self.release(ebpf, pid);
+        }
+        // A new process's libraries are probed before the dynamic loader maps them where
+        // possible: a short-lived client (curl) would otherwise often finish first.
+        for pid in std::mem::take(&mut self.fresh) {
+            self.scan_needed(ebpf, pid);
         }
         let now = Instant::now();
         // Pending looks are pushed in time order per exec; several execs interleave, so
@@ -278,33 +303,53 @@ impl TlsAttacher {
         };
         self.stats.processes_scanned += 1;
         for m in executable_mappings(&maps) {
-            if let Some(a) = self.attached.get_mut(&m.file) {
-                if a.pids.insert(pid) {
-                    self.pid_files.entry(pid).or_default().push(m.file);
-                }
-                continue;
+            self.consider(ebpf, pid, m);
+        }
+    }
+
+    /// Resolves the libraries a just exec'ed process's executable will load (`DT_NEEDED`,
+    /// transitively) and considers them as if already mapped.
+    fn scan_needed(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return;
+        };
+        let root = format!("/proc/{pid}/root");
+        if self.deps.len() >= MAX_FILES {
+            self.deps.clear();
+        }
+        for m in needed_closure(&root, &exe.to_string_lossy(), &mut self.deps) {
+            self.consider(ebpf, pid, m);
+        }
+    }
+
+    /// One file a process maps (or is about to map).
+    fn consider(&mut self, ebpf: &mut Ebpf, pid: u32, m: Mapping) {
+        if let Some(a) = self.attached.get_mut(&m.file) {
+            if a.pids.insert(pid) {
+                self.pid_files.entry(pid).or_default().push(m.file);
             }
-            if self.ignored.contains_key(&m.file) {
-                continue;
+            return;
+        }
+        if self.ignored.contains_key(&m.file) {
+            return;
+        }
+        let path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
+        match self.attach_file(ebpf, &path, &m) {
+            Ok(Some(a)) => {
+                let mut a = a;
+                a.pids.insert(pid);
+                self.pid_files.entry(pid).or_default().push(m.file);
+                self.attached.insert(m.file, a);
             }
-            let path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-            match self.attach_file(ebpf, &path, &m) {
-                Ok(Some(a)) => {
-                    let mut a = a;
-                    a.pids.insert(pid);
-                    self.pid_files.entry(pid).or_default().push(m.file);
-                    self.attached.insert(m.file, a);
-                }
-                Ok(None) => self.ignore(m.file, None),
-                Err(e) if is_not_found(&e) => {
-                    // The process (or its mount namespace) went away meanwhile.
-                    tracing::debug!("{} (pid {pid}) vanished: {e:#}", m.path);
-                }
-                Err(e) => {
-                    self.stats.attach_failed += 1;
-                    tracing::warn!("TLS probes not attached to {} (pid {pid}): {e:#}", m.path);
-                    self.ignore(m.file, Some(format!("{e:#}")));
-                }
+            Ok(None) => self.ignore(m.file, None),
+            Err(e) if is_not_found(&e) => {
+                // The process (or its mount namespace) went away meanwhile.
+                tracing::debug!("{} (pid {pid}) vanished: {e:#}", m.path);
+            }
+            Err(e) => {
+                self.stats.attach_failed += 1;
+                tracing::warn!("TLS probes not attached to {} (pid {pid}): {e:#}", m.path);
+                self.ignore(m.file, Some(format!("{e:#}")));
             }
         }
     }
@@ -363,6 +408,73 @@ impl TlsAttacher {
         tracing::info!("attached TLS probes to {}", a.description);
         Ok(Some(a))
     }
+}
+
+/// The executable and the libraries it will load, resolved like the dynamic loader would
+/// (`DT_NEEDED` transitively; the object's `DT_RUNPATH`/`DT_RPATH`, then [`LIB_DIRS`]), under
+/// `root` (`/proc/PID/root`). `deps` caches each file's dynamic section.
+pub fn needed_closure(
+    root: &str,
+    exe: &str,
+    deps: &mut HashMap<FileId, (Vec<String>, Vec<String>)>,
+) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    let mut queue: VecDeque<String> = VecDeque::from([exe.to_owned()]);
+    let mut seen: HashSet<FileId> = HashSet::new();
+    while let Some(path) = queue.pop_front() {
+        if seen.len() >= MAX_NEEDED {
+            break;
+        }
+        let Some(file) = file_id(&format!("{root}{path}")) else {
+            continue;
+        };
+        if !seen.insert(file) {
+            continue;
+        }
+        let (needed, dirs) = deps
+            .entry(file)
+            .or_insert_with(|| {
+                let origin = std::path::Path::new(&path)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                std::fs::File::open(format!("{root}{path}"))
+                    .ok()
+                    // SAFETY: read-only mapping (see elf::inspect).
+                    .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+                    .map(|m| elf::dynamic_deps(&m, &origin))
+                    .unwrap_or_default()
+            })
+            .clone();
+        for name in needed {
+            let found = dirs
+                .iter()
+                .map(String::as_str)
+                .chain(LIB_DIRS.iter().copied())
+                .map(|d| format!("{d}/{name}"))
+                .find(|p| std::path::Path::new(&format!("{root}{p}")).is_file());
+            if let Some(p) = found {
+                queue.push_back(p);
+            }
+        }
+        out.push(Mapping { file, path });
+    }
+    out
+}
+
+/// The identity of a file as `/proc/PID/maps` shows it (device major:minor, inode).
+fn file_id(path: &str) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    if !md.is_file() {
+        return None;
+    }
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    Some(FileId {
+        dev: (major << 20) | minor,
+        ino: md.ino(),
+    })
 }
 
 fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>, what: &str) {
@@ -460,6 +572,32 @@ impl TlsAttacher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curl_will_load_libssl_through_libcurl() {
+        if !std::path::Path::new("/usr/bin/curl").exists() {
+            return;
+        }
+        let libs = needed_closure("", "/usr/bin/curl", &mut HashMap::new());
+        assert_eq!(libs[0].path, "/usr/bin/curl");
+        assert!(
+            libs.iter().any(|m| m.path.contains("/libcurl.so")),
+            "{libs:?}"
+        );
+        assert!(
+            libs.iter().any(|m| m.path.contains("/libssl.so")),
+            "{libs:?}"
+        );
+        // The identities are those /proc/PID/maps shows.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let own = executable_mappings(&maps);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let from_maps = own
+            .iter()
+            .find(|m| std::path::Path::new(&m.path) == exe)
+            .unwrap();
+        assert_eq!(file_id(&exe.to_string_lossy()), Some(from_maps.file));
+    }
 
     #[test]
     fn maps_lines() {
