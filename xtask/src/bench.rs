@@ -1072,6 +1072,10 @@ const AGENT_FIELDS: &[&str] = &[
     "export_failed",
     "export_queue_full",
     "queue_len",
+    "tls_files_attached",
+    "tls_attach_failed",
+    "tls_unsupported",
+    "tls_detached",
 ];
 /// Counters that mean lost or incomplete spans.
 const LOSS_FIELDS: &[&str] = &[
