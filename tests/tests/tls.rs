@@ -496,8 +496,9 @@ fn go_https_server_and_client() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n404\n");
 
+    let server_pid = server.pid() as i64;
     let is_server = |s: &Value| {
-        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
+        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server_pid)
     };
     spans_where(&receiver, 2, is_server);
     spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
@@ -518,12 +519,29 @@ fn go_https_server_and_client() {
             .find(|l| l.contains("tlsapp-stripped") && l.contains("cannot be traced"))
     });
 
+    // The server was the binary's last process: its probes are released when it exits.
+    let mut server = server;
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    let detached = wait_for(WAIT, || {
+        agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("detached TLS probes from") && l.contains("/tlsapp ["))
+    });
+
     let stderr = agent.stop().unwrap();
     let log = final_counters(&stderr);
     let line = stripped_reported.unwrap_or_else(|| panic!("stripped binary not reported:\n{log}"));
     assert!(line.contains("stripped"), "{line}");
     let counters = log_line(&log, "final counters");
     assert!(counter(&counters, "tls_unsupported") >= 1, "{log}");
+    assert!(
+        detached.is_some(),
+        "no detach after the last process exited:\n{log}"
+    );
+    assert!(counter(&counters, "tls_detached") >= 1, "{log}");
 
     let servers = spans_where(&receiver, 3, is_server);
     let clients = spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
