@@ -18,8 +18,8 @@ fn sigterm_detaches_everything_and_exits_zero() {
     let ids = program_ids_of(agent.pid());
     assert_eq!(
         ids.len(),
-        28,
-        "the agent holds one program per tracepoint: {ids:?}"
+        tracer::capture::TRACEPOINTS.len() + tracer::capture::tls::PROGRAMS.len(),
+        "the agent holds one program per tracepoint and the TLS probes' programs: {ids:?}"
     );
     assert!(ids.is_subset(&loaded_program_ids()));
     agent
