@@ -261,8 +261,10 @@ pub fn plaintext_event(
     let (position, other, mut protocol) = unsafe {
         let position = (*conn).tls_positions[dir];
         (*conn).tls_positions[dir] = position + len;
-        // The syscalls of this connection carry ciphertext: never copy or parse them.
-        if (*conn).protocol == Protocol::Unknown as u8 {
+        // The syscalls of this connection carry ciphertext: never copy or parse them (even if
+        // its first bytes looked like HTTP, e.g. a protocol upgraded to TLS). `Other` stays:
+        // it also marks connections outside the port target set.
+        if (*conn).protocol != Protocol::Other as u8 {
             (*conn).protocol = Protocol::Tls as u8;
         }
         (
