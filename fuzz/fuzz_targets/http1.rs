@@ -52,6 +52,8 @@ fuzz_target!(|input: &[u8]| {
                     ts_exit: ts + u64::from(op >> 3),
                     tid: 1,
                     other_unseen: 0,
+                    position: 0,
+                    ctx: None,
                 };
                 conn.on_chunk(dir, &chunk, &mut out);
             }

@@ -68,7 +68,7 @@ pub fn log_line(stderr: &str, needle: &str) -> String {
 pub fn counter(line: &str, name: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim_end_matches([';', ',']).parse().ok())
         .unwrap_or(0)
 }
 

@@ -88,6 +88,12 @@ pub trait SpanJson {
     fn start_ns(&self) -> u64;
     fn end_ns(&self) -> u64;
     fn status_code(&self) -> &str;
+    /// Hex ids as exported ("" when absent).
+    fn trace_id(&self) -> &str;
+    fn span_id(&self) -> &str;
+    fn parent_id(&self) -> &str;
+    /// W3C trace flags (the low byte of the OTLP span flags).
+    fn trace_flags(&self) -> i64;
 }
 
 impl SpanJson for Value {
@@ -117,5 +123,17 @@ impl SpanJson for Value {
     }
     fn status_code(&self) -> &str {
         self["status"]["code"].as_str().unwrap_or("")
+    }
+    fn trace_id(&self) -> &str {
+        self["trace_id"].as_str().unwrap_or("")
+    }
+    fn span_id(&self) -> &str {
+        self["span_id"].as_str().unwrap_or("")
+    }
+    fn parent_id(&self) -> &str {
+        self["parent_span_id"].as_str().unwrap_or("")
+    }
+    fn trace_flags(&self) -> i64 {
+        self["flags"].as_i64().map_or(-1, |f| f & 0xff)
     }
 }

@@ -225,10 +225,11 @@ fn restart_after_sigkill_is_clean() {
     let mut first = Agent::start(&["--port", &port.to_string()], &[]).unwrap();
     let pid = first.proc.pid();
     let ids = program_ids_of(pid);
-    // One per tracepoint, and the TLS probes' programs (loaded at start, attached per file).
+    // One per tracepoint, the 5 tail-called context programs, and the TLS probes' programs
+    // (loaded at start, attached per file).
     assert_eq!(
         ids.len(),
-        tracer::capture::TRACEPOINTS.len() + tracer::capture::tls::PROGRAMS.len()
+        tracer::capture::TRACEPOINTS.len() + 5 + tracer::capture::tls::PROGRAMS.len()
     );
     first.proc.signal(libc::SIGKILL);
     first.proc.wait_exit(Duration::from_secs(5)).unwrap();

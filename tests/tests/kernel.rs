@@ -22,8 +22,9 @@ fn programs_load_attach_and_report_real_http_traffic() {
     let ids = capture.program_ids();
     assert_eq!(
         ids.len(),
-        tracer::capture::TRACEPOINTS.len() + tracer::capture::tls::PROGRAMS.len(),
-        "one program per tracepoint, and the TLS probes' programs (loaded, attached per file)"
+        tracer::capture::TRACEPOINTS.len() + 5 + tracer::capture::tls::PROGRAMS.len(),
+        "one program per tracepoint, the 5 tail-called context programs, and the TLS probes' \
+         programs (loaded, attached per file)"
     );
     let in_kernel = loaded_program_ids();
     assert!(

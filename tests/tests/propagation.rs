@@ -1,6 +1,8 @@
-//! Privileged end-to-end: trace context propagation. Incoming W3C and B3 headers make the
-//! SERVER span the caller's child; a CLIENT request a thread sends while serving a request
-//! becomes that SERVER span's child (`tracer.parent.source`: w3c, b3, thread, none).
+//! Privileged end-to-end: trace context propagation without injection. Incoming W3C and B3
+//! headers make the SERVER span the caller's child; a CLIENT request a thread sends while
+//! serving a request becomes that SERVER span's child; a request whose sender is on this node
+//! (and traced) makes the SERVER span the child of the sender's CLIENT span
+//! (`tracer.parent.source`: w3c, b3, thread, address, none).
 use std::{process::Command, time::Duration};
 
 use serde_json::Value;
@@ -28,6 +30,17 @@ fn client_span(r: &Receiver, client_pid: u32, path: &str) -> Value {
             && s.attr_str("url.path") == path
     });
     assert_eq!(spans.len(), 1, "{path}: {spans:#?}");
+    spans.into_iter().next().unwrap()
+}
+
+/// curl's CLIENT span for `path` to `port`.
+fn curl_span(r: &Receiver, port: u16, path: &str) -> Value {
+    let spans = r.wait_spans(1, WAIT, |s| {
+        s.kind() == "SPAN_KIND_CLIENT"
+            && s.attr_i64("network.peer.port") == port as i64
+            && s.attr_str("url.path") == path
+    });
+    assert_eq!(spans.len(), 1, "curl {path}: {spans:#?}");
     spans.into_iter().next().unwrap()
 }
 
@@ -108,13 +121,20 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "w3c");
 
+    // Malformed context is ignored as a whole: the span joins curl's own (new) trace, found
+    // on this node by the connection's addresses, never the header's trace.
     for path in ["/upper", "/zero", "/short", "/plain"] {
         let s = server_span(&receiver, &server, path);
+        let c = curl_span(&receiver, port, path);
         assert_ne!(trace_id(&s).to_lowercase(), TRACE, "{path}: {s:#}");
         assert_eq!(trace_id(&s).len(), 32);
-        assert_eq!(parent(&s), "", "{path}: {s:#}");
+        assert_eq!(
+            (trace_id(&s), parent(&s)),
+            (trace_id(&c), span_id(&c)),
+            "{path}: {s:#}"
+        );
         assert_eq!(s["trace_state"].as_str().unwrap_or(""), "");
-        assert_eq!(s.attr_str("tracer.parent.source"), "none", "{path}");
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{path}");
     }
     agent.stop().unwrap();
 }
@@ -159,11 +179,12 @@ fn incoming_b3_context_is_adopted() {
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "b3");
 
-    // Sampling only: a new sampled trace, no parent.
+    // Sampling only: no caller span in the header; curl's CLIENT span (same node) is the parent.
     let s = server_span(&receiver, &server, "/debug-only");
-    assert_eq!(parent(&s), "");
+    let c = curl_span(&receiver, port, "/debug-only");
+    assert_eq!(parent(&s), span_id(&c));
     assert_eq!(flags(&s) & 0xff, 1);
-    assert_eq!(s.attr_str("tracer.parent.source"), "none");
+    assert_eq!(s.attr_str("tracer.parent.source"), "address");
     agent.stop().unwrap();
 }
 
@@ -197,38 +218,31 @@ fn client_sent_while_serving_is_a_child_of_the_server_span() {
             assert_eq!((trace_id(&a_server), parent(&a_server)), (TRACE, CALLER));
             assert_eq!(a_server.attr_str("tracer.parent.source"), "w3c");
         } else {
-            // No injection by curl: A's server span is a root.
-            assert_eq!(parent(&a_server), "", "{a_server:#}");
-            assert_eq!(a_server.attr_str("tracer.parent.source"), "none");
+            // No header: curl's CLIENT span on this node is the parent.
+            let c = curl_span(&receiver, port, path);
+            assert_eq!(parent(&a_server), span_id(&c), "{a_server:#}");
+            assert_eq!(trace_id(&a_server), trace_id(&c));
+            assert_eq!(a_server.attr_str("tracer.parent.source"), "address");
         }
         // In-process: A's client span is the child of A's server span.
         assert_eq!(trace_id(&a_client), trace_id(&a_server), "{a_client:#}");
         assert_eq!(parent(&a_client), span_id(&a_server));
         assert_eq!(a_client.attr_str("tracer.parent.source"), "thread");
         assert_eq!(flags(&a_client) & 0xff, 1);
-        // Nothing injects headers yet: B's server span starts its own trace.
-        assert_eq!(parent(&b_server), "", "{b_server:#}");
-        assert_eq!(b_server.attr_str("tracer.parent.source"), "none");
-        assert_ne!(trace_id(&b_server), trace_id(&a_server));
+        // No header crosses the wire (no injection): B's server span finds A's CLIENT span
+        // on this node by the connection's addresses.
+        assert_eq!(parent(&b_server), span_id(&a_client), "{b_server:#}");
+        assert_eq!(trace_id(&b_server), trace_id(&a_server));
+        assert_eq!(b_server.attr_str("tracer.parent.source"), "address");
     }
     // curl's own CLIENT spans: roots (curl sent a header for /traced: it carries its context).
-    let curl_plain = receiver.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_CLIENT"
-            && s.attr_i64("network.peer.port") == port as i64
-            && s.attr_str("url.path") == "/plain"
-    });
-    assert_eq!(curl_plain.len(), 1);
-    assert_eq!(parent(&curl_plain[0]), "");
-    assert_eq!(curl_plain[0].attr_str("tracer.parent.source"), "none");
-    let curl_traced = receiver.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_CLIENT"
-            && s.attr_i64("network.peer.port") == port as i64
-            && s.attr_str("url.path") == "/traced"
-    });
-    assert_eq!(curl_traced.len(), 1);
-    assert_eq!(trace_id(&curl_traced[0]), TRACE);
-    assert_eq!(span_id(&curl_traced[0]), CALLER);
-    assert_eq!(curl_traced[0].attr_str("tracer.parent.source"), "w3c");
+    let curl_plain = curl_span(&receiver, port, "/plain");
+    assert_eq!(parent(&curl_plain), "");
+    assert_eq!(curl_plain.attr_str("tracer.parent.source"), "none");
+    let curl_traced = curl_span(&receiver, port, "/traced");
+    assert_eq!(trace_id(&curl_traced), TRACE);
+    assert_eq!(span_id(&curl_traced), CALLER);
+    assert_eq!(curl_traced.attr_str("tracer.parent.source"), "w3c");
     agent.stop().unwrap();
     drop(proxy);
 }

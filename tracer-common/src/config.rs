@@ -17,11 +17,14 @@ pub struct Config {
     pub sock_state_newstate_offset: u16,
     /// Non-zero: only trace tasks whose cgroup v2 id is in `TARGET_CGROUPS`.
     pub filter_cgroups: u8,
-    pub _pad: u8,
+    /// Non-zero: insert `traceparent` into outgoing plaintext HTTP/1.x requests (sk_msg).
+    pub inject: u8,
     /// Events are committed without waking the agent until this many bytes wait in the ring
     /// buffer (the agent also drains it on a short timer): one wakeup per batch, not per event.
     pub wakeup_bytes: u32,
     pub _pad2: u32,
+    /// Random per-agent key of [`crate::propagation::server_ids`].
+    pub ctx_key: u64,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, computed by the agent from the

@@ -188,6 +188,8 @@ pub struct DataHeader {
     /// The calling task's name (NUL-padded): names the process when it is gone from /proc by
     /// the time the agent reads the event (short-lived clients such as curl).
     pub comm: [u8; 16],
+    /// Ids the kernel chose for the request this call starts (see [`crate::propagation`]).
+    pub ctx: crate::propagation::SpanCtx,
 }
 
 /// A tracked connection was closed. Carries the final byte positions so userspace can tell
@@ -226,7 +228,10 @@ pub struct ConnState {
     pub protocol: u8,
     /// How many data calls were looked at without deciding the protocol.
     pub classify_attempts: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero: a `traceparent` was injected into a request on this connection and no
+    /// response byte has been read since (a later write is a body or a pipelined request).
+    pub awaiting_response: u8,
+    pub _pad: [u8; 4],
     /// TLS plaintext (from the TLS library probes): bytes per [`Direction`] of the plaintext
     /// stream, a different byte stream from the ciphertext counted in `positions`. A
     /// connection with `tls_protocol` other than `Unknown` reports these in its close event.
@@ -305,7 +310,10 @@ mod tests {
     fn layouts_are_stable_and_padded_explicitly() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ConnAddr>(), 40);
-        assert_eq!(size_of::<DataHeader>(), 24 + 8 * 4 + 4 * 3 + 4 + 40 + 16);
+        assert_eq!(
+            size_of::<DataHeader>(),
+            24 + 8 * 4 + 4 * 3 + 4 + 40 + 16 + 40
+        );
         assert_eq!(size_of::<DataHeader>() % 8, 0);
         assert_eq!(size_of::<CloseEvent>(), 48);
     }

@@ -6,7 +6,9 @@
 pub mod classify;
 pub mod config;
 pub mod event;
+pub mod propagation;
 
 pub use classify::{Protocol, classify};
 pub use config::{Config, KernelOffsets};
 pub use event::*;
+pub use propagation::{CtxState, InjectStat, SpanCtx};

@@ -8,15 +8,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CloseEvent, ConnAddr, ConnState, DataHeader, DropCause, EventKind, MAX_CAPTURE, Protocol, Role,
-    Source,
+    CloseEvent, ConnAddr, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE,
+    Protocol, Role, Source, SpanCtx,
     classify::{MAX_CLASSIFY_ATTEMPTS, classify},
 };
 
 use crate::{
+    context::{after_ingress, before_egress},
     maps::{
-        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, Inflight, SCRATCH, TARGET_CGROUPS,
-        TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
+        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, INJECT_DONE, Inflight, SCRATCH,
+        TARGET_CGROUPS, TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
 };
@@ -74,24 +75,73 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         return;
     };
     crate::tls::on_socket_syscall(pid_tgid, &sock, fd);
+    let conn = unsafe { CONNS.get(sock.sk) }
+        .copied()
+        .filter(|c| c.ino == sock.ino);
     // Connections already known not to be HTTP cost one lookup from here on.
-    if let Some(conn) = unsafe { CONNS.get(sock.sk) } {
-        let p = Protocol::from_u8(conn.protocol);
-        if conn.ino == sock.ino && (p == Protocol::Other || p == Protocol::Tls) {
+    if let Some(c) = conn {
+        let p = Protocol::from_u8(c.protocol);
+        if p == Protocol::Other || p == Protocol::Tls {
             return;
         }
     }
-    let inflight = Inflight {
-        sk: sock.sk,
-        ino: sock.ino,
-        buf,
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        fd,
-        source: source as u8,
-        _pad: [0; 3],
-    };
+    let mut inflight = Inflight::new(sock.sk, sock.ino, buf, fd, source as u8);
+    let egress = source.direction() == Direction::Egress;
+    if let Some(c) = conn
+        && egress
+    {
+        let (src, len) = match source {
+            Source::Write | Source::Sendto => (buf, arg::<u64>(ctx, 2).unwrap_or(0)),
+            Source::Writev => first_seg(buf),
+            Source::Sendmsg => first_iov(buf),
+            _ => (0, 0),
+        };
+        inflight.scan_src = src;
+        inflight.scan_len = if len > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            len as u32
+        };
+        inflight.local_port = c.addr.local_port;
+        inflight.remote_port = c.addr.remote_port;
+    }
     if INFLIGHT.insert(pid_tgid, inflight, 0).is_err() {
         count(DropCause::InflightMapFull);
+        return;
+    }
+    if let Some(c) = conn
+        && egress
+    {
+        before_egress(ctx, pid_tgid, &c);
+    }
+}
+
+/// What a data call's exit needs of its entry.
+#[derive(Clone, Copy)]
+pub struct Call {
+    sk: u64,
+    ino: u64,
+    buf: u64,
+    ts_enter: u64,
+    fd: i32,
+    source: u8,
+    /// The sk_msg program inserted `traceparent` into this call's bytes.
+    injected: bool,
+}
+
+impl Call {
+    /// A call seen by the TLS library probes: nothing was injected into it.
+    #[inline(always)]
+    pub fn plaintext(sk: u64, ino: u64, buf: u64, ts_enter: u64, fd: i32, source: u8) -> Self {
+        Self {
+            sk,
+            ino,
+            buf,
+            ts_enter,
+            fd,
+            source,
+            injected: false,
+        }
     }
 }
 
@@ -100,9 +150,29 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
 #[inline(always)]
 pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
+    let Some(entry) = INFLIGHT.get_ptr(pid_tgid) else {
         return;
+    };
+    // SAFETY: copied out before the entry is removed. Only what the exit needs is copied (the
+    // stack is small); injected ids go straight to this CPU's event header.
+    let inflight = unsafe {
+        let injected = (*entry).inject_state == INJECT_DONE;
+        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+            (*scratch).header.ctx = if injected {
+                (*entry).ctx
+            } else {
+                SpanCtx::default()
+            };
+        }
+        Call {
+            sk: (*entry).sk,
+            ino: (*entry).ino,
+            buf: (*entry).buf,
+            ts_enter: (*entry).ts_enter,
+            fd: (*entry).fd,
+            source: (*entry).source,
+            injected,
+        }
     };
     let _ = INFLIGHT.remove(pid_tgid);
     let Some(ret) = arg::<i64>(ctx, 0) else {
@@ -122,7 +192,15 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
         return;
     };
     let source = source_of(SOURCE);
-    match source {
+    // SAFETY: CONNS value, valid during this run.
+    unsafe {
+        if source.direction() == Direction::Ingress {
+            (*conn).awaiting_response = 0;
+        } else if inflight.injected {
+            (*conn).awaiting_response = 1;
+        }
+    }
+    let emitted = match source {
         Source::Sendmmsg | Source::Recvmmsg => {
             let n = ret as u32;
             let mut i = 0;
@@ -141,6 +219,7 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
                 unsafe { (*conn).protocol = Protocol::Other as u8 };
                 count(DropCause::NotHttp);
             }
+            false
         }
         Source::Readv | Source::Writev => data_event_iov(
             &inflight,
@@ -160,16 +239,25 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
             data_event_iov(&inflight, conn, source, iov, iovlen, ret as u64, pid_tgid)
         }
         _ => data_event(&inflight, conn, source, inflight.buf, ret as u64, pid_tgid),
+    };
+    if emitted && source.direction() == Direction::Ingress {
+        after_ingress(ctx, conn);
     }
+}
+
+/// Base and length of the first segment of an iovec array.
+#[inline(always)]
+fn first_seg(iov: u64) -> (u64, u64) {
+    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    (base, len)
 }
 
 /// Base and length of the first iovec of a user_msghdr.
 #[inline(always)]
 fn first_iov(msghdr: u64) -> (u64, u64) {
     let iov = unsafe { bpf_probe_read_user((msghdr + 16) as *const u64) }.unwrap_or(0);
-    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
-    (base, len)
+    first_seg(iov)
 }
 
 #[inline(always)]
@@ -218,7 +306,8 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
         role: role as u8,
         protocol: protocol as u8,
         classify_attempts: 0,
-        _pad: [0; 5],
+        awaiting_response: 0,
+        _pad: [0; 4],
         tls_positions: [0; 2],
         tls_protocol: Protocol::Unknown as u8,
         tls_classify_attempts: 0,
@@ -352,18 +441,18 @@ pub fn capture_len(len: u64) -> usize {
 /// A call with one contiguous buffer.
 #[inline(always)]
 fn data_event(
-    inflight: &Inflight,
+    inflight: &Call,
     conn: *mut ConnState,
     source: Source,
     buf: u64,
     len: u64,
     pid_tgid: u64,
-) {
+) -> bool {
     let Some((position, protocol)) = account(conn, source, buf, len, len) else {
-        return;
+        return false;
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let n = capture_len(len);
     // SAFETY: per-CPU scratch; n ≤ MAX_CAPTURE < buffer size.
@@ -377,30 +466,30 @@ fn data_event(
     };
     emit(
         scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid,
-    );
+    )
 }
 
 /// A call with an iovec array.
 #[inline(always)]
 fn data_event_iov(
-    inflight: &Inflight,
+    inflight: &Call,
     conn: *mut ConnState,
     source: Source,
     iov: u64,
     iovlen: u64,
     len: u64,
     pid_tgid: u64,
-) {
+) -> bool {
     if iovlen == 0 {
-        return;
+        return false;
     }
     let base0 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
     let len0 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
     let Some((position, protocol)) = account(conn, source, base0, len0, len) else {
-        return;
+        return false;
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let want = capture_len(len);
     let mut copied: usize = 0;
@@ -431,14 +520,14 @@ fn data_event_iov(
     };
     emit(
         scratch, inflight, conn, source, protocol, position, len, captured, pid_tgid,
-    );
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn emit(
     scratch: *mut DataScratch,
-    inflight: &Inflight,
+    inflight: &Call,
     conn: *mut ConnState,
     source: Source,
     protocol: Protocol,
@@ -446,7 +535,7 @@ pub fn emit(
     len: u64,
     captured: usize,
     pid_tgid: u64,
-) {
+) -> bool {
     if (captured as u64) < len {
         count(DropCause::Truncated);
     }
@@ -482,6 +571,7 @@ pub fn emit(
             count(DropCause::RingbufFull);
         }
     }
+    true
 }
 
 /// Emits a close for a tracked connection and forgets it. `ino` (when known: close(2)) must

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod capture;
+mod context;
 mod go_tls;
 mod maps;
 mod sock;
@@ -85,15 +86,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some(fd) = arg::<u64>(&ctx, 0) else {
         return 0;
     };
-    let inflight = Inflight {
-        sk: 0,
-        ino: 0,
-        buf: 0,
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        fd: fd as i32,
-        source: CONNECT,
-        _pad: [0; 3],
-    };
+    let inflight = Inflight::new(0, 0, 0, fd as i32, CONNECT);
     let _ = INFLIGHT.insert(pid_tgid, inflight, 0);
     0
 }

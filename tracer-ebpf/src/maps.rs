@@ -2,10 +2,11 @@
 //! `EVENTS` at load time.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use tracer_common::{
-    Config, ConnState, DROP_CAUSES, DataHeader, DropCause, KernelOffsets, MAX_CAPTURE,
+    Config, ConnState, DROP_CAUSES, DataHeader, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE,
+    SpanCtx, propagation::INJECT_STATS,
 };
 
 /// Filters and limits, written by the agent before load.
@@ -18,9 +19,10 @@ pub static CONFIG: Config = Config {
     sock_state_skaddr_offset: 8,
     sock_state_newstate_offset: 20,
     filter_cgroups: 0,
-    _pad: 0,
+    inject: 0,
     wakeup_bytes: 0,
     _pad2: 0,
+    ctx_key: 0,
 };
 
 /// Kernel struct offsets from the running kernel's BTF, written by the agent before load.
@@ -72,8 +74,52 @@ pub struct Inflight {
     pub fd: i32,
     /// A `tracer_common::Source`, or `CONNECT`.
     pub source: u8,
-    pub _pad: [u8; 3],
+    /// An `INJECT_*` state: whether the sk_msg program should insert `traceparent`, and did.
+    pub inject_state: u8,
+    /// Where the header goes: just after the request line (bytes from the call's start).
+    pub inject_at: u16,
+    /// Ports of the connection, so the sk_msg program only touches this call's socket.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// First buffer of the call and its length (what the injection decision looks at).
+    pub scan_len: u32,
+    pub scan_src: u64,
+    /// Ids to inject (and to report with the call's data event).
+    pub ctx: SpanCtx,
 }
+
+impl Inflight {
+    #[inline(always)]
+    pub fn new(sk: u64, ino: u64, buf: u64, fd: i32, source: u8) -> Self {
+        Self {
+            sk,
+            ino,
+            buf,
+            // SAFETY: helper without arguments.
+            ts_enter: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            fd,
+            source,
+            inject_state: 0,
+            inject_at: 0,
+            local_port: 0,
+            remote_port: 0,
+            scan_len: 0,
+            scan_src: 0,
+            ctx: SpanCtx {
+                trace_id: [0; 16],
+                span_id: [0; 8],
+                parent_id: [0; 8],
+                flags: 0,
+                state: 0,
+                _pad: [0; 6],
+            },
+        }
+    }
+}
+
+/// `Inflight::inject_state` values.
+pub const INJECT_PENDING: u8 = 1;
+pub const INJECT_DONE: u8 = 2;
 
 /// `Inflight::source` of a connect(2) in flight.
 pub const CONNECT: u8 = 100;
@@ -125,6 +171,92 @@ pub fn wakeup_flags() -> u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// The request a thread is serving, as far as the kernel can tell (keyed by pid_tgid): set when
+/// a request arrives on a server connection, so a request the thread sends meanwhile carries
+/// the same trace (see `context.rs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub conn_id: u64,
+    pub flags: u8,
+    /// A `THREAD_*` state.
+    pub state: u8,
+    /// The thread was seen serving two connections at once (an event loop): never a parent.
+    pub multiplexed: u8,
+    pub _pad: [u8; 5],
+}
+
+pub const THREAD_SERVING: u8 = 1;
+/// The response is being written: requests sent from here on are not the request's children.
+pub const THREAD_RESPONDED: u8 = 2;
+/// The request carried B3 context, which the kernel does not follow: no injection.
+pub const THREAD_FOREIGN: u8 = 3;
+
+#[map]
+pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Bytes the injection decision looks at (a power of two).
+pub const SCAN_MAX: usize = 2048;
+/// Bytes one run of the scan program looks at before it tail-calls itself: small enough for
+/// the verifier to walk every turn of its loop cheaply.
+pub const SCAN_CHUNK: usize = 128;
+
+/// A request head being scanned by the chain of tail calls `http_*_ctx` → `http_scan` (×k) →
+/// `http_*_finish`, all on this CPU within one syscall. Results live in map memory rather
+/// than in locals so that the verifier's states do not multiply per loop turn.
+#[repr(C)]
+pub struct ScanBuf {
+    pub pid_tgid: u64,
+    pub conn_id: u64,
+    pub position: u64,
+    /// Bytes in `data`, and the next one to look at.
+    pub len: u32,
+    pub cursor: u32,
+    pub line_end: u32,
+    pub head_end: u32,
+    pub traceparent_at: u32,
+    pub foreign: u32,
+    /// `PROG_SERVER_FINISH` or `PROG_CLIENT_FINISH`: where the scan goes when done.
+    pub finish: u32,
+    pub _pad: u32,
+    pub data: [u8; 2 * SCAN_MAX],
+}
+
+#[map]
+pub static SCAN: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-called programs (separate so each is verified on its own).
+pub const PROG_SERVER_CTX: u32 = 0;
+pub const PROG_CLIENT_CTX: u32 = 1;
+pub const PROG_SCAN: u32 = 2;
+pub const PROG_SERVER_FINISH: u32 = 3;
+pub const PROG_CLIENT_FINISH: u32 = 4;
+#[map]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
+
+/// Client TCP sockets the sk_msg program sees, by socket cookie (added by sock_ops when a
+/// connection is established; the kernel removes them when they close).
+#[map]
+pub static SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+
+/// `tracer_common::propagation::HEX_TABLE`, filled by the agent (one value): a table lookup
+/// instead of comparisons keeps header parsing branch-free for the verifier.
+#[map]
+pub static HEX_TABLE: Array<[u8; 256]> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static INJECT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INJECT_STATS as u32, 0);
+
+#[inline(always)]
+pub fn count_inject(stat: InjectStat) {
+    if let Some(c) = INJECT_COUNTS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
     }
 }
 

@@ -21,13 +21,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    ConnState, DropCause, Protocol, Role, Source,
+    ConnState, DropCause, Protocol, Role, Source, SpanCtx,
     classify::{MAX_CLASSIFY_ATTEMPTS, classify},
 };
 
 use crate::{
-    capture::{Positions, capture_len, conn_state, emit, in_port_targets, traced},
-    maps::{Inflight, SCRATCH, count},
+    capture::{Call, Positions, capture_len, conn_state, emit, in_port_targets, traced},
+    maps::{SCRATCH, count},
     sock::TcpSock,
 };
 
@@ -323,18 +323,13 @@ pub fn plaintext_event(
             n
         }
     };
-    let inflight = Inflight {
-        sk: sock.sk,
-        ino: sock.ino,
-        buf,
-        ts_enter,
-        fd,
-        source: source as u8,
-        _pad: [0; 3],
-    };
+    let call = Call::plaintext(sock.sk, sock.ino, buf, ts_enter, fd, source as u8);
+    // SAFETY: per-CPU scratch. No ids were injected into TLS plaintext: clear what the last
+    // syscall event on this CPU left in the header.
+    unsafe { (*scratch).header.ctx = SpanCtx::default() };
     emit(
         scratch,
-        &inflight,
+        &call,
         conn,
         source,
         protocol,

@@ -14,19 +14,28 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
-    capture::{Capture, DRAIN_INTERVAL, tls::TlsAttacher},
+    capture::{Capture, DRAIN_INTERVAL, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
     stitch::Stitcher,
-    trace::{Clock, Span, http_span::SpanOptions},
+    trace::{Clock, Span, http_span::SpanOptions, links::Links},
 };
 
-/// Runs the agent. `offsets`: kernel struct offsets computed before the runtime started (see
-/// `capture::btf::kernel_offsets_isolated`), or `None` to compute them now.
-pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
+/// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed
+/// before the runtime started (see `capture::btf::kernel_offsets_isolated` and
+/// `Features::detect_isolated`), or `None` to compute them now.
+pub async fn run(
+    cli: Cli,
+    offsets: Option<KernelOffsets>,
+    features: Option<Features>,
+) -> Result<()> {
     let mut options = cli.capture_options()?;
     options.offsets = offsets;
+    options.features = features;
+    // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
+    let links = Links::default();
+    options.ctx_key = links.key();
     let mut capture = Capture::load(&options)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
@@ -56,7 +65,8 @@ pub async fn run(cli: Cli, offsets: Option<KernelOffsets>) -> Result<()> {
         Clock::measure(),
         options,
         cli.table_limits(),
-    );
+    )
+    .with_links(links);
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -212,6 +222,19 @@ fn log_stats(
                 .join(" ")
         })
         .unwrap_or_else(|e| format!("unavailable ({e})"));
+    let injection = if capture.injecting {
+        capture
+            .inject_counts()
+            .map(|d| {
+                d.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("unavailable ({e})"))
+    } else {
+        "off".to_owned()
+    };
     let ev = stitcher.stats();
     let conns = stitcher.conns.stats();
     let parse = stitcher.conns.parse_stats();
@@ -236,6 +259,9 @@ fn log_stats(
         links_linked = links.linked,
         links_ambiguous = links.ambiguous,
         links_refused_full = links.refused_full,
+        links_injected = links.injected,
+        links_injected_unlinked = links.injected_unlinked,
+        address_linked = links.address_linked,
         tls_files_attached = tls.files_attached,
         tls_attach_failed = tls.attach_failed,
         tls_unsupported = tls.unsupported,
@@ -244,11 +270,12 @@ fn log_stats(
         export_failed = ex.spans_failed,
         export_queue_full = ex.spans_dropped_queue_full,
         queue_len = ex.queue_len,
-        "{when} counters; kernel drops: {}",
+        "{when} counters; kernel drops: {}; injection: {}",
         if drops.is_empty() {
             "none".to_owned()
         } else {
             drops
-        }
+        },
+        injection
     );
 }

@@ -18,12 +18,17 @@ fn main() -> ExitCode {
         .init();
     // Before any thread exists: the BTF child is forked from here (see the function's docs).
     // A failure here is reported by the start-up checks in `Capture::load` (no BTF, ...).
-    let offsets = tracer::capture::preflight::check().ok().and_then(|()| {
-        tracer::capture::btf::kernel_offsets_isolated(std::path::Path::new(
-            tracer::capture::btf::VMLINUX_BTF,
-        ))
-        .ok()
-    });
+    let preflight = tracer::capture::preflight::check().is_ok();
+    let offsets = preflight
+        .then(|| {
+            tracer::capture::btf::kernel_offsets_isolated(std::path::Path::new(
+                tracer::capture::btf::VMLINUX_BTF,
+            ))
+            .ok()
+        })
+        .flatten();
+    // Probing fentry parses the kernel's BTF too: also in a child, also before the runtime.
+    let features = preflight.then(tracer::capture::features::Features::detect_isolated);
     // One thread: capture, stitching and export are a single sequential flow; a multi-thread
     // runtime only added cross-thread wakeups (measured with `cargo xtask bench`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -36,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tracer::agent::run(cli, offsets)) {
+    match runtime.block_on(tracer::agent::run(cli, offsets, features)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -98,7 +98,7 @@ impl Stitcher {
                     &header,
                     payload,
                     &mut self.finished,
-                    &mut |conn, start| links.on_server_start(conn, start),
+                    &mut |conn, start| links.on_start(conn, start),
                 );
             }
             Event::Close(close) => {
@@ -178,6 +178,8 @@ mod tests {
         s: Stitcher,
         pos: std::collections::HashMap<(u64, u8), u64>,
         spans: Vec<Span>,
+        /// The port client connections connect to (8080: this node's server, see `serve`).
+        client_remote_port: u16,
     }
 
     impl T {
@@ -193,6 +195,7 @@ mod tests {
                 s,
                 pos: Default::default(),
                 spans: Vec::new(),
+                client_remote_port: 9090,
             }
         }
 
@@ -215,7 +218,11 @@ mod tests {
             h.addr = ConnAddr {
                 family: AF_INET,
                 local_port: if role == Role::Server { 8080 } else { 40000 },
-                remote_port: if role == Role::Server { 40000 } else { 9090 },
+                remote_port: if role == Role::Server {
+                    40000
+                } else {
+                    self.client_remote_port
+                },
                 local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 ..Default::default()
@@ -279,6 +286,48 @@ mod tests {
             Some(AttrValue::Str(v)) => v,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn same_node_server_span_is_the_child_of_its_callers_client_span() {
+        for server_event_first in [false, true] {
+            let mut t = T::new();
+            t.client_remote_port = 8080;
+            let req = b"GET /in HTTP/1.1\r\nHost: a\r\n\r\n";
+            let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            // Connection 10 is the client's end, 11 the server's: mirrored addresses.
+            if server_event_first {
+                t.serve(11, 8, 1_010, "");
+                t.data(10, Role::Client, Direction::Egress, 9, 1_000, req);
+            } else {
+                t.data(10, Role::Client, Direction::Egress, 9, 1_000, req);
+                t.serve(11, 8, 1_010, "");
+            }
+            t.answer(11, 8, 1_020);
+            t.data(10, Role::Client, Direction::Ingress, 9, 1_030, resp);
+            let client = t.take(SpanKind::Client);
+            let server = t.take(SpanKind::Server);
+            assert_eq!(server.trace_id, client.trace_id, "{server_event_first}");
+            assert_eq!(server.parent_span_id, Some(client.span_id));
+            assert_eq!(source(&server), "address");
+            assert_eq!(source(&client), "none");
+            assert_eq!(t.s.link_stats().address_linked, 1);
+        }
+        // Another client port: no link.
+        let mut t = T::new();
+        t.client_remote_port = 8081;
+        t.data(
+            10,
+            Role::Client,
+            Direction::Egress,
+            9,
+            1_000,
+            b"GET /in HTTP/1.1\r\n\r\n",
+        );
+        t.serve(11, 8, 1_010, "");
+        t.answer(11, 8, 1_020);
+        let server = t.take(SpanKind::Server);
+        assert_eq!((server.parent_span_id, source(&server)), (None, "none"));
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct Args {
     /// TLS: the cost of tracing through the TLS library probes.
     #[arg(long)]
     tls: bool,
+    /// Extra option for the traced agent (repeatable), e.g.
+    /// `--agent-arg=--inject-traceparent` to measure injection.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -109,7 +113,15 @@ pub fn run(args: Args) -> Result<()> {
     let scheme = if args.tls { "https" } else { "http" };
     let target = format!("{scheme}://127.0.0.1:{}/", nginx.port);
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let agent = |record: Option<&Path>| Agent::start(&tracer, nginx.port, Some(&endpoint), record);
+    let agent = |record: Option<&Path>| {
+        Agent::start(
+            &tracer,
+            nginx.port,
+            Some(&endpoint),
+            record,
+            &args.agent_args,
+        )
+    };
 
     step("warming up nginx (2 s, untraced)");
     wrk(&target, 2)?;
@@ -939,9 +951,11 @@ impl Agent {
         port: u16,
         endpoint: Option<&str>,
         record: Option<&Path>,
+        extra: &[String],
     ) -> Result<Self> {
         let mut cmd = Command::new(tracer);
         cmd.args(["--port", &port.to_string(), "--stats-interval", "0"]);
+        cmd.args(extra);
         if let Some(path) = record {
             cmd.arg("--record-events").arg(path);
         }
@@ -1053,7 +1067,8 @@ struct Counters {
     export: BTreeMap<String, u64>,
 }
 
-/// Fields of the `final counters` line (anything else after `kernel drops:` is a drop cause).
+/// Fields of the `final counters` line reported with each round (kernel drop causes come
+/// between `kernel drops:` and the next `;`).
 const AGENT_FIELDS: &[&str] = &[
     "events",
     "data_events",
@@ -1090,7 +1105,7 @@ const LOSS_FIELDS: &[&str] = &[
 fn pairs(s: &str) -> impl Iterator<Item = (&str, u64)> {
     s.split_whitespace().filter_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        Some((k, v.trim_matches('"').parse().ok()?))
+        Some((k, v.trim_matches(['"', ';', ',']).parse().ok()?))
     })
 }
 
@@ -1098,12 +1113,15 @@ impl Counters {
     fn parse(lines: &[String]) -> Option<Self> {
         let mut c = Self::default();
         let fin = lines.iter().rev().find(|l| l.contains("final counters"))?;
+        // `kernel drops: a=1 b=2; injection: …` then the agent's own `key=value` fields.
         let rest = fin.split_once("kernel drops:")?.1;
-        for (k, v) in pairs(rest) {
-            if AGENT_FIELDS.contains(&k) {
+        let (drops, fields) = rest.split_once(';').unwrap_or((rest, ""));
+        for (k, v) in pairs(drops) {
+            c.kernel_drops.insert(k.to_owned(), v);
+        }
+        for (k, v) in pairs(fields) {
+            if AGENT_FIELDS.contains(&k) || k.starts_with("inject_") {
                 c.agent.insert(k.to_owned(), v);
-            } else {
-                c.kernel_drops.insert(k.to_owned(), v);
             }
         }
         if let Some(l) = lines.iter().rev().find(|l| l.contains("export finished")) {
@@ -1392,7 +1410,7 @@ fn record(tracer: &Path, out: &Path) -> Result<()> {
     let raw = dir.0.join("events.bin");
     let body = dir.0.join("body");
     std::fs::write(&body, "k=v&".repeat(2048))?;
-    let agent = Agent::start(tracer, nginx.port, None, Some(&raw))?;
+    let agent = Agent::start(tracer, nginx.port, None, Some(&raw), &[])?;
     run_bounded(
         "oha",
         Command::new(oha_bin()).args(["--no-tui", "-n", "1500", "-c", "4", &format!("{base}/")]),

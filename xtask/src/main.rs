@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test`.
 //!
 //! Every task does its own set-up first (fast when nothing is missing), so the README's two
 //! commands work on a fresh machine.
 mod bench;
+mod kernel_test;
 mod setup;
 mod test;
 mod util;
@@ -36,18 +37,27 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: lints, host unit tests, and the privileged tests that load the real
-    /// programs into the running kernel and drive real traffic.
+    /// Run every test: lints, host unit tests, the privileged tests that load the real
+    /// programs into the running kernel and drive real traffic, and the kernel matrix.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (`cargo xtask kernel-test`), which otherwise runs after the
+        /// workspace tests when no filter is given.
+        #[arg(long)]
+        no_kernel_matrix: bool,
         /// Passed to `cargo test` as a test-name filter.
         filter: Option<String>,
     },
     /// Measure what tracing costs: throughput, latency, coverage, agent CPU/RSS (nginx + wrk +
     /// oha, traced and untraced rounds interleaved) and the event pipeline without the kernel.
     Bench(bench::Args),
+    /// The kernel matrix: boot Debian's 6.1 and 6.12 kernels under qemu with an initramfs
+    /// holding the agent, run the load-and-attach and HTTP/1.x scenario in each (and natively
+    /// on this kernel), report programs loaded/attached, verifier instruction counts and
+    /// pass/fail (also in target/kernel-matrix/report.md).
+    KernelTest(kernel_test::Args),
 }
 
 fn main() -> Result<()> {
@@ -69,15 +79,24 @@ fn main() -> Result<()> {
             let bin = build_agent()?;
             util::exec(&bin, &args)
         }
-        Task::Test { no_lint, filter } => {
+        Task::Test {
+            no_lint,
+            no_kernel_matrix,
+            filter,
+        } => {
             util::ensure_root()?;
             setup::run(true)?;
-            test::run(!no_lint, filter.as_deref())
+            test::run(!no_lint, !no_kernel_matrix, filter.as_deref())
         }
         Task::Bench(args) => {
             util::ensure_root()?;
             setup::run(false)?;
             bench::run(args)
+        }
+        Task::KernelTest(args) => {
+            util::ensure_root()?;
+            setup::run(false)?;
+            kernel_test::command(args)
         }
     }
 }

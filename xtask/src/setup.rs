@@ -29,6 +29,16 @@ const TEST_PACKAGES: &[&str] = &[
 const TEST_PYTHON: &[(&str, &str)] = &[
     ("opentelemetry.proto", "opentelemetry-proto"),
     ("grpc", "grpcio"),
+    // The propagation tests' instrumented services.
+    ("opentelemetry.sdk.trace", "opentelemetry-sdk"),
+    (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+    (
+        "opentelemetry.propagators.b3",
+        "opentelemetry-propagator-b3",
+    ),
     ("google.protobuf", "protobuf"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -54,7 +64,7 @@ fn installed(package: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: lints, then every test of the workspace with one summary line.
+//! `cargo xtask test`: lints, then every test of the workspace and the kernel matrix, with one
+//! summary line.
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -6,9 +7,12 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::util::{cargo, describe, step, workspace_root};
+use crate::{
+    kernel_test,
+    util::{cargo, describe, step, workspace_root},
+};
 
-pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
+pub fn run(lint: bool, kernel_matrix: bool, filter: Option<&str>) -> Result<()> {
     if lint {
         cargo(&["fmt", "--all", "--check"])?;
         // The kernel crate builds only for its BPF target: linted separately below.
@@ -37,7 +41,36 @@ pub fn run(lint: bool, filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         args.push(f);
     }
-    let (passed, failed, ignored, ok) = cargo_test(&args)?;
+    let (mut passed, mut failed, ignored, ok) = cargo_test(&args)?;
+    // The kernel matrix (about a minute once the kernels are cached): each kernel counts as one
+    // test. Not run for a filtered run, nor with --no-kernel-matrix.
+    if kernel_matrix && filter.is_none() {
+        let versions: Vec<String> = kernel_test::DEFAULT_VERSIONS
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        // The debug agent built above: a release build would add minutes to a clean run.
+        match kernel_test::run(&versions, true, kernel_test::Build::Debug) {
+            Ok(rows) => {
+                for row in rows {
+                    let verdict = match &row.result {
+                        Ok(()) => "ok".to_owned(),
+                        Err(why) => format!("FAILED ({why})"),
+                    };
+                    println!("test kernel-matrix::{} ... {verdict}", row.label);
+                    if row.passed() {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                println!("test kernel-matrix ... FAILED (could not run: {e:#})");
+                failed += 1;
+            }
+        }
+    }
     // One plain closing line, whatever the number of test binaries.
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if failed > 0 {

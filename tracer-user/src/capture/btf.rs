@@ -105,12 +105,37 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
 /// the process is single-threaded (before the async runtime starts): a fork copies only the
 /// calling thread.
 pub fn kernel_offsets_isolated(path: &Path) -> Result<KernelOffsets> {
+    let size = std::mem::size_of::<KernelOffsets>();
+    let bytes =
+        in_child(|| {
+            let off = kernel_offsets(path)?;
+            // SAFETY: KernelOffsets is a plain #[repr(C)] struct of u32s.
+            Ok(unsafe {
+                std::slice::from_raw_parts((&off as *const KernelOffsets).cast::<u8>(), size)
+            }
+            .to_vec())
+        });
+    match bytes {
+        Some(Ok(bytes)) if bytes.len() == size => {
+            // SAFETY: length checked; plain struct of u32s (any bit pattern is valid).
+            Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelOffsets>()) })
+        }
+        Some(Err(e)) => Err(e),
+        _ => kernel_offsets(path),
+    }
+}
+
+/// Runs `f` in a forked child and returns its bytes (or its error), so whatever `f` allocates
+/// never lands in this process. `None` when the child could not be run or its reply was cut
+/// short (the caller then computes in-process). Must be called while the process is
+/// single-threaded (a fork copies only the calling thread).
+pub fn in_child(f: impl FnOnce() -> Result<Vec<u8>>) -> Option<Result<Vec<u8>>> {
     use std::{io::Read, os::fd::FromRawFd};
 
     let mut fds = [0i32; 2];
     // SAFETY: pipe(2) fills two fds.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return kernel_offsets(path);
+        return None;
     }
     // SAFETY: single-threaded caller (documented); the child only computes, writes and _exits.
     let pid = unsafe { libc::fork() };
@@ -120,20 +145,14 @@ pub fn kernel_offsets_isolated(path: &Path) -> Result<KernelOffsets> {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
-        return kernel_offsets(path);
+        return None;
     }
     if pid == 0 {
-        // Child: one byte of status, then the offsets' bytes on success, or the error text.
-        let reply = match kernel_offsets(path) {
-            Ok(off) => {
+        // Child: one byte of status, then the result's bytes on success, or the error text.
+        let reply = match f() {
+            Ok(bytes) => {
                 let mut v = vec![1u8];
-                // SAFETY: KernelOffsets is a plain #[repr(C)] struct of u32s.
-                v.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(
-                        (&off as *const KernelOffsets).cast::<u8>(),
-                        std::mem::size_of::<KernelOffsets>(),
-                    )
-                });
+                v.extend_from_slice(&bytes);
                 v
             }
             Err(e) => {
@@ -156,14 +175,11 @@ pub fn kernel_offsets_isolated(path: &Path) -> Result<KernelOffsets> {
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    read.context("reading kernel offsets from the BTF child")?;
+    read.ok()?;
     match reply.split_first() {
-        Some((1, bytes)) if bytes.len() == std::mem::size_of::<KernelOffsets>() => {
-            // SAFETY: length checked; plain struct of u32s.
-            Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelOffsets>()) })
-        }
-        Some((0, msg)) => bail!("{}", String::from_utf8_lossy(msg)),
-        _ => kernel_offsets(path),
+        Some((1, bytes)) => Some(Ok(bytes.to_vec())),
+        Some((0, msg)) => Some(Err(anyhow::anyhow!("{}", String::from_utf8_lossy(msg)))),
+        _ => None,
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod events;
+pub mod features;
 pub mod preflight;
 pub mod tls;
 
@@ -11,10 +12,12 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
+    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
 };
-use tracer_common::{Config, DropCause, KernelOffsets, MAX_CAPTURE};
+use tracer_common::{Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE};
+
+use self::features::Features;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -39,6 +42,14 @@ pub struct CaptureOptions {
     /// Kernel struct offsets computed beforehand (see `btf::kernel_offsets_isolated`);
     /// `None`: computed during `Capture::load`.
     pub offsets: Option<KernelOffsets>,
+    /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests.
+    pub inject: bool,
+    /// Key of the server span id derivation shared with the kernel
+    /// ([`tracer_common::propagation::server_ids`]).
+    pub ctx_key: u64,
+    /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
+    /// during `Capture::load`.
+    pub features: Option<Features>,
 }
 
 impl Default for CaptureOptions {
@@ -50,6 +61,9 @@ impl Default for CaptureOptions {
             ports: Vec::new(),
             cgroups: Vec::new(),
             offsets: None,
+            inject: false,
+            ctx_key: 0,
+            features: None,
         }
     }
 }
@@ -90,11 +104,72 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    /// Verifier-processed instruction counts per program, when the kernel reports them.
+    /// The attached tracepoints (`category:name`).
     pub attached: Vec<String>,
     /// Whether the TLS probe programs loaded (they are attached per file by
     /// [`tls::TlsAttacher`]).
     pub tls_loaded: bool,
+    /// `traceparent` injection is active.
+    pub injecting: bool,
+    /// What the kernel offers (logged at start-up).
+    pub features: Features,
+    /// Instructions the verifier processed per program (`None`: the kernel does not report
+    /// them; it does since 5.16).
+    pub verified: Vec<(&'static str, Option<u32>)>,
+}
+
+/// Programs reached by tail calls, in `PROGS` index order (see the kernel's `maps.rs`).
+const TAIL_PROGRAMS: &[&str] = &[
+    "http_server_ctx",
+    "http_client_ctx",
+    "http_scan",
+    "http_server_finish",
+    "http_client_finish",
+];
+
+/// sock_ops on the cgroup v2 root puts established client sockets into `SOCKS`; sk_msg on
+/// `SOCKS` inserts the header. Both stay attached until the agent exits.
+fn attach_injection(
+    ebpf: &mut Ebpf,
+    root: &Path,
+    verified: &mut Vec<(&'static str, Option<u32>)>,
+) -> Result<()> {
+    let socks: SockHash<_, u64> = SockHash::try_from(
+        ebpf.map("SOCKS")
+            .ok_or_else(|| anyhow!("SOCKS map missing"))?,
+    )?;
+    let socks_fd = socks.fd().try_clone()?;
+    let msg: &mut SkMsg = ebpf
+        .program_mut("tracer_sk_msg")
+        .ok_or_else(|| anyhow!("program tracer_sk_msg missing"))?
+        .try_into()?;
+    msg.load()
+        .map_err(|e| describe_load_error("tracer_sk_msg", e))?;
+    verified.push((
+        "tracer_sk_msg",
+        msg.info().ok().and_then(|i| i.verified_instruction_count()),
+    ));
+    msg.attach(&socks_fd).context("attaching sk_msg to SOCKS")?;
+    let ops: &mut SockOps = ebpf
+        .program_mut("tracer_sock_ops")
+        .ok_or_else(|| anyhow!("program tracer_sock_ops missing"))?
+        .try_into()?;
+    ops.load()
+        .map_err(|e| describe_load_error("tracer_sock_ops", e))?;
+    verified.push((
+        "tracer_sock_ops",
+        ops.info().ok().and_then(|i| i.verified_instruction_count()),
+    ));
+    let cgroup = std::fs::File::open(root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    ops.attach(cgroup, CgroupAttachMode::Single)
+        .with_context(|| {
+            format!(
+                "attaching sock_ops to {} (another sock_ops program may own it)",
+                root.display()
+            )
+        })?;
+    Ok(())
 }
 
 impl Capture {
@@ -107,6 +182,10 @@ impl Capture {
             );
         }
         preflight::check()?;
+        let features = opts.features.unwrap_or_else(Features::detect);
+        // One line saying what this kernel has; the agent uses tracepoints whatever else exists.
+        tracing::info!("{}", features.summary(&features::kernel_release()));
+        features.require()?;
         tracing::debug!(rss_kib = rss_kib(), "start-up: before reading BTF");
         let offsets = match opts.offsets {
             Some(off) => off,
@@ -125,15 +204,30 @@ impl Capture {
             sock_state_skaddr_offset: skaddr,
             sock_state_newstate_offset: newstate,
             filter_cgroups: u8::from(!opts.cgroups.is_empty()),
-            _pad: 0,
+            inject: 0,
             wakeup_bytes: 0,
             _pad2: 0,
+            ctx_key: opts.ctx_key,
         };
         let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
         // Wake the agent when an eighth of the ring is used (it drains every DRAIN_INTERVAL
         // anyway): far from full, few wakeups.
+        // Injection needs sock_ops and sk_msg on the cgroup v2 root; without them the agent
+        // still links what it can see (incoming headers, threads, same-node connections).
+        let inject_root = if opts.inject {
+            let root = cgroup::cgroup2_mount();
+            if root.is_none() {
+                tracing::warn!(
+                    "traceparent injection off: cgroup v2 is not mounted (sock_ops needs it)"
+                );
+            }
+            root
+        } else {
+            None
+        };
         let config = Config {
             wakeup_bytes: ring_bytes / 8,
+            inject: u8::from(inject_root.is_some()),
             ..config
         };
         let mut ebpf = EbpfLoader::new()
@@ -148,6 +242,56 @@ impl Capture {
         tracing::debug!(?offsets, rss_kib = rss_kib(), "start-up: maps created");
 
         fill_targets(&mut ebpf, opts)?;
+        let mut hex: aya::maps::Array<_, [u8; 256]> = aya::maps::Array::try_from(
+            ebpf.map_mut("HEX_TABLE")
+                .ok_or_else(|| anyhow!("HEX_TABLE map missing"))?,
+        )?;
+        hex.set(0, tracer_common::propagation::HEX_TABLE, 0)?;
+
+        let mut verified = Vec::new();
+        // Tail-call targets first, so the first events find them.
+        for (index, name) in TAIL_PROGRAMS.iter().enumerate() {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().map_err(|e| describe_load_error(name, e))?;
+            verified.push((
+                *name,
+                prog.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
+            ));
+            let fd = prog.fd()?.try_clone()?;
+            let mut progs = ProgramArray::try_from(
+                ebpf.map_mut("PROGS")
+                    .ok_or_else(|| anyhow!("PROGS map missing"))?,
+            )?;
+            progs.set(index as u32, &fd, 0)?;
+        }
+        let injecting = match &inject_root {
+            Some(root) => match attach_injection(&mut ebpf, root, &mut verified) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "traceparent injection off: {e:#} (spans are still linked from incoming \
+                         headers, threads and same-node connections)"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        if inject_root.is_some() && !injecting {
+            // Nothing would insert the header the kernel decides on: skip the decisions too.
+            let mut progs = ProgramArray::try_from(
+                ebpf.map_mut("PROGS")
+                    .ok_or_else(|| anyhow!("PROGS map missing"))?,
+            )?;
+            for index in 0..TAIL_PROGRAMS.len() as u32 {
+                progs.clear_index(&index)?;
+            }
+        }
 
         let mut attached = Vec::new();
         for (name, category) in TRACEPOINTS {
@@ -156,6 +300,12 @@ impl Capture {
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| describe_load_error(name, e))?;
+            verified.push((
+                *name,
+                prog.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
+            ));
             prog.attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
@@ -175,16 +325,46 @@ impl Capture {
             "attached tracepoints: {}",
             attached.join(" ")
         );
+        if injecting {
+            tracing::info!(
+                "traceparent injection on: sock_ops and sk_msg attached to the cgroup v2 root \
+                 (plaintext HTTP/1.x requests on connections opened from now on)"
+            );
+        } else if !opts.inject {
+            tracing::info!(
+                "traceparent injection off (enable with --inject-traceparent); spans are linked \
+                 from incoming headers, threads and same-node connections"
+            );
+        }
+        tracing::info!("{}", verifier_summary(&verified));
         Ok(Self {
             ebpf,
             attached,
             tls_loaded,
+            injecting,
+            features,
+            verified,
         })
     }
 
     /// The loaded object, for attaching the per-file TLS probes.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Kernel-side injection counters, summed over CPUs.
+    pub fn inject_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let map = self
+            .ebpf
+            .map("INJECT_COUNTS")
+            .ok_or_else(|| anyhow!("INJECT_COUNTS map missing"))?;
+        let counts = PerCpuArray::<_, u64>::try_from(map)?;
+        let mut out = BTreeMap::new();
+        for stat in InjectStat::ALL {
+            let per_cpu = counts.get(&(stat as u32), 0)?;
+            out.insert(stat.name(), per_cpu.iter().sum());
+        }
+        Ok(out)
     }
 
     /// The ring buffer carrying events (can be taken once).
@@ -218,6 +398,37 @@ impl Capture {
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+/// One line with the verifier's work: `verifier: 28 programs, 51234 instructions processed in
+/// total, largest sys_exit_recvmsg=9876; sys_enter_read=120 ...` (the kernel reports the counts
+/// since 5.16).
+pub fn verifier_summary(verified: &[(&str, Option<u32>)]) -> String {
+    let counts: Vec<(&str, u32)> = verified
+        .iter()
+        .filter_map(|(name, n)| n.map(|n| (*name, n)))
+        .collect();
+    if counts.len() < verified.len() {
+        return format!(
+            "verifier: {} programs loaded; this kernel does not report instruction counts (5.16+ does)",
+            verified.len()
+        );
+    }
+    let total: u64 = counts.iter().map(|(_, n)| u64::from(*n)).sum();
+    let (max_name, max) = counts
+        .iter()
+        .copied()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or(("-", 0));
+    let each: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    format!(
+        "verifier: {} programs, {total} instructions processed in total, largest {max_name}={max}; {}",
+        counts.len(),
+        each.join(" ")
+    )
 }
 
 /// Resident memory of the agent in KiB (for start-up diagnostics).

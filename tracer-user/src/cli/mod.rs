@@ -91,6 +91,16 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests that carry no trace
+    /// context (one header line after the request line, naming the CLIENT span), so the next
+    /// service, traced by this agent on another node or instrumented with an OpenTelemetry
+    /// SDK, continues the trace. Off by default: it puts client sockets into a BPF sockmap, and
+    /// the kernel's sockmap receive path can fail a blocking recv with EAGAIN (measured here on
+    /// 6.18; see README). Without it spans are still linked from incoming headers, threads and
+    /// same-node connections.
+    #[arg(long, env = "TRACER_INJECT_TRACEPARENT")]
+    pub inject_traceparent: bool,
+
     /// Also write every raw kernel event to FILE (for replay by `cargo xtask bench` and for
     /// bug reports). The file grows without bound: use for short captures only.
     #[arg(long, value_name = "FILE")]
@@ -122,6 +132,9 @@ impl Cli {
             ports: self.ports.clone(),
             cgroups,
             offsets: None,
+            inject: self.inject_traceparent,
+            ctx_key: 0,
+            features: None,
         })
     }
 

@@ -155,6 +155,8 @@ impl ConnTable {
             ts_exit: ts,
             tid: h.header.tid,
             other_unseen: h.other_position.saturating_sub(other_seen),
+            position: h.position,
+            ctx: h.ctx.injected().then_some(h.ctx),
         };
         let end = h.position + h.total_len as u64;
         // Positions count from when the kernel first saw the connection: a direction's first
@@ -176,6 +178,8 @@ impl ConnTable {
                 let skip = (expected - h.position) as usize;
                 chunk.data = payload.get(skip..).unwrap_or(&[]);
                 chunk.total_len = (end - expected) as u32;
+                chunk.position = expected;
+                chunk.ctx = None;
             }
             _ => {}
         }

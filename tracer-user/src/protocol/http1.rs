@@ -58,7 +58,9 @@
 
 use std::collections::VecDeque;
 
-use super::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
+use super::{
+    Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead, SpanCtx,
+};
 
 /// Bounds on what one connection's parser holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +106,21 @@ struct Meta {
     tid: u32,
     /// See [`Chunk::other_unseen`].
     other_unseen: u64,
+    /// As a message's first meta: the position of the message's first byte, and the kernel's
+    /// injected ids when the message starts exactly where the chunk that carried them did.
+    position: u64,
+    ctx: Option<SpanCtx>,
+}
+
+impl Meta {
+    /// This chunk's meta as the first of a message starting `offset` bytes into it.
+    fn starting_at(self, offset: usize) -> Self {
+        Self {
+            position: self.position + offset as u64,
+            ctx: if offset == 0 { self.ctx } else { None },
+            ..self
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +222,8 @@ struct PendingReq {
     incomplete: bool,
     /// Requests may have been lost (request-side loss of sync) after this one.
     loss_after: bool,
+    head_position: u64,
+    injected: Option<SpanCtx>,
 }
 
 #[derive(Debug)]
@@ -275,18 +294,35 @@ pub struct Http1Conn {
     ready: Vec<HttpExchange>,
     /// Sequence numbers of the requests received (`Ingress`) whose head the last `on_chunk`
     /// parsed: see [`Http1Conn::started`].
-    started: Vec<(u64, u32, u64)>,
+    started: Vec<Started>,
 }
 
-/// A request the traced process received, reported as soon as its head is parsed (its
-/// exchange completes later, with the same [`HttpExchange::seq`], or never).
+/// A request head parsed in [`Http1Conn::on_chunk`] (see [`RequestStart`]).
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    seq: u64,
+    tid: u32,
+    start_ns: u64,
+    head_position: u64,
+    direction: Direction,
+    injected: Option<SpanCtx>,
+}
+
+/// A request the traced process received or sent, reported as soon as its head is parsed
+/// (its exchange completes later, with the same [`HttpExchange::seq`], or never).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestStart<'a> {
     pub seq: u64,
-    /// Thread that read the request's first bytes.
+    /// Thread that read (SERVER) or wrote (CLIENT) the request's first bytes.
     pub tid: u32,
+    /// `Ingress`: received (SERVER side); `Egress`: sent (CLIENT side).
+    pub direction: Direction,
+    /// As [`HttpExchange::injected`] will be.
+    pub injected: Option<SpanCtx>,
     /// As [`HttpExchange::start_ns`] will be.
     pub start_ns: u64,
+    /// As [`HttpExchange::head_position`] will be.
+    pub head_position: u64,
     /// `None` when the request was not kept (over the pending limit, or the connection was
     /// given up while parsing it): it will never complete.
     pub head: Option<&'a RequestHead>,
@@ -580,6 +616,8 @@ impl Http1Conn {
             ts_exit: chunk.ts_exit,
             tid: chunk.tid,
             other_unseen: chunk.other_unseen,
+            position: chunk.position,
+            ctx: chunk.ctx,
         };
         let data = chunk.data;
         let mut p = 0usize;
@@ -620,7 +658,7 @@ impl Http1Conn {
                             self.drop_head(dir, out);
                             break;
                         }
-                        if !self.on_head(dir, &rest[..end], meta, meta, out) {
+                        if !self.on_head(dir, &rest[..end], meta.starting_at(p), meta, out) {
                             break;
                         }
                         p += end;
@@ -633,7 +671,7 @@ impl Http1Conn {
                         st.buf.extend_from_slice(rest);
                         st.st = St::Head;
                         // The message's first byte is in this chunk.
-                        st.first = meta;
+                        st.first = meta.starting_at(p);
                         p = data.len();
                     }
                 }
@@ -772,6 +810,8 @@ impl Http1Conn {
                             tid: r.tid,
                             seq: r.seq,
                             incomplete: r.incomplete,
+                            head_position: r.head_position,
+                            injected: r.injected,
                         });
                     }
                 }
@@ -801,26 +841,36 @@ impl Http1Conn {
         self.upgrades
     }
 
-    /// The requests received (`Ingress`, SERVER side) whose head the last [`Self::on_chunk`]
-    /// parsed, in order. Empty after `on_gap` and `on_close`.
+    /// The requests (received or sent) whose head the last [`Self::on_chunk`] parsed, in
+    /// order. Empty after `on_gap` and `on_close`.
     pub fn started(&self) -> impl Iterator<Item = RequestStart<'_>> {
-        self.started
-            .iter()
-            .map(|&(seq, tid, start_ns)| RequestStart {
+        self.started.iter().map(
+            |&Started {
+                 seq,
+                 tid,
+                 start_ns,
+                 head_position,
+                 direction,
+                 injected,
+             }| RequestStart {
                 seq,
                 tid,
                 start_ns,
+                head_position,
+                direction,
+                injected,
                 head: self.queue.iter().find_map(|s| match s {
                     Slot::Req(r) if r.seq == seq => Some(&r.head),
                     _ => None,
                 }),
-            })
+            },
+        )
     }
 
     /// Approximate heap bytes held (for bounded-memory assertions).
     pub fn memory_bytes(&self) -> usize {
         let mut n = self.dirs.iter().map(|d| d.buf.capacity()).sum::<usize>();
-        n += self.started.capacity() * std::mem::size_of::<(u64, u32, u64)>();
+        n += self.started.capacity() * std::mem::size_of::<Started>();
         n += self.queue.capacity() * std::mem::size_of::<Slot>();
         n += self
             .queue
@@ -1024,6 +1074,8 @@ impl Http1Conn {
             tid: f.req.tid,
             seq: f.req.seq,
             incomplete: f.incomplete || f.req.incomplete,
+            head_position: f.req.head_position,
+            injected: f.req.injected,
         });
     }
 
@@ -1282,9 +1334,14 @@ impl Http1Conn {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if dir == Direction::Ingress {
-            self.started.push((seq, first.tid, start_ns));
-        }
+        self.started.push(Started {
+            seq,
+            tid: first.tid,
+            start_ns,
+            head_position: first.position,
+            direction: dir,
+            injected: first.ctx.filter(|_| dir == Direction::Egress),
+        });
         let pending = PendingReq {
             seq,
             dir,
@@ -1295,6 +1352,8 @@ impl Http1Conn {
             body_size: 0,
             incomplete: false,
             loss_after: false,
+            head_position: first.position,
+            injected: first.ctx.filter(|_| dir == Direction::Egress),
         };
         let cap = self.limits.max_pending_requests.max(1);
         let owner = if self.queue.len() < cap {
@@ -1471,6 +1530,10 @@ mod tests {
         t: u64,
         /// `Chunk::other_unseen` of the next chunks.
         unseen: u64,
+        /// Bytes fed per direction (the next chunk's position).
+        pos: [u64; 2],
+        /// `Chunk::ctx` of the next chunk.
+        ctx: Option<SpanCtx>,
     }
 
     impl T {
@@ -1483,6 +1546,8 @@ mod tests {
                 out: Vec::new(),
                 t: 100,
                 unseen: 0,
+                pos: [0; 2],
+                ctx: None,
             }
         }
         /// Feeds `data` as one chunk; returns its (ts_enter, ts_exit).
@@ -1500,7 +1565,10 @@ mod tests {
                 ts_exit: b,
                 tid,
                 other_unseen: self.unseen,
+                position: self.pos[dir.index()],
+                ctx: self.ctx.take(),
             };
+            self.pos[dir.index()] += u64::from(total);
             self.c.on_chunk(dir, &chunk, &mut self.out);
             (a, b)
         }
@@ -1599,10 +1667,11 @@ mod tests {
         let x = t.take();
         assert_eq!(x.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(x[0].start_ns, exit);
-        // Requests the process sends (client side) are not reported.
+        // Requests the process sends (client side) are reported too, with their direction.
         let mut t = T::new();
         t.feed(EG, b"GET /c HTTP/1.1\r\n\r\n");
-        assert_eq!(t.c.started().count(), 0);
+        let dirs: Vec<_> = t.c.started().map(|s| s.direction).collect();
+        assert_eq!(dirs, vec![EG]);
         // A request over the pending limit is reported without a head (it never completes).
         let mut t = T::with(Limits {
             max_pending_requests: 1,
@@ -2156,6 +2225,8 @@ mod tests {
             ts_exit: 600,
             tid: 1,
             other_unseen: 0,
+            position: 0,
+            ctx: None,
         };
         t.c.on_chunk(EG, &chunk, &mut t.out);
         assert!(t.take().is_empty());
@@ -2400,6 +2471,8 @@ mod tests {
                     ts_exit: ts + 500,
                     tid: 7,
                     other_unseen: 0,
+                    position: w[0] as u64,
+                    ctx: None,
                 };
                 c.on_chunk(dir, &chunk, &mut out);
                 ts += 1000;

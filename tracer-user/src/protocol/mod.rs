@@ -6,7 +6,7 @@
 
 pub mod http1;
 
-pub use tracer_common::Direction;
+pub use tracer_common::{Direction, SpanCtx};
 
 /// One syscall's worth of bytes in one direction, in order.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +26,11 @@ pub struct Chunk<'a> {
     /// has not been given: still in flight, or lost. After a loss, a response is paired with a
     /// request only when no request bytes are unseen.
     pub other_unseen: u64,
+    /// Byte position of `data[0]` in its direction of the connection.
+    pub position: u64,
+    /// Ids the kernel injected into a request starting at `data[0]` (see
+    /// [`tracer_common::propagation`]).
+    pub ctx: Option<SpanCtx>,
 }
 
 /// A header value kept from a message (bounded copies).
@@ -79,6 +84,11 @@ pub struct HttpExchange {
     /// Some bytes of this exchange were not seen (a gap inside a body, or the response's end
     /// inferred from the next request or close rather than from its framing).
     pub incomplete: bool,
+    /// Byte position of the request head's first byte in its direction: names the request
+    /// for the span id derivation the kernel shares ([`tracer_common::propagation::server_ids`]).
+    pub head_position: u64,
+    /// Ids the kernel injected into this request (`traceparent` on the wire, not in `request`).
+    pub injected: Option<SpanCtx>,
 }
 
 /// Per-connection parser statistics the agent reports with its own counters.

@@ -44,6 +44,9 @@ pub enum ParentSource {
     B3,
     /// In-process: the thread that sent a request was serving another one.
     Thread,
+    /// Same node: the CLIENT span that sent this request on this node, found by the
+    /// connection's addresses and the request's byte position.
+    Address,
     /// None: the span starts a new trace.
     None,
 }
@@ -54,6 +57,7 @@ impl ParentSource {
             Self::W3c => "w3c",
             Self::B3 => "b3",
             Self::Thread => "thread",
+            Self::Address => "address",
             Self::None => "none",
         }
     }

@@ -214,6 +214,10 @@ pub fn span_from_exchange(
         attrs.push(("tracer.incomplete", true.into()));
     }
     attrs.push(("tracer.parent.source", ctx.source.as_str().into()));
+    if ex.injected.is_some() {
+        // The request left with a `traceparent` the agent added, naming this span.
+        attrs.push(("tracer.traceparent.injected", true.into()));
+    }
 
     let name = match &route {
         Some(r) => format!("{method_name} {r}"),
@@ -646,6 +650,8 @@ mod tests {
             tid: 7,
             seq: 0,
             incomplete: false,
+            head_position: 0,
+            injected: None,
         }
     }
 

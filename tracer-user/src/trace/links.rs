@@ -42,13 +42,17 @@
 //!
 //! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
 //! not tracked (counted in [`LinkStats::refused_full`]) and their thread is marked multiplexed.
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
 use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
 use super::http_span::{IdGenerator, SpanContext};
 use super::{SpanId, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
+use tracer_common::{SpanCtx, propagation::server_ids};
 
 /// Default bound of open server requests (and of thread states) tracked.
 pub const DEFAULT_CAP: usize = 16384;
@@ -68,6 +72,13 @@ pub struct LinkStats {
     pub ambiguous: u64,
     /// Server requests open now.
     pub open: u64,
+    /// CLIENT spans whose ids the kernel injected into the request.
+    pub injected: u64,
+    /// Of those, spans the kernel gave a parent the in-process view did not confirm (left
+    /// without a parent).
+    pub injected_unlinked: u64,
+    /// SERVER spans linked to a CLIENT span on this node by the connection's addresses.
+    pub address_linked: u64,
 }
 
 /// An open server request.
@@ -81,9 +92,32 @@ struct Open {
     span_id: SpanId,
     flags: u8,
     trace_state: Option<String>,
-    /// The caller's span id from the request's header, if any.
+    /// The caller's span id (from the request's header, or the same-node CLIENT span).
     remote_parent: Option<SpanId>,
+    source: ParentSource,
+    /// Where the request came from: finds the same-node CLIENT span that sent it.
+    addr_key: AddrKey,
+    /// A CLIENT span already took this context as parent: it may no longer change.
+    frozen: bool,
 }
+
+/// (client address, server address, byte position of the request head): the same for both
+/// ends of a connection when both are on this node and were seen from their first byte.
+type AddrKey = (SocketAddr, SocketAddr, u64);
+
+/// A CLIENT request's context as a SERVER span on this node adopts it.
+#[derive(Clone, Debug)]
+struct Caller {
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: u8,
+    trace_state: Option<String>,
+    start_ns: u64,
+}
+
+/// CLIENT requests are remembered by address for this long (a same-node server reads them
+/// within microseconds; this only bounds what is kept for callees on other nodes).
+const CALLER_TTL_NS: u64 = 30_000_000_000;
 
 #[derive(Debug)]
 struct TidState {
@@ -103,6 +137,13 @@ pub struct Links {
     stats: LinkStats,
     /// Open server requests (entries of `conns`).
     open: usize,
+    /// CLIENT contexts decided when their request head was parsed, until their exchange
+    /// completes: (seq, context) per connection.
+    clients: HashMap<u64, VecDeque<(u64, SpanContext)>>,
+    client_count: usize,
+    /// Recent CLIENT requests by address, for same-node SERVER spans (FIFO-bounded).
+    callers: HashMap<AddrKey, Caller>,
+    caller_order: VecDeque<(AddrKey, u64)>,
     scratch: Vec<u64>,
 }
 
@@ -110,13 +151,6 @@ impl Default for Links {
     fn default() -> Self {
         Self::new(DEFAULT_CAP)
     }
-}
-
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl Links {
@@ -138,6 +172,10 @@ impl Links {
             stats: LinkStats::default(),
             open: 0,
             scratch: Vec::new(),
+            clients: HashMap::new(),
+            client_count: 0,
+            callers: HashMap::new(),
+            caller_order: VecDeque::new(),
         }
     }
 
@@ -147,23 +185,27 @@ impl Links {
         s
     }
 
-    /// The context of the SERVER span for request `seq` of connection `conn_id` (a pure function
-    /// of its arguments and the agent's key).
+    /// The key of the id derivation shared with the kernel (it must see the same one).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The context of the SERVER span of the request whose head starts at byte
+    /// `head_position` of connection `conn_id`'s ingress: a pure function of its arguments and
+    /// the agent's key, computed the same way by the kernel when the request arrives (so the
+    /// `traceparent` it injects into the requests this one causes names this span).
     pub fn server_context(
         &self,
         conn_id: u64,
-        seq: u64,
-        start_ns: u64,
+        head_position: u64,
         head: &RequestHead,
     ) -> SpanContext {
-        let seed = mix64(mix64(mix64(self.key ^ conn_id) ^ seq) ^ start_ns);
-        let mut ids = IdGenerator::from_seed(seed);
-        let span_id = ids.span_id();
+        let (trace_id, span_id) = server_ids(self.key, conn_id, head_position);
         let headers = head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         match extract(headers) {
             Extracted::Context(remote) => SpanContext::child_of_remote(remote, span_id),
             other => SpanContext {
-                trace_id: ids.trace_id(),
+                trace_id,
                 span_id,
                 parent_span_id: None,
                 flags: match other {
@@ -176,8 +218,83 @@ impl Links {
         }
     }
 
+    /// A request head was just parsed: received (SERVER) or sent (CLIENT).
+    pub fn on_start(&mut self, conn: &ConnMeta, start: &RequestStart<'_>) {
+        match start.direction {
+            Direction::Ingress => self.on_server_start(conn, start),
+            Direction::Egress => self.on_client_start(conn, start),
+        }
+    }
+
+    /// The CLIENT span's context is decided when its request leaves (the thread's serving
+    /// request is certainly open then), and remembered by address for a same-node callee.
+    fn on_client_start(&mut self, conn: &ConnMeta, start: &RequestStart<'_>) {
+        let Some(head) = start.head else {
+            return;
+        };
+        if self.client_count >= self.cap {
+            self.stats.refused_full += 1;
+            return;
+        }
+        let ctx = self.client_context_of(
+            conn,
+            start.tid,
+            start.start_ns,
+            head,
+            start.injected.as_ref(),
+        );
+        self.remember_caller(
+            (conn.local, conn.remote, start.head_position),
+            Caller {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                flags: ctx.flags,
+                trace_state: ctx.trace_state.clone(),
+                start_ns: start.start_ns,
+            },
+        );
+        self.clients
+            .entry(conn.conn_id)
+            .or_default()
+            .push_back((start.seq, ctx));
+        self.client_count += 1;
+    }
+
+    fn remember_caller(&mut self, key: AddrKey, caller: Caller) {
+        while self.caller_order.len() >= self.cap {
+            if let Some((old, _)) = self.caller_order.pop_front() {
+                self.callers.remove(&old);
+            }
+        }
+        self.caller_order.push_back((key, caller.start_ns));
+        self.callers.insert(key, caller);
+    }
+
+    /// The same-node CLIENT request that sent the request at `key`, if it was seen.
+    fn caller(&self, key: &AddrKey, server_start_ns: u64) -> Option<&Caller> {
+        self.callers
+            .get(key)
+            .filter(|c| c.start_ns <= server_start_ns)
+    }
+
+    /// A SERVER context without a header-given parent becomes the child of its same-node
+    /// caller, when there is one.
+    fn link_by_address(&mut self, ctx: &mut SpanContext, key: &AddrKey, start_ns: u64) {
+        if ctx.source != ParentSource::None {
+            return;
+        }
+        if let Some(c) = self.caller(key, start_ns) {
+            ctx.trace_id = c.trace_id;
+            ctx.parent_span_id = Some(c.span_id);
+            ctx.flags = c.flags;
+            ctx.trace_state = c.trace_state.clone();
+            ctx.source = ParentSource::Address;
+            self.stats.address_linked += 1;
+        }
+    }
+
     /// A request the process received: its head was just parsed.
-    pub fn on_server_start(&mut self, conn: &ConnMeta, start: &RequestStart<'_>) {
+    fn on_server_start(&mut self, conn: &ConnMeta, start: &RequestStart<'_>) {
         let Some(head) = start.head else {
             // It will never complete and its thread may work for it: no link from there.
             self.mark_multiplexed(start.tid, start.start_ns);
@@ -190,7 +307,9 @@ impl Links {
             self.mark_multiplexed(start.tid, start.start_ns);
             return;
         }
-        let ctx = self.server_context(conn.conn_id, start.seq, start.start_ns, head);
+        let addr_key = (conn.remote, conn.local, start.head_position);
+        let mut ctx = self.server_context(conn.conn_id, start.head_position, head);
+        self.link_by_address(&mut ctx, &addr_key, start.start_ns);
         let st = self.tids.entry(start.tid).or_insert(TidState {
             open: 0,
             last: (0, 0),
@@ -213,9 +332,42 @@ impl Links {
             flags: ctx.flags,
             trace_state: ctx.trace_state,
             remote_parent: ctx.parent_span_id,
+            source: ctx.source,
+            addr_key,
+            frozen: false,
         });
         self.open += 1;
         self.stats.tracked += 1;
+    }
+
+    /// An open request not linked yet looks for its same-node caller again (the caller's
+    /// event may have been read after the request's: the ring is ordered by event end).
+    fn resolve_late(&mut self, conn_id: u64, seq: u64) {
+        let Some(o) = self
+            .conns
+            .get(&conn_id)
+            .and_then(|q| q.iter().find(|o| o.seq == seq))
+        else {
+            return;
+        };
+        if o.frozen || o.source != ParentSource::None {
+            return;
+        }
+        let Some(c) = self.caller(&o.addr_key, o.start_ns).cloned() else {
+            return;
+        };
+        if let Some(o) = self
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|q| q.iter_mut().find(|o| o.seq == seq))
+        {
+            o.trace_id = c.trace_id;
+            o.remote_parent = Some(c.span_id);
+            o.flags = c.flags;
+            o.trace_state = c.trace_state;
+            o.source = ParentSource::Address;
+            self.stats.address_linked += 1;
+        }
     }
 
     fn mark_multiplexed(&mut self, tid: u32, now_ns: u64) {
@@ -268,13 +420,21 @@ impl Links {
                 Self::release(&mut self.tids, &mut self.open, o);
             }
         }
+        if let Some(q) = self.clients.remove(&conn_id) {
+            self.client_count -= q.len();
+        }
     }
 
     /// Periodic clean-up: forgets connections `alive` denies, and idle multiplexed threads.
     pub fn tick(&mut self, now_ns: u64, alive: impl Fn(u64) -> bool) {
         self.scratch.clear();
-        self.scratch
-            .extend(self.conns.keys().copied().filter(|id| !alive(*id)));
+        self.scratch.extend(
+            self.conns
+                .keys()
+                .chain(self.clients.keys())
+                .copied()
+                .filter(|id| !alive(*id)),
+        );
         let mut gone = std::mem::take(&mut self.scratch);
         for id in gone.drain(..) {
             self.on_conn_gone(id);
@@ -282,6 +442,15 @@ impl Links {
         self.scratch = gone;
         self.tids
             .retain(|_, st| st.open > 0 || now_ns.saturating_sub(st.last_ns) < MULTIPLEXED_TTL_NS);
+        while let Some(&(key, at)) = self.caller_order.front() {
+            if now_ns.saturating_sub(at) < CALLER_TTL_NS {
+                break;
+            }
+            self.caller_order.pop_front();
+            if self.callers.get(&key).is_some_and(|c| c.start_ns == at) {
+                self.callers.remove(&key);
+            }
+        }
     }
 
     /// The open server request thread `tid` of `pid` is serving, when it serves exactly one,
@@ -293,11 +462,16 @@ impl Links {
             return None;
         }
         let (conn_id, seq) = st.last;
-        self.conns
-            .get(&conn_id)?
-            .iter()
+        self.resolve_late(conn_id, seq);
+        let o = self
+            .conns
+            .get_mut(&conn_id)?
+            .iter_mut()
             .find(|o| o.seq == seq)
-            .filter(|o| o.tid == tid && o.pid == pid && o.start_ns <= start_ns)
+            .filter(|o| o.tid == tid && o.pid == pid && o.start_ns <= start_ns)?;
+        // A child names this context now: it must not change any more.
+        o.frozen = true;
+        Some(o)
     }
 
     /// The context of the span for a finished exchange. For a SERVER exchange this also ends
@@ -305,23 +479,123 @@ impl Links {
     pub fn context_for(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
         match ex.request_direction {
             Direction::Ingress => {
-                let ctx = self.server_context(conn.conn_id, ex.seq, ex.start_ns, &ex.request);
+                // The context its children took, when the request was tracked from its head.
+                self.resolve_late(conn.conn_id, ex.seq);
+                let open = self
+                    .conns
+                    .get(&conn.conn_id)
+                    .and_then(|q| q.iter().find(|o| o.seq == ex.seq));
+                let ctx = match open {
+                    Some(o) => SpanContext {
+                        trace_id: o.trace_id,
+                        span_id: o.span_id,
+                        parent_span_id: o.remote_parent,
+                        flags: o.flags,
+                        trace_state: o.trace_state.clone(),
+                        source: o.source,
+                    },
+                    None => {
+                        let mut ctx =
+                            self.server_context(conn.conn_id, ex.head_position, &ex.request);
+                        let key = (conn.remote, conn.local, ex.head_position);
+                        self.link_by_address(&mut ctx, &key, ex.start_ns);
+                        ctx
+                    }
+                };
                 self.on_server_done(conn.conn_id, ex.seq);
                 ctx
             }
-            Direction::Egress => self.client_context(conn, ex),
+            Direction::Egress => {
+                let decided = self.clients.get_mut(&conn.conn_id).and_then(|q| {
+                    let i = q.iter().position(|(seq, _)| *seq == ex.seq)?;
+                    q.remove(i).map(|(_, ctx)| ctx)
+                });
+                match decided {
+                    Some(ctx) => {
+                        self.client_count -= 1;
+                        if self
+                            .clients
+                            .get(&conn.conn_id)
+                            .is_some_and(VecDeque::is_empty)
+                        {
+                            self.clients.remove(&conn.conn_id);
+                        }
+                        ctx
+                    }
+                    None => self.client_context_of(
+                        conn,
+                        ex.tid,
+                        ex.start_ns,
+                        &ex.request,
+                        ex.injected.as_ref(),
+                    ),
+                }
+            }
         }
     }
 
-    fn client_context(&mut self, conn: &ConnMeta, ex: &HttpExchange) -> SpanContext {
-        let headers = ex
-            .request
+    /// A request the kernel injected `traceparent` into: the callee names these ids, so the
+    /// CLIENT span takes them as they are. Its parent is the SERVER span the kernel saw the
+    /// thread serving, when the in-process view agrees (same span, same trace); otherwise the
+    /// span has no parent (in the injected trace), never a guessed one.
+    fn injected_context(
+        &mut self,
+        conn: &ConnMeta,
+        tid: u32,
+        start_ns: u64,
+        injected: &SpanCtx,
+    ) -> SpanContext {
+        self.stats.injected += 1;
+        let kernel_parent = (injected.parent_id != [0; 8]).then_some(injected.parent_id);
+        let serving = self
+            .serving(conn.pid, tid, start_ns)
+            .map(|o| (o.trace_id, o.span_id, o.trace_state.clone()));
+        let (parent, trace_state) = match (kernel_parent, serving) {
+            (Some(p), Some((trace, span, state))) if p == span && trace == injected.trace_id => {
+                (Some(p), state)
+            }
+            (None, _) => (None, None),
+            _ => {
+                self.stats.injected_unlinked += 1;
+                (None, None)
+            }
+        };
+        if parent.is_some() {
+            self.stats.linked += 1;
+        }
+        SpanContext {
+            trace_id: injected.trace_id,
+            span_id: injected.span_id,
+            parent_span_id: parent,
+            flags: injected.flags,
+            trace_state,
+            source: if parent.is_some() {
+                ParentSource::Thread
+            } else {
+                ParentSource::None
+            },
+        }
+    }
+
+    /// The context of a CLIENT span (see the module docs).
+    fn client_context_of(
+        &mut self,
+        conn: &ConnMeta,
+        tid: u32,
+        start_ns: u64,
+        request: &RequestHead,
+        injected: Option<&SpanCtx>,
+    ) -> SpanContext {
+        if let Some(injected) = injected {
+            return self.injected_context(conn, tid, start_ns, injected);
+        }
+        let headers = request
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
         let outgoing = extract(headers);
         // The server span this thread is serving: (trace, span, flags, remote parent, state).
-        let serving = self.serving(conn.pid, ex.tid, ex.start_ns).map(|o| {
+        let serving = self.serving(conn.pid, tid, start_ns).map(|o| {
             (
                 o.trace_id,
                 o.span_id,

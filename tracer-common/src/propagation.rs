@@ -1,0 +1,322 @@
+//! Trace context that both sides must agree on, bit for bit.
+//!
+//! The kernel decides the ids of an outgoing request at send time (it injects them into the
+//! request with `traceparent`), long before the agent has parsed anything. So:
+//! - a SERVER span's ids are *derived* from (agent key, connection id, byte position of the
+//!   request head) by [`server_ids`]: the kernel computes them when it sees the request
+//!   arrive, the agent when it parses the head, and both get the same ids without talking;
+//! - the ids of an injected CLIENT request travel with its data event ([`SpanCtx`]).
+//!
+//! Everything here is `no_std`, allocation-free and bounded, for the kernel programs.
+
+/// Ids of a span the kernel chose, carried by a data event ([`crate::DataHeader::ctx`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpanCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: a root span (the sending thread was not serving a request the kernel knew).
+    pub parent_id: [u8; 8],
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+    /// A [`CtxState`].
+    pub state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// What [`SpanCtx`] in a data event means.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtxState {
+    /// No kernel-chosen ids for this call.
+    None = 0,
+    /// The call's bytes start a request into which the kernel inserted `traceparent` with
+    /// these ids (the captured bytes are what the application wrote, without the header).
+    Injected = 1,
+}
+
+impl SpanCtx {
+    pub fn injected(&self) -> bool {
+        self.state == CtxState::Injected as u8
+    }
+}
+
+/// Bytes of the header line the kernel inserts:
+/// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`.
+pub const TRACEPARENT_LINE_LEN: usize = 70;
+/// Length of a version-00 `traceparent` value.
+pub const TRACEPARENT_VALUE_LEN: usize = 55;
+
+/// SplitMix64's finaliser: a cheap, well-mixed 64-bit hash step.
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Trace id and span id of the SERVER span of the request whose head starts at byte
+/// `head_position` of connection `conn_id`'s ingress stream. The trace id is used only when
+/// the request carries no valid trace context. Never all zero.
+#[inline(always)]
+pub fn server_ids(key: u64, conn_id: u64, head_position: u64) -> ([u8; 16], [u8; 8]) {
+    let seed = mix64(mix64(key ^ conn_id) ^ head_position);
+    let span = mix64(seed ^ 0x5350_414E) | 1;
+    let hi = mix64(seed ^ 0x5452_4143_4531);
+    let lo = mix64(seed ^ 0x5452_4143_4532) | 1;
+    let mut trace = [0u8; 16];
+    trace[..8].copy_from_slice(&hi.to_be_bytes());
+    trace[8..].copy_from_slice(&lo.to_be_bytes());
+    (trace, span.to_be_bytes())
+}
+
+/// Value of a lower-case hex digit (the only form W3C allows).
+#[inline(always)]
+pub const fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn hex_digit(v: u8) -> u8 {
+    let v = v & 0xf;
+    if v < 10 { b'0' + v } else { b'a' + v - 10 }
+}
+
+/// Lower-case hex digits to their value; every other byte to 0x10. A table rather than
+/// comparisons: the kernel's verifier walks every branch, and this runs 50 times per header.
+/// The kernel programs read it from a map the agent fills (`HEX_TABLE` there).
+pub const HEX_TABLE: [u8; 256] = {
+    let mut t = [0x10u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        if let Some(v) = hex_value(c as u8) {
+            t[c] = v;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Value of a lower-case hex digit and, separately, 1 when `c` is not one.
+#[inline(always)]
+fn nibble(table: &[u8; 256], c: u8) -> (u8, u8) {
+    let v = table[c as usize];
+    (v & 0xf, v >> 4)
+}
+
+/// Parses a version-00 `traceparent` value (exactly 55 bytes, already cut at the header's end):
+/// `(trace id, parent span id, flags)`, or `None` if anything is off (then nothing of it is
+/// trusted). Zero ids are invalid.
+#[inline(always)]
+pub fn parse_traceparent(v: &[u8; TRACEPARENT_VALUE_LEN]) -> Option<([u8; 16], [u8; 8], u8)> {
+    parse_traceparent_with(&HEX_TABLE, |i| v[i])
+}
+
+/// [`parse_traceparent`] reading byte `i` of the value through `v` (the kernel reads straight
+/// from its buffer), with the hex table passed in (the kernel's lives in a map).
+#[inline(always)]
+pub fn parse_traceparent_with(
+    table: &[u8; 256],
+    v: impl Fn(usize) -> u8,
+) -> Option<([u8; 16], [u8; 8], u8)> {
+    let mut bad = (v(0) ^ b'0') | (v(1) ^ b'0') | (v(2) ^ b'-') | (v(35) ^ b'-') | (v(52) ^ b'-');
+    let mut trace = [0u8; 16];
+    let mut span = [0u8; 8];
+    let mut any_trace = 0u8;
+    let mut any_span = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        let (hi, bh) = nibble(table, v(3 + 2 * i));
+        let (lo, bl) = nibble(table, v(4 + 2 * i));
+        trace[i] = (hi << 4) | lo;
+        any_trace |= trace[i];
+        bad |= bh | bl;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 8 {
+        let (hi, bh) = nibble(table, v(36 + 2 * i));
+        let (lo, bl) = nibble(table, v(37 + 2 * i));
+        span[i] = (hi << 4) | lo;
+        any_span |= span[i];
+        bad |= bh | bl;
+        i += 1;
+    }
+    let (hi, bh) = nibble(table, v(53));
+    let (lo, bl) = nibble(table, v(54));
+    bad |= bh | bl;
+    if bad != 0 || any_trace == 0 || any_span == 0 {
+        return None;
+    }
+    Some((trace, span, (hi << 4) | lo))
+}
+
+/// The header line the kernel inserts, `traceparent: 00-…-…-…\r\n`.
+#[inline(always)]
+pub fn traceparent_line(ctx: &SpanCtx, out: &mut [u8; TRACEPARENT_LINE_LEN]) {
+    const PREFIX: &[u8; 16] = b"traceparent: 00-";
+    let mut i = 0;
+    while i < 16 {
+        out[i] = PREFIX[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 16 {
+        out[16 + 2 * i] = hex_digit(ctx.trace_id[i] >> 4);
+        out[17 + 2 * i] = hex_digit(ctx.trace_id[i]);
+        i += 1;
+    }
+    out[48] = b'-';
+    let mut i = 0;
+    while i < 8 {
+        out[49 + 2 * i] = hex_digit(ctx.span_id[i] >> 4);
+        out[50 + 2 * i] = hex_digit(ctx.span_id[i]);
+        i += 1;
+    }
+    out[65] = b'-';
+    out[66] = hex_digit(ctx.flags >> 4);
+    out[67] = hex_digit(ctx.flags);
+    out[68] = b'\r';
+    out[69] = b'\n';
+}
+
+/// Counters of the kernel's injection decisions (per-CPU array `INJECT_STATS`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectStat {
+    /// A `traceparent` was inserted.
+    Injected = 0,
+    /// The request already carried trace context (W3C or B3): left alone, adopted instead.
+    HasContext = 1,
+    /// The request head did not end within the bytes examined (or the first write held only
+    /// part of it): left alone rather than risk a second header.
+    HeadIncomplete = 2,
+    /// An earlier request on the connection is still waiting for its response (pipelining, or
+    /// body bytes that look like a request): left alone.
+    Pipelined = 3,
+    /// The kernel refused to grow the message (memory), or its bytes were not as expected.
+    Failed = 4,
+    /// Server requests whose context the kernel recorded for their thread.
+    ServerRequests = 5,
+}
+
+pub const INJECT_STATS: usize = 6;
+
+impl InjectStat {
+    pub const ALL: [InjectStat; INJECT_STATS] = [
+        Self::Injected,
+        Self::HasContext,
+        Self::HeadIncomplete,
+        Self::Pipelined,
+        Self::Failed,
+        Self::ServerRequests,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Injected => "inject_done",
+            Self::HasContext => "inject_skipped_has_context",
+            Self::HeadIncomplete => "inject_skipped_head_incomplete",
+            Self::Pipelined => "inject_skipped_pipelined",
+            Self::Failed => "inject_failed",
+            Self::ServerRequests => "server_requests_seen_by_kernel",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::SpanCtx {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &str) -> [u8; TRACEPARENT_VALUE_LEN] {
+        s.as_bytes().try_into().unwrap()
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let (t, s, f) = parse_traceparent(&value(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ))
+        .unwrap();
+        assert_eq!(t[0], 0x4b);
+        assert_eq!(t[15], 0x36);
+        assert_eq!(s, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(f, 1);
+    }
+
+    #[test]
+    fn nibbles_match_the_obvious_definition() {
+        for c in 0..=255u8 {
+            let (v, bad) = nibble(&HEX_TABLE, c);
+            match hex_value(c) {
+                Some(x) => assert_eq!((v, bad), (x, 0), "{c}"),
+                None => assert_eq!(bad, 1, "{c}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_what_the_spec_rejects() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        ] {
+            assert_eq!(parse_traceparent(&value(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn line_round_trips_through_the_parser() {
+        let ctx = SpanCtx {
+            trace_id: *b"\x01\x23\x45\x67\x89\xab\xcd\xef\xfe\xdc\xba\x98\x76\x54\x32\x10",
+            span_id: [0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3],
+            flags: 1,
+            ..Default::default()
+        };
+        let mut line = [0u8; TRACEPARENT_LINE_LEN];
+        traceparent_line(&ctx, &mut line);
+        let text = core::str::from_utf8(&line).unwrap();
+        assert_eq!(
+            text,
+            "traceparent: 00-0123456789abcdeffedcba9876543210-deadbeef00010203-01\r\n"
+        );
+        let v: [u8; TRACEPARENT_VALUE_LEN] = line[13..68].try_into().unwrap();
+        assert_eq!(parse_traceparent(&v), Some((ctx.trace_id, ctx.span_id, 1)));
+    }
+
+    #[test]
+    fn server_ids_are_stable_distinct_and_never_zero() {
+        let a = server_ids(7, 1, 0);
+        assert_eq!(a, server_ids(7, 1, 0));
+        assert_ne!(a, server_ids(7, 1, 100));
+        assert_ne!(a, server_ids(7, 2, 0));
+        assert_ne!(a, server_ids(8, 1, 0));
+        for p in 0..1000 {
+            let (t, s) = server_ids(0, 0, p);
+            assert_ne!(t, [0; 16]);
+            assert_ne!(s, [0; 8]);
+        }
+    }
+
+    #[test]
+    fn stats_index_their_array() {
+        for (i, s) in InjectStat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Trace context in the kernel: which request a thread is serving, and the `traceparent`
+//! inserted into the requests it sends.
+//!
+//! - A request arriving on a server connection (its first bytes are a request line) makes its
+//!   thread "serving": the kernel records the request's trace (from a valid incoming
+//!   `traceparent`, else derived) and its SERVER span id, both derived exactly as the agent
+//!   will derive them ([`tracer_common::propagation::server_ids`]).
+//! - A request written on a client connection gets a fresh CLIENT span id, in the serving
+//!   request's trace (or a new one), decided at syscall entry; the sk_msg program, which runs
+//!   inside that same syscall, inserts the header after the request line. The data event of
+//!   the call reports the ids, so the agent's CLIENT span is the one the callee names.
+//!
+//! Only requests whose whole head is in the call's first buffer (and within [`SCAN_MAX`]
+//! bytes) are touched, never one that already carries W3C or B3 context, and never a write
+//! on a connection whose previous injected request has not been answered (pipelining, or a
+//! body that happens to start like a request).
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_msg_pull_data,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
+    },
+    macros::{sk_msg, sock_ops, tracepoint},
+    programs::{SkMsgContext, SockOpsContext, TracePointContext},
+};
+use tracer_common::{
+    ConnState, CtxState, InjectStat, Protocol, Role, SpanCtx,
+    propagation::{
+        TRACEPARENT_LINE_LEN, TRACEPARENT_VALUE_LEN, parse_traceparent_with, server_ids,
+        traceparent_line,
+    },
+};
+
+use crate::maps::{
+    CONNS, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROG_CLIENT_CTX, PROG_CLIENT_FINISH,
+    PROG_SCAN, PROG_SERVER_CTX, PROG_SERVER_FINISH, PROGS, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH,
+    SOCKS, ScanBuf, TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING,
+    ThreadCtx, config, count_inject,
+};
+
+const MASK: usize = SCAN_MAX - 1;
+
+/// Reads byte `i` (masked into the buffer) of a scan source.
+#[inline(always)]
+fn at(buf: *const u8, i: usize) -> u8 {
+    // SAFETY: callers pass buffers of at least 2 × SCAN_MAX bytes; the index is masked.
+    unsafe { *buf.add(i & MASK) }
+}
+
+/// Whether the bytes start with a request line: `TOKEN SP` then `/`, `*` or an absolute URI.
+#[inline(always)]
+fn starts_request(buf: *const u8, n: usize) -> bool {
+    if n < 16 {
+        return false;
+    }
+    let mut i = 0;
+    while i < 8 {
+        let c = at(buf, i);
+        if c == b' ' {
+            let t = at(buf, i + 1);
+            return i >= 3 && (t == b'/' || t == b'*' || t == b'h');
+        }
+        if !c.is_ascii_uppercase() {
+            return false;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Little-endian u64 of 8 bytes at `i` (masked into the buffer; unaligned loads are fine on
+/// map memory).
+#[inline(always)]
+fn at64(buf: *const u8, i: usize) -> u64 {
+    // SAFETY: as `at`, 8 bytes past a masked index stay inside the 2 × SCAN_MAX buffer.
+    unsafe { core::ptr::read_unaligned(buf.add(i & MASK) as *const u64) }
+}
+
+#[inline(always)]
+fn at16(buf: *const u8, i: usize) -> u16 {
+    // SAFETY: as `at64`.
+    unsafe { core::ptr::read_unaligned(buf.add(i & MASK) as *const u16) }
+}
+
+const fn le(name: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut k = 0;
+    while k < name.len() && k < 8 {
+        v |= (name[k] as u64) << (8 * k);
+        k += 1;
+    }
+    v
+}
+
+/// Every byte of the header names looked for has bit 0x20 set: OR-ing it in lower-cases.
+const LOWER: u64 = 0x2020_2020_2020_2020;
+const TRACEPAR: u64 = le(b"tracepar");
+const ENT_COLON: u64 = le(b"ent:");
+const B3_COLON: u64 = le(b"b3:");
+const X_B3_DASH: u64 = le(b"x-b3-");
+const CRLF: u16 = u16::from_le_bytes(*b"\r\n");
+
+/// One run of the scan: looks at up to [`SCAN_CHUNK`] bytes from the cursor for the end of
+/// the request line, the end of the head, and `traceparent`/B3 header names. Returns whether
+/// the scan is over (head end found, or no more bytes).
+#[inline(always)]
+fn scan_chunk(res: *mut ScanBuf) -> bool {
+    // SAFETY: `res` is this CPU's SCAN value.
+    unsafe {
+        let buf = (*res).data.as_ptr();
+        let n = (*res).len as usize;
+        let n = if n > SCAN_MAX { SCAN_MAX } else { n };
+        let start = (*res).cursor as usize & MASK;
+        let mut j = 0usize;
+        while j < SCAN_CHUNK {
+            let i = start + j;
+            if i + 4 > n {
+                return true;
+            }
+            if at16(buf, i) == CRLF {
+                let s = i + 2;
+                if at16(buf, s) == CRLF {
+                    (*res).head_end = (s + 2) as u32;
+                    return true;
+                }
+                let w = at64(buf, s) | LOWER;
+                let x = at64(buf, s + 8) | LOWER;
+                if (*res).line_end == 0 {
+                    (*res).line_end = s as u32;
+                }
+                if w == TRACEPAR && (x & 0xffff_ffff) == ENT_COLON && s + 12 <= n {
+                    (*res).traceparent_at = (s + 12) as u32;
+                }
+                if (w & 0xff_ffff) == B3_COLON || (w & 0xff_ffff_ffff) == X_B3_DASH {
+                    (*res).foreign = 1;
+                }
+            }
+            j += 1;
+        }
+        let next = start + SCAN_CHUNK;
+        (*res).cursor = next as u32;
+        next + 4 > n
+    }
+}
+
+/// Chained by tail calls: scans a chunk, then itself again or the finishing program.
+#[tracepoint]
+pub fn http_scan(ctx: TracePointContext) -> u32 {
+    let Some(res) = SCAN.get_ptr_mut(0) else {
+        return 0;
+    };
+    let done = scan_chunk(res);
+    // SAFETY: this CPU's value.
+    let next = if done {
+        unsafe { (*res).finish }
+    } else {
+        PROG_SCAN
+    };
+    unsafe { PROGS.tail_call(&ctx, next) };
+    0
+}
+
+/// Starts a scan of `SCAN.data[..len]` (already filled) that ends in program `finish`.
+#[inline(always)]
+fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u32) {
+    // SAFETY: this CPU's value.
+    unsafe {
+        (*res).len = len as u32;
+        (*res).cursor = 0;
+        (*res).line_end = 0;
+        (*res).head_end = 0;
+        (*res).traceparent_at = 0;
+        (*res).foreign = 0;
+        (*res).finish = finish;
+        PROGS.tail_call(ctx, PROG_SCAN);
+    }
+}
+
+/// The incoming `traceparent` at `value_at` (after the colon), when valid.
+#[inline(always)]
+fn incoming_traceparent(
+    buf: *const u8,
+    n: usize,
+    value_at: usize,
+) -> Option<([u8; 16], [u8; 8], u8)> {
+    let mut v = value_at;
+    let mut k = 0;
+    while k < 4 && v < n && at(buf, v) == b' ' {
+        v += 1;
+        k += 1;
+    }
+    if v + TRACEPARENT_VALUE_LEN + 1 > n {
+        return None;
+    }
+    let end = at(buf, v + TRACEPARENT_VALUE_LEN);
+    if end != b'\r' && end != b' ' && end != b'\t' {
+        return None;
+    }
+    let table = HEX_TABLE.get(0)?;
+    parse_traceparent_with(table, |k| at(buf, v + k))
+}
+
+/// Tail call target of the ingress exits: the data event just emitted (still in this CPU's
+/// SCRATCH) came in on a server connection. If it starts a request, scan its head.
+#[tracepoint]
+pub fn http_server_ctx(ctx: TracePointContext) -> u32 {
+    let (Some(scratch), Some(res)) = (SCRATCH.get_ptr_mut(0), SCAN.get_ptr_mut(0)) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's values, filled by the program that tail-called us.
+    unsafe {
+        let h = &(*scratch).header;
+        if h.header.pid != (pid_tgid >> 32) as u32 || h.header.tid != pid_tgid as u32 {
+            return 0;
+        }
+        let n = h.captured_len as usize;
+        let n = if n > SCAN_MAX { SCAN_MAX } else { n };
+        if !starts_request((*scratch).data.as_ptr(), n) {
+            return 0;
+        }
+        if bpf_probe_read_kernel_buf((*scratch).data.as_ptr(), &mut (&mut (*res).data)[..n])
+            .is_err()
+        {
+            return 0;
+        }
+        (*res).pid_tgid = pid_tgid;
+        (*res).conn_id = h.conn_id;
+        (*res).position = h.position;
+        start_scan(&ctx, res, n, PROG_SERVER_FINISH);
+    }
+    0
+}
+
+/// End of a server request's scan: its thread now serves it, in the trace of its valid
+/// `traceparent` or in the derived one.
+#[tracepoint]
+pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
+    let Some(res) = SCAN.get_ptr_mut(0) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's value, filled by the chain that tail-called us.
+    let (conn_id, position, n, tp_at, foreign) = unsafe {
+        if (*res).pid_tgid != pid_tgid {
+            return 0;
+        }
+        (
+            (*res).conn_id,
+            (*res).position,
+            (*res).len as usize,
+            (*res).traceparent_at,
+            (*res).foreign,
+        )
+    };
+    let data = unsafe { (*res).data.as_ptr() };
+    let (mut trace_id, span_id) = server_ids(config().ctx_key, conn_id, position);
+    let mut flags = 1u8;
+    let mut adopted = false;
+    if tp_at != 0
+        && let Some((t, _, f)) = incoming_traceparent(data, n, tp_at as usize)
+    {
+        trace_id = t;
+        flags = f;
+        adopted = true;
+    }
+    let mut multiplexed = 0;
+    if let Some(prev) = unsafe { THREAD_CTX.get(pid_tgid) } {
+        multiplexed = prev.multiplexed;
+        if prev.state == THREAD_SERVING && prev.conn_id != conn_id {
+            multiplexed = 1;
+        }
+    }
+    let state = if foreign != 0 && !adopted {
+        THREAD_FOREIGN
+    } else {
+        THREAD_SERVING
+    };
+    let t = ThreadCtx {
+        trace_id,
+        span_id,
+        conn_id,
+        flags,
+        state,
+        multiplexed,
+        _pad: [0; 5],
+    };
+    let _ = THREAD_CTX.insert(pid_tgid, t, 0);
+    count_inject(InjectStat::ServerRequests);
+    0
+}
+
+/// After an ingress call's event: record the request it may start (separate program).
+#[inline(always)]
+pub fn after_ingress(ctx: &TracePointContext, conn: *const ConnState) {
+    // SAFETY: CONNS value, valid during this run.
+    let (role, protocol) = unsafe { ((*conn).role, (*conn).protocol) };
+    if config().inject != 0 && role == Role::Server as u8 && protocol == Protocol::Http1 as u8 {
+        unsafe { PROGS.tail_call(ctx, PROG_SERVER_CTX) };
+    }
+}
+
+/// At the entry of a write on a tracked connection. Server side: the thread's response
+/// starts. Client side: maybe a request to inject into; the decision is a chain of separate
+/// programs (tail calls: on success they do not return here).
+#[inline(always)]
+pub fn before_egress(ctx: &TracePointContext, pid_tgid: u64, conn: &ConnState) {
+    if config().inject == 0 {
+        return;
+    }
+    if conn.role == Role::Server as u8 {
+        if let Some(t) = THREAD_CTX.get_ptr_mut(pid_tgid) {
+            // SAFETY: map value of this thread.
+            unsafe {
+                if (*t).conn_id == conn.conn_id && (*t).state == THREAD_SERVING {
+                    (*t).state = THREAD_RESPONDED;
+                }
+            }
+        }
+        return;
+    }
+    let p = conn.protocol;
+    if conn.role == Role::Client as u8
+        && (p == Protocol::Unknown as u8 || p == Protocol::Http1 as u8)
+    {
+        unsafe { PROGS.tail_call(ctx, PROG_CLIENT_CTX) };
+    }
+}
+
+#[inline(always)]
+fn random_bytes<const N: usize>(out: &mut [u8; N]) {
+    let mut i = 0;
+    while i + 4 <= N {
+        let r = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
+        out[i] = r[0];
+        out[i + 1] = r[1];
+        out[i + 2] = r[2];
+        out[i + 3] = r[3];
+        i += 4;
+    }
+    out[0] |= 1;
+}
+
+/// Tail call target of the egress entries on client connections: if the call's first
+/// buffer starts a request, scan its head (the decision is `http_client_finish`).
+#[tracepoint]
+pub fn http_client_ctx(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (Some(inflight), Some(res)) = (INFLIGHT.get_ptr_mut(pid_tgid), SCAN.get_ptr_mut(0)) else {
+        return 0;
+    };
+    // SAFETY: this thread's in-flight entry and this CPU's scan buffer.
+    unsafe {
+        let len = (*inflight).scan_len as usize;
+        let n = if len > SCAN_MAX { SCAN_MAX } else { len };
+        if n < 16 {
+            return 0;
+        }
+        let src = (*inflight).scan_src;
+        if bpf_probe_read_user_buf(src as *const u8, &mut (&mut (*res).data)[..n]).is_err() {
+            return 0;
+        }
+        if !starts_request((*res).data.as_ptr(), n) {
+            return 0;
+        }
+        if let Some(conn) = CONNS.get((*inflight).sk)
+            && conn.awaiting_response != 0
+        {
+            count_inject(InjectStat::Pipelined);
+            return 0;
+        }
+        (*res).pid_tgid = pid_tgid;
+        start_scan(&ctx, res, n, PROG_CLIENT_FINISH);
+    }
+    0
+}
+
+/// End of an outgoing request's scan: whether (and with which ids) the sk_msg program
+/// inserts `traceparent` into this call's bytes.
+#[tracepoint]
+pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (Some(inflight), Some(res)) = (INFLIGHT.get_ptr_mut(pid_tgid), SCAN.get_ptr_mut(0)) else {
+        return 0;
+    };
+    // SAFETY: this thread's in-flight entry and this CPU's scan buffer.
+    unsafe {
+        if (*res).pid_tgid != pid_tgid {
+            return 0;
+        }
+        if (*res).traceparent_at != 0 || (*res).foreign != 0 {
+            count_inject(InjectStat::HasContext);
+            return 0;
+        }
+        let line_end = (*res).line_end;
+        if (*res).head_end == 0 || line_end < 16 || line_end > (*res).len {
+            count_inject(InjectStat::HeadIncomplete);
+            return 0;
+        }
+        let mut ctx = SpanCtx {
+            flags: 1,
+            state: CtxState::Injected as u8,
+            ..SpanCtx::default()
+        };
+        random_bytes(&mut ctx.span_id);
+        match THREAD_CTX.get(pid_tgid) {
+            Some(t) if t.state == THREAD_FOREIGN => {
+                count_inject(InjectStat::HasContext);
+                return 0;
+            }
+            Some(t) if t.state == THREAD_SERVING && t.multiplexed == 0 => {
+                ctx.trace_id = t.trace_id;
+                ctx.parent_id = t.span_id;
+                ctx.flags = t.flags;
+            }
+            _ => random_bytes(&mut ctx.trace_id),
+        }
+        (*inflight).ctx = ctx;
+        (*inflight).inject_at = line_end as u16;
+        (*inflight).inject_state = INJECT_PENDING;
+    }
+    0
+}
+
+/// Established client connections join `SOCKS`, so the sk_msg program sees what they send.
+#[sock_ops]
+pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 0;
+    }
+    if config().filter_ports != 0 {
+        let remote = (u32::from_be(ctx.remote_port()) & 0xffff) as u16;
+        let local = ctx.local_port() as u16;
+        if unsafe { TARGET_PORTS.get(remote) }.is_none()
+            && unsafe { TARGET_PORTS.get(local) }.is_none()
+        {
+            return 0;
+        }
+    }
+    let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    let _ = SOCKS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);
+    0
+}
+
+/// Runs inside the sender's send call: inserts the header the entry program decided on, once
+/// per call (later verdicts of the same call, for the rest of a large write, pass untouched).
+#[sk_msg]
+pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(inflight) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+        return SK_PASS;
+    };
+    // SAFETY: this thread's entry; `msg` is the program's context.
+    unsafe {
+        if (*inflight).inject_state != INJECT_PENDING {
+            return SK_PASS;
+        }
+        let msg = ctx.msg;
+        let remote = u16::from_be(((*msg).remote_port >> 16) as u16);
+        let local = (*msg).local_port as u16;
+        if remote != (*inflight).remote_port || local != (*inflight).local_port {
+            return SK_PASS;
+        }
+        // Decided once: whatever happens below, the rest of the call passes untouched.
+        (*inflight).inject_state = 0;
+        let at = (*inflight).inject_at as u32;
+        if at < 16 || at > ctx.size() || at as usize > SCAN_MAX {
+            count_inject(InjectStat::Failed);
+            return SK_PASS;
+        }
+        // The bytes before the insertion point must be the request line's CRLF.
+        if bpf_msg_pull_data(msg, at - 2, at, 0) != 0 {
+            count_inject(InjectStat::Failed);
+            return SK_PASS;
+        }
+        let (d, e) = (ctx.data(), ctx.data_end());
+        if d + 2 > e || *(d as *const u8) != b'\r' || *((d + 1) as *const u8) != b'\n' {
+            count_inject(InjectStat::Failed);
+            return SK_PASS;
+        }
+        let len = TRACEPARENT_LINE_LEN as u32;
+        if ctx.push_data(at, len, 0).is_err() {
+            count_inject(InjectStat::Failed);
+            return SK_PASS;
+        }
+        // From here the message holds `len` unwritten bytes: remove them on any failure.
+        let (d, e) = if bpf_msg_pull_data(msg, at, at + len, 0) == 0 {
+            (ctx.data(), ctx.data_end())
+        } else {
+            (0, 0)
+        };
+        if d == 0 || d + TRACEPARENT_LINE_LEN > e {
+            let _ = ctx.pop_data(at, len, 0);
+            count_inject(InjectStat::Failed);
+            return SK_PASS;
+        }
+        let mut line = [0u8; TRACEPARENT_LINE_LEN];
+        traceparent_line(&(*inflight).ctx, &mut line);
+        let dst = d as *mut u8;
+        let mut i = 0;
+        while i < TRACEPARENT_LINE_LEN {
+            *dst.add(i) = line[i];
+            i += 1;
+        }
+        (*inflight).inject_state = INJECT_DONE;
+        count_inject(InjectStat::Injected);
+    }
+    SK_PASS
+}
