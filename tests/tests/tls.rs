@@ -93,7 +93,8 @@ fn by_path<'a>(spans: &'a [Value], path: &str) -> &'a Value {
     found[0]
 }
 
-/// What a user checks on a request seen from both ends over TLS.
+/// What a user checks on a request seen from both ends over TLS: name, kind, scheme, path,
+/// status, peer, the server span as the client span's child, and durations.
 fn check_exchange(server: &Value, client: &Value, path: &str, status: i64, port: u16) {
     check_named(server, client, path, &format!("GET {path}"), status, port)
 }
@@ -109,6 +110,27 @@ fn check_named(server: &Value, client: &Value, path: &str, name: &str, status: i
         assert!(d > 0 && d < 10_000_000_000, "duration {d} ns: {s:#}");
     }
     assert_eq!(server.attr_str("url.path"), path);
+    // Both ends on this node: the server span becomes the client span's child, linked by the
+    // connection's addresses and the plaintext byte position of the request, when the client's
+    // request event is read before the server's exchange ends (the SSL_write return probe can
+    // trail the server's whole exchange). Never a wrong parent.
+    if server.attr_str("tracer.parent.source") == "address" {
+        assert_eq!(
+            server["trace_id"], client["trace_id"],
+            "{server:#}\n{client:#}"
+        );
+        assert_eq!(
+            server["parent_span_id"], client["span_id"],
+            "{server:#}\n{client:#}"
+        );
+    } else {
+        assert_eq!(
+            server.attr_str("tracer.parent.source"),
+            "none",
+            "{server:#}"
+        );
+        assert_eq!(server["parent_span_id"], "", "{server:#}");
+    }
     assert_eq!(
         client.attr_str("url.full"),
         format!("https://127.0.0.1:{port}{path}")
@@ -511,6 +533,20 @@ fn go_https_server_and_client() {
         .unwrap();
     assert!(out.status.success());
     spans_where(&receiver, 3, is_server);
+    // That client may exit before the agent looks at it: a stripped server stays up until the
+    // agent has reported it (it serves nothing in this test).
+    let stripped_server = Proc::spawn(
+        "stripped go https server",
+        Command::new(&stripped)
+            .arg("server")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(certs.cert())
+            .arg(certs.key()),
+    )
+    .unwrap();
+    stripped_server
+        .wait_line("READY", Duration::from_secs(10))
+        .unwrap();
     let stripped_reported = wait_for(WAIT, || {
         agent
             .proc
@@ -561,6 +597,13 @@ fn go_https_server_and_client() {
         404,
         port,
     );
+    // Go's Write is captured at its entry, before the bytes leave: the same-node link from
+    // server to client span is then certain.
+    for path in ["/tls/go", "/missing"] {
+        let (s, c) = (by_path(&servers, path), by_path(&clients, path));
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+        assert_eq!(s["parent_span_id"], c["span_id"]);
+    }
     let s = by_path(&servers, "/tls/stripped");
     assert_eq!(s.attr_str("url.scheme"), "https");
     assert_eq!(s.attr_i64("http.response.status_code"), 200);
