@@ -9,7 +9,8 @@ Routes:
   GET  /headers              echoes the request head (as received) in the body
   POST /upload               reads the body (Content-Length or chunked), answers its size and sha256
   anything else              200 "ok"
-Prints READY <port> when listening.
+Prints READY <port> when listening. With CERT and KEY file arguments after the port, serves
+HTTPS (Python's ssl module, i.e. the system's libssl).
 """
 import hashlib
 import sys
@@ -94,6 +95,12 @@ def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    if len(sys.argv) > 3:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"READY {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -225,7 +225,12 @@ fn restart_after_sigkill_is_clean() {
     let mut first = Agent::start(&["--port", &port.to_string()], &[]).unwrap();
     let pid = first.proc.pid();
     let ids = program_ids_of(pid);
-    assert_eq!(ids.len(), 28 + 5 + 2);
+    // One per tracepoint, the 5 tail-called context programs, sock_ops and sk_msg (injection
+    // is on by default), and the TLS probes' programs (loaded at start, attached per file).
+    assert_eq!(
+        ids.len(),
+        tracer::capture::TRACEPOINTS.len() + 5 + 2 + tracer::capture::tls::PROGRAMS.len()
+    );
     first.proc.signal(libc::SIGKILL);
     first.proc.wait_exit(Duration::from_secs(5)).unwrap();
     // The kernel unloads a dead agent's programs (nothing is pinned).

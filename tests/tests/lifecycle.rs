@@ -18,9 +18,9 @@ fn sigterm_detaches_everything_and_exits_zero() {
     let ids = program_ids_of(agent.pid());
     assert_eq!(
         ids.len(),
-        28 + 5 + 2,
-        "the agent holds one program per tracepoint, the 5 tail-called context programs, and \
-         sock_ops and sk_msg (injection is on by default): {ids:?}"
+        tracer::capture::TRACEPOINTS.len() + 5 + 2 + tracer::capture::tls::PROGRAMS.len(),
+        "the agent holds one program per tracepoint, the 5 tail-called context programs, \
+         sock_ops and sk_msg (injection is on by default) and the TLS probes' programs: {ids:?}"
     );
     assert!(ids.is_subset(&loaded_program_ids()));
     agent

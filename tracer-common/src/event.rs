@@ -95,16 +95,33 @@ pub enum Source {
     Sendmsg = 8,
     Recvmmsg = 9,
     Sendmmsg = 10,
+    /// Plaintext returned by an OpenSSL-API `SSL_read`/`SSL_read_ex` (uretprobe).
+    TlsRead = 11,
+    /// Plaintext passed to an OpenSSL-API `SSL_write`/`SSL_write_ex` (uretprobe).
+    TlsWrite = 12,
+    /// Plaintext returned by Go's `crypto/tls.(*Conn).Read`.
+    GoTlsRead = 13,
+    /// Plaintext passed to Go's `crypto/tls.(*Conn).Write`.
+    GoTlsWrite = 14,
 }
 
 impl Source {
     pub fn direction(self) -> Direction {
         match self {
-            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg | Self::Recvmmsg => {
-                Direction::Ingress
-            }
+            Self::Read
+            | Self::Readv
+            | Self::Recvfrom
+            | Self::Recvmsg
+            | Self::Recvmmsg
+            | Self::TlsRead
+            | Self::GoTlsRead => Direction::Ingress,
             _ => Direction::Egress,
         }
+    }
+
+    /// Whether the bytes are the plaintext of a TLS connection (from the TLS library probes).
+    pub fn is_tls(v: u8) -> bool {
+        (Self::TlsRead as u8..=Self::GoTlsWrite as u8).contains(&v)
     }
 }
 
@@ -215,6 +232,14 @@ pub struct ConnState {
     /// response byte has been read since (a later write is a body or a pipelined request).
     pub awaiting_response: u8,
     pub _pad: [u8; 4],
+    /// TLS plaintext (from the TLS library probes): bytes per [`Direction`] of the plaintext
+    /// stream, a different byte stream from the ciphertext counted in `positions`. A
+    /// connection with `tls_protocol` other than `Unknown` reports these in its close event.
+    pub tls_positions: [u64; 2],
+    /// A [`crate::Protocol`] classified from the plaintext's first bytes.
+    pub tls_protocol: u8,
+    pub tls_classify_attempts: u8,
+    pub _pad_tls: [u8; 6],
 }
 
 /// Why something was not captured. Index into the per-CPU `DROPS` array.
@@ -236,9 +261,12 @@ pub enum DropCause {
     /// A connection state left from an earlier socket at the same address was replaced (its
     /// end was missed, e.g. a TCP_CLOSE skipped while another BPF program ran on that CPU).
     StaleConn = 6,
+    /// TLS plaintext whose socket was not known (no syscall seen inside the TLS library
+    /// call on that thread yet, or the Go connection is not a `*net.TCPConn`).
+    TlsNoSocket = 7,
 }
 
-pub const DROP_CAUSES: usize = 7;
+pub const DROP_CAUSES: usize = 8;
 
 impl DropCause {
     pub const ALL: [DropCause; DROP_CAUSES] = [
@@ -249,6 +277,7 @@ impl DropCause {
         Self::Truncated,
         Self::NotHttp,
         Self::StaleConn,
+        Self::TlsNoSocket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -260,6 +289,7 @@ impl DropCause {
             Self::Truncated => "truncated_calls",
             Self::NotHttp => "not_http_conns",
             Self::StaleConn => "stale_conn_replaced",
+            Self::TlsNoSocket => "tls_no_socket",
         }
     }
 }
@@ -315,5 +345,9 @@ mod tests {
         assert_eq!(EventKind::from_u8(0), None);
         assert_eq!(Source::Sendmmsg.direction(), Direction::Egress);
         assert_eq!(Source::Recvmsg.direction(), Direction::Ingress);
+        assert_eq!(Source::TlsRead.direction(), Direction::Ingress);
+        assert_eq!(Source::GoTlsWrite.direction(), Direction::Egress);
+        assert!(Source::is_tls(Source::GoTlsRead as u8));
+        assert!(!Source::is_tls(Source::Sendmmsg as u8));
     }
 }

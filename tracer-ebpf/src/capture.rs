@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CloseEvent, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE, Protocol,
-    Role, Source, SpanCtx,
+    CloseEvent, ConnAddr, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE,
+    Protocol, Role, Source, SpanCtx,
     classify::{MAX_CLASSIFY_ATTEMPTS, classify},
 };
 
@@ -74,6 +74,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
     let Some(sock) = tcp_sock_of_fd(fd, &offsets()) else {
         return;
     };
+    crate::tls::on_socket_syscall(pid_tgid, &sock, fd);
     let conn = unsafe { CONNS.get(sock.sk) }
         .copied()
         .filter(|c| c.ino == sock.ino);
@@ -126,6 +127,22 @@ pub struct Call {
     source: u8,
     /// The sk_msg program inserted `traceparent` into this call's bytes.
     injected: bool,
+}
+
+impl Call {
+    /// A call seen by the TLS library probes: nothing was injected into it.
+    #[inline(always)]
+    pub fn plaintext(sk: u64, ino: u64, buf: u64, ts_enter: u64, fd: i32, source: u8) -> Self {
+        Self {
+            sk,
+            ino,
+            buf,
+            ts_enter,
+            fd,
+            source,
+            injected: false,
+        }
+    }
 }
 
 /// Syscall exit of a data call. Generic over the source so each program carries only its
@@ -277,10 +294,7 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
     }
     let addr = conn_addr(sock.sk, &offsets());
     let mut protocol = Protocol::Unknown;
-    if config().filter_ports != 0
-        && unsafe { TARGET_PORTS.get(addr.local_port) }.is_none()
-        && unsafe { TARGET_PORTS.get(addr.remote_port) }.is_none()
-    {
+    if !in_port_targets(&addr) {
         // Outside the target set: tracked only so later calls are skipped cheaply.
         protocol = Protocol::Other;
     }
@@ -294,12 +308,24 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
         classify_attempts: 0,
         awaiting_response: 0,
         _pad: [0; 4],
+        tls_positions: [0; 2],
+        tls_protocol: Protocol::Unknown as u8,
+        tls_classify_attempts: 0,
+        _pad_tls: [0; 6],
     };
     if CONNS.insert(sock.sk, state, 0).is_err() {
         count(DropCause::ConnMapFull);
         return None;
     }
     CONNS.get_ptr_mut(sock.sk)
+}
+
+/// Whether a connection is inside the port target set (always, when none is configured).
+#[inline(always)]
+pub fn in_port_targets(addr: &ConnAddr) -> bool {
+    config().filter_ports == 0
+        || unsafe { TARGET_PORTS.get(addr.local_port) }.is_some()
+        || unsafe { TARGET_PORTS.get(addr.remote_port) }.is_some()
 }
 
 #[inline(always)]
@@ -317,9 +343,9 @@ fn next_conn_id() -> u64 {
 /// Byte positions of a call: where it starts in its direction, and how far the opposite
 /// direction had got.
 #[derive(Clone, Copy)]
-struct Positions {
-    this: u64,
-    other: u64,
+pub struct Positions {
+    pub this: u64,
+    pub other: u64,
 }
 
 /// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
@@ -401,7 +427,7 @@ fn read_head(src: u64, avail: u64, head: &mut [u8; 8]) -> usize {
 }
 
 #[inline(always)]
-fn capture_len(len: u64) -> usize {
+pub fn capture_len(len: u64) -> usize {
     let limit = config().capture_limit as u64;
     let want = if len < limit { len } else { limit };
     let want = (want as usize) & (2 * MAX_CAPTURE - 1);
@@ -499,7 +525,7 @@ fn data_event_iov(
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(
+pub fn emit(
     scratch: *mut DataScratch,
     inflight: &Call,
     conn: *mut ConnState,
@@ -560,17 +586,24 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
         count(DropCause::StaleConn);
         return;
     }
-    let p = Protocol::from_u8(conn.protocol);
-    if p != Protocol::Http1 && p != Protocol::Http2 {
-        return;
-    }
+    // A TLS connection's spans come from its plaintext: report the plaintext's positions.
+    let positions = match crate::tls::plaintext_positions(&conn) {
+        Some(plain) => plain,
+        None => {
+            let p = Protocol::from_u8(conn.protocol);
+            if p != Protocol::Http1 && p != Protocol::Http2 {
+                return;
+            }
+            conn.positions
+        }
+    };
     let mut ev = CloseEvent::default();
     ev.header.kind = EventKind::Close as u8;
     ev.header.pid = (pid_tgid >> 32) as u32;
     ev.header.tid = pid_tgid as u32;
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     ev.conn_id = conn.conn_id;
-    ev.positions = conn.positions;
+    ev.positions = positions;
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(DropCause::RingbufFull);
     }

@@ -1,13 +1,15 @@
 //! Kernel programs of the tracer. Tracepoints only (stable ABI, available where kprobes are
 //! not): syscall entry/exit for socket data and lifecycle, `sock:inet_sock_set_state` for
-//! connection ends, `sched:*` for process exec/exit.
+//! connection ends, `sched:*` for process exec/exit; uprobes on TLS libraries for plaintext.
 #![no_std]
 #![no_main]
 
 mod capture;
 mod context;
+mod go_tls;
 mod maps;
 mod sock;
+mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},

@@ -14,7 +14,7 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
-    capture::{Capture, DRAIN_INTERVAL, features::Features},
+    capture::{Capture, DRAIN_INTERVAL, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
@@ -40,6 +40,17 @@ pub async fn run(
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+
+    let mut tls = TlsAttacher::new();
+    if capture.tls_loaded {
+        let started = Instant::now();
+        tls.scan_all(capture.ebpf_mut());
+        tracing::info!(
+            files = tls.stats().files_attached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "TLS probes attached to the files running processes map"
+        );
+    }
 
     let export_stats = Arc::new(ExportStats::default());
     let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
@@ -80,17 +91,20 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), &mut recorder, &mut stitcher, &mut emit);
+                drain_ring(guard.get_inner_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut emit);
+                drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
+                if capture.tls_loaded {
+                    tls.process(capture.ebpf_mut());
+                }
             }
             _ = tick.tick() => {
                 stitcher.tick(Clock::monotonic_now(), &mut emit);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &stitcher, &export_stats);
+                    log_stats("periodic", &capture, &stitcher, &tls, &export_stats);
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -99,8 +113,15 @@ pub async fn run(
     }
 
     // Take what the kernel already reported, then detach before the final flush.
-    drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut emit);
-    log_stats("final", &capture, &stitcher, &export_stats);
+    drain_ring(
+        ring.get_mut(),
+        &mut recorder,
+        &mut stitcher,
+        &mut tls,
+        &mut emit,
+    );
+    log_stats("final", &capture, &stitcher, &tls, &export_stats);
+    tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
     tracing::info!("detached all programs");
@@ -121,12 +142,14 @@ fn drain_ring(
     ring: &mut RingBuf<MapData>,
     recorder: &mut Option<Recorder>,
     stitcher: &mut Stitcher,
+    tls: &mut TlsAttacher,
     emit: &mut impl FnMut(Span),
 ) {
     while let Some(record) = ring.next() {
         if let Some(r) = recorder.as_mut() {
             r.write(&record);
         }
+        tls.on_record(&record);
         stitcher.on_record(&record, emit);
     }
 }
@@ -182,7 +205,13 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     records
 }
 
-fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &ExportStats) {
+fn log_stats(
+    when: &str,
+    capture: &Capture,
+    stitcher: &Stitcher,
+    tls: &TlsAttacher,
+    export: &ExportStats,
+) {
     let drops = capture
         .drops()
         .map(|d| {
@@ -211,6 +240,7 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
     let parse = stitcher.conns.parse_stats();
     let ex = export.snapshot();
     let links = stitcher.link_stats();
+    let tls = tls.stats();
     tracing::info!(
         events = ev.events,
         data_events = ev.data_events,
@@ -232,6 +262,10 @@ fn log_stats(when: &str, capture: &Capture, stitcher: &Stitcher, export: &Export
         links_injected = links.injected,
         links_injected_unlinked = links.injected_unlinked,
         address_linked = links.address_linked,
+        tls_files_attached = tls.files_attached,
+        tls_attach_failed = tls.attach_failed,
+        tls_unsupported = tls.unsupported,
+        tls_detached = tls.detached,
         exported = ex.spans_exported,
         export_failed = ex.spans_failed,
         export_queue_full = ex.spans_dropped_queue_full,

@@ -61,6 +61,10 @@ pub struct Args {
     /// live traffic, then stop.
     #[arg(long)]
     record: bool,
+    /// nginx serves HTTPS (self-signed certificate, HTTP/1.1) and wrk and oha connect over
+    /// TLS: the cost of tracing through the TLS library probes.
+    #[arg(long)]
+    tls: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -105,8 +109,9 @@ pub fn run(args: Args) -> Result<()> {
     let measuring = Instant::now();
     let dir = TempDir::new("run")?;
     let receiver = Receiver::start()?;
-    let nginx = Nginx::start(&dir, false)?;
-    let target = format!("http://127.0.0.1:{}/", nginx.port);
+    let nginx = Nginx::start(&dir, false, args.tls)?;
+    let scheme = if args.tls { "https" } else { "http" };
+    let target = format!("{scheme}://127.0.0.1:{}/", nginx.port);
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     let agent = |record: Option<&Path>| {
         Agent::start(
@@ -343,7 +348,7 @@ pub fn run(args: Args) -> Result<()> {
         "unix_time": now,
         "host": { "cpus": cpus(), "other_busy_cpus_before": busy_before, "other_busy_cpus_after": busy_after },
         "settings": {
-            "pairs": args.pairs, "secs_per_round": args.secs, "rate": RATE,
+            "pairs": args.pairs, "secs_per_round": args.secs, "rate": RATE, "tls": args.tls,
             "wrk": "-t1 -c16 keep-alive", "oha": format!("-q {RATE} -c 16 --latency-correction"),
         },
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
@@ -715,10 +720,36 @@ struct Nginx {
 impl Nginx {
     /// `extra`: also serve `/big` (64 KiB file), `/missing` (404) and accept uploads, for the
     /// recording.
-    fn start(dir: &TempDir, extra: bool) -> Result<Self> {
+    /// `tls`: HTTPS with a self-signed certificate made by the openssl command line.
+    fn start(dir: &TempDir, extra: bool, tls: bool) -> Result<Self> {
         let d = dir.0.join("nginx");
         std::fs::create_dir_all(d.join("www"))?;
         let port = free_port()?;
+        let ssl = if tls {
+            let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .context("running openssl")?;
+            ensure!(
+                out.status.success(),
+                "openssl req: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            format!(
+                " ssl;\n        ssl_certificate {};\n        ssl_certificate_key {}",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let extra_locations = if extra {
             std::fs::write(d.join("www/big"), vec![b'x'; 64 * 1024])?;
             format!(
@@ -748,7 +779,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         {extra_locations}
         location / {{ return 200 "ok"; }}
     }}
@@ -853,6 +884,8 @@ fn oha(url: &str, secs: u64) -> Result<Oha> {
             "16",
             "--latency-correction",
             "--wait-ongoing-requests-after-deadline",
+            // The TLS variant's self-signed certificate.
+            "--insecure",
             url,
         ]),
         Duration::from_secs(secs + 30),
@@ -1054,6 +1087,10 @@ const AGENT_FIELDS: &[&str] = &[
     "export_failed",
     "export_queue_full",
     "queue_len",
+    "tls_files_attached",
+    "tls_attach_failed",
+    "tls_unsupported",
+    "tls_detached",
 ];
 /// Counters that mean lost or incomplete spans.
 const LOSS_FIELDS: &[&str] = &[
@@ -1368,7 +1405,7 @@ fn record(tracer: &Path, out: &Path) -> Result<()> {
         out.display()
     ));
     let dir = TempDir::new("record")?;
-    let nginx = Nginx::start(&dir, true)?;
+    let nginx = Nginx::start(&dir, true, false)?;
     let base = format!("http://127.0.0.1:{}", nginx.port);
     let raw = dir.0.join("events.bin");
     let body = dir.0.join("body");

@@ -14,8 +14,17 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Real peers the end-to-end tests drive.
-const TEST_PACKAGES: &[&str] = &["curl", "iproute2"];
+/// Real peers the end-to-end tests drive. The TLS tests (tests/tests/tls.rs) use nginx and
+/// curl (libssl), `openssl` for their certificate, `node` (OpenSSL inside the binary) and Go
+/// (crypto/tls; the test builds its own server and client).
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "iproute2",
+    "openssl",
+    "nginx",
+    "nodejs",
+    "golang-go",
+];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
     ("opentelemetry.proto", "opentelemetry-proto"),
@@ -168,7 +177,7 @@ fn tracefs() -> Result<()> {
 /// latencies in steps of 0.1 ms and its rate limit is per worker, closed loop, which cannot
 /// show a 10 µs difference; oha reports full precision and corrects for coordinated omission.)
 pub fn bench_deps() -> Result<()> {
-    apt_install(&["nginx", "wrk", "curl"])?;
+    apt_install(&["nginx", "wrk", "curl", "openssl"])?;
     let oha = crate::bench::cargo_home().join("bin/oha");
     if succeeds("oha", &["--version"]) || succeeds(&oha.to_string_lossy(), &["--version"]) {
         return Ok(());

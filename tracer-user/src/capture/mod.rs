@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod events;
 pub mod features;
 pub mod preflight;
+pub mod tls;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -106,6 +107,9 @@ pub struct Capture {
     ebpf: Ebpf,
     /// The attached tracepoints (`category:name`).
     pub attached: Vec<String>,
+    /// Whether the TLS probe programs loaded (they are attached per file by
+    /// [`tls::TlsAttacher`]).
+    pub tls_loaded: bool,
     /// `traceparent` injection is active.
     pub injecting: bool,
     /// What the kernel offers (logged at start-up).
@@ -311,6 +315,13 @@ impl Capture {
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
         }
+        let tls_loaded = match tls::load_programs(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("TLS plaintext will not be traced: {e:#}");
+                false
+            }
+        };
         tracing::debug!(rss_kib = rss_kib(), "start-up: programs attached");
         tracing::info!(
             programs = attached.len(),
@@ -338,10 +349,16 @@ impl Capture {
         Ok(Self {
             ebpf,
             attached,
+            tls_loaded,
             injecting,
             features,
             verified,
         })
+    }
+
+    /// The loaded object, for attaching the per-file TLS probes.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Kernel-side injection counters, summed over CPUs.
@@ -467,7 +484,7 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
 }
 
 /// The verifier's verdict in a few readable lines: the program's name and the log's tail.
-fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error {
+pub(crate) fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
             io_error,

@@ -20,6 +20,8 @@ pub struct ConnMeta {
     /// The peer.
     pub remote: SocketAddr,
     pub role: Role,
+    /// The bytes are a TLS connection's plaintext (from the TLS library probes).
+    pub tls: bool,
 }
 
 /// Converts the kernel's address pair to socket addresses. `None` for a family we do not

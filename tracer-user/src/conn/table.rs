@@ -2,7 +2,7 @@
 //! by byte position, and expiry of idle and abandoned state.
 use std::collections::HashMap;
 
-use tracer_common::{CloseEvent, DataHeader, Direction, Role};
+use tracer_common::{CloseEvent, DataHeader, Direction, Role, Source};
 
 use super::{ConnMeta, socket_addrs};
 use crate::protocol::{
@@ -125,6 +125,7 @@ impl ConnTable {
                 local,
                 remote,
                 role: Role::from_u8(h.role),
+                tls: Source::is_tls(h.source),
             };
             self.stats.opened += 1;
             self.conns.insert(

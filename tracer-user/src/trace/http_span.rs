@@ -93,6 +93,8 @@ pub fn span_from_exchange(
     let target = parse_target(&req.method, &req.target);
     let scheme: Cow<'_, str> = match target.scheme {
         Some(s) => Cow::Owned(s.to_ascii_lowercase()),
+        // Plaintext from the TLS probes: the request was made over TLS.
+        None if conn.tls => Cow::Borrowed("https"),
         None => Cow::Borrowed(opts.scheme),
     };
     attrs.push(("url.scheme", scheme.as_ref().into()));
@@ -616,6 +618,7 @@ mod tests {
             local: "10.0.0.1:8080".parse().unwrap(),
             remote: "10.0.0.2:40000".parse().unwrap(),
             role: Role::Unknown,
+            tls: false,
         }
     }
 
@@ -912,6 +915,29 @@ mod tests {
         let sp = build_opts(
             &with_host(exchange(CLIENT, "GET", "/x", Some(200)), "api.example.com"),
             &opts,
+        );
+        assert_eq!(s(&sp, "url.scheme").as_deref(), Some("https"));
+        assert_eq!(i(&sp, "server.port"), Some(443));
+        assert_eq!(
+            s(&sp, "url.full").as_deref(),
+            Some("https://api.example.com/x")
+        );
+    }
+
+    #[test]
+    fn tls_plaintext_is_https() {
+        let mut ids = IdGenerator::from_seed(1);
+        let ex = with_host(exchange(CLIENT, "GET", "/x", Some(200)), "api.example.com");
+        let sp = span_from_exchange(
+            &ex,
+            &ConnMeta {
+                tls: true,
+                ..conn()
+            },
+            resource(),
+            &Clock::with_offset(1_000_000),
+            &SpanOptions::default(),
+            SpanContext::root(&mut ids),
         );
         assert_eq!(s(&sp, "url.scheme").as_deref(), Some("https"));
         assert_eq!(i(&sp, "server.port"), Some(443));

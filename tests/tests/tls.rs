@@ -1,0 +1,611 @@
+//! Privileged end-to-end over TLS: real servers and clients whose TLS library is probed
+//! (libssl, OpenSSL inside `node`, Go's crypto/tls), the real agent, a real OTLP receiver.
+//!
+//! Every request must yield one SERVER and one CLIENT span built from the plaintext, with
+//! `url.scheme=https`, and no span may ever come from the ciphertext the syscalls carry (all
+//! traffic on a test's port is TLS, so every span the receiver got must be an https one, and
+//! there must be exactly as many as requests).
+//!
+//! Servers are started after the agent (found from their exec) except the Python server of
+//! `python_ssl_server_and_client`, which runs before the agent starts (found by the start-up
+//! scan).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl command line.
+struct Certs {
+    dir: TempDir,
+}
+
+impl Certs {
+    fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .output()
+            .expect("running openssl (install it: `cargo xtask setup --test-deps`)");
+        assert!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+/// Waits until the agent logged that it attached TLS probes to a file whose line contains
+/// `what` (a path or part of it).
+fn wait_attached(agent: &Agent, what: &str) {
+    let found = wait_for(WAIT, || {
+        agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("attached TLS probes to") && l.contains(what))
+    });
+    assert!(
+        found.is_some(),
+        "the agent did not attach TLS probes to {what}; stderr:\n{}",
+        agent.proc.stderr().join("\n")
+    );
+}
+
+fn spans_where(r: &Receiver, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    r.wait_spans(n, WAIT, pred)
+}
+
+fn is_server_of(s: &Value, service: &str) -> bool {
+    s.kind() == "SPAN_KIND_SERVER" && s.res("service.name").as_str() == Some(service)
+}
+
+fn is_client_of(s: &Value, service: &str, port: u16) -> bool {
+    s.kind() == "SPAN_KIND_CLIENT"
+        && s.res("service.name").as_str() == Some(service)
+        && s.attr_i64("network.peer.port") == port as i64
+}
+
+fn by_path<'a>(spans: &'a [Value], path: &str) -> &'a Value {
+    let found: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s.attr_str("url.path") == path)
+        .collect();
+    assert_eq!(found.len(), 1, "one span for {path}: {spans:#?}");
+    found[0]
+}
+
+/// What a user checks on a request seen from both ends over TLS: name, kind, scheme, path,
+/// status, peer, the server span as the client span's child, and durations.
+fn check_exchange(server: &Value, client: &Value, path: &str, status: i64, port: u16) {
+    check_named(server, client, path, &format!("GET {path}"), status, port)
+}
+
+fn check_named(server: &Value, client: &Value, path: &str, name: &str, status: i64, port: u16) {
+    for s in [server, client] {
+        assert_eq!(s.name(), name, "{s:#}");
+        assert_eq!(s.attr_str("url.scheme"), "https", "{s:#}");
+        assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#}");
+        assert_eq!(s.attr_i64("http.response.status_code"), status, "{s:#}");
+        assert_eq!(s.attr_str("network.protocol.version"), "1.1", "{s:#}");
+        let d = s.end_ns().saturating_sub(s.start_ns());
+        assert!(d > 0 && d < 10_000_000_000, "duration {d} ns: {s:#}");
+    }
+    assert_eq!(server.attr_str("url.path"), path);
+    // Both ends on this node: the server span becomes the client span's child, linked by the
+    // connection's addresses and the plaintext byte position of the request, when the client's
+    // request event is read before the server's exchange ends (the SSL_write return probe can
+    // trail the server's whole exchange). Never a wrong parent.
+    if server.attr_str("tracer.parent.source") == "address" {
+        assert_eq!(
+            server["trace_id"], client["trace_id"],
+            "{server:#}\n{client:#}"
+        );
+        assert_eq!(
+            server["parent_span_id"], client["span_id"],
+            "{server:#}\n{client:#}"
+        );
+    } else {
+        assert_eq!(
+            server.attr_str("tracer.parent.source"),
+            "none",
+            "{server:#}"
+        );
+        assert_eq!(server["parent_span_id"], "", "{server:#}");
+    }
+    assert_eq!(
+        client.attr_str("url.full"),
+        format!("https://127.0.0.1:{port}{path}")
+    );
+    assert_eq!(client.attr_i64("network.peer.port"), port as i64);
+    assert_eq!(server.attr_str("network.peer.address"), "127.0.0.1");
+    let (client_status, server_status) = match status {
+        200..=399 => ("STATUS_CODE_UNSET", "STATUS_CODE_UNSET"),
+        400..=499 => ("STATUS_CODE_ERROR", "STATUS_CODE_UNSET"),
+        _ => ("STATUS_CODE_ERROR", "STATUS_CODE_ERROR"),
+    };
+    assert_eq!(client.status_code(), client_status, "{client:#}");
+    assert_eq!(server.status_code(), server_status, "{server:#}");
+    // The server handled the request while the client waited for it. Its end may trail the
+    // client's: on loopback the client's read can return as soon as the server's write has
+    // queued the bytes, before the server's SSL_write return probe runs (later still when the
+    // machine is busy and the server thread is preempted in between); see http1.rs.
+    const TRAIL_NS: u64 = 5_000_000;
+    assert!(
+        client.start_ns() <= server.start_ns(),
+        "client {client:#} server {server:#}"
+    );
+    assert!(
+        server.end_ns() - server.start_ns() <= client.end_ns() - client.start_ns() + TRAIL_NS,
+        "client {client:#} server {server:#}"
+    );
+    assert!(
+        server.end_ns() <= client.end_ns() + TRAIL_NS,
+        "client {client:#} server {server:#}"
+    );
+}
+
+/// No span from ciphertext: every span the agent exported (it traces only this test's port,
+/// which carries TLS only) is an https request of the test, and there are exactly `n`.
+fn assert_only_plaintext_spans(r: &Receiver, n: usize, log: &str) {
+    let all = r.spans();
+    for s in &all {
+        assert_eq!(s.attr_str("url.scheme"), "https", "{log}\n{s:#}");
+        assert_eq!(s.attr_str("http.request.method"), "GET", "{log}\n{s:#}");
+        assert!(s.attr_str("url.path").starts_with('/'), "{log}\n{s:#}");
+    }
+    assert_eq!(all.len(), n, "{log}\nspans: {all:#?}");
+}
+
+fn final_counters(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.contains("counters")
+                || l.contains("WARN")
+                || l.contains("TLS probes")
+                || l.contains("export finished")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn agent_for(receiver: &Receiver, port: u16) -> Agent {
+    Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap()
+}
+
+/// A private nginx serving HTTPS (HTTP/1.1) on `port`: `/missing` is 404, the rest 200.
+fn nginx_tls(dir: &Path, port: u16, certs: &Certs) -> Proc {
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location /missing {{ return 404 "not here\n"; }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+        d = d.display(),
+        cert = certs.cert().display(),
+        key = certs.key().display(),
+    );
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let p = Proc::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null()),
+    )
+    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)");
+    if let Err(e) = wait_port(port, Duration::from_secs(10)) {
+        panic!(
+            "nginx did not listen: {e}; error log:\n{}",
+            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+        );
+    }
+    p
+}
+
+/// curl (libssl) → nginx (libssl), nginx started after the agent; two requests on one
+/// keep-alive connection and one on another.
+#[test]
+fn curl_to_nginx() {
+    let certs = Certs::new("tls-nginx");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, port);
+    let nginx = nginx_tls(certs.dir.path(), port, &certs);
+    wait_attached(&agent, "libssl.so");
+    let base = format!("https://127.0.0.1:{port}");
+    curl(&[
+        "-k",
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        &format!("{base}/tls/first"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/missing"),
+    ])
+    .unwrap();
+    curl(&[
+        "-k",
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        &format!("{base}/tls/second"),
+    ])
+    .unwrap();
+
+    spans_where(&receiver, 3, |s| is_server_of(s, "nginx"));
+    spans_where(&receiver, 3, |s| is_client_of(s, "curl", port));
+    let log = final_counters(&agent.stop().unwrap());
+    drop(nginx);
+    let servers = spans_where(&receiver, 3, |s| is_server_of(s, "nginx"));
+    let clients = spans_where(&receiver, 3, |s| is_client_of(s, "curl", port));
+    assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
+    assert_eq!(clients.len(), 3, "{log}\n{clients:#?}");
+    for (path, status) in [("/tls/first", 200), ("/missing", 404), ("/tls/second", 200)] {
+        check_exchange(
+            by_path(&servers, path),
+            by_path(&clients, path),
+            path,
+            status,
+            port,
+        );
+    }
+    assert_only_plaintext_spans(&receiver, 6, &log);
+    let counters = log_line(&log, "final counters");
+    assert!(counter(&counters, "tls_files_attached") >= 1, "{log}");
+    assert_eq!(counter(&counters, "tls_attach_failed"), 0, "{log}");
+}
+
+/// Python's ssl module (libssl) on both ends; the server runs before the agent starts.
+#[test]
+fn python_ssl_server_and_client() {
+    let certs = Certs::new("tls-python");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let script = workspace_root().join("tests/servers/http_server.py");
+    let server = Proc::spawn(
+        "python https server",
+        Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(certs.cert())
+            .arg(certs.key()),
+    )
+    .unwrap();
+    server.wait_line("READY", Duration::from_secs(10)).unwrap();
+    let agent = agent_for(&receiver, port);
+    wait_attached(&agent, "libssl.so");
+    let client = format!(
+        r#"
+import http.client, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx)
+for path in ["/tls/py", "/status/404"]:
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    print(r.status)
+c.close()
+"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &client])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
+    };
+    let is_client = |s: &Value| {
+        s.kind() == "SPAN_KIND_CLIENT"
+            && s.res("process.pid").as_i64() != Some(server.pid() as i64)
+            && s.attr_i64("network.peer.port") == port as i64
+    };
+    spans_where(&receiver, 2, is_server);
+    spans_where(&receiver, 2, is_client);
+    let log = final_counters(&agent.stop().unwrap());
+    let servers = spans_where(&receiver, 2, is_server);
+    let clients = spans_where(&receiver, 2, is_client);
+    assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
+    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
+    assert!(
+        clients.iter().all(|c| c
+            .res("service.name")
+            .as_str()
+            .unwrap_or("")
+            .starts_with("python3")),
+        "{clients:#?}"
+    );
+    check_exchange(
+        by_path(&servers, "/tls/py"),
+        by_path(&clients, "/tls/py"),
+        "/tls/py",
+        200,
+        port,
+    );
+    check_named(
+        by_path(&servers, "/status/404"),
+        by_path(&clients, "/status/404"),
+        "/status/404",
+        "GET /status/{id}",
+        404,
+        port,
+    );
+    assert_only_plaintext_spans(&receiver, 4, &log);
+}
+
+/// node (OpenSSL inside the node binary, no libssl) as https server and client, both
+/// started after the agent.
+#[test]
+fn node_https_server_and_client() {
+    let certs = Certs::new("tls-node");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, port);
+    let server_js = format!(
+        r#"
+const https = require("https"), fs = require("fs");
+https.createServer({{ key: fs.readFileSync({key:?}), cert: fs.readFileSync({cert:?}) }}, (req, res) => {{
+  res.writeHead(req.url === "/missing" ? 404 : 200, {{ "content-type": "text/plain" }});
+  res.end("hello " + req.url);
+}}).listen({port}, "127.0.0.1", () => console.log("READY"));
+"#,
+        key = certs.key().display().to_string(),
+        cert = certs.cert().display().to_string(),
+    );
+    let server = Proc::spawn(
+        "node https server",
+        Command::new("node").args(["-e", &server_js]),
+    )
+    .expect("starting node (install it: `cargo xtask setup --test-deps`)");
+    server.wait_line("READY", Duration::from_secs(20)).unwrap();
+    wait_attached(&agent, "node [OpenSSL API");
+    let client_js = format!(
+        r#"
+const https = require("https");
+const agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});
+function get(path) {{
+  return new Promise((ok, fail) => https.get({{ host: "127.0.0.1", port: {port}, path, agent, rejectUnauthorized: false }},
+    (res) => {{ res.resume(); res.on("end", () => {{ console.log(res.statusCode); ok(); }}); }}).on("error", fail));
+}}
+get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
+"#
+    );
+    let out = Command::new("node")
+        .args(["-e", &client_js])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
+    };
+    spans_where(&receiver, 2, is_server);
+    spans_where(&receiver, 2, |s| is_client_of(s, "node", port));
+    let log = final_counters(&agent.stop().unwrap());
+    let servers = spans_where(&receiver, 2, is_server);
+    let clients = spans_where(&receiver, 2, |s| is_client_of(s, "node", port));
+    assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
+    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
+    check_exchange(
+        by_path(&servers, "/tls/node"),
+        by_path(&clients, "/tls/node"),
+        "/tls/node",
+        200,
+        port,
+    );
+    check_exchange(
+        by_path(&servers, "/missing"),
+        by_path(&clients, "/missing"),
+        "/missing",
+        404,
+        port,
+    );
+    assert_only_plaintext_spans(&receiver, 4, &log);
+}
+
+/// Builds tests/servers/tlsapp.go with the Go toolchain (cache and GOPATH in `dir`).
+fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
+    let src = workspace_root().join("tests/servers/tlsapp.go");
+    let bin = dir.join(out);
+    let res = Command::new("go")
+        .arg("build")
+        .args(extra)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("running go (install it: `cargo xtask setup --test-deps`)");
+    assert!(
+        res.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    bin
+}
+
+/// Go crypto/tls server and client (the same binary), built by the test and started after
+/// the agent. A stripped build is reported as not traceable, with the reason.
+#[test]
+fn go_https_server_and_client() {
+    let certs = Certs::new("tls-go");
+    let app = go_build(certs.dir.path(), "tlsapp", &[]);
+    let stripped = go_build(certs.dir.path(), "tlsapp-stripped", &["-ldflags=-s -w"]);
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, port);
+    let server = Proc::spawn(
+        "go https server",
+        Command::new(&app)
+            .arg("server")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(certs.cert())
+            .arg(certs.key()),
+    )
+    .unwrap();
+    server.wait_line("READY", Duration::from_secs(10)).unwrap();
+    wait_attached(&agent, "crypto/tls");
+    let base = format!("https://127.0.0.1:{port}");
+    let out = Command::new(&app)
+        .args([
+            "client",
+            &format!("{base}/tls/go"),
+            &format!("{base}/missing"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n404\n");
+
+    let server_pid = server.pid() as i64;
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server_pid)
+    };
+    spans_where(&receiver, 2, is_server);
+    spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
+
+    // A stripped Go binary: its request reaches the traced server, its own side is reported
+    // as not traceable.
+    let out = Command::new(&stripped)
+        .args(["client", &format!("{base}/tls/stripped")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    spans_where(&receiver, 3, is_server);
+    // That client may exit before the agent looks at it: a stripped server stays up until the
+    // agent has reported it (it serves nothing in this test).
+    let stripped_server = Proc::spawn(
+        "stripped go https server",
+        Command::new(&stripped)
+            .arg("server")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(certs.cert())
+            .arg(certs.key()),
+    )
+    .unwrap();
+    stripped_server
+        .wait_line("READY", Duration::from_secs(10))
+        .unwrap();
+    let stripped_reported = wait_for(WAIT, || {
+        agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("tlsapp-stripped") && l.contains("cannot be traced"))
+    });
+
+    // The server was the binary's last process: its probes are released when it exits.
+    let mut server = server;
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    let detached = wait_for(WAIT, || {
+        agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("detached TLS probes from") && l.contains("/tlsapp ["))
+    });
+
+    let stderr = agent.stop().unwrap();
+    let log = final_counters(&stderr);
+    let line = stripped_reported.unwrap_or_else(|| panic!("stripped binary not reported:\n{log}"));
+    assert!(line.contains("stripped"), "{line}");
+    let counters = log_line(&log, "final counters");
+    assert!(counter(&counters, "tls_unsupported") >= 1, "{log}");
+    assert!(
+        detached.is_some(),
+        "no detach after the last process exited:\n{log}"
+    );
+    assert!(counter(&counters, "tls_detached") >= 1, "{log}");
+
+    let servers = spans_where(&receiver, 3, is_server);
+    let clients = spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
+    assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
+    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
+    check_exchange(
+        by_path(&servers, "/tls/go"),
+        by_path(&clients, "/tls/go"),
+        "/tls/go",
+        200,
+        port,
+    );
+    check_exchange(
+        by_path(&servers, "/missing"),
+        by_path(&clients, "/missing"),
+        "/missing",
+        404,
+        port,
+    );
+    // Go's Write is captured at its entry, before the bytes leave: the same-node link from
+    // server to client span is then certain.
+    for path in ["/tls/go", "/missing"] {
+        let (s, c) = (by_path(&servers, path), by_path(&clients, path));
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+        assert_eq!(s["parent_span_id"], c["span_id"]);
+    }
+    let s = by_path(&servers, "/tls/stripped");
+    assert_eq!(s.attr_str("url.scheme"), "https");
+    assert_eq!(s.attr_i64("http.response.status_code"), 200);
+    assert_only_plaintext_spans(&receiver, 5, &log);
+}
