@@ -542,3 +542,24 @@ fn trace_links_across_network_namespaces() {
     agent.stop().unwrap();
     drop(ns);
 }
+
+/// Injection that cannot attach (a wrong `--cgroup-root`) is reported in one line; the agent
+/// traces on, linking without it.
+#[test]
+fn unusable_cgroup_root_turns_injection_off_and_tracing_goes_on() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let (server, port) = echo_server();
+    let agent = agent(
+        &receiver,
+        &[port],
+        &["--cgroup-root", "/nonexistent/cgroup"],
+    );
+    let echoed = curl(&[&format!("http://127.0.0.1:{port}/no-root")]).unwrap();
+    assert!(!echoed.contains("traceparent"), "{echoed}");
+    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/no-root", server.pid());
+    assert_eq!(srv.attr_str("tracer.parent.source"), "address");
+    let log = agent.stop().unwrap();
+    let warn = log_line(&log, "traceparent injection off:");
+    assert!(warn.contains("/nonexistent/cgroup"), "{log}");
+    assert!(log_line(&log, "final counters").contains("injection: off"));
+}

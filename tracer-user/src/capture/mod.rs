@@ -45,6 +45,8 @@ pub struct CaptureOptions {
     pub offsets: Option<KernelOffsets>,
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests.
     pub inject: crate::cli::InjectMode,
+    /// Where sock_ops attaches (`None`: the cgroup v2 mount this process sees).
+    pub cgroup_root: Option<std::path::PathBuf>,
     /// Key of the server span id derivation shared with the kernel
     /// ([`tracer_common::propagation::server_ids`]).
     pub ctx_key: u64,
@@ -63,6 +65,7 @@ impl Default for CaptureOptions {
             cgroups: Vec::new(),
             offsets: None,
             inject: crate::cli::InjectMode::Off,
+            cgroup_root: None,
             ctx_key: 0,
             features: None,
         }
@@ -216,7 +219,7 @@ impl Capture {
         // Injection needs sock_ops and sk_msg on the cgroup v2 root; without them the agent
         // still links what it can see (incoming headers, threads, same-node connections).
         let inject_root = if opts.inject != InjectMode::Off {
-            let root = cgroup::cgroup2_mount();
+            let root = opts.cgroup_root.clone().or_else(cgroup::cgroup2_mount);
             if root.is_none() {
                 tracing::warn!(
                     "traceparent injection off: cgroup v2 is not mounted (sock_ops needs it)"

@@ -110,6 +110,12 @@ pub struct Cli {
     )]
     pub inject_traceparent: InjectMode,
 
+    /// The node's cgroup v2 root, where injection attaches its sock_ops program (default: the
+    /// cgroup v2 mount this process sees). In a container with its own cgroup namespace, mount
+    /// the host's /sys/fs/cgroup and name it here, or only the container's own sockets are seen.
+    #[arg(long, value_name = "PATH", env = "TRACER_CGROUP_ROOT")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+
     /// Also write every raw kernel event to FILE (for replay by `cargo xtask bench` and for
     /// bug reports). The file grows without bound: use for short captures only.
     #[arg(long, value_name = "FILE")]
@@ -154,6 +160,7 @@ impl Cli {
             cgroups,
             offsets: None,
             inject: self.inject_traceparent,
+            cgroup_root: self.cgroup_root.clone(),
             ctx_key: 0,
             features: None,
         })
