@@ -167,6 +167,7 @@ impl Decoder {
     }
 
     /// Whether every dynamic reference can be resolved.
+    #[cfg(test)]
     pub fn table_known(&self) -> bool {
         !self.unknown_tail
     }
