@@ -152,6 +152,11 @@ pub struct Http2Conn {
     h2: H2Stats,
     next_seq: u64,
     events: Vec<Event>,
+    /// Exchanges completed by [`Http2Conn::on_gap`] (a gap can end a DATA frame with
+    /// END_STREAM), handed out by the next `on_chunk` or `on_close`.
+    ready: Vec<H2Exchange>,
+    /// `ts_exit` of the last chunk seen per direction (the time of what a gap completes).
+    last_exit: [u64; 2],
 }
 
 impl Http2Conn {
@@ -166,11 +171,15 @@ impl Http2Conn {
             h2: H2Stats::default(),
             next_seq: 0,
             events: Vec::new(),
+            ready: Vec::new(),
+            last_exit: [0; 2],
         }
     }
 
     /// Feed one chunk of one direction. Completed exchanges are pushed to `out`.
     pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<H2Exchange>) {
+        out.append(&mut self.ready);
+        self.last_exit[dir.index()] = chunk.ts_exit;
         let meta = Meta {
             ts_enter: chunk.ts_enter,
             ts_exit: chunk.ts_exit,
@@ -197,16 +206,18 @@ impl Http2Conn {
     /// direction stops being decoded and open streams are marked incomplete.
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
         let mut events = std::mem::take(&mut self.events);
-        let meta = Meta::default();
+        let meta = Meta {
+            ts_exit: self.last_exit[dir.index()],
+            ..Meta::default()
+        };
         let skipped_in = self.dirs[dir.index()].gap(len, meta, &mut events, &mut self.h2.frames);
         if let Some(s) = skipped_in.and_then(|id| self.streams.get_mut(&id)) {
             // Body bytes not seen (their count is still right).
             s.incomplete = true;
         }
-        // A gap can only produce a dropped block's event; nothing completes here.
-        let mut out = Vec::new();
-        self.after_feed(dir, meta, &mut events, &mut out);
-        debug_assert!(out.is_empty());
+        let mut ready = std::mem::take(&mut self.ready);
+        self.after_feed(dir, meta, &mut events, &mut ready);
+        self.ready = ready;
         self.events = events;
     }
 
@@ -243,11 +254,14 @@ impl Http2Conn {
             + self.streams.capacity() * (std::mem::size_of::<(u32, Stream)>() + 1)
             + self.streams.values().map(Stream::heap_bytes).sum::<usize>()
             + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.ready.capacity() * std::mem::size_of::<H2Exchange>()
     }
 
     /// No open stream and no partial frame: the table may expire it cheaply.
     pub fn is_idle(&self) -> bool {
-        self.streams.is_empty() && self.dirs.iter().all(|d| d.lost() || d.is_idle())
+        self.streams.is_empty()
+            && self.ready.is_empty()
+            && self.dirs.iter().all(|d| d.lost() || d.is_idle())
     }
 
     // ---- internals ----
@@ -493,6 +507,7 @@ impl Http2Conn {
     }
 
     fn end_all(&mut self, ts: u64, emit_unanswered: bool, out: &mut Vec<H2Exchange>) {
+        out.append(&mut self.ready);
         let mut ids: Vec<u32> = self.streams.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {

@@ -631,3 +631,30 @@ fn memory_stays_bounded_with_thousands_of_streams() {
     assert!(peak < 1024 * 1024, "peak {peak}");
     assert!(f.conn.memory_bytes() < peak);
 }
+
+#[test]
+fn a_gap_ending_the_last_data_frame_completes_the_exchange() {
+    let mut f = Feeder::new();
+    let mut c2s = client_preface();
+    c2s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/a"),
+    ));
+    f.feed(C2S, &c2s);
+    let mut s2c = settings();
+    s2c.extend(frame(HEADERS, END_HEADERS, 1, &[0x88]));
+    let data = frame(DATA, END_STREAM, 1, &[0; 64]);
+    s2c.extend_from_slice(&data[..30]);
+    f.feed(S2C, &s2c);
+    let last_exit = f.ts - 5;
+    f.conn.on_gap(S2C, (data.len() - 30) as u64);
+    assert!(f.out.is_empty() && !f.conn.is_idle());
+    f.close();
+    assert_eq!(f.out.len(), 1);
+    let x = &f.out[0];
+    assert_eq!(x.http.response_body_size, 64);
+    assert_eq!(x.http.end_ns, last_exit);
+    assert!(x.http.incomplete);
+}
