@@ -42,7 +42,7 @@ pub struct Block {
     pub path: Option<String>,
     pub scheme: Option<String>,
     pub authority: Option<String>,
-    /// `:status`; `Some(0)` when present but not a 3-digit number.
+    /// `:status`; `Some(0)` when present but not a 3-digit number from 100.
     pub status: Option<u16>,
     pub headers: HeaderList,
     /// Fields whose name could not be resolved (references to the unknown part of the table):
@@ -64,7 +64,10 @@ impl Block {
             b":authority" => self.authority = Some(lossy(value, max_value)),
             b":status" => {
                 let s = std::str::from_utf8(value).ok().filter(|s| s.len() == 3);
-                self.status = Some(s.and_then(|s| s.parse().ok()).unwrap_or(0));
+                let n = s
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| (100..1000).contains(n));
+                self.status = Some(n.unwrap_or(0));
             }
             _ if self.headers.len() < MAX_KEPT_HEADERS && kept_name(name) => {
                 self.headers

@@ -64,7 +64,7 @@ impl FrameHeader {
             SETTINGS => (
                 ACK,
                 false,
-                self.len % 6 == 0 && (self.flags == 0 || self.len == 0),
+                self.len.is_multiple_of(6) && (self.flags == 0 || self.len == 0),
             ),
             PING => (ACK, false, self.len == 8),
             GOAWAY => (0, false, self.len >= 8),

@@ -133,8 +133,17 @@ pub struct Framer {
     pub max_frame: u32,
     max_block: usize,
     max_value: usize,
-    /// The client preface was seen: this direction carries requests.
+    /// The client preface was seen: this direction carries requests, from its start.
     pub saw_preface: bool,
+    /// Set by the connection before each feed: the other direction began with the preface.
+    pub peer_saw_preface: bool,
+    /// The first chunk was at position 0 and began with a plausible frame. Positions count
+    /// from the kernel's first sight of the connection, so this alone does not prove the
+    /// connection's start (it may have been open before tracing): the table is taken as known
+    /// only if the peer's preface was seen too (checked at the first header block).
+    started_at_zero: bool,
+    /// Whether the decoder's table has been settled as known or unknown.
+    table_settled: bool,
 }
 
 impl Framer {
@@ -153,6 +162,9 @@ impl Framer {
             max_block,
             max_value,
             saw_preface: false,
+            peer_saw_preface: false,
+            started_at_zero: false,
+            table_settled: false,
         }
     }
 
@@ -183,23 +195,29 @@ impl Framer {
             match self.sync {
                 Sync::Lost => return,
                 Sync::Start => {
-                    if meta.position != 0 {
+                    let n = data.len().min(PREFACE.len());
+                    let first_plausible = match data.get(..HEADER_LEN) {
+                        Some(h) => FrameHeader::parse(h.try_into().expect("9 bytes"))
+                            .plausible(self.max_frame),
+                        None => true,
+                    };
+                    if meta.position == 0 && data[..n] == PREFACE[..n] {
+                        self.saw_preface = true;
+                        self.table_settled = true;
+                        self.sync = Sync::Preface(0);
+                    } else if meta.position == 0 && first_plausible {
+                        // A frame boundary (the server's first SETTINGS on a new connection);
+                        // the table's state is settled at the first header block.
+                        self.started_at_zero = true;
+                        self.sync = Sync::Frames;
+                    } else {
+                        if meta.position == 0 {
+                            st.invalid += 1;
+                        }
                         // Joined mid-connection: the HPACK table is unknown.
                         self.sync = Sync::Hunt;
+                        self.table_settled = true;
                         self.decoder = Decoder::new_unknown(self.max_value);
-                        continue;
-                    }
-                    let n = data.len().min(PREFACE.len());
-                    if data[..n] == PREFACE[..n] {
-                        self.saw_preface = true;
-                        self.sync = Sync::Preface(0);
-                    } else if data.len() >= 4 && data[3] != frame::SETTINGS {
-                        // The server's first frame is SETTINGS.
-                        st.invalid += 1;
-                        self.lose(ev);
-                        return;
-                    } else {
-                        self.sync = Sync::Frames;
                     }
                 }
                 Sync::Preface(n) => {
@@ -497,6 +515,12 @@ impl Framer {
             st.dropped_blocks += 1;
             None
         } else {
+            if !self.table_settled {
+                self.table_settled = true;
+                if !(self.started_at_zero && self.peer_saw_preface) {
+                    self.decoder.poison();
+                }
+            }
             let mut b = Block::default();
             let max_value = self.max_value;
             match self.decoder.decode(&self.block, |f| b.add(f, max_value)) {

@@ -111,6 +111,9 @@ pub enum Error {
     SizeAboveLimit,
 }
 
+/// A table entry's (name, value) as stored.
+type EntryRef<'a> = (&'a [u8], &'a [u8]);
+
 /// One decoded header field; `None` when it came from the unknown part of the table.
 pub type Field<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -265,7 +268,7 @@ impl Decoder {
     }
 
     /// `idx` (1-based over the static then dynamic table): `Ok(None)` when unknown.
-    fn lookup(&self, idx: usize) -> Result<Option<(&[u8], &[u8])>, Error> {
+    fn lookup(&self, idx: usize) -> Result<Option<EntryRef<'_>>, Error> {
         if idx <= STATIC_TABLE.len() {
             return Ok(Some(STATIC_TABLE[idx - 1]));
         }

@@ -165,7 +165,7 @@ mod tests {
                 bits.push(((code >> i) & 1) as u8);
             }
         }
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push(1);
         }
         let bytes: Vec<u8> = bits

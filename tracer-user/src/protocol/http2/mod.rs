@@ -22,6 +22,10 @@
 //! The request direction is learnt from the client preface, or failing that from the first
 //! block with `:method` or `:status`.
 //!
+//! HPACK tables are known from a connection's start only when the client preface is seen:
+//! positions count from the kernel's first sight of a connection, so position 0 alone does not
+//! prove it (the connection may have been open before tracing).
+//!
 //! # Losses ("never a wrong attribute")
 //!
 //! A connection joined mid-way (first bytes past position 0) is decoded from the first chunk that
@@ -187,7 +191,9 @@ impl Http2Conn {
             position: chunk.position,
         };
         let mut events = std::mem::take(&mut self.events);
+        let peer_saw_preface = self.dirs[dir.opposite().index()].saw_preface;
         let framer = &mut self.dirs[dir.index()];
+        framer.peer_saw_preface = peer_saw_preface;
         framer.feed(
             chunk.data,
             chunk.total_len,

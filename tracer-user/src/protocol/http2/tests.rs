@@ -658,3 +658,48 @@ fn a_gap_ending_the_last_data_frame_completes_the_exchange() {
     assert_eq!(x.http.end_ns, last_exit);
     assert!(x.http.incomplete);
 }
+
+#[test]
+fn position_zero_without_the_preface_is_not_a_known_table() {
+    // A connection open before tracing: the kernel's positions start at 0 anyway. The client's
+    // first captured write is a HEADERS frame referring to an entry indexed before (index 62).
+    let mut block = vec![0x83, 0x86, 0x80 | 62];
+    block.extend(lit(":authority", "svc"));
+    let mut f = Feeder::new();
+    f.feed(C2S, &frame(HEADERS, END_HEADERS | END_STREAM, 9, &block));
+    f.feed(
+        S2C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 9, &[0x88, 0x80 | 70]),
+    );
+    assert_eq!(f.out.len(), 1);
+    let x = &f.out[0];
+    assert_eq!(x.http.request.method, "POST");
+    assert_eq!(x.http.request.target, "", "unknown, not guessed");
+    assert_eq!(x.unknown_fields, 2);
+    assert!(x.http.incomplete);
+    assert_eq!(x.http.response.as_ref().unwrap().status, 200);
+    assert_eq!(f.conn.h2_stats().frames.dropped_blocks, 0);
+
+    // The server direction seen from position 0 before the client's preface: its table is
+    // settled as known only once the preface was seen.
+    let mut f = Feeder::new();
+    f.feed(S2C, &settings());
+    let mut c2s = client_preface();
+    c2s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/x"),
+    ));
+    f.feed(C2S, &c2s);
+    // The response indexes a field; the trailers refer to it (index 62).
+    let mut head = vec![0x88];
+    head.extend(lit_indexed("grpc-status", "0"));
+    let mut s2c = frame(HEADERS, END_HEADERS, 1, &head);
+    s2c.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x80 | 62]));
+    f.feed(S2C, &s2c);
+    let x = &f.out[0];
+    assert_eq!(x.unknown_fields, 0);
+    assert!(!x.http.incomplete);
+    assert_eq!(x.trailers, [("grpc-status".to_string(), "0".to_string())]);
+}
