@@ -44,6 +44,7 @@ mod huffman;
 
 use std::collections::HashMap;
 
+use super::http1::RequestStart;
 use super::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
 use block::Block;
 pub use framer::FrameStats;
@@ -161,6 +162,19 @@ pub struct Http2Conn {
     ready: Vec<H2Exchange>,
     /// `ts_exit` of the last chunk seen per direction (the time of what a gap completes).
     last_exit: [u64; 2],
+    /// Requests whose head the last `on_chunk` parsed: see [`Http2Conn::started`].
+    started: Vec<Started>,
+}
+
+/// A request head parsed in [`Http2Conn::on_chunk`].
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    stream: u32,
+    seq: u64,
+    tid: u32,
+    start_ns: u64,
+    head_position: u64,
+    direction: Direction,
 }
 
 impl Http2Conn {
@@ -177,12 +191,14 @@ impl Http2Conn {
             events: Vec::new(),
             ready: Vec::new(),
             last_exit: [0; 2],
+            started: Vec::new(),
         }
     }
 
     /// Feed one chunk of one direction. Completed exchanges are pushed to `out`.
     pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<H2Exchange>) {
         out.append(&mut self.ready);
+        self.started.clear();
         self.last_exit[dir.index()] = chunk.ts_exit;
         let meta = Meta {
             ts_enter: chunk.ts_enter,
@@ -211,6 +227,7 @@ impl Http2Conn {
     /// `len` bytes of `dir` were lost. Inside a DATA payload they are skipped; anywhere else the
     /// direction stops being decoded and open streams are marked incomplete.
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
+        self.started.clear();
         let mut events = std::mem::take(&mut self.events);
         let meta = Meta {
             ts_exit: self.last_exit[dir.index()],
@@ -248,6 +265,25 @@ impl Http2Conn {
         self.h2
     }
 
+    /// The requests (received or sent) whose head the last [`Self::on_chunk`] parsed, in
+    /// order, as for HTTP/1 ([`RequestStart::head`] is `None` when the stream already ended in
+    /// the same chunk). Empty after `on_gap` and `on_close`.
+    pub fn started(&self) -> impl Iterator<Item = RequestStart<'_>> {
+        self.started.iter().map(|s| RequestStart {
+            seq: s.seq,
+            tid: s.tid,
+            direction: s.direction,
+            injected: None,
+            start_ns: s.start_ns,
+            head_position: s.head_position,
+            head: self
+                .streams
+                .get(&s.stream)
+                .filter(|st| st.seq == s.seq)
+                .map(|st| &st.request),
+        })
+    }
+
     /// The direction that carries requests (`Egress`: the traced process is the client), once
     /// known.
     pub fn request_direction(&self) -> Option<Direction> {
@@ -261,6 +297,7 @@ impl Http2Conn {
             + self.streams.values().map(Stream::heap_bytes).sum::<usize>()
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.ready.capacity() * std::mem::size_of::<H2Exchange>()
+            + self.started.capacity() * std::mem::size_of::<Started>()
     }
 
     /// No open stream and no partial frame: the table may expire it cheaply.
@@ -431,6 +468,14 @@ impl Http2Conn {
                     unknown: b.unknown,
                 },
             );
+            self.started.push(Started {
+                stream: id,
+                seq: self.next_seq,
+                tid: first.tid,
+                start_ns,
+                head_position: first.position,
+                direction: dir,
+            });
             self.next_seq += 1;
             return;
         }

@@ -268,6 +268,36 @@ fn captures_split_anywhere_decode_the_same() {
 }
 
 #[test]
+fn started_reports_request_heads_as_parsed() {
+    let mut f = Feeder::new();
+    let mut c2s = client_preface();
+    c2s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/a"),
+    ));
+    c2s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &request_block("/b"),
+    ));
+    f.feed(S2C, &c2s);
+    let started: Vec<(u64, Direction, Option<String>)> = f
+        .conn
+        .started()
+        .map(|s| (s.seq, s.direction, s.head.map(|h| h.target.clone())))
+        .collect();
+    assert_eq!(
+        started,
+        [(0, S2C, Some("/a".into())), (1, S2C, Some("/b".into()))]
+    );
+    f.conn.on_gap(C2S, 0);
+    assert_eq!(f.conn.started().count(), 0);
+}
+
+#[test]
 fn server_side_capture() {
     // The traced process is the server: it reads the requests.
     let f = run_capture("grpc", S2C, &[], &[]);
