@@ -57,7 +57,9 @@ fuzz_target!(|input: &[u8]| {
             2 | 3 => {
                 // A frame: [kind] [flags] [stream] payload; kind 3 ops use END_HEADERS HEADERS.
                 let (kind, flags, stream, payload) = match data {
-                    [k, f, s, rest @ ..] if (op >> 1) & 7 == 2 => (k % 11, *f, u32::from(*s % 9), rest),
+                    [k, f, s, rest @ ..] if (op >> 1) & 7 == 2 => {
+                        (k % 11, *f, u32::from(*s % 9), rest)
+                    }
                     [f, rest @ ..] => (1, f | 4, 1 + 2 * extra, rest),
                     _ => (4, 0, 0, data),
                 };
@@ -134,7 +136,11 @@ fuzz_target!(|input: &[u8]| {
         assert!(h.request.headers.len() <= 17);
         let heads = h.request.headers.iter().chain(&x.trailers);
         let heads = heads.chain(h.response.iter().flat_map(|r| &r.headers));
-        assert!(heads.into_iter().all(|(n, v)| n.len() <= 64 && v.len() <= 3 * 64));
+        assert!(
+            heads
+                .into_iter()
+                .all(|(n, v)| n.len() <= 64 && v.len() <= 3 * 64)
+        );
         if let Some(r) = &h.response {
             assert!(r.status == 0 || (100..1000).contains(&r.status));
         }

@@ -19,6 +19,8 @@ const MAX_STORED_NAME: usize = 128;
 /// Largest dynamic table this decoder holds; a larger agreed size is followed with the
 /// overflowing (oldest) entries forgotten, i.e. marked unknown.
 pub const MAX_TABLE_SIZE: usize = 64 * 1024;
+/// Scratch buffers grown beyond this are freed after a block.
+const KEEP_SCRATCH: usize = 4096;
 /// The protocol's initial SETTINGS_HEADER_TABLE_SIZE.
 pub const DEFAULT_TABLE_SIZE: usize = 4096;
 
@@ -197,6 +199,12 @@ impl Decoder {
         let r = self.decode_inner(block, &mut f);
         if r.is_err() {
             self.poison();
+        }
+        // Scratch grown by a long value is not kept.
+        for buf in [&mut self.name_buf, &mut self.value_buf] {
+            if buf.capacity() > KEEP_SCRATCH {
+                *buf = Vec::new();
+            }
         }
         r
     }
@@ -648,5 +656,44 @@ mod tests {
         .unwrap();
         assert_eq!(d.size, 10 + 12 + 32);
         assert_eq!(table(&d), [(&b"custom-key"[..], &b"cust"[..])]);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_our_cap_and_the_rest_is_unknown() {
+        let mut d = Decoder::new(512);
+        d.set_limit(1 << 20);
+        // Size update to 1 MiB (0x3f then 1048576 - 31 in 7-bit groups).
+        let mut up = vec![0x3f];
+        let mut v = (1usize << 20) - 31;
+        while v >= 128 {
+            up.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        up.push(v as u8);
+        up.push(0x82);
+        d.decode(&up, |_| {}).unwrap();
+        for i in 0..20_000 {
+            let mut b = vec![0x40, 1, b'n', 100];
+            b.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, 100));
+            d.decode(&b, |_| {}).unwrap();
+        }
+        assert!(d.size <= MAX_TABLE_SIZE);
+        assert!(
+            d.memory_bytes() < 3 * MAX_TABLE_SIZE,
+            "{}",
+            d.memory_bytes()
+        );
+        // The newest entry is known; one past what we keep is unknown, not an error.
+        let kept = d.entries.len();
+        assert_eq!(fields(&mut d, &[0xbe])[0].0.as_deref(), Some("n"));
+        let idx = 62 + kept;
+        let mut r = vec![0xff];
+        let mut v = idx - 127;
+        while v >= 128 {
+            r.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        r.push(v as u8);
+        assert_eq!(fields(&mut d, &r), [(None, None)]);
     }
 }
