@@ -3,10 +3,10 @@
 //!
 //! # Layers
 //!
-//! * [`frame`]: frame headers, and the plausibility checks used to find one without context.
-//! * [`framer`]: one direction's bytes → frames (reassembled across chunks) → [`framer::Event`]s;
+//! * `frame`: frame headers, and the plausibility checks used to find one without context.
+//! * `framer`: one direction's bytes → frames (reassembled across chunks) → `framer::Event`s;
 //!   header blocks (HEADERS/PUSH_PROMISE + CONTINUATION) are decoded there with the direction's
-//!   [`hpack`] decoder and reduced to a [`block::Block`].
+//!   `hpack` decoder and reduced to a `block::Block`.
 //! * This module: streams paired into exchanges.
 //!
 //! # Streams
@@ -35,6 +35,15 @@
 //! that is only counted loses that direction for good (frame boundaries cannot be found reliably
 //! again): open streams are marked incomplete and emitted at close. A header block that cannot
 //! be decoded (too large, malformed) leaves its table unknown from then on.
+
+//! # Interface (as [`super::http1::Http1Conn`])
+//!
+//! [`Http2Conn::new`] with [`Limits`]; [`Http2Conn::on_chunk`] pushes completed
+//! [`H2Exchange`]s (an [`HttpExchange`] plus stream id, scheme, trailers and a count of unknown
+//! fields); [`Http2Conn::started`] lists the request heads the last chunk parsed;
+//! [`Http2Conn::on_gap`], [`Http2Conn::on_close`], [`Http2Conn::on_expire`],
+//! [`Http2Conn::stats`] (+ [`Http2Conn::h2_stats`]), [`Http2Conn::memory_bytes`],
+//! [`Http2Conn::is_idle`].
 
 mod block;
 mod frame;
@@ -402,6 +411,10 @@ impl Http2Conn {
         if let Some(b) = &block {
             self.h2.unknown_fields += u64::from(b.unknown);
         }
+        if id == 0 {
+            self.stats.invalid_messages += 1;
+            return;
+        }
         let req_dir = match (self.req_dir, &block) {
             (Some(r), _) => r,
             (None, Some(b)) if b.method.is_some() => dir,
@@ -413,10 +426,6 @@ impl Http2Conn {
             }
         };
         self.req_dir = Some(req_dir);
-        if id == 0 {
-            self.stats.invalid_messages += 1;
-            return;
-        }
         if dir == req_dir {
             if self.streams.contains_key(&id) {
                 // Request trailers: nothing kept.
