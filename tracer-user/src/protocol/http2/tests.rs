@@ -1,6 +1,9 @@
 //! Connection-level tests: hand-built frame sequences and byte streams captured from real
-//! peers (testdata/: curl against nginx with h2c, Python grpcio client and server; each file is
-//! one direction of one connection, recorded by `capture_proxy.py`).
+//! peers on loopback (testdata/): curl 7.88 against nginx 1.22 with h2c (`nginx*.c2s/.s2c`) and
+//! grpcio 1.85 client and server (`grpc.c2s/.s2c`, from `grpc_pair.py`): one file per
+//! direction of one connection, recorded by `capture_proxy.py`; and `grpc-more.log` (from
+//! `grpc_more.py`), every recv of both directions in arrival order, recorded by
+//! `capture_proxy_log.py`.
 
 use super::frame::*;
 use super::*;
@@ -732,4 +735,72 @@ fn position_zero_without_the_preface_is_not_a_known_table() {
     assert_eq!(x.unknown_fields, 0);
     assert!(!x.http.incomplete);
     assert_eq!(x.trailers, [("grpc-status".to_string(), "0".to_string())]);
+}
+
+/// Replays a capture recorded by `capture_proxy_log.py` (every recv, in arrival order) with
+/// `client` as the client side's direction.
+fn replay(name: &str, client: Direction) -> Feeder {
+    let log = read(name);
+    let mut f = Feeder::new();
+    let mut p = 0;
+    while p + 5 <= log.len() {
+        let len = u32::from_be_bytes(log[p + 1..p + 5].try_into().unwrap()) as usize;
+        let dir = if log[p] == 0 {
+            client
+        } else {
+            client.opposite()
+        };
+        f.feed(dir, &log[p + 5..p + 5 + len]);
+        p += 5 + len;
+    }
+    assert_eq!(p, log.len());
+    f
+}
+
+/// Stream id, path, status, body sizes, grpc-status, incomplete.
+type Row<'a> = (u32, &'a str, Option<u16>, u64, u64, Option<&'a str>, bool);
+
+#[test]
+fn replayed_grpc_streaming_and_deadline_in_arrival_order() {
+    // grpcio client and server through a logging proxy, replayed with the real recv
+    // boundaries and order: unary, client streaming, bidi, a call cancelled by its deadline
+    // (client RST_STREAM; the server's late answer is unmatched), unary again.
+    for client in [C2S, S2C] {
+        let mut f = replay("grpc-more.log", client);
+        f.close();
+        let got: Vec<Row<'_>> = f
+            .out
+            .iter()
+            .map(|x| {
+                (
+                    x.stream_id,
+                    x.http.request.target.as_str(),
+                    x.http.response.as_ref().map(|r| r.status),
+                    x.http.request_body_size,
+                    x.http.response_body_size,
+                    x.grpc_status(),
+                    x.http.incomplete,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "/demo.More/Unary", Some(200), 6, 11, Some("0"), false),
+                (3, "/demo.More/Collect", Some(200), 21, 13, Some("0"), false),
+                (5, "/demo.More/Bidi", Some(200), 14, 14, Some("0"), false),
+                (7, "/demo.More/Slow", None, 6, 0, None, true),
+                (9, "/demo.More/Unary", Some(200), 6, 11, Some("0"), false),
+            ]
+        );
+        for x in &f.out {
+            assert_eq!(x.http.request_direction, client);
+            assert!(x.http.start_ns < x.http.end_ns);
+            assert!(header(x, "grpc-timeout").is_some());
+        }
+        let seqs: Vec<u64> = f.out.iter().map(|x| x.http.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        assert_eq!(f.conn.stats().unmatched_responses, 1);
+        assert_eq!(f.conn.h2_stats().streams_reset, 1);
+    }
 }
