@@ -5,6 +5,7 @@
 //! gaps (bytes the kernel could not deliver) explicitly; a parser never sees a silent hole.
 
 pub mod http1;
+pub mod http2;
 
 pub use tracer_common::{Direction, SpanCtx};
 
