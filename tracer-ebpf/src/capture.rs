@@ -28,7 +28,7 @@ pub const ARG0: usize = 16;
 const ARG_SIZE: usize = 8;
 
 /// Bounded iovec walk: at most this many segments are copied (positions stay exact).
-const MAX_IOV: u32 = 8;
+const MAX_IOV: u32 = 32;
 /// At most this many messages of a sendmmsg/recvmmsg are captured.
 pub const MAX_MMSG: u32 = 8;
 

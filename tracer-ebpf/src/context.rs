@@ -54,6 +54,10 @@ fn starts_request(buf: *const u8, n: usize) -> bool {
     if n < 16 {
         return false;
     }
+    // The HTTP/2 client preface (`PRI * HTTP/2.0`) looks like a request line: never touch it.
+    if at(buf, 0) == b'P' && at(buf, 1) == b'R' && at(buf, 2) == b'I' && at(buf, 3) == b' ' {
+        return false;
+    }
     let mut i = 0;
     while i < 8 {
         let c = at(buf, i);

@@ -2,13 +2,10 @@
 //! by byte position, and expiry of idle and abandoned state.
 use std::collections::HashMap;
 
-use tracer_common::{CloseEvent, DataHeader, Direction, Role, Source};
+use tracer_common::{CloseEvent, DataHeader, Direction, Protocol, Role, Source};
 
 use super::{ConnMeta, socket_addrs};
-use crate::protocol::{
-    Chunk, HttpExchange, ParseStats,
-    http1::{Http1Conn, RequestStart},
-};
+use crate::protocol::{Chunk, ConnParser, HttpExchange, ParseStats, http1::RequestStart};
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +48,7 @@ struct Conn {
     meta: ConnMeta,
     /// Next expected byte position per direction; `None` until the first call.
     next: [Option<u64>; 2],
-    http: Http1Conn,
+    http: ConnParser,
     last_ns: u64,
 }
 
@@ -133,7 +130,7 @@ impl ConnTable {
                 Conn {
                     meta,
                     next: [None; 2],
-                    http: Http1Conn::new(Default::default()),
+                    http: ConnParser::new(Protocol::from_u8(h.protocol)),
                     last_ns: ts,
                 },
             );

@@ -104,3 +104,105 @@ pub struct ParseStats {
     /// Requests still waiting for a response when the connection closed or expired.
     pub unanswered_requests: u64,
 }
+
+/// One connection's parser, chosen from the protocol the kernel classified from its first
+/// bytes (the HTTP/2 client preface, else HTTP/1.x). HTTP/1 stays inline (the common case,
+/// no extra allocation per connection); the larger HTTP/2 state is boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum ConnParser {
+    Http1(http1::Http1Conn),
+    Http2 {
+        conn: Box<http2::Http2Conn>,
+        scratch: Vec<http2::H2Exchange>,
+    },
+}
+
+impl ConnParser {
+    pub fn new(protocol: tracer_common::Protocol) -> Self {
+        match protocol {
+            tracer_common::Protocol::Http2 => Self::Http2 {
+                conn: Box::new(http2::Http2Conn::new(Default::default())),
+                scratch: Vec::new(),
+            },
+            _ => Self::Http1(http1::Http1Conn::new(Default::default())),
+        }
+    }
+
+    pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) {
+        match self {
+            Self::Http1(c) => c.on_chunk(dir, chunk, out),
+            Self::Http2 { conn, scratch } => {
+                conn.on_chunk(dir, chunk, scratch);
+                out.extend(scratch.drain(..).map(h2_exchange));
+            }
+        }
+    }
+
+    pub fn on_gap(&mut self, dir: Direction, len: u64) {
+        match self {
+            Self::Http1(c) => c.on_gap(dir, len),
+            Self::Http2 { conn, .. } => conn.on_gap(dir, len),
+        }
+    }
+
+    pub fn on_close(&mut self, ts: u64, out: &mut Vec<HttpExchange>) {
+        match self {
+            Self::Http1(c) => c.on_close(ts, out),
+            Self::Http2 { conn, scratch } => {
+                conn.on_close(ts, scratch);
+                out.extend(scratch.drain(..).map(h2_exchange));
+            }
+        }
+    }
+
+    pub fn on_expire(&mut self, ts: u64, out: &mut Vec<HttpExchange>) {
+        match self {
+            Self::Http1(c) => c.on_expire(ts, out),
+            Self::Http2 { conn, scratch } => {
+                conn.on_expire(ts, scratch);
+                out.extend(scratch.drain(..).map(h2_exchange));
+            }
+        }
+    }
+
+    /// Request heads the last `on_chunk` parsed (see [`http1::RequestStart`]).
+    pub fn started(&self) -> impl Iterator<Item = http1::RequestStart<'_>> {
+        let (a, b) = match self {
+            Self::Http1(c) => (Some(c.started()), None),
+            Self::Http2 { conn, .. } => (None, Some(conn.started())),
+        };
+        a.into_iter().flatten().chain(b.into_iter().flatten())
+    }
+
+    pub fn stats(&self) -> ParseStats {
+        match self {
+            Self::Http1(c) => c.stats(),
+            Self::Http2 { conn, .. } => conn.stats(),
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        match self {
+            Self::Http1(c) => c.is_idle(),
+            Self::Http2 { conn, .. } => conn.is_idle(),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            Self::Http1(c) => c.memory_bytes(),
+            Self::Http2 { conn, scratch } => {
+                conn.memory_bytes() + scratch.capacity() * std::mem::size_of::<http2::H2Exchange>()
+            }
+        }
+    }
+}
+
+/// An HTTP/2 stream as an exchange: its trailers (gRPC status) join the response headers.
+fn h2_exchange(x: http2::H2Exchange) -> HttpExchange {
+    let mut http = x.http;
+    if let Some(resp) = http.response.as_mut() {
+        resp.headers.extend(x.trailers);
+    }
+    http
+}

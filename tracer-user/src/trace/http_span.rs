@@ -185,7 +185,7 @@ pub fn span_from_exchange(
     }
 
     // Response and status.
-    let (status, status_message) = match &ex.response {
+    let (mut status, mut status_message) = match &ex.response {
         Some(resp) => {
             attrs.push(("http.response.status_code", i64::from(resp.status).into()));
             if !ex.incomplete && (ex.response_body_size > 0 || has_body_framing(&resp.headers)) {
@@ -210,6 +210,43 @@ pub fn span_from_exchange(
             (StatusCode::Error, Some("no response".to_owned()))
         }
     };
+    // gRPC (HTTP/2 with an application/grpc content type): the RPC conventions. The HTTP
+    // status is 200 even for failed calls; the call's status is `grpc-status`.
+    let mut rpc_name = None;
+    if header(&req.headers, "content-type").is_some_and(|ct| ct.starts_with("application/grpc")) {
+        attrs.push(("rpc.system", "grpc".into()));
+        if let Some((service, method)) = target
+            .path
+            .and_then(|p| p.strip_prefix('/'))
+            .and_then(|p| p.split_once('/'))
+            .filter(|(s, m)| !s.is_empty() && !m.is_empty())
+        {
+            attrs.push(("rpc.service", service.into()));
+            attrs.push(("rpc.method", method.into()));
+            rpc_name = Some(format!("{service}/{method}"));
+        }
+        let response = ex.response.as_ref();
+        let code = response
+            .and_then(|r| header(&r.headers, "grpc-status"))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if let Some(code) = code {
+            attrs.push(("rpc.grpc.status_code", code.into()));
+            // Server spans: only codes that mean the server failed; client spans: any non-OK.
+            let error = match kind {
+                SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+                SpanKind::Client => code != 0,
+            };
+            if error {
+                attrs.push(("error.type", code.to_string().into()));
+                status = StatusCode::Error;
+                status_message = response
+                    .and_then(|r| header(&r.headers, "grpc-message"))
+                    .map(|m| truncate(m, 256).to_owned());
+            } else if status_message.is_none() {
+                status = StatusCode::Unset;
+            }
+        }
+    }
     if ex.incomplete {
         attrs.push(("tracer.incomplete", true.into()));
     }
@@ -219,9 +256,10 @@ pub fn span_from_exchange(
         attrs.push(("tracer.traceparent.injected", true.into()));
     }
 
-    let name = match &route {
-        Some(r) => format!("{method_name} {r}"),
-        None => method_name.to_owned(),
+    let name = match (rpc_name, &route) {
+        (Some(rpc), _) => rpc,
+        (None, Some(r)) => format!("{method_name} {r}"),
+        (None, None) => method_name.to_owned(),
     };
 
     let start_unix_ns = clock.to_unix_ns(ex.start_ns);

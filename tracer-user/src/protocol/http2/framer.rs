@@ -296,7 +296,16 @@ impl Framer {
                     self.lose(ev);
                 }
             },
-            Sync::Start | Sync::Preface(_) => {
+            // Nothing of this direction seen yet: its first bytes were moved before the kernel
+            // knew the protocol (a server's SETTINGS sent before the client preface arrived).
+            // Join at the next chunk start, with the table's older part unknown (never
+            // guessed; usually empty at that point).
+            Sync::Start => {
+                self.sync = Sync::Hunt;
+                self.table_settled = true;
+                self.decoder = Decoder::new_unknown(self.max_value);
+            }
+            Sync::Preface(_) => {
                 st.desyncs += 1;
                 self.lose(ev);
             }

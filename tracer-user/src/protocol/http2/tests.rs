@@ -615,13 +615,34 @@ fn gaps_inside_data_are_skipped_elsewhere_lose_the_direction() {
         &request_block("/a"),
     ));
     f.feed(C2S, &c2s);
+    f.feed(S2C, &settings());
     f.conn.on_gap(S2C, 10);
+    f.pos[1] += 10;
     f.feed(S2C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x88]));
     assert!(f.out.is_empty());
     f.close();
     assert_eq!(f.out.len(), 1);
     assert!(f.out[0].http.incomplete && f.out[0].http.response.is_none());
     assert_eq!(f.conn.h2_stats().frames.desyncs, 1);
+
+    // A gap before anything of a direction was seen (a server's SETTINGS written before the
+    // kernel recognised the client preface): the direction joins at the next chunk start.
+    let mut f = Feeder::new();
+    let mut c2s = client_preface();
+    c2s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/a"),
+    ));
+    f.feed(C2S, &c2s);
+    f.conn.on_gap(S2C, 27);
+    f.pos[1] += 27;
+    f.feed(S2C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x88]));
+    assert_eq!(f.out.len(), 1);
+    let resp = f.out[0].http.response.as_ref().expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(f.conn.h2_stats().frames.desyncs, 0);
 }
 
 #[test]

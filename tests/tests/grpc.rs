@@ -1,0 +1,94 @@
+//! Privileged end-to-end: HTTP/2 (h2c) and gRPC spans from real grpcio peers: a Python grpcio
+//! server and client on one channel (many calls on one connection, a call failing NOT_FOUND,
+//! a server-streaming call). Span names `{package.Service}/{Method}`, the RPC attributes, the
+//! status rules of the semantic conventions, and same-node parents.
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn peer() -> std::path::PathBuf {
+    workspace_root().join("tests/servers/grpc_peer.py")
+}
+
+fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
+    let spans = r.wait_spans(n, WAIT, |s| s.kind() == kind && s.name() == name);
+    assert_eq!(spans.len(), n, "{kind} {name}: {spans:#?}");
+    spans
+}
+
+#[test]
+fn grpc_calls_become_rpc_spans() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let server = Proc::spawn(
+        "grpc server",
+        Command::new("python3")
+            .arg(peer())
+            .args(["server", &port.to_string()]),
+    )
+    .unwrap();
+    server.wait_line("READY", Duration::from_secs(20)).unwrap();
+    let agent = Agent::start(
+        &["--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .arg(peer())
+        .args(["client", &port.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DONE"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for kind in ["SPAN_KIND_CLIENT", "SPAN_KIND_SERVER"] {
+        for s in spans_named(&receiver, kind, "demo.Greeter/SayHello", 3) {
+            assert_eq!(s.attr_str("rpc.system"), "grpc", "{s:#}");
+            assert_eq!(s.attr_str("rpc.service"), "demo.Greeter");
+            assert_eq!(s.attr_str("rpc.method"), "SayHello");
+            assert_eq!(s.attr_i64("rpc.grpc.status_code"), 0);
+            assert_eq!(s.attr_str("network.protocol.version"), "2");
+            assert_eq!(s.attr_i64("server.port"), port as i64);
+            assert_eq!(s.attr_i64("http.response.status_code"), 200);
+            assert_ne!(s.status_code(), "STATUS_CODE_ERROR");
+            assert!(s.end_ns() >= s.start_ns());
+        }
+        let count = spans_named(&receiver, kind, "demo.Greeter/Count", 1);
+        assert_eq!(
+            count[0].attr_i64("rpc.grpc.status_code"),
+            0,
+            "{:#}",
+            count[0]
+        );
+    }
+    // NOT_FOUND: an error for the caller, not a server failure.
+    let client = &spans_named(&receiver, "SPAN_KIND_CLIENT", "demo.Greeter/Missing", 1)[0];
+    assert_eq!(client.attr_i64("rpc.grpc.status_code"), 5);
+    assert_eq!(client.status_code(), "STATUS_CODE_ERROR", "{client:#}");
+    assert_eq!(client.attr_str("error.type"), "5");
+    let srv = &spans_named(&receiver, "SPAN_KIND_SERVER", "demo.Greeter/Missing", 1)[0];
+    assert_eq!(srv.attr_i64("rpc.grpc.status_code"), 5);
+    assert_ne!(srv.status_code(), "STATUS_CODE_ERROR", "{srv:#}");
+    // Same node: each server span is the child of the call's client span.
+    assert_eq!(srv.parent_id(), client.span_id(), "{srv:#}");
+    assert_eq!(srv.trace_id(), client.trace_id());
+    assert_eq!(srv.attr_str("tracer.parent.source"), "address");
+
+    let line = log_line(&agent.stop().unwrap(), "final counters");
+    assert_eq!(
+        counter(&line, "inject_done"),
+        0,
+        "HTTP/2 is never injected into: {line}"
+    );
+}
