@@ -1,7 +1,8 @@
 //! Privileged end-to-end: HTTP/2 (h2c) and gRPC spans from real grpcio peers: a Python grpcio
 //! server and client on one channel (many calls on one connection, a call failing NOT_FOUND,
 //! a server-streaming call). Span names `{package.Service}/{Method}`, the RPC attributes, the
-//! status rules of the semantic conventions, and same-node parents.
+//! status rules of the semantic conventions, and same-node parents. Plain HTTP/2: curl with
+//! prior knowledge against nginx h2c.
 use std::{process::Command, time::Duration};
 
 use serde_json::Value;
@@ -91,4 +92,103 @@ fn grpc_calls_become_rpc_spans() {
         0,
         "HTTP/2 is never injected into: {line}"
     );
+}
+
+/// A private nginx serving HTTP/2 in cleartext (h2c, prior knowledge) on `port`.
+fn nginx_h2c(dir: &std::path::Path, port: u16) -> Proc {
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} http2;
+        location /missing {{ return 404 "not here\n"; }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+        d = d.display(),
+    );
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let p = Proc::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"]),
+    )
+    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)");
+    wait_port(port, Duration::from_secs(10)).unwrap();
+    p
+}
+
+/// Plain HTTP/2 (not gRPC): curl with prior knowledge against nginx h2c. The HTTP conventions
+/// with `network.protocol.version=2`, both sides, linked; injection never touches the preface.
+#[test]
+fn plain_http2_follows_the_http_conventions() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let dir = TempDir::new("h2c");
+    let port = free_port();
+    let agent = Agent::start(
+        &["--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap();
+    let nginx = nginx_h2c(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let body = curl(&["--http2-prior-knowledge", &format!("{base}/hello")]).unwrap();
+    assert_eq!(body, "ok\n");
+    curl(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        &format!("{base}/missing"),
+    ])
+    .unwrap();
+
+    for (path, status) in [("/hello", 200), ("/missing", 404)] {
+        let pick = |kind: &'static str| {
+            let s = receiver.wait_spans(1, WAIT, |s| {
+                s.kind() == kind && s.attr_str("url.path") == path
+            });
+            assert_eq!(s.len(), 1, "{kind} {path}: {s:#?}");
+            s.into_iter().next().unwrap()
+        };
+        let (client, server) = (pick("SPAN_KIND_CLIENT"), pick("SPAN_KIND_SERVER"));
+        for s in [&client, &server] {
+            assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#}");
+            assert_eq!(s.attr_i64("http.response.status_code"), status);
+            assert_eq!(s.attr_str("network.protocol.version"), "2");
+            assert_eq!(s.attr("rpc.system"), &Value::Null);
+        }
+        assert_eq!(client.attr_str("url.full"), format!("{base}{path}"));
+        // A 404 is a client error only.
+        assert_eq!(client.status_code() == "STATUS_CODE_ERROR", status == 404);
+        assert_ne!(server.status_code(), "STATUS_CODE_ERROR");
+        assert_eq!(server.parent_id(), client.span_id(), "{server:#}");
+    }
+    let line = log_line(&agent.stop().unwrap(), "final counters");
+    assert_eq!(counter(&line, "inject_done"), 0, "{line}");
+    drop(nginx);
 }
