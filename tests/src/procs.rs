@@ -279,3 +279,57 @@ pub fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
         })
         .collect()
 }
+
+/// A private nginx in `dir` whose server block listens with `listen` (e.g.
+/// `127.0.0.1:8443 ssl` plus `extra` certificate lines, or `127.0.0.1:8080 http2`) on `port`:
+/// `/missing` answers 404, everything else 200 "ok".
+pub fn nginx(dir: &Path, port: u16, listen: &str, extra: &str) -> Proc {
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {listen};
+        {extra}
+        location /missing {{ return 404 "not here\n"; }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+        d = d.display(),
+    );
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let p = Proc::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null()),
+    )
+    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)");
+    if let Err(e) = wait_port(port, Duration::from_secs(10)) {
+        panic!(
+            "nginx did not listen: {e}; error log:\n{}",
+            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+        );
+    }
+    p
+}

@@ -94,51 +94,6 @@ fn grpc_calls_become_rpc_spans() {
     );
 }
 
-/// A private nginx serving HTTP/2 in cleartext (h2c, prior knowledge) on `port`.
-fn nginx_h2c(dir: &std::path::Path, port: u16) -> Proc {
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = format!(
-        r#"user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} http2;
-        location /missing {{ return 404 "not here\n"; }}
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-        d = d.display(),
-    );
-    let conf_path = d.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let p = Proc::spawn(
-        "nginx",
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"]),
-    )
-    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)");
-    wait_port(port, Duration::from_secs(10)).unwrap();
-    p
-}
-
 /// Plain HTTP/2 (not gRPC): curl with prior knowledge against nginx h2c. The HTTP conventions
 /// with `network.protocol.version=2`, both sides, linked; injection never touches the preface.
 #[test]
@@ -155,7 +110,7 @@ fn plain_http2_follows_the_http_conventions() {
         ],
     )
     .unwrap();
-    let nginx = nginx_h2c(dir.path(), port);
+    let nginx = nginx(dir.path(), port, &format!("127.0.0.1:{port} http2"), "");
     let base = format!("http://127.0.0.1:{port}");
     let body = curl(&["--http2-prior-knowledge", &format!("{base}/hello")]).unwrap();
     assert_eq!(body, "ok\n");

@@ -11,7 +11,7 @@
 //! scan).
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -194,57 +194,12 @@ fn agent_for(receiver: &Receiver, port: u16) -> Agent {
 
 /// A private nginx serving HTTPS (HTTP/1.1) on `port`: `/missing` is 404, the rest 200.
 fn nginx_tls(dir: &Path, port: u16, certs: &Certs) -> Proc {
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = format!(
-        r#"user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location /missing {{ return 404 "not here\n"; }}
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-        d = d.display(),
-        cert = certs.cert().display(),
-        key = certs.key().display(),
+    let certificate = format!(
+        "ssl_certificate {};\n        ssl_certificate_key {};",
+        certs.cert().display(),
+        certs.key().display()
     );
-    let conf_path = d.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let p = Proc::spawn(
-        "nginx",
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null()),
-    )
-    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)");
-    if let Err(e) = wait_port(port, Duration::from_secs(10)) {
-        panic!(
-            "nginx did not listen: {e}; error log:\n{}",
-            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
-        );
-    }
-    p
+    nginx(dir, port, &format!("127.0.0.1:{port} ssl"), &certificate)
 }
 
 /// curl (libssl) → nginx (libssl), nginx started after the agent; two requests on one

@@ -109,14 +109,7 @@ impl Inflight {
             remote_port: 0,
             scan_len: 0,
             scan_src: 0,
-            ctx: SpanCtx {
-                trace_id: [0; 16],
-                span_id: [0; 8],
-                parent_id: [0; 8],
-                flags: 0,
-                state: 0,
-                _pad: [0; 6],
-            },
+            ctx: SpanCtx::default(),
         }
     }
 }

@@ -366,17 +366,10 @@ impl Capture {
 
     /// Kernel-side injection counters, summed over CPUs.
     pub fn inject_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let map = self
-            .ebpf
-            .map("INJECT_COUNTS")
-            .ok_or_else(|| anyhow!("INJECT_COUNTS map missing"))?;
-        let counts = PerCpuArray::<_, u64>::try_from(map)?;
-        let mut out = BTreeMap::new();
-        for stat in InjectStat::ALL {
-            let per_cpu = counts.get(&(stat as u32), 0)?;
-            out.insert(stat.name(), per_cpu.iter().sum());
-        }
-        Ok(out)
+        self.per_cpu_counters(
+            "INJECT_COUNTS",
+            InjectStat::ALL.map(|s| (s as u32, s.name())),
+        )
     }
 
     /// The ring buffer carrying events (can be taken once).
@@ -390,15 +383,23 @@ impl Capture {
 
     /// Kernel-side drop counters, summed over CPUs.
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let map = self
-            .ebpf
-            .map("DROPS")
-            .ok_or_else(|| anyhow!("DROPS map missing"))?;
-        let drops = PerCpuArray::<_, u64>::try_from(map)?;
+        self.per_cpu_counters("DROPS", DropCause::ALL.map(|c| (c as u32, c.name())))
+    }
+
+    /// The slots `(index, name)` of per-CPU counter array `map`, each summed over CPUs.
+    fn per_cpu_counters(
+        &self,
+        map: &str,
+        slots: impl IntoIterator<Item = (u32, &'static str)>,
+    ) -> Result<BTreeMap<&'static str, u64>> {
+        let counts = PerCpuArray::<_, u64>::try_from(
+            self.ebpf
+                .map(map)
+                .ok_or_else(|| anyhow!("{map} map missing"))?,
+        )?;
         let mut out = BTreeMap::new();
-        for cause in DropCause::ALL {
-            let per_cpu = drops.get(&(cause as u32), 0)?;
-            out.insert(cause.name(), per_cpu.iter().sum());
+        for (index, name) in slots {
+            out.insert(name, counts.get(&index, 0)?.iter().sum());
         }
         Ok(out)
     }
