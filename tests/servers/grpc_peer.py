@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""gRPC (Python grpcio, plaintext h2c) peer for the HTTP/2 tests, without generated code:
-methods take and return raw bytes.
+"""gRPC (Python grpcio, plaintext h2c) peer for the HTTP/2 tests, without generated code: the
+messages are those of grpcpeer/demo.proto (one string, field 1), encoded by hand, so this peer
+and the grpc-go one (grpcpeer/main.go) talk to each other.
 
   grpc_peer.py server <port>   demo.Greeter/SayHello (unary, echoes), demo.Greeter/Missing
                                (fails NOT_FOUND), demo.Greeter/Count (server streaming, 3
                                replies). Prints READY <port>.
-  grpc_peer.py client <port>   on one channel: 3 × SayHello, 1 × Missing, 1 × Count; prints
-                               one line per call and DONE.
+  grpc_peer.py client <port> [calls]
+                               on one channel: calls (default 3) × SayHello, 1 × Missing,
+                               1 × Count; prints one line per call and DONE.
 """
 import sys
 from concurrent import futures
@@ -16,8 +18,33 @@ import grpc
 SERVICE = "demo.Greeter"
 
 
+def encode(text):
+    """A message whose field 1 (string) is `text` (HelloRequest, HelloReply)."""
+    data = text.encode()
+    out = bytearray(b"\x0a")
+    n = len(data)
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out + data)
+
+
+def decode(message):
+    """Field 1 of a HelloRequest/HelloReply ("" when absent)."""
+    if not message or message[0] != 0x0A:
+        return ""
+    n, shift, i = 0, 0, 1
+    while message[i] & 0x80:
+        n |= (message[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+    n |= message[i] << shift
+    return message[i + 1 : i + 1 + n].decode()
+
+
 def say_hello(request, context):
-    return b"hello " + request
+    return encode("hello " + decode(request))
 
 
 def missing(request, context):
@@ -26,7 +53,7 @@ def missing(request, context):
 
 def count(request, context):
     for i in range(3):
-        yield b"%d" % i
+        yield encode(str(i))
 
 
 def server(port):
@@ -43,18 +70,19 @@ def server(port):
     s.wait_for_termination()
 
 
-def client(port):
+def client(port, calls=3):
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         hello = ch.unary_unary(f"/{SERVICE}/SayHello")
-        for i in range(3):
-            print("SayHello", hello(b"n%d" % i, timeout=10), flush=True)
+        for i in range(calls):
+            print("SayHello", decode(hello(encode(f"n{i}"), timeout=10)), flush=True)
         try:
-            ch.unary_unary(f"/{SERVICE}/Missing")(b"x", timeout=10)
+            ch.unary_unary(f"/{SERVICE}/Missing")(encode("x"), timeout=10)
         except grpc.RpcError as e:
             print("Missing", e.code(), flush=True)
-        print("Count", list(ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)), flush=True)
+        replies = ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)
+        print("Count", [decode(r) for r in replies], flush=True)
     print("DONE", flush=True)
 
 
 if __name__ == "__main__":
-    {"server": server, "client": client}[sys.argv[1]](int(sys.argv[2]))
+    {"server": server, "client": client}[sys.argv[1]](*map(int, sys.argv[2:]))

@@ -16,7 +16,9 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Real peers the end-to-end tests drive. The TLS tests (tests/tests/tls.rs) use nginx and
 /// curl (libssl), `openssl` for their certificate, `node` (OpenSSL inside the binary) and Go
-/// (crypto/tls; the test builds its own server and client).
+/// (crypto/tls; the test builds its own server and client). The HTTP/2 and gRPC tests build
+/// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
+/// drive many streams with h2load (nghttp2-client).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -24,6 +26,12 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "nodejs",
     "golang-go",
+    "golang-google-grpc-dev",
+    "golang-github-golang-protobuf-1-5-dev",
+    "protobuf-compiler",
+    "protoc-gen-go",
+    "protoc-gen-go-grpc",
+    "nghttp2-client",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
