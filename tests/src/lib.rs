@@ -1,10 +1,12 @@
 //! Harness for the end-to-end tests: free ports, real servers and clients as child processes,
 //! the agent binary, and the OTLP receiver that decodes with the official protobufs.
 pub mod agent;
+pub mod peers;
 pub mod procs;
 pub mod receiver;
 
 pub use agent::{Agent, counter, log_line, rss_kib};
+pub use peers::{Certs, grpcpeer};
 pub use procs::*;
 pub use receiver::{Receiver, SpanJson};
 

@@ -20,39 +20,6 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A self-signed certificate for 127.0.0.1 made with the openssl command line.
-struct Certs {
-    dir: TempDir,
-}
-
-impl Certs {
-    fn new(tag: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("cert.pem"))
-            .output()
-            .expect("running openssl (install it: `cargo xtask setup --test-deps`)");
-        assert!(
-            out.status.success(),
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("key.pem")
-    }
-}
-
 /// Waits until the agent logged that it attached TLS probes to a file whose line contains
 /// `what` (a path or part of it).
 fn wait_attached(agent: &Agent, what: &str) {
