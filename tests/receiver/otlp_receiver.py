@@ -77,7 +77,15 @@ def span_records(req, transport, headers):
                         "code": trace_pb2.Status.StatusCode.Name(s.status.code),
                         "message": s.status.message,
                     },
-                    "events": len(s.events),
+                    "events": [
+                        {
+                            "name": e.name,
+                            "time_unix_nano": int(e.time_unix_nano),
+                            "attributes": attrs(e.attributes),
+                        }
+                        for e in s.events
+                    ],
+                    "dropped_events_count": s.dropped_events_count,
                     "links": len(s.links),
                     "headers": headers,
                 }

@@ -94,6 +94,8 @@ pub trait SpanJson {
     fn parent_id(&self) -> &str;
     /// W3C trace flags (the low byte of the OTLP span flags).
     fn trace_flags(&self) -> i64;
+    /// The span's events (`name`, `time_unix_nano`, `attributes`).
+    fn events(&self) -> Vec<&Value>;
 }
 
 impl SpanJson for Value {
@@ -135,5 +137,11 @@ impl SpanJson for Value {
     }
     fn trace_flags(&self) -> i64 {
         self["flags"].as_i64().map_or(-1, |f| f & 0xff)
+    }
+    fn events(&self) -> Vec<&Value> {
+        self["events"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
     }
 }

@@ -14,6 +14,25 @@ fn peer() -> std::path::PathBuf {
     workspace_root().join("tests/servers/grpc_peer.py")
 }
 
+/// "type id size" (uncompressed) of a span's `rpc.message` events, each checked to lie within
+/// the span.
+fn message_events(s: &Value) -> Vec<String> {
+    s.events()
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e["name"], "rpc.message", "{s:#}");
+            let t = e["time_unix_nano"].as_u64().unwrap();
+            assert!(s.start_ns() <= t && t <= s.end_ns(), "{s:#}");
+            format!(
+                "{} {} {}",
+                e.attr_str("rpc.message.type"),
+                e.attr_i64("rpc.message.id"),
+                e.attr_i64("rpc.message.uncompressed_size"),
+            )
+        })
+        .collect()
+}
+
 fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
     let spans = r.wait_spans(n, WAIT, |s| s.kind() == kind && s.name() == name);
     assert_eq!(spans.len(), n, "{kind} {name}: {spans:#?}");
@@ -58,6 +77,13 @@ fn grpc_calls_become_rpc_spans() {
             assert_eq!(s.attr_str("rpc.system"), "grpc", "{s:#}");
             assert_eq!(s.attr_str("rpc.service"), "demo.Greeter");
             assert_eq!(s.attr_str("rpc.method"), "SayHello");
+            // "n<i>" → "hello n<i>", as protobuf: 2 + 2 and 2 + 8 bytes.
+            let want = if kind == "SPAN_KIND_CLIENT" {
+                ["SENT 1 4", "RECEIVED 1 10"]
+            } else {
+                ["RECEIVED 1 4", "SENT 1 10"]
+            };
+            assert_eq!(message_events(&s), want, "{s:#}");
             assert_eq!(s.attr_i64("rpc.grpc.status_code"), 0);
             assert_eq!(s.attr_str("network.protocol.version"), "2");
             assert_eq!(s.attr_i64("server.port"), port as i64);
@@ -72,6 +98,20 @@ fn grpc_calls_become_rpc_spans() {
             "{:#}",
             count[0]
         );
+        // Message sizes: `rpc.message` events from the length prefixes. Count sends an empty
+        // request (0 bytes) and gets 3 replies "0", "1", "2" (3 bytes each: tag, length, digit).
+        let (ours, theirs) = if kind == "SPAN_KIND_CLIENT" {
+            ("SENT", "RECEIVED")
+        } else {
+            ("RECEIVED", "SENT")
+        };
+        let want = [
+            format!("{ours} 1 0"),
+            format!("{theirs} 1 3"),
+            format!("{theirs} 2 3"),
+            format!("{theirs} 3 3"),
+        ];
+        assert_eq!(message_events(&count[0]), want, "{:#}", count[0]);
     }
     // NOT_FOUND: an error for the caller, not a server failure.
     let client = &spans_named(&receiver, "SPAN_KIND_CLIENT", "demo.Greeter/Missing", 1)[0];

@@ -78,8 +78,21 @@ pub fn proto_span(s: Span) -> ProtoSpan {
             .map(|(k, v)| key_value(k.to_owned(), v))
             .collect(),
         dropped_attributes_count: 0,
-        events: Vec::new(),
-        dropped_events_count: 0,
+        events: s
+            .events
+            .into_iter()
+            .map(|e| span::Event {
+                time_unix_nano: e.time_unix_ns,
+                name: e.name.to_owned(),
+                attributes: e
+                    .attributes
+                    .into_iter()
+                    .map(|(k, v)| key_value(k.to_owned(), v))
+                    .collect(),
+                dropped_attributes_count: 0,
+            })
+            .collect(),
+        dropped_events_count: s.dropped_events,
         links: Vec::new(),
         dropped_links_count: 0,
         status: match (s.status, s.status_message) {
@@ -127,6 +140,7 @@ pub fn export_request(batch: impl IntoIterator<Item = Span>) -> ExportTraceServi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::trace::SpanEvent;
 
     pub(crate) fn resource(pid: u32, name: &str) -> Arc<Resource> {
         Arc::new(Resource {
@@ -160,6 +174,12 @@ pub(crate) mod tests {
             status: StatusCode::Unset,
             status_message: None,
             resource: resource.clone(),
+            events: vec![SpanEvent {
+                time_unix_ns: 1_700_000_000_000_500_000,
+                name: "rpc.message",
+                attributes: vec![("rpc.message.id", AttrValue::Int(1))],
+            }],
+            dropped_events: 2,
         }
     }
 
@@ -206,6 +226,14 @@ pub(crate) mod tests {
             Some(&IntValue(8080))
         );
         assert_eq!(attr(&p.attributes, "tracer.test"), Some(&BoolValue(true)));
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].name, "rpc.message");
+        assert_eq!(p.events[0].time_unix_nano, 1_700_000_000_000_500_000);
+        assert_eq!(
+            attr(&p.events[0].attributes, "rpc.message.id"),
+            Some(&IntValue(1))
+        );
+        assert_eq!(p.dropped_events_count, 2);
 
         // Root client span: no parent, no remote bits, no status.
         let mut s = span(&r, 1);

@@ -812,6 +812,8 @@ impl Http1Conn {
                             incomplete: r.incomplete,
                             head_position: r.head_position,
                             injected: r.injected,
+                            messages: Vec::new(),
+                            messages_dropped: 0,
                         });
                     }
                 }
@@ -1076,6 +1078,8 @@ impl Http1Conn {
             incomplete: f.incomplete || f.req.incomplete,
             head_position: f.req.head_position,
             injected: f.req.injected,
+            messages: Vec::new(),
+            messages_dropped: 0,
         });
     }
 

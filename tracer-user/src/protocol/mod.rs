@@ -90,6 +90,10 @@ pub struct HttpExchange {
     pub head_position: u64,
     /// Ids the kernel injected into this request (`traceparent` on the wire, not in `request`).
     pub injected: Option<SpanCtx>,
+    /// gRPC over HTTP/2: the messages read from the stream's DATA payloads, at most
+    /// [`http2::MAX_MESSAGES`] (empty otherwise), and how many more were read.
+    pub messages: Vec<http2::RpcMessage>,
+    pub messages_dropped: u32,
 }
 
 /// Per-connection parser statistics the agent reports with its own counters.

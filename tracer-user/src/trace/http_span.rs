@@ -27,9 +27,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::context::{FLAG_SAMPLED, ParentSource, RemoteContext};
-use super::{Attributes, Clock, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+use super::{Attributes, Clock, Resource, Span, SpanEvent, SpanId, SpanKind, StatusCode, TraceId};
 use crate::conn::ConnMeta;
-use crate::protocol::{Direction, HeaderList, HttpExchange};
+use crate::protocol::{Direction, HeaderList, HttpExchange, http2::RpcMessage};
 use crate::text::truncate;
 
 /// Value that replaces each query parameter's value when redacting.
@@ -264,6 +264,16 @@ pub fn span_from_exchange(
 
     let start_unix_ns = clock.to_unix_ns(ex.start_ns);
     let end_unix_ns = clock.to_unix_ns(ex.end_ns).max(start_unix_ns);
+    let events = ex
+        .messages
+        .iter()
+        .map(|m| {
+            message_event(
+                m,
+                clock.to_unix_ns(m.at_ns).clamp(start_unix_ns, end_unix_ns),
+            )
+        })
+        .collect();
 
     Span {
         trace_id: ctx.trace_id,
@@ -279,6 +289,32 @@ pub fn span_from_exchange(
         status,
         status_message,
         resource,
+        events,
+        dropped_events: ex.messages_dropped,
+    }
+}
+
+/// A gRPC message as the RPC conventions' `rpc.message` event: SENT or RECEIVED by the traced
+/// process, numbered per direction, its size from the length prefix (compressed or not, as
+/// the prefix's flag says).
+fn message_event(m: &RpcMessage, time_unix_ns: u64) -> SpanEvent {
+    let kind = match m.direction {
+        Direction::Egress => "SENT",
+        Direction::Ingress => "RECEIVED",
+    };
+    let size_key = if m.compressed {
+        "rpc.message.compressed_size"
+    } else {
+        "rpc.message.uncompressed_size"
+    };
+    SpanEvent {
+        time_unix_ns,
+        name: "rpc.message",
+        attributes: vec![
+            ("rpc.message.type", kind.into()),
+            ("rpc.message.id", i64::from(m.id).into()),
+            (size_key, i64::from(m.size).into()),
+        ],
     }
 }
 
@@ -690,6 +726,8 @@ mod tests {
             incomplete: false,
             head_position: 0,
             injected: None,
+            messages: Vec::new(),
+            messages_dropped: 0,
         }
     }
 
@@ -1387,5 +1425,149 @@ mod tests {
         assert_eq!(split_host_port("[::1]:8"), ("::1", Some(8)));
         assert_eq!(split_host_port("::1"), ("::1", None));
         assert_eq!(split_host_port(" h:2 "), ("h", Some(2)));
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+    use crate::protocol::{RequestHead, ResponseHead};
+    use crate::trace::AttrValue;
+    use tracer_common::Role;
+
+    fn grpc_exchange(dir: Direction, status: &str) -> HttpExchange {
+        let msg = |direction, id, size, compressed, at_ns| RpcMessage {
+            direction,
+            id,
+            compressed,
+            size,
+            at_ns,
+        };
+        HttpExchange {
+            request_direction: dir,
+            request: RequestHead {
+                method: "POST".into(),
+                target: "/demo.Greeter/SayHello".into(),
+                version: "2",
+                headers: vec![
+                    ("host".into(), "greeter:50051".into()),
+                    ("content-type".into(), "application/grpc+proto".into()),
+                ],
+            },
+            response: Some(ResponseHead {
+                status: 200,
+                version: "2",
+                headers: vec![
+                    ("grpc-status".into(), status.into()),
+                    ("grpc-message".into(), "nope".into()),
+                ],
+            }),
+            start_ns: 1_000,
+            end_ns: 5_000,
+            request_body_size: 12,
+            response_body_size: 20,
+            tid: 7,
+            seq: 0,
+            incomplete: false,
+            head_position: 0,
+            injected: None,
+            messages: vec![
+                msg(Direction::Egress, 1, 7, false, 2_000),
+                msg(Direction::Ingress, 1, 15, true, 4_000),
+                // Reported at a time outside the span (clock skew between calls): clamped.
+                msg(Direction::Ingress, 2, 0, false, 9_000),
+            ],
+            messages_dropped: 3,
+        }
+    }
+
+    fn build(ex: &HttpExchange) -> Span {
+        let mut ids = IdGenerator::from_seed(1);
+        let conn = ConnMeta {
+            conn_id: 1,
+            pid: 42,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:50051".parse().unwrap(),
+            role: Role::Unknown,
+            tls: false,
+        };
+        let resource = Arc::new(Resource {
+            pid: 42,
+            attributes: vec![],
+        });
+        span_from_exchange(
+            ex,
+            &conn,
+            resource,
+            &Clock::with_offset(1_000_000),
+            &SpanOptions::default(),
+            SpanContext::root(&mut ids),
+        )
+    }
+
+    fn attr<'a>(e: &'a SpanEvent, key: &str) -> Option<&'a AttrValue> {
+        e.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn grpc_span_name_attributes_and_message_events() {
+        let sp = build(&grpc_exchange(Direction::Egress, "0"));
+        assert_eq!(sp.name, "demo.Greeter/SayHello");
+        assert_eq!(sp.kind, SpanKind::Client);
+        assert_eq!(sp.attr("rpc.system"), Some(&AttrValue::from("grpc")));
+        assert_eq!(
+            sp.attr("rpc.service"),
+            Some(&AttrValue::from("demo.Greeter"))
+        );
+        assert_eq!(sp.attr("rpc.method"), Some(&AttrValue::from("SayHello")));
+        assert_eq!(sp.attr("rpc.grpc.status_code"), Some(&AttrValue::Int(0)));
+        assert_eq!(sp.status, StatusCode::Unset);
+        assert_eq!(sp.events.len(), 3);
+        assert_eq!(sp.dropped_events, 3);
+        let (sent, recv) = (&sp.events[0], &sp.events[1]);
+        assert!(sp.events.iter().all(|e| e.name == "rpc.message"));
+        assert_eq!(attr(sent, "rpc.message.type"), Some(&"SENT".into()));
+        assert_eq!(attr(sent, "rpc.message.id"), Some(&AttrValue::Int(1)));
+        assert_eq!(
+            attr(sent, "rpc.message.uncompressed_size"),
+            Some(&AttrValue::Int(7))
+        );
+        assert_eq!(attr(sent, "rpc.message.compressed_size"), None);
+        assert_eq!(sent.time_unix_ns, 1_000_000 + 2_000);
+        assert_eq!(attr(recv, "rpc.message.type"), Some(&"RECEIVED".into()));
+        assert_eq!(
+            attr(recv, "rpc.message.compressed_size"),
+            Some(&AttrValue::Int(15))
+        );
+        assert_eq!(attr(recv, "rpc.message.uncompressed_size"), None);
+        assert_eq!(sp.events[2].time_unix_ns, sp.end_unix_ns);
+    }
+
+    #[test]
+    fn grpc_status_rules_per_kind() {
+        for (code, server_error) in [
+            ("0", false),
+            ("1", false),
+            ("2", true),
+            ("3", false),
+            ("4", true),
+            ("5", false),
+            ("12", true),
+            ("13", true),
+            ("14", true),
+            ("15", true),
+            ("16", false),
+        ] {
+            let client = build(&grpc_exchange(Direction::Egress, code));
+            let server = build(&grpc_exchange(Direction::Ingress, code));
+            assert_eq!(server.kind, SpanKind::Server);
+            let is_err = |s: &Span| s.status == StatusCode::Error;
+            assert_eq!(is_err(&client), code != "0", "client {code}");
+            assert_eq!(is_err(&server), server_error, "server {code}");
+            if code != "0" {
+                assert_eq!(client.attr("error.type"), Some(&AttrValue::from(code)));
+                assert_eq!(client.status_message.as_deref(), Some("nope"));
+            }
+        }
     }
 }

@@ -87,6 +87,18 @@ pub struct Span {
     pub status: StatusCode,
     pub status_message: Option<String>,
     pub resource: Arc<Resource>,
+    /// Timed events (gRPC: one `rpc.message` per message), in time order.
+    pub events: Vec<SpanEvent>,
+    /// Events seen but not kept (bounded per span): OTLP's `dropped_events_count`.
+    pub dropped_events: u32,
+}
+
+/// A timed event within a span (OTLP `Span.Event`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEvent {
+    pub time_unix_ns: u64,
+    pub name: &'static str,
+    pub attributes: Attributes,
 }
 
 impl Span {

@@ -36,6 +36,19 @@ pub enum Event {
         /// The chunk with the HEADERS frame's first byte.
         first: Meta,
     },
+    /// Content bytes of the current DATA frame (padding excluded): `data[start..end]` of
+    /// the chunk just fed. Comes before the frame's [`Event::Data`].
+    Payload {
+        stream: u32,
+        start: usize,
+        end: usize,
+    },
+    /// Content bytes of the current DATA frame that were not seen (`None`: an unknown number,
+    /// when a gap hid the pad length).
+    PayloadGap {
+        stream: u32,
+        len: Option<u64>,
+    },
     /// A DATA frame's body bytes (padding excluded).
     Data {
         stream: u32,
@@ -102,6 +115,8 @@ struct Cur {
     first: Meta,
     /// DATA's pad length (first payload byte) when PADDED.
     pad: Option<u8>,
+    /// DATA content bytes still to come; `None` until a PADDED frame's pad length is seen.
+    content: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -285,6 +300,22 @@ impl Framer {
                         // The pad length was not seen: count the payload whole.
                         c.pad = Some(0);
                         c.h.flags &= !frame::PADDED;
+                        c.content = Some(0);
+                        ev.push(Event::PayloadGap {
+                            stream: c.h.stream,
+                            len: None,
+                        });
+                    } else if c.h.kind == frame::DATA
+                        && let Some(left) = &mut c.content
+                    {
+                        let n = u64::from(*left).min(len);
+                        if n > 0 {
+                            *left -= n as u32;
+                            ev.push(Event::PayloadGap {
+                                stream: c.h.stream,
+                                len: Some(n),
+                            });
+                        }
                     }
                     c.remaining -= len as u32;
                     if c.remaining == 0 {
@@ -361,8 +392,23 @@ impl Framer {
         match cur.mode {
             Mode::Buffer => self.buf.extend_from_slice(&data[p..p + take]),
             Mode::Data => {
-                if cur.pad.is_none() && take > 0 && cur.h.flags & frame::PADDED != 0 {
-                    cur.pad = Some(data[p]);
+                let (mut q, end) = (p, p + take);
+                if cur.content.is_none() && take > 0 {
+                    // PADDED: the first payload byte is the pad length.
+                    cur.pad = Some(data[q]);
+                    cur.content = Some(cur.h.len.saturating_sub(1 + u32::from(data[q])));
+                    q += 1;
+                }
+                if let Some(left) = &mut cur.content {
+                    let n = (*left as usize).min(end - q);
+                    if n > 0 {
+                        *left -= n as u32;
+                        ev.push(Event::Payload {
+                            stream: cur.h.stream,
+                            start: q,
+                            end: q + n,
+                        });
+                    }
                 }
             }
             Mode::Skip => {}
@@ -409,6 +455,7 @@ impl Framer {
             oversized,
             first: self.hdr_meta,
             pad: None,
+            content: (h.flags & frame::PADDED == 0).then_some(h.len),
         });
     }
 

@@ -7,6 +7,7 @@
 //! * `framer`: one direction's bytes → frames (reassembled across chunks) → `framer::Event`s;
 //!   header blocks (HEADERS/PUSH_PROMISE + CONTINUATION) are decoded there with the direction's
 //!   `hpack` decoder and reduced to a `block::Block`.
+//! * `grpc`: gRPC message prefixes followed through a stream's DATA content.
 //! * This module: streams paired into exchanges.
 //!
 //! # Streams
@@ -15,7 +16,8 @@
 //! `:scheme`, `:authority`, kept headers); its response the first non-1xx HEADERS in the other
 //! direction (`:status`); a later HEADERS there is the trailers (`grpc-status`, `grpc-message`).
 //! A trailers-only response (one HEADERS with `:status`, `grpc-status` and END_STREAM) is the
-//! response. DATA bytes (padding excluded) are the body sizes. The exchange is emitted when the
+//! response. DATA bytes (padding excluded) are the body sizes; on gRPC streams their content is
+//! also read for the messages' length prefixes (`grpc`). The exchange is emitted when the
 //! response direction ends the stream (END_STREAM), or `incomplete` on RST_STREAM, on GOAWAY
 //! (streams it refuses), and on close.
 //!
@@ -48,6 +50,7 @@
 mod block;
 mod frame;
 mod framer;
+mod grpc;
 mod hpack;
 mod huffman;
 
@@ -58,6 +61,8 @@ use super::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead,
 use block::Block;
 pub use framer::FrameStats;
 use framer::{Event, Framer, Meta};
+use grpc::MessageLog;
+pub use grpc::{MAX_MESSAGES, RpcMessage};
 
 /// Bounds on what one connection's parser holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +141,8 @@ struct Stream {
     response_body: u64,
     incomplete: bool,
     unknown: u32,
+    /// gRPC only.
+    messages: Option<MessageLog>,
 }
 
 impl Stream {
@@ -152,6 +159,7 @@ impl Stream {
             + self.scheme.as_ref().map_or(0, String::capacity)
             + self.response.as_ref().map_or(0, |r| l(&r.headers))
             + l(&self.trailers)
+            + self.messages.as_ref().map_or(0, MessageLog::heap_bytes)
     }
 }
 
@@ -229,7 +237,7 @@ impl Http2Conn {
         if framer.saw_preface && self.req_dir.is_none() {
             self.req_dir = Some(dir);
         }
-        self.after_feed(dir, meta, &mut events, out);
+        self.after_feed(dir, meta, chunk.data, &mut events, out);
         self.events = events;
     }
 
@@ -248,7 +256,7 @@ impl Http2Conn {
             s.incomplete = true;
         }
         let mut ready = std::mem::take(&mut self.ready);
-        self.after_feed(dir, meta, &mut events, &mut ready);
+        self.after_feed(dir, meta, &[], &mut events, &mut ready);
         self.ready = ready;
         self.events = events;
     }
@@ -318,10 +326,12 @@ impl Http2Conn {
 
     // ---- internals ----
 
+    /// Handles the events of one feed; `data` is what was fed (the chunk's captured bytes).
     fn after_feed(
         &mut self,
         dir: Direction,
         meta: Meta,
+        data: &[u8],
         events: &mut Vec<Event>,
         out: &mut Vec<H2Exchange>,
     ) {
@@ -333,6 +343,21 @@ impl Http2Conn {
                     block,
                     first,
                 } => self.on_headers(dir, stream, end_stream, block, first, meta, out),
+                Event::Payload { stream, start, end } => {
+                    if let Some(log) = self.messages_of(stream) {
+                        // Sent when the write began, received when the read returned.
+                        let at = match dir {
+                            Direction::Egress => meta.ts_enter,
+                            Direction::Ingress => meta.ts_exit,
+                        };
+                        log.feed(dir, &data[start..end], at);
+                    }
+                }
+                Event::PayloadGap { stream, len } => {
+                    if let Some(log) = self.messages_of(stream) {
+                        log.gap(dir, len);
+                    }
+                }
                 Event::Data {
                     stream,
                     len,
@@ -450,6 +475,9 @@ impl Http2Conn {
             }
             headers.extend(b.headers);
             let incomplete = b.unknown > 0 || b.method.is_none() || b.path.is_none();
+            let grpc = headers
+                .iter()
+                .any(|(n, v)| n == "content-type" && v.starts_with("application/grpc"));
             let start_ns = if dir == Direction::Egress {
                 first.ts_enter
             } else {
@@ -475,6 +503,7 @@ impl Http2Conn {
                     response_body: 0,
                     incomplete,
                     unknown: b.unknown,
+                    messages: grpc.then(MessageLog::default),
                 },
             );
             self.started.push(Started {
@@ -536,8 +565,12 @@ impl Http2Conn {
         }
     }
 
+    fn messages_of(&mut self, stream: u32) -> Option<&mut MessageLog> {
+        self.streams.get_mut(&stream)?.messages.as_mut()
+    }
+
     fn finish(&mut self, id: u32, end_ns: u64, incomplete: bool, out: &mut Vec<H2Exchange>) {
-        let Some(s) = self.streams.remove(&id) else {
+        let Some(mut s) = self.streams.remove(&id) else {
             return;
         };
         let req_dir = self.req_dir.unwrap_or(Direction::Ingress);
@@ -558,6 +591,11 @@ impl Http2Conn {
                 incomplete: s.incomplete || incomplete,
                 head_position: s.head_position,
                 injected: None,
+                messages: s
+                    .messages
+                    .as_mut()
+                    .map_or_else(Vec::new, |l| std::mem::take(&mut l.messages)),
+                messages_dropped: s.messages.map_or(0, |l| l.dropped),
             },
             stream_id: id,
             scheme: s.scheme,

@@ -169,7 +169,8 @@ fn frames_of(bytes: &[u8]) -> Vec<(usize, FrameHeader)> {
 /// What matters of an exchange, for comparisons across ways of feeding the same bytes.
 fn summary(x: &H2Exchange) -> String {
     format!(
-        "{} {} {} {:?} body {}/{} grpc {:?} incomplete {} unknown {} headers {:?} trailers {:?}",
+        "{} {} {} {:?} body {}/{} grpc {:?} incomplete {} unknown {} headers {:?} trailers {:?} \
+         messages {:?}",
         x.stream_id,
         x.http.request.method,
         x.http.request.target,
@@ -181,6 +182,11 @@ fn summary(x: &H2Exchange) -> String {
         x.unknown_fields,
         x.http.request.headers,
         x.trailers,
+        x.http
+            .messages
+            .iter()
+            .map(|m| (m.direction, m.id, m.size, m.compressed))
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -237,6 +243,32 @@ fn grpc_capture_unary_trailers_only_and_streaming() {
     let fail = &x[2].http.response.as_ref().unwrap().headers;
     assert!(fail.contains(&("grpc-message".into(), "no such thing".into())));
     assert_eq!(x[3].trailers[0], ("grpc-status".into(), "0".into()));
+    // The gRPC messages, from their length prefixes: "ping1" → "pong:ping1", "x" → none,
+    // "s" → "item0".."item2"; ids count per direction; sent at the write's entry.
+    let messages = |x: &H2Exchange| {
+        x.http
+            .messages
+            .iter()
+            .map(|m| (m.direction, m.id, m.size, m.compressed))
+            .collect::<Vec<_>>()
+    };
+    let (sent, received) = (C2S, C2S.opposite());
+    assert_eq!(
+        messages(&x[0]),
+        [(sent, 1, 5, false), (received, 1, 10, false)]
+    );
+    assert_eq!(messages(&x[2]), [(sent, 1, 1, false)]);
+    assert_eq!(
+        messages(&x[3]),
+        [
+            (sent, 1, 1, false),
+            (received, 1, 5, false),
+            (received, 2, 5, false),
+            (received, 3, 5, false)
+        ]
+    );
+    assert!(x[0].http.messages[0].at_ns >= x[0].http.start_ns);
+    assert!(x.iter().all(|x| x.http.messages_dropped == 0));
     assert_eq!(f.conn.stats(), ParseStats::default());
     assert_eq!(f.conn.h2_stats(), H2Stats::default());
 }
