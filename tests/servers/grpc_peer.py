@@ -9,7 +9,11 @@ and the grpc-go one (grpcpeer/main.go) talk to each other.
   grpc_peer.py client <port> [calls]
                                on one channel: calls (default 3) × SayHello, 1 × Missing,
                                1 × Count; prints one line per call and DONE.
+  grpc_peer.py session <port>  one channel across a pause: 2 × SayHello, prints PAUSED, waits
+                               for SIGUSR1 (the test starts the agent meanwhile), then
+                               2 × SayHello, Missing, Count, and DONE.
 """
+import signal
 import sys
 from concurrent import futures
 
@@ -84,5 +88,25 @@ def client(port, calls=3):
     print("DONE", flush=True)
 
 
+def session(port):
+    # Blocked before grpc starts its threads, so that only sigwait takes the signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        hello = ch.unary_unary(f"/{SERVICE}/SayHello")
+        for i in range(2):
+            print("SayHello", decode(hello(encode(f"before{i}"), timeout=10)), flush=True)
+        print("PAUSED", flush=True)
+        signal.sigwait({signal.SIGUSR1})
+        for i in range(2):
+            print("SayHello", decode(hello(encode(f"after{i}"), timeout=10)), flush=True)
+        try:
+            ch.unary_unary(f"/{SERVICE}/Missing")(encode("x"), timeout=10)
+        except grpc.RpcError as e:
+            print("Missing", e.code(), flush=True)
+        replies = ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)
+        print("Count", [decode(r) for r in replies], flush=True)
+    print("DONE", flush=True)
+
+
 if __name__ == "__main__":
-    {"server": server, "client": client}[sys.argv[1]](*map(int, sys.argv[2:]))
+    {"server": server, "client": client, "session": session}[sys.argv[1]](*map(int, sys.argv[2:]))

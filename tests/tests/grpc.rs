@@ -187,3 +187,89 @@ fn plain_http2_follows_the_http_conventions() {
     assert_eq!(counter(&line, "inject_done"), 0, "{line}");
     drop(nginx);
 }
+
+/// A gRPC connection open before the agent started: no preface to classify it by, and HPACK
+/// tables the agent never saw. The kernel takes it for HTTP/2 from a whole HEADERS frame (on
+/// connections whose accept or connect it did not see); the agent decodes what it can: header
+/// fields that reference the unknown part of the tables are left out, never guessed, and the
+/// spans are marked `tracer.incomplete`. New literal fields (a method not called before) are
+/// decoded in full.
+#[test]
+fn grpc_connection_open_before_the_agent() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let server = Proc::spawn(
+        "grpc server",
+        Command::new("python3")
+            .arg(peer())
+            .args(["server", &port.to_string()]),
+    )
+    .unwrap();
+    server.wait_line("READY", Duration::from_secs(20)).unwrap();
+    let client = Proc::spawn(
+        "grpc session",
+        Command::new("python3")
+            .arg(peer())
+            .args(["session", &port.to_string()]),
+    )
+    .unwrap();
+    client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
+    let agent = Agent::start(
+        &["--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap();
+    client.signal(libc::SIGUSR1);
+    client.wait_line("DONE", WAIT).unwrap();
+
+    for kind in ["SPAN_KIND_CLIENT", "SPAN_KIND_SERVER"] {
+        let all = receiver.wait_spans(4, WAIT, |s| s.kind() == kind);
+        assert_eq!(all.len(), 4, "{all:#?}");
+        let with_path = |p: &str| -> Vec<&Value> {
+            all.iter().filter(|s| s.attr_str("url.path") == p).collect()
+        };
+        // Missing: its first call, so its `:path` is a new literal; its trailers-only
+        // response's `grpc-status: 5` too, which tells gRPC even though the content type
+        // references an entry from before the join.
+        let missing = with_path("/demo.Greeter/Missing");
+        assert_eq!(missing.len(), 1, "{all:#?}");
+        assert_eq!(
+            missing[0].name(),
+            "demo.Greeter/Missing",
+            "{:#}",
+            missing[0]
+        );
+        assert_eq!(missing[0].attr_i64("rpc.grpc.status_code"), 5);
+        // Count: path known, nothing that says gRPC: an HTTP/2 span, no guess.
+        let count = with_path("/demo.Greeter/Count");
+        assert_eq!(count.len(), 1, "{all:#?}");
+        assert_eq!(count[0].attr_i64("http.response.status_code"), 200);
+        // SayHello: its `:path` was indexed before the agent started: unknown, left out.
+        let hello = with_path("");
+        assert_eq!(hello.len(), 2, "{all:#?}");
+        for s in &hello {
+            assert_eq!(s.name(), "POST", "{s:#}");
+            assert_eq!(s.attr("http.route"), &Value::Null, "{s:#}");
+        }
+        for s in &all {
+            // Marked: decoded with tables the agent never fully saw.
+            assert_eq!(s.attr("tracer.incomplete"), &Value::Bool(true), "{s:#}");
+            assert_eq!(s.attr_str("network.protocol.version"), "2");
+            assert_eq!(s.attr_str("http.request.method"), "POST");
+            assert_eq!(s.attr_i64("server.port"), port as i64);
+        }
+        if kind == "SPAN_KIND_SERVER" {
+            // Still one trace per call, linked by address.
+            for s in &all {
+                assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+                assert_ne!(s.parent_id(), "");
+            }
+        }
+    }
+    let line = log_line(&agent.stop().unwrap(), "final counters");
+    assert_eq!(counter(&line, "spans"), 8, "{line}");
+}

@@ -63,6 +63,31 @@ pub fn classify(head: &[u8; 8], len: usize) -> Protocol {
     Protocol::Unknown
 }
 
+/// HTTP/2 without its preface: for connections first seen mid-stream (open before tracing,
+/// so neither accept nor connect was seen), a call that starts with a whole HEADERS frame
+/// whose block fits in it (END_HEADERS), within the default maximum frame size, with only
+/// HEADERS flags set and the stream id's reserved bit clear. Nine plausible bytes are a weak
+/// proof on their own, hence only where no preface can come any more; the agent then decodes
+/// what it can with an unknown HPACK table.
+#[inline(always)]
+pub fn is_h2_headers_frame(head: &[u8; 8], n: usize, call_len: u64) -> bool {
+    const END_STREAM: u8 = 0x01;
+    const END_HEADERS: u8 = 0x04;
+    const PADDED: u8 = 0x08;
+    const PRIORITY: u8 = 0x20;
+    if n < 8 {
+        return false;
+    }
+    let frame_len = (head[0] as u64) << 16 | (head[1] as u64) << 8 | head[2] as u64;
+    head[3] == 0x01
+        && head[4] & !(END_STREAM | END_HEADERS | PADDED | PRIORITY) == 0
+        && head[4] & END_HEADERS != 0
+        && head[5] & 0x80 == 0
+        && frame_len > 0
+        && frame_len <= 16_384
+        && 9 + frame_len <= call_len
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +116,31 @@ mod tests {
         assert_eq!(c(b"GE"), Protocol::Unknown);
         assert_eq!(c(b""), Protocol::Unknown);
         assert_eq!(c(b"get / HTTP/1.1"), Protocol::Unknown);
+    }
+
+    #[test]
+    fn mid_stream_http2_headers() {
+        fn h(bytes: &[u8], call_len: u64) -> bool {
+            let mut head = [0u8; 8];
+            let n = bytes.len().min(8);
+            head[..n].copy_from_slice(&bytes[..n]);
+            is_h2_headers_frame(&head, n, call_len)
+        }
+        // grpc-go's second request on a connection: HEADERS, END_HEADERS, stream 3.
+        let frame = [0x00, 0x00, 0x1d, 0x01, 0x04, 0x00, 0x00, 0x00, 0x03];
+        assert!(h(&frame, 9 + 0x1d));
+        assert!(h(&frame, 100));
+        // The block does not fit in the call, or continues in CONTINUATION frames.
+        assert!(!h(&frame, 20));
+        assert!(!h(&[0x00, 0x00, 0x1d, 0x01, 0x00, 0, 0, 0, 3], 100));
+        // Other frame types, unknown flags, the reserved bit, empty or oversized frames.
+        assert!(!h(&[0x00, 0x00, 0x1d, 0x00, 0x04, 0, 0, 0, 3], 100));
+        assert!(!h(&[0x00, 0x00, 0x1d, 0x01, 0x44, 0, 0, 0, 3], 100));
+        assert!(!h(&[0x00, 0x00, 0x1d, 0x01, 0x04, 0x80, 0, 0, 3], 100));
+        assert!(!h(&[0x00, 0x00, 0x00, 0x01, 0x04, 0, 0, 0, 3], 100));
+        assert!(!h(&[0x00, 0x40, 0x01, 0x01, 0x04, 0, 0, 0, 3], 1 << 20));
+        // Too short to tell; text protocols.
+        assert!(!h(&frame[..7], 100));
+        assert!(!h(b"GET / HTTP/1.1\r\n", 100));
     }
 }

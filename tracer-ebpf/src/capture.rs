@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::{
     CloseEvent, ConnAddr, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE,
     Protocol, Role, Source, SpanCtx,
-    classify::{MAX_CLASSIFY_ATTEMPTS, classify},
+    classify::{MAX_CLASSIFY_ATTEMPTS, classify, is_h2_headers_frame},
 };
 
 use crate::{
@@ -374,7 +374,15 @@ fn account(
         let avail = if head_len < len { head_len } else { len };
         let mut head = [0u8; 8];
         let n = read_head(head_src, avail, &mut head);
-        let c = classify(&head, n);
+        let mut c = classify(&head, n);
+        // SAFETY: as above.
+        if c == Protocol::Unknown
+            && unsafe { (*conn).role } == Role::Unknown as u8
+            && is_h2_headers_frame(&head, n, len)
+        {
+            // Open before tracing (no accept or connect seen): HTTP/2 without its preface.
+            c = Protocol::Http2;
+        }
         unsafe {
             if c != Protocol::Unknown {
                 (*conn).protocol = c as u8;

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnState, DropCause, Protocol, Role, Source, SpanCtx,
-    classify::{MAX_CLASSIFY_ATTEMPTS, classify},
+    classify::{MAX_CLASSIFY_ATTEMPTS, classify, is_h2_headers_frame},
 };
 
 use crate::{
@@ -292,6 +292,14 @@ pub fn plaintext_event(
             }
         };
         protocol = classify(&head, n);
+        // SAFETY: `conn` points into the CONNS map value for this program run.
+        if protocol == Protocol::Unknown
+            && unsafe { (*conn).role } == Role::Unknown as u8
+            && is_h2_headers_frame(&head, n, len)
+        {
+            // A TLS session open before tracing: HTTP/2 without its preface.
+            protocol = Protocol::Http2;
+        }
         unsafe {
             if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
                 (*conn).tls_protocol = protocol as u8;

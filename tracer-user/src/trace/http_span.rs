@@ -81,6 +81,8 @@ pub fn span_from_exchange(
     let method_name = if known { req.method.as_str() } else { "HTTP" };
     if known {
         attrs.push(("http.request.method", req.method.as_str().into()));
+    } else if req.method.is_empty() {
+        // HTTP/2 `:method` not known (see `parse_target`): left out.
     } else {
         attrs.push(("http.request.method", "_OTHER".into()));
         attrs.push((
@@ -210,10 +212,18 @@ pub fn span_from_exchange(
             (StatusCode::Error, Some("no response".to_owned()))
         }
     };
-    // gRPC (HTTP/2 with an application/grpc content type): the RPC conventions. The HTTP
-    // status is 200 even for failed calls; the call's status is `grpc-status`.
+    // gRPC (HTTP/2 with an application/grpc content type, or a `grpc-status`, which only gRPC
+    // sends: the content type may be unknown on a connection joined mid-way): the RPC
+    // conventions. The HTTP status is 200 even for failed calls; the call's status is
+    // `grpc-status`.
     let mut rpc_name = None;
-    if header(&req.headers, "content-type").is_some_and(|ct| ct.starts_with("application/grpc")) {
+    let grpc_status_header = ex
+        .response
+        .as_ref()
+        .and_then(|r| header(&r.headers, "grpc-status"));
+    if header(&req.headers, "content-type").is_some_and(|ct| ct.starts_with("application/grpc"))
+        || grpc_status_header.is_some()
+    {
         attrs.push(("rpc.system", "grpc".into()));
         if let Some((service, method)) = target
             .path
@@ -581,7 +591,9 @@ struct Target<'a> {
 }
 
 fn parse_target<'a>(method: &str, target: &'a str) -> Target<'a> {
-    if target == "*" {
+    // "*": no path. "": not known (an HTTP/2 `:path` that referenced an HPACK entry from
+    // before the agent joined the connection): no path rather than a wrong one.
+    if target == "*" || target.is_empty() {
         return Target::default();
     }
     if method == "CONNECT" && !target.starts_with('/') {
@@ -1541,6 +1553,40 @@ mod grpc_tests {
         );
         assert_eq!(attr(recv, "rpc.message.uncompressed_size"), None);
         assert_eq!(sp.events[2].time_unix_ns, sp.end_unix_ns);
+    }
+
+    /// A connection joined mid-way: fields that referenced unknown HPACK entries are empty.
+    #[test]
+    fn unknown_http2_fields_are_left_out() {
+        let mut ex = grpc_exchange(Direction::Egress, "0");
+        ex.incomplete = true;
+        ex.request.target.clear();
+        ex.request.headers.clear();
+        ex.response.as_mut().unwrap().headers.clear();
+        let sp = build(&ex);
+        assert_eq!(sp.name, "POST");
+        for key in [
+            "url.path",
+            "url.full",
+            "http.route",
+            "rpc.system",
+            "rpc.method",
+        ] {
+            assert_eq!(sp.attr(key), None, "{key}");
+        }
+        assert_eq!(sp.attr("tracer.incomplete"), Some(&AttrValue::Bool(true)));
+        // Unknown method too: no method attribute rather than a wrong one.
+        ex.request.method.clear();
+        let sp = build(&ex);
+        assert_eq!(sp.name, "HTTP");
+        assert_eq!(sp.attr("http.request.method"), None);
+        assert_eq!(sp.attr("http.request.method_original"), None);
+        // The content type unknown, but `grpc-status` known: gRPC all the same.
+        let mut ex = grpc_exchange(Direction::Ingress, "5");
+        ex.request.headers.clear();
+        let sp = build(&ex);
+        assert_eq!(sp.name, "demo.Greeter/SayHello");
+        assert_eq!(sp.attr("rpc.grpc.status_code"), Some(&AttrValue::Int(5)));
     }
 
     #[test]
