@@ -23,6 +23,9 @@ const LIMITS: Limits = Limits {
 /// buffers of 4 KiB.
 const MEMORY_BOUND: usize = 1024 * 1024;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// HPACK: `:method: POST`, `:scheme: http` (static), `:path: /a/b` and `content-type:
+/// application/grpc` (literals without indexing, static names).
+const GRPC_REQUEST_BLOCK: &[u8] = b"\x83\x86\x04\x04/a/b\x0f\x10\x10application/grpc";
 
 fuzz_target!(|input: &[u8]| {
     let Some((&start, mut input)) = input.split_first() else {
@@ -63,9 +66,17 @@ fuzz_target!(|input: &[u8]| {
                     [f, rest @ ..] => (1, f | 4, 1 + 2 * extra, rest),
                     _ => (4, 0, 0, data),
                 };
-                let l = (payload.len() as u32).to_be_bytes();
+                // Kind 3 with the top bit of `extra`: a gRPC request block first (so DATA on
+                // the stream reaches the message reader), the fuzzer's bytes after it.
+                let grpc: &[u8] = if (op >> 1) & 7 == 3 && extra >= 8 {
+                    GRPC_REQUEST_BLOCK
+                } else {
+                    &[]
+                };
+                let l = ((grpc.len() + payload.len()) as u32).to_be_bytes();
                 buf.extend_from_slice(&[l[1], l[2], l[3], kind, flags]);
                 buf.extend_from_slice(&stream.to_be_bytes());
+                buf.extend_from_slice(grpc);
                 buf.extend_from_slice(payload);
             }
             4 => {
@@ -130,6 +141,11 @@ fuzz_target!(|input: &[u8]| {
     assert!(conn.is_idle());
     for x in &out {
         let h = &x.http;
+        assert!(h.messages.len() <= protocol::http2::MAX_MESSAGES);
+        for m in &h.messages {
+            assert!(m.id >= 1);
+            assert!(m.at_ns >= 1_000);
+        }
         assert!(h.start_ns <= h.end_ns);
         assert!(!h.request.method.is_empty() || h.incomplete);
         assert!(h.request.target.len() <= 3 * 2048);

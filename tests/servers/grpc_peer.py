@@ -74,17 +74,22 @@ def server(port):
     s.wait_for_termination()
 
 
-def client(port, calls=3):
+def calls(ch, names):
+    """SayHello for each name, then Missing and Count; one line each."""
+    hello = ch.unary_unary(f"/{SERVICE}/SayHello")
+    for name in names:
+        print("SayHello", decode(hello(encode(name), timeout=10)), flush=True)
+    try:
+        ch.unary_unary(f"/{SERVICE}/Missing")(encode("x"), timeout=10)
+    except grpc.RpcError as e:
+        print("Missing", e.code(), flush=True)
+    replies = ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)
+    print("Count", [decode(r) for r in replies], flush=True)
+
+
+def client(port, n=3):
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        hello = ch.unary_unary(f"/{SERVICE}/SayHello")
-        for i in range(calls):
-            print("SayHello", decode(hello(encode(f"n{i}"), timeout=10)), flush=True)
-        try:
-            ch.unary_unary(f"/{SERVICE}/Missing")(encode("x"), timeout=10)
-        except grpc.RpcError as e:
-            print("Missing", e.code(), flush=True)
-        replies = ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)
-        print("Count", [decode(r) for r in replies], flush=True)
+        calls(ch, [f"n{i}" for i in range(n)])
     print("DONE", flush=True)
 
 
@@ -97,14 +102,7 @@ def session(port):
             print("SayHello", decode(hello(encode(f"before{i}"), timeout=10)), flush=True)
         print("PAUSED", flush=True)
         signal.sigwait({signal.SIGUSR1})
-        for i in range(2):
-            print("SayHello", decode(hello(encode(f"after{i}"), timeout=10)), flush=True)
-        try:
-            ch.unary_unary(f"/{SERVICE}/Missing")(encode("x"), timeout=10)
-        except grpc.RpcError as e:
-            print("Missing", e.code(), flush=True)
-        replies = ch.unary_stream(f"/{SERVICE}/Count")(b"", timeout=10)
-        print("Count", [decode(r) for r in replies], flush=True)
+        calls(ch, ["after0", "after1"])
     print("DONE", flush=True)
 
 

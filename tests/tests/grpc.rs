@@ -33,6 +33,19 @@ fn message_events(s: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The grpcio peer's server on `port`, ready.
+fn grpcio_server(port: u16) -> Proc {
+    let server = Proc::spawn(
+        "grpc server",
+        Command::new("python3")
+            .arg(peer())
+            .args(["server", &port.to_string()]),
+    )
+    .unwrap();
+    server.wait_line("READY", Duration::from_secs(20)).unwrap();
+    server
+}
+
 fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
     let spans = r.wait_spans(n, WAIT, |s| s.kind() == kind && s.name() == name);
     assert_eq!(spans.len(), n, "{kind} {name}: {spans:#?}");
@@ -43,23 +56,8 @@ fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
 fn grpc_calls_become_rpc_spans() {
     let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let server = Proc::spawn(
-        "grpc server",
-        Command::new("python3")
-            .arg(peer())
-            .args(["server", &port.to_string()]),
-    )
-    .unwrap();
-    server.wait_line("READY", Duration::from_secs(20)).unwrap();
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+    let _server = grpcio_server(port);
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
     let out = Command::new("python3")
         .arg(peer())
         .args(["client", &port.to_string()])
@@ -141,15 +139,7 @@ fn plain_http2_follows_the_http_conventions() {
     let receiver = Receiver::start(&[]).unwrap();
     let dir = TempDir::new("h2c");
     let port = free_port();
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
     let nginx = nginx(dir.path(), port, &format!("127.0.0.1:{port} http2"), "");
     let base = format!("http://127.0.0.1:{port}");
     let body = curl(&["--http2-prior-knowledge", &format!("{base}/hello")]).unwrap();
@@ -198,14 +188,7 @@ fn plain_http2_follows_the_http_conventions() {
 fn grpc_connection_open_before_the_agent() {
     let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let server = Proc::spawn(
-        "grpc server",
-        Command::new("python3")
-            .arg(peer())
-            .args(["server", &port.to_string()]),
-    )
-    .unwrap();
-    server.wait_line("READY", Duration::from_secs(20)).unwrap();
+    let _server = grpcio_server(port);
     let client = Proc::spawn(
         "grpc session",
         Command::new("python3")
@@ -214,15 +197,7 @@ fn grpc_connection_open_before_the_agent() {
     )
     .unwrap();
     client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
     client.signal(libc::SIGUSR1);
     client.wait_line("DONE", WAIT).unwrap();
 
