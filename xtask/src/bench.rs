@@ -1083,6 +1083,11 @@ const AGENT_FIELDS: &[&str] = &[
     "invalid_messages",
     "dropped_messages",
     "unmatched_responses",
+    "unanswered_requests",
+    "h2_desyncs",
+    "h2_dropped_blocks",
+    "h2_streams_over_limit",
+    "h2_streams_reset",
     "exported",
     "export_failed",
     "export_queue_full",
@@ -1100,6 +1105,9 @@ const LOSS_FIELDS: &[&str] = &[
     "invalid_messages",
     "dropped_messages",
     "unmatched_responses",
+    "h2_desyncs",
+    "h2_dropped_blocks",
+    "h2_streams_over_limit",
 ];
 
 fn pairs(s: &str) -> impl Iterator<Item = (&str, u64)> {
