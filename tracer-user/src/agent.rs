@@ -238,6 +238,7 @@ fn log_stats(
     let ev = stitcher.stats();
     let conns = stitcher.conns.stats();
     let parse = stitcher.conns.parse_stats();
+    let h2 = stitcher.conns.h2_stats();
     let ex = export.snapshot();
     let links = stitcher.link_stats();
     let tls = tls.stats();
@@ -255,6 +256,15 @@ fn log_stats(
         invalid_messages = parse.invalid_messages,
         dropped_messages = parse.dropped_messages,
         unmatched_responses = parse.unmatched_responses,
+        unanswered_requests = parse.unanswered_requests,
+        h2_desyncs = h2.frames.desyncs,
+        h2_invalid = h2.frames.invalid,
+        h2_dropped_blocks = h2.frames.dropped_blocks,
+        h2_oversized_frames = h2.frames.oversized_frames,
+        h2_skipped_gaps = h2.frames.skipped_gaps,
+        h2_streams_over_limit = h2.streams_over_limit,
+        h2_streams_reset = h2.streams_reset,
+        h2_unknown_fields = h2.unknown_fields,
         links_open = links.open,
         links_linked = links.linked,
         links_ambiguous = links.ambiguous,

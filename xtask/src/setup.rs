@@ -184,6 +184,19 @@ fn tracefs() -> Result<()> {
 /// recording, and oha for latency at a fixed rate. (Debian's `hey` is not used: it reports
 /// latencies in steps of 0.1 ms and its rate limit is per worker, closed loop, which cannot
 /// show a 10 µs difference; oha reports full precision and corrects for coordinated omission.)
+/// The gRPC benchmark (`cargo xtask bench --grpc`): the grpc-go peer's build and h2load.
+pub fn grpc_bench_deps() -> Result<()> {
+    apt_install(&[
+        "golang-go",
+        "golang-google-grpc-dev",
+        "golang-github-golang-protobuf-1-5-dev",
+        "protobuf-compiler",
+        "protoc-gen-go",
+        "protoc-gen-go-grpc",
+        "nghttp2-client",
+    ])
+}
+
 pub fn bench_deps() -> Result<()> {
     apt_install(&["nginx", "wrk", "curl", "openssl"])?;
     let oha = crate::bench::cargo_home().join("bin/oha");

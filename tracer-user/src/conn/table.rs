@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use tracer_common::{CloseEvent, DataHeader, Direction, Protocol, Role, Source};
 
 use super::{ConnMeta, socket_addrs};
-use crate::protocol::{Chunk, ConnParser, HttpExchange, ParseStats, http1::RequestStart};
+use crate::protocol::{
+    Chunk, ConnParser, HttpExchange, ParseStats, http1::RequestStart, http2::H2Stats,
+};
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +44,8 @@ pub struct TableStats {
     /// Calls that repeated bytes already seen (concurrent calls on one socket).
     pub overlaps: u64,
     pub parse: ParseStats,
+    /// HTTP/2 framing and stream counters of the connections already gone.
+    pub h2: H2Stats,
 }
 
 struct Conn {
@@ -222,6 +226,9 @@ impl ConnTable {
         }
         out.extend(done.into_iter().map(|ex| (conn.meta, ex)));
         add_parse_stats(&mut stats.parse, &conn.http.stats());
+        if let Some(h2) = conn.http.h2_stats() {
+            add_h2_stats(&mut stats.h2, &h2);
+        }
     }
 
     /// Forgets connections without traffic for longer than the limits allow.
@@ -258,6 +265,17 @@ impl ConnTable {
         s
     }
 
+    /// HTTP/2 counters of the connections still open plus those already gone.
+    pub fn h2_stats(&self) -> H2Stats {
+        let mut s = self.stats.h2;
+        for c in self.conns.values() {
+            if let Some(h2) = c.http.h2_stats() {
+                add_h2_stats(&mut s, &h2);
+            }
+        }
+        s
+    }
+
     /// Approximate heap bytes held by the parsers.
     pub fn memory_bytes(&self) -> usize {
         self.conns
@@ -273,6 +291,17 @@ fn add_parse_stats(total: &mut ParseStats, s: &ParseStats) {
     total.dropped_messages += s.dropped_messages;
     total.unmatched_responses += s.unmatched_responses;
     total.unanswered_requests += s.unanswered_requests;
+}
+
+fn add_h2_stats(total: &mut H2Stats, s: &H2Stats) {
+    total.frames.invalid += s.frames.invalid;
+    total.frames.dropped_blocks += s.frames.dropped_blocks;
+    total.frames.oversized_frames += s.frames.oversized_frames;
+    total.frames.desyncs += s.frames.desyncs;
+    total.frames.skipped_gaps += s.frames.skipped_gaps;
+    total.streams_over_limit += s.streams_over_limit;
+    total.streams_reset += s.streams_reset;
+    total.unknown_fields += s.unknown_fields;
 }
 
 #[cfg(test)]

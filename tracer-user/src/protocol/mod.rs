@@ -185,6 +185,14 @@ impl ConnParser {
         }
     }
 
+    /// HTTP/2-specific counters (`None` for HTTP/1 connections).
+    pub fn h2_stats(&self) -> Option<http2::H2Stats> {
+        match self {
+            Self::Http1(_) => None,
+            Self::Http2 { conn, .. } => Some(conn.h2_stats()),
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         match self {
             Self::Http1(c) => c.is_idle(),

@@ -1,0 +1,497 @@
+//! Privileged end-to-end HTTP/2 with real peers: nginx over TLS with ALPN h2 and curl (libssl
+//! probes), and h2load driving many concurrent streams over few connections against nginx h2c.
+//! Each test traces only its own port; the agent, its OTLP receiver and the peers are real.
+//!
+//! What a user checks: one SERVER and one CLIENT span per request, named `GET /path`, with the
+//! HTTP conventions and `network.protocol.version=2` (`url.scheme=https` over TLS), the right
+//! status, the server span as the client span's child, sane timing, exact counts; and, where
+//! the agent cannot follow the bytes (a call larger than the kernel's capture limit), losses
+//! that are counted and never turn into a wrong status code, a panic or unbounded memory.
+use std::{collections::HashSet, path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn agent_for(receiver: &Receiver, args: &[&str]) -> Agent {
+    Agent::start(
+        args,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // h2load finishes thousands of requests in a few ms: the default queue (2048)
+            // would drop spans (counted as export_queue_full) before the first export.
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "20000"),
+        ],
+    )
+    .unwrap()
+}
+
+fn of(s: &Value, service: &str, kind: &str) -> bool {
+    s.kind() == kind && s.res("service.name").as_str() == Some(service)
+}
+
+/// Waits for `n` spans matching `pred`, then a little longer (more must not come).
+fn exactly(r: &Receiver, n: usize, pred: impl Fn(&Value) -> bool + Copy) -> Vec<Value> {
+    r.wait_spans(n, WAIT, pred);
+    std::thread::sleep(Duration::from_millis(300));
+    r.spans().into_iter().filter(|s| pred(s)).collect()
+}
+
+fn has_status(s: &Value) -> bool {
+    !s.attr("http.response.status_code").is_null()
+}
+
+fn duration_ns(s: &Value) -> u64 {
+    s.end_ns().saturating_sub(s.start_ns())
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx over TLS with ALPN h2, curl --http2 (both on libssl)
+
+/// curl → nginx over TLS, HTTP/2 negotiated by ALPN: two requests on one connection (a 200 and
+/// a 404) and one on another. Three SERVER (nginx) and three CLIENT (curl) spans, HTTP
+/// conventions with version 2 and `https`, nothing from the ciphertext.
+#[test]
+fn h2_over_tls_curl_to_nginx() {
+    let certs = Certs::new("h2-tls");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let certificate = format!(
+        "ssl_certificate {};\n        ssl_certificate_key {};",
+        certs.cert().display(),
+        certs.key().display()
+    );
+    let nginx = nginx(
+        certs.dir.path(),
+        port,
+        &format!("127.0.0.1:{port} ssl http2"),
+        &certificate,
+    );
+    let attached = wait_for(WAIT, || {
+        agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("attached TLS probes to") && l.contains("libssl.so"))
+    });
+    assert!(attached.is_some(), "{}", agent.proc.stderr().join("\n"));
+    let base = format!("https://127.0.0.1:{port}");
+    // `%{http_version}` proves ALPN chose h2 (curl would fall back to 1.1 silently).
+    let versions = curl(&[
+        "-k",
+        "--http2",
+        "-w",
+        "%{http_version} %{http_code}\n",
+        "-o",
+        "/dev/null",
+        &format!("{base}/h2/first"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/missing"),
+    ])
+    .unwrap();
+    assert_eq!(versions, "2 200\n2 404\n");
+    let versions = curl(&[
+        "-k",
+        "--http2",
+        "-w",
+        "%{http_version} %{http_code}\n",
+        "-o",
+        "/dev/null",
+        &format!("{base}/h2/second"),
+    ])
+    .unwrap();
+    assert_eq!(versions, "2 200\n");
+
+    let servers = exactly(&receiver, 3, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    let clients = exactly(&receiver, 3, |s| of(s, "curl", "SPAN_KIND_CLIENT"));
+    let stderr = agent.stop().unwrap();
+    drop(nginx);
+    let counters = log_line(&stderr, "final counters");
+    assert_eq!(servers.len(), 3, "{counters}\n{servers:#?}");
+    assert_eq!(clients.len(), 3, "{counters}\n{clients:#?}");
+    // Nothing else: no span from the ciphertext the syscalls carried, no duplicates.
+    let all = receiver.spans();
+    assert_eq!(all.len(), 6, "{counters}\n{all:#?}");
+
+    let by_path = |spans: &[Value], path: &str| -> Value {
+        let found: Vec<&Value> = spans
+            .iter()
+            .filter(|s| s.attr_str("url.path") == path)
+            .collect();
+        assert_eq!(found.len(), 1, "one span for {path}: {spans:#?}");
+        found[0].clone()
+    };
+    let mut linked = 0;
+    for (path, status) in [("/h2/first", 200), ("/missing", 404), ("/h2/second", 200)] {
+        let (server, client) = (by_path(&servers, path), by_path(&clients, path));
+        for s in [&server, &client] {
+            assert_eq!(s.name(), format!("GET {path}"), "{s:#}");
+            assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#}");
+            assert_eq!(s.attr_i64("http.response.status_code"), status, "{s:#}");
+            assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
+            assert_eq!(s.attr_str("url.scheme"), "https", "{s:#}");
+            assert_eq!(s.attr("rpc.system"), &Value::Null, "{s:#}");
+            assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
+            let d = duration_ns(s);
+            assert!(d > 0 && d < 5_000_000_000, "duration {d} ns: {s:#}");
+        }
+        assert_eq!(client.attr_str("url.full"), format!("{base}{path}"));
+        assert_eq!(client.attr_i64("network.peer.port"), port as i64);
+        assert_eq!(client.attr_i64("server.port"), port as i64, "{client:#}");
+        assert_eq!(server.attr_str("network.peer.address"), "127.0.0.1");
+        // A 404 is the caller's error only.
+        let want_client = if status >= 400 {
+            "STATUS_CODE_ERROR"
+        } else {
+            "STATUS_CODE_UNSET"
+        };
+        assert_eq!(client.status_code(), want_client, "{client:#}");
+        assert_eq!(server.status_code(), "STATUS_CODE_UNSET", "{server:#}");
+        // Same node: the server span is the client span's child, by the connection's
+        // addresses and the request's plaintext position, when the client's request event is
+        // read before the server's exchange completes. Over TLS the client's SSL_write return
+        // probe often trails the whole server exchange on this 2-CPU box (the woken server
+        // preempts the client on its way back to user space): then no parent, never a wrong
+        // one (see tls.rs).
+        match server.attr_str("tracer.parent.source") {
+            "address" => {
+                linked += 1;
+                assert_eq!(
+                    server.trace_id(),
+                    client.trace_id(),
+                    "{server:#}\n{client:#}"
+                );
+                assert_eq!(
+                    server.parent_id(),
+                    client.span_id(),
+                    "{server:#}\n{client:#}"
+                );
+            }
+            other => {
+                assert_eq!(other, "none", "{server:#}");
+                assert_eq!(server.parent_id(), "", "{server:#}");
+            }
+        }
+        // The server handled the request while the client waited (its end may trail the
+        // client's by the server's SSL_write return probe, as in tls.rs).
+        const TRAIL_NS: u64 = 5_000_000;
+        assert!(
+            client.start_ns() <= server.start_ns(),
+            "client {client:#} server {server:#}"
+        );
+        assert!(
+            server.end_ns() <= client.end_ns() + TRAIL_NS,
+            "client {client:#} server {server:#}"
+        );
+    }
+    eprintln!("h2 over TLS: {linked}/3 server spans linked to their client span");
+    assert!(counter(&counters, "tls_files_attached") >= 1, "{counters}");
+    assert_eq!(counter(&counters, "h2_desyncs"), 0, "{counters}");
+    assert_eq!(counter(&counters, "h2_invalid"), 0, "{counters}");
+    assert_eq!(counter(&counters, "dropped_messages"), 0, "{counters}");
+    assert_eq!(counter(&counters, "unmatched_responses"), 0, "{counters}");
+    assert_eq!(counter(&counters, "unanswered_requests"), 0, "{counters}");
+    assert_eq!(counter(&counters, "inject_done"), 0, "{counters}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// h2load: many concurrent streams over few connections, nginx h2c
+
+/// h2load's summary: requests that succeeded (2xx..3xx and no error) and 2xx answers.
+struct H2load {
+    succeeded: u64,
+    ok_2xx: u64,
+}
+
+fn h2load(args: &[&str]) -> H2load {
+    let out = Command::new("h2load")
+        .args(args)
+        .output()
+        .expect("running h2load (nghttp2-client; `cargo xtask setup --test-deps`)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "h2load {args:?}: {text}");
+    let field = |line: &str, after: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|p| p.trim().ends_with(after))
+                    .and_then(|p| p.split_whitespace().rev().nth(1)?.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no `{after}` in h2load's `{line}` line:\n{text}"))
+    };
+    H2load {
+        succeeded: field("requests:", "succeeded"),
+        ok_2xx: text
+            .lines()
+            .find_map(|l| l.strip_prefix("status codes:"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no status codes in h2load's output:\n{text}")),
+    }
+}
+
+/// nginx h2c on a fresh port; `extra` goes in its server block. Keep-alive connections carry
+/// up to 100000 requests (nginx's default of 1000 would end h2load's connections early).
+fn nginx_h2c(dir: &Path, port: u16, extra: &str) -> Proc {
+    nginx(
+        dir,
+        port,
+        &format!("127.0.0.1:{port} http2"),
+        &format!("keepalive_requests 100000;\n        {extra}"),
+    )
+}
+
+const N: usize = 2000;
+
+/// h2load -n 2000 -c 2 -m 32 (16 batches of 32 streams on each connection, at most 32 open at
+/// once): every request is one SERVER span (nginx) and one CLIENT span (h2load), status 200,
+/// each server span the child of its own client span, and not one loss in the counters.
+#[test]
+fn h2load_concurrent_streams_every_request_is_a_span() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let dir = TempDir::new("h2load");
+    let port = free_port();
+    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let nginx = nginx_h2c(dir.path(), port, "");
+    let run = h2load(&[
+        "-n",
+        &N.to_string(),
+        "-c",
+        "2",
+        "-m",
+        "32",
+        &format!("http://127.0.0.1:{port}/hello"),
+    ]);
+    assert_eq!((run.succeeded, run.ok_2xx), (N as u64, N as u64));
+
+    let servers = exactly(&receiver, N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
+    let stderr = agent.stop().unwrap();
+    drop(nginx);
+    let counters = log_line(&stderr, "final counters");
+    assert_eq!(servers.len(), N, "{counters}");
+    assert_eq!(clients.len(), N, "{counters}");
+    assert_eq!(receiver.spans().len(), 2 * N, "{counters}");
+    for s in servers.iter().chain(&clients) {
+        assert_eq!(s.name(), "GET /hello", "{s:#}");
+        assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
+        assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
+        assert_eq!(s.attr_str("url.scheme"), "http", "{s:#}");
+        assert_eq!(s.status_code(), "STATUS_CODE_UNSET", "{s:#}");
+        assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
+        assert!(duration_ns(s) < 5_000_000_000, "{s:#}");
+    }
+    // Each server span hangs under its own client span: 2000 distinct parents, all of them
+    // h2load's client spans (plain text: the client's write event always precedes).
+    let client_ids: HashSet<&str> = clients.iter().map(|s| s.span_id()).collect();
+    let parents: HashSet<&str> = servers.iter().map(|s| s.parent_id()).collect();
+    assert_eq!(client_ids.len(), N);
+    assert_eq!(parents, client_ids, "{counters}");
+    for s in &servers {
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+    }
+    assert_eq!(counter(&counters, "address_linked"), N as u64, "{counters}");
+    for zero in [
+        "h2_desyncs",
+        "h2_invalid",
+        "h2_dropped_blocks",
+        "h2_streams_over_limit",
+        "h2_streams_reset",
+        "h2_unknown_fields",
+        "gaps",
+        "dropped_messages",
+        "unmatched_responses",
+        "unanswered_requests",
+        "export_queue_full",
+        "ringbuf_full",
+    ] {
+        assert_eq!(counter(&counters, zero), 0, "{zero}: {counters}");
+    }
+}
+
+/// What to expect when calls exceed the kernel's capture limit (4096 bytes per read/write) and
+/// end outside a DATA payload: the direction's frame boundaries are lost for good
+/// (`h2_desyncs`). Checks that hold however the agent handles it: the requests both ends did
+/// see are exact; a span without a response is flagged `tracer.incomplete` and counted in
+/// `unanswered_requests`; no span carries a status other than the one sent; complete spans plus
+/// counted losses make up every request.
+fn check_losses_counted(
+    servers: &[Value],
+    clients: &[Value],
+    counters: &str,
+    n: usize,
+    status: i64,
+) {
+    let complete = |spans: &[Value]| spans.iter().filter(|s| has_status(s)).count();
+    for s in servers.iter().chain(clients) {
+        if has_status(s) {
+            assert_eq!(s.attr_i64("http.response.status_code"), status, "{s:#}");
+            assert_ne!(s.status_code(), "STATUS_CODE_ERROR", "{s:#}");
+        } else {
+            assert_eq!(s.attr("tracer.incomplete"), &Value::Bool(true), "{s:#}");
+            assert_eq!(s.attr_str("error.type"), "no_response", "{s:#}");
+        }
+        assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
+    }
+    let unanswered = counter(counters, "unanswered_requests") as usize;
+    assert_eq!(
+        complete(servers) + complete(clients) + unanswered,
+        2 * n,
+        "complete SERVER {} + complete CLIENT {} + unanswered_requests: {counters}",
+        complete(servers),
+        complete(clients)
+    );
+    if complete(servers) + complete(clients) < 2 * n {
+        // Explained: a direction lost its frames, at a call past the capture limit.
+        assert!(counter(counters, "h2_desyncs") >= 1, "{counters}");
+        assert!(counter(counters, "truncated_calls") >= 1, "{counters}");
+    }
+}
+
+/// h2load -n 2000 -c 2 -m 100: up to 100 responses (~42 bytes each) wait in h2load's socket, so
+/// its reads exceed the 4096 captured bytes and the response direction of its connections loses
+/// sync (the server side, whose reads carry the small HPACK-indexed requests, stays exact).
+#[test]
+fn h2load_reads_past_the_capture_limit_are_counted() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let dir = TempDir::new("h2load-m100");
+    let port = free_port();
+    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let rss_before = rss_kib(agent.proc.pid());
+    let nginx = nginx_h2c(dir.path(), port, "");
+    let run = h2load(&[
+        "-n",
+        &N.to_string(),
+        "-c",
+        "2",
+        "-m",
+        "100",
+        &format!("http://127.0.0.1:{port}/hello"),
+    ]);
+    assert_eq!((run.succeeded, run.ok_2xx), (N as u64, N as u64));
+    let servers = exactly(&receiver, N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    // Spans without a response are emitted at the connection's close at the latest.
+    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
+    let rss_after = rss_kib(agent.proc.pid());
+    let stderr = agent.stop().unwrap();
+    drop(nginx);
+    let counters = log_line(&stderr, "final counters");
+    // The server side saw every request and response.
+    assert_eq!(servers.len(), N, "{counters}");
+    for s in &servers {
+        assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
+        assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+    }
+    // Every request was one CLIENT span, with or without its response.
+    assert!(clients.len() <= N, "{counters}");
+    check_losses_counted(&servers, &clients, &counters, N, 200);
+    assert_eq!(counter(&counters, "h2_streams_over_limit"), 0, "{counters}");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "agent RSS {rss_before} → {rss_after} KiB"
+    );
+    let lost = clients.iter().filter(|s| !has_status(s)).count();
+    eprintln!(
+        "h2load -m 100: {lost}/{} client spans without their response; {counters}",
+        clients.len()
+    );
+}
+
+/// The same load as [`h2load_reads_past_the_capture_limit_are_counted`], asserting what a user
+/// expects: every CLIENT span has its 200. Fails today: ~90% of h2load's client spans end at
+/// the connection's close as `ERROR no response` (`error.type=no_response`), though every
+/// response arrived; the only trace of the loss is `h2_desyncs` and `truncated_calls`.
+#[test]
+#[ignore = "agent bug: an HTTP/2 read past the 4096-byte capture limit desyncs the direction for good and its open streams become false `no response` errors"]
+fn h2load_client_spans_keep_their_responses_past_the_capture_limit() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let dir = TempDir::new("h2load-m100-strict");
+    let port = free_port();
+    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let nginx = nginx_h2c(dir.path(), port, "");
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let run = h2load(&["-n", &N.to_string(), "-c", "2", "-m", "100", &url]);
+    assert_eq!(run.ok_2xx, N as u64);
+    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
+    let counters = log_line(&agent.stop().unwrap(), "final counters");
+    drop(nginx);
+    let ok = clients
+        .iter()
+        .filter(|s| s.attr_i64("http.response.status_code") == 200)
+        .count();
+    assert_eq!(ok, N, "{counters}");
+}
+
+/// Response header blocks of ~78 KiB (20 headers of 4000 bytes: over the parser's 64 KiB block
+/// bound and far over the 4096 bytes captured per call), alternating with small responses on
+/// one connection. Never a panic, bounded memory, every loss counted, no wrong status.
+#[test]
+fn huge_header_blocks_are_counted_never_a_panic() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let dir = TempDir::new("h2-bighead");
+    let port = free_port();
+    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let rss_before = rss_kib(agent.proc.pid());
+    // Characters HPACK's Huffman code does not shrink much, so the block stays large.
+    let mut x: u32 = 12345;
+    let alphabet = b"!#%&*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut headers = String::new();
+    for i in 0..20 {
+        let value: String = (0..4000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                alphabet[(x >> 16) as usize % alphabet.len()] as char
+            })
+            .collect();
+        headers.push_str(&format!("add_header x-big-{i} \"{value}\";\n"));
+    }
+    let nginx = nginx_h2c(
+        dir.path(),
+        port,
+        &format!("location /bighead {{ {headers} return 200 \"big\\n\"; }}"),
+    );
+    let n = 20;
+    let run = h2load(&[
+        "-n",
+        &n.to_string(),
+        "-c",
+        "1",
+        "-m",
+        "1",
+        &format!("http://127.0.0.1:{port}/bighead"),
+        &format!("http://127.0.0.1:{port}/hello"),
+    ]);
+    assert_eq!((run.succeeded, run.ok_2xx), (n, n));
+    // At most one span per request and side (those without a response end at the close).
+    let servers = exactly(&receiver, n as usize, |s| {
+        of(s, "nginx", "SPAN_KIND_SERVER")
+    });
+    let clients = exactly(&receiver, n as usize, |s| {
+        of(s, "h2load", "SPAN_KIND_CLIENT")
+    });
+    let rss_after = rss_kib(agent.proc.pid());
+    let stderr = agent.stop().unwrap();
+    drop(nginx);
+    let counters = log_line(&stderr, "final counters");
+    assert!(servers.len() <= n as usize && clients.len() <= n as usize);
+    for s in servers.iter().chain(&clients) {
+        let path = s.attr_str("url.path");
+        assert!(path == "/bighead" || path == "/hello", "{s:#}");
+    }
+    check_losses_counted(&servers, &clients, &counters, n as usize, 200);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "agent RSS {rss_before} → {rss_after} KiB"
+    );
+    eprintln!(
+        "huge header blocks: {} server / {} client spans with their response; {counters}",
+        servers.iter().filter(|s| has_status(s)).count(),
+        clients.iter().filter(|s| has_status(s)).count()
+    );
+}
