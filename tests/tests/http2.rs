@@ -314,118 +314,83 @@ fn h2load_concurrent_streams_every_request_is_a_span() {
     }
 }
 
-/// What to expect when calls exceed the kernel's capture limit (4096 bytes per read/write) and
-/// end outside a DATA payload: the direction's frame boundaries are lost for good
-/// (`h2_desyncs`). Checks that hold however the agent handles it: the requests both ends did
-/// see are exact; a span without a response is flagged `tracer.incomplete` and counted in
-/// `unanswered_requests`; no span carries a status other than the one sent; complete spans plus
-/// counted losses make up every request.
+/// Calls past the 4096 bytes captured per call that end outside a DATA payload: the direction
+/// loses its frame boundaries (`h2_desyncs`) and resumes at the next call that starts with
+/// plausible frames, its HPACK table forgotten. Every request is one span on each side; none
+/// is an error (the peer answered every one); a span whose response head was in the lost bytes
+/// has no status (unknown, never `no response`) and is flagged `tracer.incomplete`; every other
+/// span has the status sent. Returns the number of spans with their status.
 fn check_losses_counted(
     servers: &[Value],
     clients: &[Value],
     counters: &str,
     n: usize,
     status: i64,
-) {
-    let complete = |spans: &[Value]| spans.iter().filter(|s| has_status(s)).count();
+) -> usize {
+    assert_eq!((servers.len(), clients.len()), (n, n), "{counters}");
     for s in servers.iter().chain(clients) {
+        assert_ne!(s.status_code(), "STATUS_CODE_ERROR", "{s:#}");
+        assert_eq!(s.attr("error.type"), &Value::Null, "{s:#}");
         if has_status(s) {
             assert_eq!(s.attr_i64("http.response.status_code"), status, "{s:#}");
-            assert_ne!(s.status_code(), "STATUS_CODE_ERROR", "{s:#}");
         } else {
             assert_eq!(s.attr("tracer.incomplete"), &Value::Bool(true), "{s:#}");
-            assert_eq!(s.attr_str("error.type"), "no_response", "{s:#}");
         }
         assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
     }
-    let unanswered = counter(counters, "unanswered_requests") as usize;
-    assert_eq!(
-        complete(servers) + complete(clients) + unanswered,
-        2 * n,
-        "complete SERVER {} + complete CLIENT {} + unanswered_requests: {counters}",
-        complete(servers),
-        complete(clients)
-    );
-    if complete(servers) + complete(clients) < 2 * n {
+    assert_eq!(counter(counters, "unanswered_requests"), 0, "{counters}");
+    let complete = servers
+        .iter()
+        .chain(clients)
+        .filter(|s| has_status(s))
+        .count();
+    if complete < 2 * n {
         // Explained: a direction lost its frames, at a call past the capture limit.
         assert!(counter(counters, "h2_desyncs") >= 1, "{counters}");
         assert!(counter(counters, "truncated_calls") >= 1, "{counters}");
     }
+    complete
 }
 
 /// h2load -n 2000 -c 2 -m 100: up to 100 responses (~42 bytes each) wait in h2load's socket, so
 /// its reads exceed the 4096 captured bytes and the response direction of its connections loses
-/// sync (the server side, whose reads carry the small HPACK-indexed requests, stays exact).
+/// sync for the rest of such a read; the next read starts at a frame boundary and is decoded.
+/// The server side, whose reads carry the small HPACK-indexed requests, stays exact.
 #[test]
-fn h2load_reads_past_the_capture_limit_are_counted() {
+fn h2load_reads_past_the_capture_limit_resync() {
     let receiver = Receiver::start(&[]).unwrap();
     let dir = TempDir::new("h2load-m100");
     let port = free_port();
     let agent = agent_for(&receiver, &["--port", &port.to_string()]);
     let rss_before = rss_kib(agent.proc.pid());
     let nginx = nginx_h2c(dir.path(), port, "");
-    let run = h2load(&[
-        "-n",
-        &N.to_string(),
-        "-c",
-        "2",
-        "-m",
-        "100",
-        &format!("http://127.0.0.1:{port}/hello"),
-    ]);
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let run = h2load(&["-n", &N.to_string(), "-c", "2", "-m", "100", &url]);
     assert_eq!((run.succeeded, run.ok_2xx), (N as u64, N as u64));
     let servers = exactly(&receiver, N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
-    // Spans without a response are emitted at the connection's close at the latest.
     let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
     let rss_after = rss_kib(agent.proc.pid());
     let stderr = agent.stop().unwrap();
     drop(nginx);
     let counters = log_line(&stderr, "final counters");
-    // The server side saw every request and response.
-    assert_eq!(servers.len(), N, "{counters}");
     for s in &servers {
         assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
         assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
         assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
     }
-    // Every request was one CLIENT span, with or without its response.
-    assert!(clients.len() <= N, "{counters}");
-    check_losses_counted(&servers, &clients, &counters, N, 200);
+    let complete = check_losses_counted(&servers, &clients, &counters, N, 200);
+    // Only the responses inside the uncaptured tails are unknown: most keep their 200.
+    let unknown = 2 * N - complete;
+    assert!(
+        unknown * 2 < N,
+        "{unknown} of {N} client spans without status: {counters}"
+    );
     assert_eq!(counter(&counters, "h2_streams_over_limit"), 0, "{counters}");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "agent RSS {rss_before} → {rss_after} KiB"
     );
-    let lost = clients.iter().filter(|s| !has_status(s)).count();
-    eprintln!(
-        "h2load -m 100: {lost}/{} client spans without their response; {counters}",
-        clients.len()
-    );
-}
-
-/// The same load as [`h2load_reads_past_the_capture_limit_are_counted`], asserting what a user
-/// expects: every CLIENT span has its 200. Fails today: ~90% of h2load's client spans end at
-/// the connection's close as `ERROR no response` (`error.type=no_response`), though every
-/// response arrived; the only trace of the loss is `h2_desyncs` and `truncated_calls`.
-#[test]
-#[ignore = "agent bug: an HTTP/2 read past the 4096-byte capture limit desyncs the direction for good and its open streams become false `no response` errors"]
-fn h2load_client_spans_keep_their_responses_past_the_capture_limit() {
-    let receiver = Receiver::start(&[]).unwrap();
-    let dir = TempDir::new("h2load-m100-strict");
-    let port = free_port();
-    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
-    let nginx = nginx_h2c(dir.path(), port, "");
-    let url = format!("http://127.0.0.1:{port}/hello");
-    let run = h2load(&["-n", &N.to_string(), "-c", "2", "-m", "100", &url]);
-    assert_eq!(run.ok_2xx, N as u64);
-    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
-    let counters = log_line(&agent.stop().unwrap(), "final counters");
-    drop(nginx);
-    let ok = clients
-        .iter()
-        .filter(|s| s.attr_i64("http.response.status_code") == 200)
-        .count();
-    assert_eq!(ok, N, "{counters}");
+    eprintln!("h2load -m 100: {unknown}/{N} client spans of unknown status; {counters}");
 }
 
 /// Response header blocks of ~78 KiB (20 headers of 4000 bytes: over the parser's 64 KiB block
@@ -479,19 +444,17 @@ fn huge_header_blocks_are_counted_never_a_panic() {
     let stderr = agent.stop().unwrap();
     drop(nginx);
     let counters = log_line(&stderr, "final counters");
-    assert!(servers.len() <= n as usize && clients.len() <= n as usize);
     for s in servers.iter().chain(&clients) {
         let path = s.attr_str("url.path");
         assert!(path == "/bighead" || path == "/hello", "{s:#}");
     }
-    check_losses_counted(&servers, &clients, &counters, n as usize, 200);
+    let complete = check_losses_counted(&servers, &clients, &counters, n as usize, 200);
     assert!(
         rss_after < rss_before + 64 * 1024,
         "agent RSS {rss_before} → {rss_after} KiB"
     );
     eprintln!(
-        "huge header blocks: {} server / {} client spans with their response; {counters}",
-        servers.iter().filter(|s| has_status(s)).count(),
-        clients.iter().filter(|s| has_status(s)).count()
+        "huge header blocks: {complete} of {} spans with their status; {counters}",
+        2 * n
     );
 }

@@ -188,6 +188,9 @@ pub fn span_from_exchange(
 
     // Response and status.
     let (mut status, mut status_message) = match &ex.response {
+        // A response whose status is not known (HTTP/2: its head was in bytes the agent did
+        // not see): no status code and no error rather than a wrong one.
+        Some(resp) if resp.status == 0 => (StatusCode::Unset, None),
         Some(resp) => {
             attrs.push(("http.response.status_code", i64::from(resp.status).into()));
             if !ex.incomplete && (ex.response_body_size > 0 || has_body_framing(&resp.headers)) {
@@ -1581,6 +1584,19 @@ mod grpc_tests {
         assert_eq!(sp.name, "HTTP");
         assert_eq!(sp.attr("http.request.method"), None);
         assert_eq!(sp.attr("http.request.method_original"), None);
+        // A response of unknown status (its head was lost): no status code, no error.
+        let mut ex = grpc_exchange(Direction::Egress, "0");
+        ex.incomplete = true;
+        ex.request.headers.clear();
+        ex.response = Some(ResponseHead {
+            status: 0,
+            version: "2",
+            headers: vec![],
+        });
+        let sp = build(&ex);
+        assert_eq!(sp.attr("http.response.status_code"), None);
+        assert_eq!(sp.attr("error.type"), None);
+        assert_eq!(sp.status, StatusCode::Unset);
         // The content type unknown, but `grpc-status` known: gRPC all the same.
         let mut ex = grpc_exchange(Direction::Ingress, "5");
         ex.request.headers.clear();

@@ -397,16 +397,25 @@ impl Links {
         }
     }
 
-    /// Server request `seq` of `conn_id` completed: it, and older ones of the connection
-    /// (responses come in order, so those will never complete), are no longer open.
-    pub fn on_server_done(&mut self, conn_id: u64, seq: u64) {
+    /// Server request `seq` of `conn_id` completed: it is no longer open. With `in_order`
+    /// (HTTP/1: responses come in request order) older ones of the connection will never
+    /// complete and are released too; HTTP/2 streams complete in any order.
+    pub fn on_server_done(&mut self, conn_id: u64, seq: u64, in_order: bool) {
         let Some(q) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        while q.front().is_some_and(|o| o.seq <= seq) {
-            if let Some(o) = q.pop_front() {
-                Self::release(&mut self.tids, &mut self.open, &o);
+        if in_order {
+            while q.front().is_some_and(|o| o.seq <= seq) {
+                if let Some(o) = q.pop_front() {
+                    Self::release(&mut self.tids, &mut self.open, &o);
+                }
             }
+        } else if let Some(o) = q
+            .iter()
+            .position(|o| o.seq == seq)
+            .and_then(|i| q.remove(i))
+        {
+            Self::release(&mut self.tids, &mut self.open, &o);
         }
         if q.is_empty() {
             self.conns.remove(&conn_id);
@@ -502,7 +511,8 @@ impl Links {
                         ctx
                     }
                 };
-                self.on_server_done(conn.conn_id, ex.seq);
+                // HTTP/2 streams (version "2") complete in any order.
+                self.on_server_done(conn.conn_id, ex.seq, ex.request.version != "2");
                 ctx
             }
             Direction::Egress => {

@@ -66,6 +66,9 @@ pub enum Event {
     GoAway {
         last_stream: u32,
     },
+    /// Frame boundaries were lost; decoding resumes at a later chunk start. What the lost
+    /// bytes carried (frames of any open stream) is unknown.
+    Desync,
 }
 
 /// Counters kept by the framers of a connection.
@@ -77,7 +80,8 @@ pub struct FrameStats {
     pub dropped_blocks: u64,
     /// Frames longer than the buffering bound, skipped.
     pub oversized_frames: u64,
-    /// Directions that lost sync (a gap or an uncaptured tail outside a frame payload).
+    /// Times a direction lost sync (a gap or an uncaptured tail outside a frame payload); it
+    /// resumes at a later chunk that starts with plausible frames.
     pub desyncs: u64,
     /// Gaps skipped inside a DATA (or ignored) frame payload of known length.
     pub skipped_gaps: u64,
@@ -324,7 +328,7 @@ impl Framer {
                 }
                 _ => {
                     st.desyncs += 1;
-                    self.lose(ev);
+                    self.resync(ev);
                 }
             },
             // Nothing of this direction seen yet: its first bytes were moved before the kernel
@@ -341,6 +345,17 @@ impl Framer {
                 self.lose(ev);
             }
         }
+    }
+
+    /// Frame boundaries lost inside the stream (bytes not seen outside a payload: a gap, or a
+    /// call longer than the capture). Decoding resumes at the next chunk that starts with
+    /// plausible frames, as when joining a connection: the HPACK table is forgotten (blocks in
+    /// the lost bytes may have changed it), so references to older entries become unknown.
+    fn resync(&mut self, ev: &mut Vec<Event>) {
+        self.lose(ev);
+        self.sync = Sync::Hunt;
+        self.table_settled = true;
+        ev.push(Event::Desync);
     }
 
     fn lose(&mut self, ev: &mut Vec<Event>) {

@@ -143,6 +143,13 @@ struct Stream {
     unknown: u32,
     /// gRPC only.
     messages: Option<MessageLog>,
+    /// The response direction lost its frame boundaries while this stream awaited its
+    /// response: the response may have been in the lost bytes, so "no response" is not known.
+    response_lost: bool,
+    /// End of the latest call whose uncaptured bytes may have held this stream's end (its
+    /// response direction lost sync while it was open). A stream still open at close ends
+    /// there: closer to the truth than the close for a short exchange, and flagged incomplete.
+    lost_at: Option<u64>,
 }
 
 impl Stream {
@@ -397,6 +404,19 @@ impl Http2Conn {
                         other.max_frame = other.max_frame.max(n);
                     }
                 }
+                Event::Desync => {
+                    let response_dir = self.req_dir.map(Direction::opposite);
+                    for s in self.streams.values_mut() {
+                        s.incomplete = true;
+                        if Some(dir) == response_dir {
+                            s.response_lost |= s.response.is_none();
+                            s.lost_at = Some(meta.ts_exit);
+                        }
+                        if let Some(log) = &mut s.messages {
+                            log.gap(dir, None);
+                        }
+                    }
+                }
                 Event::GoAway { last_stream } => {
                     // From the server: client streams above `last_stream` were not processed.
                     if self.req_dir == Some(dir.opposite()) {
@@ -504,6 +524,8 @@ impl Http2Conn {
                     incomplete,
                     unknown: b.unknown,
                     messages: grpc.then(MessageLog::default),
+                    response_lost: false,
+                    lost_at: None,
                 },
             );
             self.started.push(Started {
@@ -574,6 +596,15 @@ impl Http2Conn {
             return;
         };
         let req_dir = self.req_dir.unwrap_or(Direction::Ingress);
+        if s.response.is_none() && s.response_lost {
+            // Answered or not is unknown: a response of unknown status, never "no response".
+            s.response = Some(ResponseHead {
+                status: 0,
+                version: "2",
+                headers: HeaderList::new(),
+            });
+            s.incomplete = true;
+        }
         if s.response.is_none() {
             self.stats.unanswered_requests += 1;
         }
@@ -609,12 +640,14 @@ impl Http2Conn {
         let mut ids: Vec<u32> = self.streams.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if !emit_unanswered && self.streams[&id].response.is_none() {
+            let s = &self.streams[&id];
+            if !emit_unanswered && s.response.is_none() && !s.response_lost {
                 self.streams.remove(&id);
                 self.stats.unanswered_requests += 1;
                 continue;
             }
-            self.finish(id, ts, true, out);
+            let end = s.lost_at.map_or(ts, |t| t.min(ts));
+            self.finish(id, end, true, out);
         }
         let (limits, stats, h2) = (self.limits, self.stats, self.h2);
         *self = Self::new(limits);
