@@ -1,0 +1,453 @@
+//! Privileged end-to-end: gRPC with grpc-go peers (tests/servers/grpcpeer, Debian's grpc-go),
+//! alone, over Go's crypto/tls, interoperating with grpcio (tests/servers/grpc_peer.py), and
+//! carrying incoming trace context in its HPACK-encoded metadata.
+//!
+//! Every client run makes, on one connection, N × SayHello, one Missing (NOT_FOUND) and one
+//! server-streaming Count. Each call must give exactly one CLIENT and one SERVER span named
+//! `demo.Greeter/{Method}` with the RPC attributes and status rules of the semantic
+//! conventions; each SERVER span is the child of its call's CLIENT span (same node), and no
+//! other span may appear. The agent's final counters must show nothing lost or undecodable.
+//!
+//! Counted gaps: a grpc-go server writes its SETTINGS frame (15 bytes) as soon as it accepts,
+//! before it reads the client's preface; the kernel sees those bytes before it has recognised
+//! HTTP/2 on the connection, so the server's egress direction starts at position 15 and the
+//! agent counts one 15-byte gap per grpc-go server connection (h2c and TLS alike). Nothing a
+//! span needs is in it (the HTTP/2 parser expects exactly this), but `gaps`/`gap_bytes` count
+//! it; the tests pin that count so that any other gap fails them.
+use std::{collections::HashSet, path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const SERVICE: &str = "demo.Greeter";
+/// The gap of one grpc-go server connection: its 15-byte SETTINGS frame, written before the
+/// client preface arrives.
+const GO_SERVER_GAP: (u64, u64) = (1, 15);
+/// A grpcio (C core) server also writes first (SETTINGS and WINDOW_UPDATE, 46 bytes) when it
+/// has not read the preface yet (seen every time here; allowed either way).
+const GRPCIO_SERVER_GAPS: [(u64, u64); 2] = [(0, 0), (1, 46)];
+
+fn agent_for(receiver: &Receiver, ports: &[u16]) -> Agent {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    Agent::start(
+        &["--port", &ports.join(",")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap()
+}
+
+fn python_peer() -> std::path::PathBuf {
+    workspace_root().join("tests/servers/grpc_peer.py")
+}
+
+/// The grpc-go server on `port` (TLS with `certs`), once it printed READY.
+fn go_server(port: u16, certs: Option<&Certs>) -> Proc {
+    let mut cmd = Command::new(grpcpeer());
+    cmd.args(["server", &port.to_string()]);
+    if let Some(c) = certs {
+        cmd.arg("-cert").arg(c.cert()).arg("-key").arg(c.key());
+    }
+    let p = Proc::spawn("grpc-go server", &mut cmd).unwrap();
+    p.wait_line("READY", WAIT).unwrap();
+    p
+}
+
+fn python_server(port: u16) -> Proc {
+    let p = Proc::spawn(
+        "grpcio server",
+        Command::new("python3")
+            .arg(python_peer())
+            .args(["server", &port.to_string()]),
+    )
+    .unwrap();
+    p.wait_line("READY", WAIT).unwrap();
+    p
+}
+
+/// Runs a client to completion; returns it (for its pid) after it printed DONE and exited.
+fn run_client(name: &str, cmd: &mut Command) -> Proc {
+    let mut p = Proc::spawn(name, cmd).unwrap();
+    p.wait_line("DONE", WAIT).unwrap();
+    let status = p.wait_exit(WAIT).unwrap();
+    assert!(status.success(), "{name}: {status}\n{:?}", p.stderr());
+    let out = p.stdout();
+    assert!(
+        out.iter()
+            .any(|l| l == "Missing NotFound" || l == "Missing StatusCode.NOT_FOUND"),
+        "{name}: {out:?}"
+    );
+    p
+}
+
+fn go_client(port: u16, extra: &[&str]) -> Proc {
+    run_client(
+        "grpc-go client",
+        Command::new(grpcpeer())
+            .args(["client", &port.to_string()])
+            .args(extra),
+    )
+}
+
+/// What one client run must have produced, seen from one side.
+struct Run<'a> {
+    /// `calls` × SayHello, then Missing and Count.
+    calls: usize,
+    /// `server.address` and `server.port` (from `:authority`).
+    authority: (&'a str, i64),
+    /// `url.scheme`.
+    scheme: &'a str,
+    /// The port the server listens on.
+    port: u16,
+}
+
+impl Run<'_> {
+    fn expected(&self) -> [(&'static str, usize, i64); 3] {
+        [
+            ("SayHello", self.calls, 0),
+            ("Missing", 1, 5),
+            ("Count", 1, 0),
+        ]
+    }
+    fn total(&self) -> usize {
+        self.calls + 2
+    }
+}
+
+/// One call's span as a user reads it: name, kind, RPC and HTTP attributes, status by the
+/// rules of its kind, a sane duration.
+fn check_rpc(s: &Value, method: &str, code: i64, run: &Run) {
+    let server = s.kind() == "SPAN_KIND_SERVER";
+    assert_eq!(s.name(), format!("{SERVICE}/{method}"), "{s:#}");
+    assert_eq!(s.attr_str("rpc.system"), "grpc", "{s:#}");
+    assert_eq!(s.attr_str("rpc.service"), SERVICE, "{s:#}");
+    assert_eq!(s.attr_str("rpc.method"), method, "{s:#}");
+    assert_eq!(s.attr_i64("rpc.grpc.status_code"), code, "{s:#}");
+    assert_eq!(s.attr_str("http.request.method"), "POST", "{s:#}");
+    assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
+    assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
+    assert_eq!(s.attr_str("url.scheme"), run.scheme, "{s:#}");
+    assert_eq!(
+        s.attr_str("url.path"),
+        format!("/{SERVICE}/{method}"),
+        "{s:#}"
+    );
+    assert_eq!(s.attr_str("server.address"), run.authority.0, "{s:#}");
+    assert_eq!(s.attr_i64("server.port"), run.authority.1, "{s:#}");
+    assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
+    if server {
+        assert_eq!(s.attr_str("client.address"), "127.0.0.1", "{s:#}");
+    } else {
+        assert_eq!(s.attr_i64("network.peer.port"), run.port as i64, "{s:#}");
+        assert_eq!(
+            s.attr_str("url.full"),
+            format!(
+                "{}://{}{}/{SERVICE}/{method}",
+                run.scheme,
+                run.authority.0,
+                match (run.scheme, run.authority.1) {
+                    ("https", 443) | ("http", 80) => String::new(),
+                    (_, p) => format!(":{p}"),
+                }
+            ),
+            "{s:#}"
+        );
+    }
+    // NOT_FOUND is the caller's error, not a server failure.
+    if code != 0 && !server {
+        assert_eq!(s.status_code(), "STATUS_CODE_ERROR", "{s:#}");
+        assert_eq!(s.attr_str("error.type"), code.to_string(), "{s:#}");
+    } else {
+        assert_eq!(s.status_code(), "STATUS_CODE_UNSET", "{s:#}");
+        assert_eq!(s.attr("error.type"), &Value::Null, "{s:#}");
+    }
+    let d = s.end_ns().saturating_sub(s.start_ns());
+    assert!(
+        s.end_ns() >= s.start_ns() && d < 10_000_000_000,
+        "duration {d} ns: {s:#}"
+    );
+}
+
+/// Waits for one run's spans of `kind` matching `pick` (exact counts per method), checks each,
+/// and returns them.
+fn spans_of_run(
+    r: &Receiver,
+    kind: &str,
+    run: &Run,
+    pick: impl Fn(&Value) -> bool + Copy,
+) -> Vec<Value> {
+    let mut all = Vec::new();
+    for (method, n, code) in run.expected() {
+        let name = format!("{SERVICE}/{method}");
+        let spans = r.wait_spans(n, WAIT, |s| s.kind() == kind && s.name() == name && pick(s));
+        assert_eq!(spans.len(), n, "{kind} {name}: {spans:#?}");
+        for s in &spans {
+            check_rpc(s, method, code, run);
+        }
+        all.extend(spans);
+    }
+    all
+}
+
+/// Same node, no incoming context: each SERVER span's parent is its call's CLIENT span (found
+/// by the connection's addresses), one server span per client span, in the same trace, and
+/// the server handled the call while the client waited.
+fn check_address_links(clients: &[Value], servers: &[Value]) {
+    const TRAIL_NS: u64 = 5_000_000;
+    let mut parents = HashSet::new();
+    for s in servers {
+        assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
+        let c = clients
+            .iter()
+            .find(|c| c.span_id() == s.parent_id())
+            .unwrap_or_else(|| panic!("no CLIENT span is the parent of {s:#}"));
+        assert!(
+            parents.insert(s.parent_id().to_owned()),
+            "shared parent: {s:#}"
+        );
+        assert_eq!(c.name(), s.name(), "{c:#}\n{s:#}");
+        assert_eq!(c.trace_id(), s.trace_id(), "{c:#}\n{s:#}");
+        assert!(c.start_ns() <= s.start_ns(), "{c:#}\n{s:#}");
+        assert!(s.end_ns() <= c.end_ns() + TRAIL_NS, "{c:#}\n{s:#}");
+    }
+    // Without incoming context every call starts its own trace.
+    let traces: HashSet<&str> = clients.iter().map(|c| c.trace_id()).collect();
+    assert_eq!(traces.len(), clients.len(), "{clients:#?}");
+    for c in clients {
+        assert_eq!(c.parent_id(), "", "{c:#}");
+    }
+}
+
+/// The agent's final counters: nothing dropped, lost or undecodable, `spans` spans exported,
+/// and no gap but those `allowed` (`(gaps, gap_bytes)` pairs: the first SETTINGS a server
+/// writes before the client preface arrives, see the module doc).
+fn check_counters(stderr: &str, spans: usize, allowed: &[(u64, u64)]) -> String {
+    let line = log_line(stderr, "final counters");
+    // Kernel-side losses. (Not losses: `truncated_calls` (bodies), `not_http_conns` (e.g. the
+    // ciphertext of TLS sockets), `stale_conn_replaced` (any socket of the machine whose end
+    // was missed: the tests run agents in parallel).)
+    for c in [
+        "ringbuf_full",
+        "conn_map_full",
+        "inflight_map_full",
+        "copy_failed",
+        "tls_no_socket",
+    ] {
+        assert_eq!(counter(&line, c), 0, "{c}: {line}");
+    }
+    for c in [
+        "malformed",
+        "invalid_messages",
+        "dropped_messages",
+        "unmatched_responses",
+        "conns_expired",
+        "conns_refused_full",
+        "links_ambiguous",
+        "export_failed",
+        "export_queue_full",
+        "inject_done",
+    ] {
+        assert_eq!(counter(&line, c), 0, "{c}: {line}");
+    }
+    let gaps = (counter(&line, "gaps"), counter(&line, "gap_bytes"));
+    assert!(
+        allowed.contains(&gaps),
+        "gaps {gaps:?} not in {allowed:?}: {line}"
+    );
+    assert_eq!(counter(&line, "spans"), spans as u64, "{line}");
+    assert_eq!(counter(&line, "exported"), spans as u64, "{line}");
+    line
+}
+
+/// Exactly `n` spans in all (no span from anything else, e.g. ciphertext).
+fn assert_total(r: &Receiver, n: usize, log: &str) {
+    let all = r.spans();
+    assert_eq!(all.len(), n, "{log}\n{all:#?}");
+    for s in &all {
+        assert_eq!(s.attr_str("rpc.system"), "grpc", "{log}\n{s:#}");
+    }
+}
+
+fn pid_is(s: &Value, p: &Proc) -> bool {
+    s.res("process.pid").as_i64() == Some(p.pid() as i64)
+}
+
+/// grpc-go on both ends, h2c (prior knowledge): 50 unary calls, NOT_FOUND and a stream on one
+/// connection.
+#[test]
+fn grpc_go_h2c_many_calls_on_one_connection() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, &[port]);
+    let server = go_server(port, None);
+    let client = go_client(port, &["-calls", "50"]);
+    let run = Run {
+        calls: 50,
+        authority: ("127.0.0.1", port as i64),
+        scheme: "http",
+        port,
+    };
+    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, |s| pid_is(s, &client));
+    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, |s| pid_is(s, &server));
+    check_address_links(&clients, &servers);
+    let log = check_counters(&agent.stop().unwrap(), 2 * run.total(), &[GO_SERVER_GAP]);
+    assert_eq!(counter(&log, "address_linked"), run.total() as u64, "{log}");
+    assert_total(&receiver, 2 * run.total(), &log);
+}
+
+/// grpc-go on both ends over TLS (crypto/tls, ALPN h2), both started after the agent: the spans
+/// come from the plaintext at Go's TLS probes, with `url.scheme=https`, and none from the
+/// ciphertext the socket calls carry.
+#[test]
+fn grpc_go_over_tls_spans_come_from_the_plaintext() {
+    let certs = Certs::new("grpc-go-tls");
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, &[port]);
+    let bin = grpcpeer();
+    let server = go_server(port, Some(&certs));
+    let found = wait_for(WAIT, || {
+        agent.proc.stderr().into_iter().find(|l| {
+            l.contains("attached TLS probes to")
+                && l.contains(&*bin.to_string_lossy())
+                && l.contains("crypto/tls")
+        })
+    });
+    assert!(found.is_some(), "{}", agent.proc.stderr().join("\n"));
+    let ca = certs.cert();
+    let client = go_client(port, &["-ca", path_str(&ca), "-calls", "10"]);
+    // grpc-go takes `:authority` from the TLS ServerName ("localhost", no port): the
+    // conventions then give the scheme's default port.
+    let run = Run {
+        calls: 10,
+        authority: ("localhost", 443),
+        scheme: "https",
+        port,
+    };
+    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, |s| pid_is(s, &client));
+    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, |s| pid_is(s, &server));
+    check_address_links(&clients, &servers);
+    let log = check_counters(&agent.stop().unwrap(), 2 * run.total(), &[GO_SERVER_GAP]);
+    assert!(counter(&log, "tls_files_attached") >= 1, "{log}");
+    assert_total(&receiver, 2 * run.total(), &log);
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Interop, h2c: a grpc-go client calling a grpcio (C core) server.
+#[test]
+fn grpc_go_client_to_grpcio_server() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let server = python_server(port);
+    let agent = agent_for(&receiver, &[port]);
+    let client = go_client(port, &["-calls", "5"]);
+    let run = Run {
+        calls: 5,
+        authority: ("127.0.0.1", port as i64),
+        scheme: "http",
+        port,
+    };
+    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, |s| pid_is(s, &client));
+    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, |s| pid_is(s, &server));
+    check_address_links(&clients, &servers);
+    let log = check_counters(&agent.stop().unwrap(), 2 * run.total(), &GRPCIO_SERVER_GAPS);
+    assert_total(&receiver, 2 * run.total(), &log);
+}
+
+/// Interop, h2c: a grpcio client calling a grpc-go server.
+#[test]
+fn grpcio_client_to_grpc_go_server() {
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, &[port]);
+    let server = go_server(port, None);
+    let client = run_client(
+        "grpcio client",
+        Command::new("python3")
+            .arg(python_peer())
+            .args(["client", &port.to_string(), "5"]),
+    );
+    let run = Run {
+        calls: 5,
+        authority: ("127.0.0.1", port as i64),
+        scheme: "http",
+        port,
+    };
+    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, |s| pid_is(s, &client));
+    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, |s| pid_is(s, &server));
+    check_address_links(&clients, &servers);
+    let log = check_counters(&agent.stop().unwrap(), 2 * run.total(), &[GO_SERVER_GAP]);
+    assert_total(&receiver, 2 * run.total(), &log);
+}
+
+/// Incoming trace context in the calls' HPACK-encoded metadata: W3C `traceparent`, then (on a
+/// second connection) a B3 single `b3` header. Every SERVER span continues the caller's trace
+/// with the header's span as its parent. The CLIENT spans, whose requests already carry the
+/// context, are taken as the span that context names (so all share its id, by design).
+#[test]
+fn incoming_trace_context_in_hpack_metadata() {
+    const W3C_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const W3C_PARENT: &str = "00f067aa0ba902b7";
+    const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+    const B3_SPAN: &str = "e457b5a2e4d86bd1";
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    let agent = agent_for(&receiver, &[port]);
+    let server = go_server(port, None);
+    let run = Run {
+        calls: 3,
+        authority: ("127.0.0.1", port as i64),
+        scheme: "http",
+        port,
+    };
+    let cases = [
+        (
+            "w3c",
+            W3C_TRACE,
+            W3C_PARENT,
+            [
+                "-traceparent".to_owned(),
+                format!("00-{W3C_TRACE}-{W3C_PARENT}-01"),
+            ],
+        ),
+        (
+            "b3",
+            B3_TRACE,
+            B3_SPAN,
+            ["-b3".to_owned(), format!("{B3_TRACE}-{B3_SPAN}-1")],
+        ),
+    ];
+    for (source, trace, parent, flag) in &cases {
+        let client = go_client(port, &["-calls", "3", &flag[0], &flag[1]]);
+        let in_trace = |s: &Value| s.trace_id() == *trace;
+        let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, |s| {
+            pid_is(s, &client) && in_trace(s)
+        });
+        let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, |s| {
+            pid_is(s, &server) && in_trace(s)
+        });
+        for s in &servers {
+            assert_eq!(s.parent_id(), *parent, "{s:#}");
+            assert_eq!(s.attr_str("tracer.parent.source"), *source, "{s:#}");
+            assert_eq!(s.trace_flags(), 1, "sampled: {s:#}");
+        }
+        let ids: HashSet<&str> = servers.iter().map(|s| s.span_id()).collect();
+        assert_eq!(
+            ids.len(),
+            servers.len(),
+            "distinct server span ids: {servers:#?}"
+        );
+        for c in &clients {
+            assert_eq!(c.span_id(), *parent, "{c:#}");
+        }
+    }
+    let log = check_counters(&agent.stop().unwrap(), 4 * run.total(), &[(2, 30)]);
+    assert_total(&receiver, 4 * run.total(), &log);
+}
