@@ -54,12 +54,27 @@ fn python_peer() -> std::path::PathBuf {
 
 /// The grpc-go server on `port` (TLS with `certs`), once it printed READY.
 fn go_server(port: u16, certs: Option<&Certs>) -> Proc {
-    let mut cmd = Command::new(grpcpeer());
+    go_server_of(&grpcpeer(), port, certs)
+}
+
+fn go_server_of(bin: &Path, port: u16, certs: Option<&Certs>) -> Proc {
+    let mut cmd = Command::new(bin);
     cmd.args(["server", &port.to_string()]);
     if let Some(c) = certs {
         cmd.arg("-cert").arg(c.cert()).arg("-key").arg(c.key());
     }
-    let p = Proc::spawn("grpc-go server", &mut cmd).unwrap();
+    // A just-copied binary can be "busy" for a moment: a child forked meanwhile by another
+    // test's thread holds the copy's descriptor until it execs.
+    let mut tries = 0;
+    let p = loop {
+        match Proc::spawn("grpc-go server", &mut cmd) {
+            Err(e) if tries < 20 && format!("{e:#}").contains("Text file busy") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => break r.unwrap(),
+        }
+    };
     p.wait_line("READY", WAIT).unwrap();
     p
 }
@@ -92,9 +107,13 @@ fn run_client(name: &str, cmd: &mut Command) -> Proc {
 }
 
 fn go_client(port: u16, extra: &[&str]) -> Proc {
+    go_client_of(&grpcpeer(), port, extra)
+}
+
+fn go_client_of(bin: &Path, port: u16, extra: &[&str]) -> Proc {
     run_client(
         "grpc-go client",
-        Command::new(grpcpeer())
+        Command::new(bin)
             .args(["client", &port.to_string()])
             .args(extra),
     )
@@ -347,8 +366,13 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
     let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     let agent = agent_for(&receiver, &[port]);
-    let bin = grpcpeer();
-    let server = go_server(port, Some(&certs));
+    // A private copy of the binary, mapped by this test's processes only: the agent releases a
+    // file's probes when the last process it knows to map it exits, and it was seen releasing
+    // the shared binary's while this test's server and client ran, when another test's
+    // grpc-go process exited (calls lost: a CLIENT span without response).
+    let bin = certs.dir.path().join("grpcpeer-tls");
+    std::fs::copy(grpcpeer(), &bin).unwrap();
+    let server = go_server_of(&bin, port, Some(&certs));
     let found = wait_for(WAIT, || {
         agent.proc.stderr().into_iter().find(|l| {
             l.contains("attached TLS probes to")
@@ -358,7 +382,7 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
     });
     assert!(found.is_some(), "{}", agent.proc.stderr().join("\n"));
     let ca = certs.cert();
-    let client = go_client(port, &["-ca", path_str(&ca), "-calls", "10"]);
+    let client = go_client_of(&bin, port, &["-ca", path_str(&ca), "-calls", "10"]);
     // grpc-go takes `:authority` from the TLS ServerName ("localhost", no port): the
     // conventions then give the scheme's default port.
     let run = Run {
@@ -379,6 +403,11 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
     assert!(
         counter(&log_line(&log, "final counters"), "tls_files_attached") >= 1,
         "{log}"
+    );
+    let before_stop = stderr.split("final counters").next().unwrap_or_default();
+    assert!(
+        !before_stop.contains(&format!("detached TLS probes from {}", bin.display())),
+        "probes released while the server ran: {log}"
     );
     assert_total(&receiver, 2 * run.total(), &log);
 }
