@@ -41,7 +41,8 @@ impl Certs {
 }
 
 /// The grpc-go peer binary (`grpcpeer server|client <port> ...`, see its main.go), built by
-/// tests/servers/grpcpeer/build.sh under target/test-peers the first time a test asks.
+/// tests/servers/grpcpeer/build.sh under target/test-peers the first time a test asks (the Go
+/// build cache, target/test-peers/gocache, is shared: later builds take a second, not ~15).
 pub fn grpcpeer() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -51,6 +52,10 @@ pub fn grpcpeer() -> PathBuf {
         std::fs::create_dir_all(&out).unwrap();
         let res = Command::new(workspace_root().join("tests/servers/grpcpeer/build.sh"))
             .arg(&out)
+            .env(
+                "GOCACHE",
+                workspace_root().join("target/test-peers/gocache"),
+            )
             .output()
             .expect("running tests/servers/grpcpeer/build.sh");
         assert!(

@@ -4,9 +4,11 @@
 //	grpcpeer server <port> [-cert F -key F]   demo.Greeter: SayHello (unary, "hello <name>"),
 //	                                          Missing (fails NOT_FOUND), Count (server
 //	                                          streaming, 3 replies). Prints READY <port>.
-//	grpcpeer client <port> [-ca F] [-calls N] [-traceparent V]
+//	grpcpeer client <port> [-ca F] [-calls N] [-traceparent V] [-b3 V]
 //	                                          on one connection: N × SayHello, Missing, Count;
-//	                                          one line per call, then DONE.
+//	                                          one line per call, then DONE. -traceparent and
+//	                                          -b3 send that metadata (W3C `traceparent`, B3
+//	                                          single `b3`) with every call.
 //
 // Plaintext is h2c with prior knowledge; with -cert/-ca it is TLS (ALPN h2, crypto/tls).
 package main
@@ -88,6 +90,7 @@ func client(port string, args []string) {
 	ca := fs.String("ca", "", "CA certificate (PEM): use TLS")
 	calls := fs.Int("calls", 3, "SayHello calls")
 	traceparent := fs.String("traceparent", "", "traceparent metadata sent with every call")
+	b3 := fs.String("b3", "", "b3 (B3 single header) metadata sent with every call")
 	fs.Parse(args)
 	opts := []grpc.DialOption{grpc.WithBlock()}
 	if *ca != "" {
@@ -110,6 +113,9 @@ func client(port string, args []string) {
 	defer conn.Close()
 	if *traceparent != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", *traceparent)
+	}
+	if *b3 != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "b3", *b3)
 	}
 	c := demo.NewGreeterClient(conn)
 	for i := 0; i < *calls; i++ {
