@@ -52,6 +52,13 @@ const RESCAN_AFTER: &[Duration] = &[
     Duration::from_secs(3),
 ];
 
+/// How long a file stays probed after its last known process went away. An exit and an exec
+/// of the same binary often come close together (a server restarting, one test's process
+/// ending as another starts): detaching at once would leave the new process unprobed until
+/// the re-attach completes (hundreds of milliseconds for a Go binary), missing its first
+/// requests.
+const DETACH_AFTER: Duration = Duration::from_secs(3);
+
 /// Bounds: pending looks and files remembered.
 const MAX_PENDING: usize = 65536;
 const MAX_FILES: usize = 65536;
@@ -107,6 +114,8 @@ pub struct TlsAttacher {
     deps: HashMap<FileId, (Vec<String>, Vec<String>)>,
     /// Processes exited since the last `process` call.
     exited: Vec<u32>,
+    /// Files no process was known to map any more, and when to detach them if that holds.
+    idle: VecDeque<(Instant, FileId)>,
     stats: TlsStats,
     /// Failures already reported (each file once).
     failed: HashSet<FileId>,
@@ -233,7 +242,7 @@ impl TlsAttacher {
     /// Does what is due: releases exited processes' files, looks at processes.
     pub fn process(&mut self, ebpf: &mut Ebpf) {
         for pid in std::mem::take(&mut self.exited) {
-            self.release(ebpf, pid);
+            self.release(pid);
         }
         // A new process's libraries are probed before the dynamic loader maps them where
         // possible: a short-lived client (curl) would otherwise often finish first.
@@ -256,6 +265,15 @@ impl TlsAttacher {
         for pid in due {
             self.scan(ebpf, pid);
         }
+        while let Some(&(at, f)) = self.idle.front() {
+            if at > now {
+                break;
+            }
+            self.idle.pop_front();
+            if self.attached.get(&f).is_some_and(|a| a.pids.is_empty()) {
+                self.detach(ebpf, f);
+            }
+        }
     }
 
     /// Detaches everything (the agent stops).
@@ -266,7 +284,9 @@ impl TlsAttacher {
         }
     }
 
-    fn release(&mut self, ebpf: &mut Ebpf, pid: u32) {
+    /// `pid` no longer maps its files; those left without a process are detached after
+    /// [`DETACH_AFTER`] unless a process maps them again meanwhile.
+    fn release(&mut self, pid: u32) {
         let Some(files) = self.pid_files.remove(&pid) else {
             return;
         };
@@ -278,8 +298,8 @@ impl TlsAttacher {
                 }
                 None => false,
             };
-            if empty {
-                self.detach(ebpf, f);
+            if empty && self.idle.len() < MAX_PENDING {
+                self.idle.push_back((Instant::now() + DETACH_AFTER, f));
             }
         }
     }
