@@ -442,22 +442,7 @@ fn grpc_go_client_to_grpcio_server() {
     let server = python_server(port);
     let agent = agent_for(&receiver, &[port]);
     let client = go_client(port, &["-calls", "5"]);
-    let run = Run {
-        calls: 5,
-        authority: ("127.0.0.1", port as i64),
-        scheme: "http",
-        port,
-    };
-    let (stderr, log) = stop_when_all_arrived(agent, &receiver, 2 * run.total());
-    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
-        pid_is(s, &client)
-    });
-    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
-        pid_is(s, &server)
-    });
-    check_address_links(&clients, &servers, &log);
-    check_counters(&stderr, 2 * run.total(), GRPCIO_SERVER_GAPS);
-    assert_total(&receiver, 2 * run.total(), &log);
+    check_interop(&receiver, agent, &client, &server, port, GRPCIO_SERVER_GAPS);
 }
 
 /// Interop, h2c: a grpcio client calling a grpc-go server.
@@ -473,22 +458,35 @@ fn grpcio_client_to_grpc_go_server() {
             .arg(python_peer())
             .args(["client", &port.to_string(), "5"]),
     );
+    check_interop(&receiver, agent, &client, &server, port, GO_SERVER_GAPS);
+}
+
+/// What the interop tests check: 5 SayHello calls, Missing and Count, plaintext, each a
+/// CLIENT span of `client` and a SERVER span of `server`, linked by address; the counters.
+fn check_interop(
+    receiver: &Receiver,
+    agent: Agent,
+    client: &Proc,
+    server: &Proc,
+    port: u16,
+    gaps: &[(u64, u64)],
+) {
     let run = Run {
         calls: 5,
         authority: ("127.0.0.1", port as i64),
         scheme: "http",
         port,
     };
-    let (stderr, log) = stop_when_all_arrived(agent, &receiver, 2 * run.total());
-    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
-        pid_is(s, &client)
+    let (stderr, log) = stop_when_all_arrived(agent, receiver, 2 * run.total());
+    let clients = spans_of_run(receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
+        pid_is(s, client)
     });
-    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
-        pid_is(s, &server)
+    let servers = spans_of_run(receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
+        pid_is(s, server)
     });
     check_address_links(&clients, &servers, &log);
-    check_counters(&stderr, 2 * run.total(), GO_SERVER_GAPS);
-    assert_total(&receiver, 2 * run.total(), &log);
+    check_counters(&stderr, 2 * run.total(), gaps);
+    assert_total(receiver, 2 * run.total(), &log);
 }
 
 /// Incoming trace context in the calls' HPACK-encoded metadata: W3C `traceparent`, then (on a

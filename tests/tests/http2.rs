@@ -81,31 +81,17 @@ fn h2_over_tls_curl_to_nginx() {
     assert!(attached.is_some(), "{}", agent.proc.stderr().join("\n"));
     let base = format!("https://127.0.0.1:{port}");
     // `%{http_version}` proves ALPN chose h2 (curl would fall back to 1.1 silently).
-    let versions = curl(&[
-        "-k",
-        "--http2",
-        "-w",
-        "%{http_version} %{http_code}\n",
-        "-o",
-        "/dev/null",
-        &format!("{base}/h2/first"),
-        "-o",
-        "/dev/null",
-        &format!("{base}/missing"),
-    ])
-    .unwrap();
-    assert_eq!(versions, "2 200\n2 404\n");
-    let versions = curl(&[
-        "-k",
-        "--http2",
-        "-w",
-        "%{http_version} %{http_code}\n",
-        "-o",
-        "/dev/null",
-        &format!("{base}/h2/second"),
-    ])
-    .unwrap();
-    assert_eq!(versions, "2 200\n");
+    let curl_h2 = |paths: &[&str]| {
+        let mut args = vec!["-k", "--http2", "-w", "%{http_version} %{http_code}\n"];
+        let urls: Vec<String> = paths.iter().map(|p| format!("{base}{p}")).collect();
+        for url in &urls {
+            args.extend(["-o", "/dev/null", url]);
+        }
+        curl(&args).unwrap()
+    };
+    // Two requests on one connection, then one on another.
+    assert_eq!(curl_h2(&["/h2/first", "/missing"]), "2 200\n2 404\n");
+    assert_eq!(curl_h2(&["/h2/second"]), "2 200\n");
 
     let servers = exactly(&receiver, 3, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
     let clients = exactly(&receiver, 3, |s| of(s, "curl", "SPAN_KIND_CLIENT"));

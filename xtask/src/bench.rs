@@ -348,15 +348,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let total = started.elapsed();
     print_table(&figures);
-    println!(
-        "\nother work on the machine before/after the live rounds: {busy_before:.2} / {busy_after:.2} of {} CPUs busy{}",
-        cpus(),
-        if busy_before.max(busy_after) > 0.2 {
-            " — other work was running: live figures are disturbed"
-        } else {
-            ""
-        }
-    );
+    print_other_work(busy_before, busy_after);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let report = json!({
         "unix_time": now,
@@ -593,15 +585,7 @@ fn grpc(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     ];
     let total = started.elapsed();
     print_table(&figures);
-    println!(
-        "\nother work on the machine before/after the live rounds: {busy_before:.2} / {busy_after:.2} of {} CPUs busy{}",
-        cpus(),
-        if busy_before.max(busy_after) > 0.2 {
-            " — other work was running: live figures are disturbed"
-        } else {
-            ""
-        }
-    );
+    print_other_work(busy_before, busy_after);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let report = json!({
         "unix_time": now,
@@ -802,6 +786,20 @@ fn fmt_value(v: f64) -> String {
     } else {
         format!("{v:.4}")
     }
+}
+
+/// How busy the machine was with other work around the live rounds (their figures are only
+/// meaningful on a quiet machine).
+fn print_other_work(busy_before: f64, busy_after: f64) {
+    println!(
+        "\nother work on the machine before/after the live rounds: {busy_before:.2} / {busy_after:.2} of {} CPUs busy{}",
+        cpus(),
+        if busy_before.max(busy_after) > 0.2 {
+            " — other work was running: live figures are disturbed"
+        } else {
+            ""
+        }
+    );
 }
 
 fn print_table(figures: &[Figure]) {

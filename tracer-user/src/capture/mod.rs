@@ -131,6 +131,34 @@ const TAIL_PROGRAMS: &[&str] = &[
     "http_client_finish",
 ];
 
+/// Loads tracepoint program `name` and records how many instructions the verifier processed.
+fn load_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    verified: &mut Vec<(&'static str, Option<u32>)>,
+) -> Result<&'a mut TracePoint> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.load().map_err(|e| describe_load_error(name, e))?;
+    verified.push((
+        name,
+        prog.info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count()),
+    ));
+    Ok(prog)
+}
+
+/// The tail-call table of the header scans (`PROGS`).
+fn tail_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<&mut aya::maps::MapData>> {
+    Ok(ProgramArray::try_from(
+        ebpf.map_mut("PROGS")
+            .ok_or_else(|| anyhow!("PROGS map missing"))?,
+    )?)
+}
+
 /// sock_ops on the cgroup v2 root puts established client sockets into `SOCKS`; sk_msg on
 /// `SOCKS` inserts the header. Both stay attached until the agent exits.
 fn attach_injection(
@@ -259,23 +287,10 @@ impl Capture {
         let mut verified = Vec::new();
         // Tail-call targets first, so the first events find them.
         for (index, name) in TAIL_PROGRAMS.iter().enumerate() {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load().map_err(|e| describe_load_error(name, e))?;
-            verified.push((
-                *name,
-                prog.info()
-                    .ok()
-                    .and_then(|i| i.verified_instruction_count()),
-            ));
-            let fd = prog.fd()?.try_clone()?;
-            let mut progs = ProgramArray::try_from(
-                ebpf.map_mut("PROGS")
-                    .ok_or_else(|| anyhow!("PROGS map missing"))?,
-            )?;
-            progs.set(index as u32, &fd, 0)?;
+            let fd = load_tracepoint(&mut ebpf, name, &mut verified)?
+                .fd()?
+                .try_clone()?;
+            tail_programs(&mut ebpf)?.set(index as u32, &fd, 0)?;
         }
         let injecting = match &inject_root {
             Some(root) => match attach_injection(&mut ebpf, root, &mut verified) {
@@ -292,10 +307,7 @@ impl Capture {
         };
         if inject_root.is_some() && !injecting {
             // Nothing would insert the header the kernel decides on: skip the decisions too.
-            let mut progs = ProgramArray::try_from(
-                ebpf.map_mut("PROGS")
-                    .ok_or_else(|| anyhow!("PROGS map missing"))?,
-            )?;
+            let mut progs = tail_programs(&mut ebpf)?;
             for index in 0..TAIL_PROGRAMS.len() as u32 {
                 progs.clear_index(&index)?;
             }
@@ -303,17 +315,7 @@ impl Capture {
 
         let mut attached = Vec::new();
         for (name, category) in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load().map_err(|e| describe_load_error(name, e))?;
-            verified.push((
-                *name,
-                prog.info()
-                    .ok()
-                    .and_then(|i| i.verified_instruction_count()),
-            ));
+            let prog = load_tracepoint(&mut ebpf, name, &mut verified)?;
             prog.attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("{category}:{name}"));
