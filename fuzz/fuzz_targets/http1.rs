@@ -1,17 +1,13 @@
 //! Feeds arbitrary chunk/gap/close sequences in both directions to `Http1Conn`: no panic, memory
 //! stays bounded, emitted exchanges are sane.
 //!
-//! The protocol module is compiled straight from the agent's sources (it only needs
-//! `tracer-common` and `httparse`), so the fuzz build does not build the agent or its eBPF object.
+//! The parsers are their own crate (`tracer-protocol`), so the fuzz build does not build the
+//! agent or its eBPF object.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../tracer-user/src/protocol/mod.rs"]
-mod protocol;
-
 use libfuzzer_sys::fuzz_target;
-use protocol::http1::{Http1Conn, Limits};
-use protocol::{Chunk, Direction};
+use tracer_protocol::http1::{Http1Conn, Limits};
+use tracer_protocol::{Chunk, Direction};
 
 const LIMITS: Limits = Limits {
     max_head_bytes: 2048,

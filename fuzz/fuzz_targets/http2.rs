@@ -2,17 +2,11 @@
 //! stays bounded, emitted exchanges are sane. Besides raw bytes, ops can emit the client preface
 //! and well-formed frame headers around arbitrary payloads, so the fuzzer reaches the frame,
 //! HPACK and stream layers quickly.
-//!
-//! The protocol module is compiled straight from the agent's sources (see `http1.rs`).
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../tracer-user/src/protocol/mod.rs"]
-mod protocol;
-
 use libfuzzer_sys::fuzz_target;
-use protocol::http2::{Http2Conn, Limits};
-use protocol::{Chunk, Direction};
+use tracer_protocol::http2::{self, Http2Conn, Limits};
+use tracer_protocol::{Chunk, Direction};
 
 const LIMITS: Limits = Limits {
     max_streams: 16,
@@ -141,7 +135,7 @@ fuzz_target!(|input: &[u8]| {
     assert!(conn.is_idle());
     for x in &out {
         let h = &x.http;
-        assert!(h.messages.len() <= protocol::http2::MAX_MESSAGES);
+        assert!(h.messages.len() <= http2::MAX_MESSAGES);
         for m in &h.messages {
             assert!(m.id >= 1);
             assert!(m.at_ns >= 1_000);

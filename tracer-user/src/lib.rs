@@ -11,7 +11,7 @@ pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod process;
-pub mod protocol;
+pub use tracer_protocol as protocol;
 pub mod stitch;
 pub mod text;
 pub mod trace;

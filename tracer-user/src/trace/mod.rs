@@ -1,7 +1,7 @@
 //! The span model, and turning protocol exchanges into spans.
 
 pub mod clock;
-pub mod context;
+pub use tracer_protocol::trace_context as context;
 pub mod http_span;
 pub mod links;
 pub mod span;

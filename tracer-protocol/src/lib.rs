@@ -1,11 +1,18 @@
-//! Application protocols: incremental parsers fed with one connection's reassembled byte
-//! stream, per direction, that pair requests with responses into [`HttpExchange`]s.
+//! The tracer's application protocols: incremental parsers fed with one connection's
+//! reassembled byte stream, per direction, that pair requests with responses into
+//! [`HttpExchange`]s; and the parsers of the trace context those requests carry
+//! ([`trace_context`]).
 //!
-//! The connection layer (`conn`) guarantees the order of chunks within a direction and reports
+//! The agent's connection layer guarantees the order of chunks within a direction and reports
 //! gaps (bytes the kernel could not deliver) explicitly; a parser never sees a silent hole.
+//!
+//! Pure code over byte slices (no aya, no async runtime), so the fuzz targets (`fuzz/`) build
+//! it as any user would. Built with `--cfg fuzzing`, modules also export the invariants the
+//! fuzz targets check.
 
 pub mod http1;
 pub mod http2;
+pub mod trace_context;
 
 pub use tracer_common::{Direction, SpanCtx};
 

@@ -4,7 +4,7 @@
 //! reading for that direction: the messages seen up to there are exact, and none is ever
 //! guessed after it.
 
-use super::super::Direction;
+use crate::Direction;
 
 /// Messages kept per stream (both directions); more are counted in
 /// [`MessageLog::dropped`].

@@ -57,7 +57,7 @@ mod huffman;
 use std::collections::HashMap;
 
 use super::http1::RequestStart;
-use super::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
+use crate::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
 use block::Block;
 pub use framer::FrameStats;
 use framer::{Event, Framer, Meta};

@@ -58,7 +58,7 @@
 
 use std::collections::VecDeque;
 
-use super::{
+use crate::{
     Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead, SpanCtx,
 };
 

@@ -126,10 +126,7 @@ fn header(x: &H2Exchange, name: &str) -> Option<String> {
 }
 
 fn read(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/src/protocol/http2/testdata/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/src/http2/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

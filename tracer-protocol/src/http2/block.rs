@@ -1,7 +1,7 @@
 //! What the tracer keeps of a decoded header block: pseudo-headers and a bounded list of
 //! headers, with a count of fields the decoder could not resolve (unknown table entries).
 
-use super::super::HeaderList;
+use crate::HeaderList;
 use super::hpack::Field;
 
 /// Headers kept per block.

@@ -1,6 +1,6 @@
 //! Incoming trace context: W3C Trace Context (`traceparent`, `tracestate`) and B3 (single `b3`
 //! header and multi `X-B3-*` headers), parsed strictly. Pure functions over header values,
-//! std only (the fuzz target compiles this file on its own).
+//! std only.
 //!
 //! Rules (a header that breaks any of them is ignored as a whole, never trusted in part):
 //! - `traceparent` (W3C Trace Context level 1/2): `version-traceid-parentid-flags`, lowercase
@@ -378,6 +378,7 @@ where
 
 /// Fuzzing entry point: every parser on arbitrary bytes, with invariants checked (panics on a
 /// violation). Splits `data` into header lines `name: value`.
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_check(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Some(tp) = parse_traceparent(&text) {
