@@ -1,39 +1,12 @@
 //! What the tracer keeps of a decoded header block: pseudo-headers and a bounded list of
-//! headers, with a count of fields the decoder could not resolve (unknown table entries).
+//! headers (the policy HTTP/1 shares, in `headers.rs`), with a count of fields the decoder
+//! could not resolve (unknown table entries).
 
-use crate::HeaderList;
 use super::hpack::Field;
-
-/// Headers kept per block.
-pub const MAX_KEPT_HEADERS: usize = 16;
-/// `:path` values are truncated to this many bytes.
-const MAX_PATH: usize = 2048;
-/// Longest `:method` kept.
-const MAX_METHOD: usize = 24;
-/// Longest header name kept (only `x-b3-*` names vary).
-const MAX_KEPT_NAME: usize = 64;
-
-fn kept_name(name: &[u8]) -> bool {
-    const KEPT: [&[u8]; 10] = [
-        b"user-agent",
-        b"content-length",
-        b"content-type",
-        b"traceparent",
-        b"tracestate",
-        b"b3",
-        b"grpc-timeout",
-        b"grpc-status",
-        b"grpc-message",
-        b"grpc-encoding",
-    ];
-    // HTTP/2 field names are lower case on the wire (RFC 9113 8.2.1).
-    KEPT.contains(&name)
-        || (name.len() > 5 && name.len() <= MAX_KEPT_NAME && name.starts_with(b"x-b3-"))
-}
-
-fn lossy(b: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
-}
+use crate::HeaderList;
+use crate::headers::{
+    MAX_KEPT_HEADERS, MAX_KEPT_NAME, MAX_METHOD, MAX_TARGET, Version, kept_name, lossy,
+};
 
 /// A decoded header block, reduced to what the tracer uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,7 +32,7 @@ impl Block {
         };
         match name {
             b":method" => self.method = Some(lossy(value, MAX_METHOD)),
-            b":path" => self.path = Some(lossy(value, MAX_PATH)),
+            b":path" => self.path = Some(lossy(value, MAX_TARGET)),
             b":scheme" => self.scheme = Some(lossy(value, MAX_METHOD)),
             b":authority" => self.authority = Some(lossy(value, max_value)),
             b":status" => {
@@ -69,7 +42,7 @@ impl Block {
                     .filter(|n| (100..1000).contains(n));
                 self.status = Some(n.unwrap_or(0));
             }
-            _ if self.headers.len() < MAX_KEPT_HEADERS && kept_name(name) => {
+            _ if self.headers.len() < MAX_KEPT_HEADERS && kept_name(name, Version::Http2) => {
                 self.headers
                     .push((lossy(name, MAX_KEPT_NAME), lossy(value, max_value)));
             }

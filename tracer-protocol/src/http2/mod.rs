@@ -57,6 +57,7 @@ mod huffman;
 use std::collections::HashMap;
 
 use super::http1::RequestStart;
+use crate::headers::DEFAULT_MAX_HEADER_VALUE;
 use crate::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
 use block::Block;
 pub use framer::FrameStats;
@@ -81,7 +82,7 @@ impl Default for Limits {
         Self {
             max_streams: 1000,
             max_header_block: 64 * 1024,
-            max_header_value: 512,
+            max_header_value: DEFAULT_MAX_HEADER_VALUE,
         }
     }
 }

@@ -1,0 +1,97 @@
+//! What the parsers keep of a message's headers, the same for HTTP/1 and HTTP/2: the names the
+//! tracer uses and the bounds on what is copied.
+
+/// Headers kept per message (HTTP/1 head, HTTP/2 header block).
+pub const MAX_KEPT_HEADERS: usize = 16;
+/// Longest header name kept (only `x-b3-*` names vary).
+pub const MAX_KEPT_NAME: usize = 64;
+/// Request targets (HTTP/1) and `:path` values (HTTP/2) are truncated to this many bytes.
+pub const MAX_TARGET: usize = 2048;
+/// Longest method kept; in HTTP/1 also the longest token taken as a request's start.
+pub const MAX_METHOD: usize = 24;
+/// Kept header values are truncated to this many bytes unless a parser's `Limits` say otherwise.
+pub const DEFAULT_MAX_HEADER_VALUE: usize = 512;
+
+/// The HTTP version whose header rules apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Names are case-insensitive.
+    Http1,
+    /// Names are lower case on the wire (RFC 9113 8.2.1); `host` travels as `:authority`.
+    Http2,
+}
+
+/// Names kept in every version: span attributes and incoming trace context.
+const KEPT: [&[u8]; 6] = [
+    b"user-agent",
+    b"content-length",
+    b"content-type",
+    b"traceparent",
+    b"tracestate",
+    b"b3",
+];
+/// HTTP/1 only: HTTP/2 carries the host as the `:authority` pseudo-header.
+const KEPT_HTTP1: [&[u8]; 1] = [b"host"];
+/// HTTP/2 only: gRPC's request and trailer fields.
+const KEPT_HTTP2: [&[u8]; 4] = [
+    b"grpc-timeout",
+    b"grpc-status",
+    b"grpc-message",
+    b"grpc-encoding",
+];
+/// B3 multi-header names (`x-b3-traceid`, ...): a prefix, bounded by [`MAX_KEPT_NAME`].
+const B3_PREFIX: &[u8] = b"x-b3-";
+
+impl Version {
+    fn same_name(self, a: &[u8], b: &[u8]) -> bool {
+        match self {
+            Self::Http1 => a.eq_ignore_ascii_case(b),
+            Self::Http2 => a == b,
+        }
+    }
+}
+
+/// Whether a header named `name` is kept.
+pub fn kept_name(name: &[u8], version: Version) -> bool {
+    let only_here: &[&[u8]] = match version {
+        Version::Http1 => &KEPT_HTTP1,
+        Version::Http2 => &KEPT_HTTP2,
+    };
+    KEPT.iter()
+        .chain(only_here)
+        .any(|k| version.same_name(name, k))
+        || (name.len() > B3_PREFIX.len()
+            && name.len() <= MAX_KEPT_NAME
+            && version.same_name(&name[..B3_PREFIX.len()], B3_PREFIX))
+}
+
+/// The first `max` bytes of `b` as text (invalid UTF-8 replaced).
+pub fn lossy(b: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_names_per_version() {
+        use Version::{Http1, Http2};
+        for name in ["traceparent", "b3", "x-b3-traceid", "content-type"] {
+            assert!(kept_name(name.as_bytes(), Http1), "{name}");
+            assert!(kept_name(name.as_bytes(), Http2), "{name}");
+        }
+        assert!(kept_name(b"Host", Http1) && !kept_name(b"host", Http2));
+        assert!(kept_name(b"grpc-status", Http2) && !kept_name(b"grpc-status", Http1));
+        // Case matters only in HTTP/2, where upper case is not valid on the wire.
+        assert!(kept_name(b"X-B3-SpanId", Http1) && !kept_name(b"X-B3-SpanId", Http2));
+        for version in [Http1, Http2] {
+            assert!(!kept_name(b"x-b3-", version));
+            assert!(!kept_name(
+                &[b"x-b3-".as_slice(), &[b'a'; 60]].concat(),
+                version
+            ));
+            assert!(!kept_name(b"cookie", version));
+        }
+    }
+}
