@@ -8,7 +8,7 @@ use super::hpack::Decoder;
 
 /// Where a frame's first byte was (the chunk that carried it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Meta {
+pub struct FrameOrigin {
     pub ts_enter: u64,
     pub ts_exit: u64,
     pub tid: u32,
@@ -16,7 +16,7 @@ pub struct Meta {
     pub position: u64,
 }
 
-impl Meta {
+impl FrameOrigin {
     fn at(self, offset: usize) -> Self {
         Self {
             position: self.position + offset as u64,
@@ -34,7 +34,7 @@ pub enum Event {
         end_stream: bool,
         block: Option<Block>,
         /// The chunk with the HEADERS frame's first byte.
-        first: Meta,
+        first: FrameOrigin,
     },
     /// Content bytes of the current DATA frame (padding excluded): `data[start..end]` of
     /// the chunk just fed. Comes before the frame's [`Event::Data`].
@@ -110,13 +110,14 @@ enum Mode {
     Skip,
 }
 
+/// The frame being read: its header, and how much of its payload is still to come.
 #[derive(Debug)]
-struct Cur {
+struct CurrentFrame {
     h: FrameHeader,
     remaining: u32,
     mode: Mode,
     oversized: bool,
-    first: Meta,
+    first: FrameOrigin,
     /// DATA's pad length (first payload byte) when PADDED.
     pad: Option<u8>,
     /// DATA content bytes still to come; `None` until a PADDED frame's pad length is seen.
@@ -127,7 +128,7 @@ struct Cur {
 struct PendingBlock {
     stream: u32,
     end_stream: bool,
-    first: Meta,
+    first: FrameOrigin,
     /// Not decodable (too large, malformed): dropped at END_HEADERS.
     skip: bool,
     push: bool,
@@ -141,8 +142,8 @@ pub struct Framer {
     sync: Sync,
     hdr: [u8; HEADER_LEN],
     hdr_len: usize,
-    hdr_meta: Meta,
-    cur: Option<Cur>,
+    hdr_origin: FrameOrigin,
+    current: Option<CurrentFrame>,
     buf: Vec<u8>,
     block: Vec<u8>,
     pending: Option<PendingBlock>,
@@ -171,8 +172,8 @@ impl Framer {
             sync: Sync::Start,
             hdr: [0; HEADER_LEN],
             hdr_len: 0,
-            hdr_meta: Meta::default(),
-            cur: None,
+            hdr_origin: FrameOrigin::default(),
+            current: None,
             buf: Vec::new(),
             block: Vec::new(),
             pending: None,
@@ -193,7 +194,7 @@ impl Framer {
 
     /// At a frame boundary with no header block open.
     pub fn is_idle(&self) -> bool {
-        self.hdr_len == 0 && self.cur.is_none() && self.pending.is_none()
+        self.hdr_len == 0 && self.current.is_none() && self.pending.is_none()
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -205,7 +206,7 @@ impl Framer {
         &mut self,
         data: &[u8],
         total_len: u32,
-        meta: Meta,
+        origin: FrameOrigin,
         ev: &mut Vec<Event>,
         st: &mut FrameStats,
     ) {
@@ -220,17 +221,17 @@ impl Framer {
                             .plausible(self.max_frame),
                         None => true,
                     };
-                    if meta.position == 0 && data[..n] == PREFACE[..n] {
+                    if origin.position == 0 && data[..n] == PREFACE[..n] {
                         self.saw_preface = true;
                         self.table_settled = true;
                         self.sync = Sync::Preface(0);
-                    } else if meta.position == 0 && first_plausible {
+                    } else if origin.position == 0 && first_plausible {
                         // A frame boundary (the server's first SETTINGS on a new connection);
                         // the table's state is settled at the first header block.
                         self.started_at_zero = true;
                         self.sync = Sync::Frames;
                     } else {
-                        if meta.position == 0 {
+                        if origin.position == 0 {
                             st.invalid += 1;
                         }
                         // Joined mid-connection: the HPACK table is unknown.
@@ -260,12 +261,12 @@ impl Framer {
                         break;
                     }
                 }
-                Sync::Frames => p = self.frames(data, p, meta, ev, st),
+                Sync::Frames => p = self.frames(data, p, origin, ev, st),
             }
         }
         let uncaptured = (total_len as usize).saturating_sub(data.len());
         if uncaptured > 0 {
-            self.skip(uncaptured as u64, meta, ev, st);
+            self.skip(uncaptured as u64, origin, ev, st);
         }
     }
 
@@ -274,15 +275,15 @@ impl Framer {
     pub fn gap(
         &mut self,
         len: u64,
-        meta: Meta,
+        origin: FrameOrigin,
         ev: &mut Vec<Event>,
         st: &mut FrameStats,
     ) -> Option<u32> {
         if len == 0 {
             return None;
         }
-        let stream = self.cur.as_ref().map(|c| c.h.stream);
-        self.skip(len, meta, ev, st);
+        let stream = self.current.as_ref().map(|c| c.h.stream);
+        self.skip(len, origin, ev, st);
         if self.sync == Sync::Frames {
             st.skipped_gaps += 1;
             return stream;
@@ -292,12 +293,12 @@ impl Framer {
 
     /// Bytes not seen: harmless inside a payload that is only counted or skipped; anywhere
     /// else the frame boundaries are lost for good (no reliable way to find one again).
-    fn skip(&mut self, len: u64, meta: Meta, ev: &mut Vec<Event>, st: &mut FrameStats) {
+    fn skip(&mut self, len: u64, origin: FrameOrigin, ev: &mut Vec<Event>, st: &mut FrameStats) {
         match self.sync {
             Sync::Lost => {}
             // Mid-connection start: wait for the next chunk start anyway.
             Sync::Hunt => {}
-            Sync::Frames => match &mut self.cur {
+            Sync::Frames => match &mut self.current {
                 Some(c) if c.mode != Mode::Buffer && u64::from(c.remaining) >= len => {
                     if c.h.kind == frame::DATA && c.h.flags & frame::PADDED != 0 && c.pad.is_none()
                     {
@@ -323,7 +324,7 @@ impl Framer {
                     }
                     c.remaining -= len as u32;
                     if c.remaining == 0 {
-                        self.end_frame(meta, ev, st);
+                        self.end_frame(origin, ev, st);
                     }
                 }
                 _ => {
@@ -361,7 +362,7 @@ impl Framer {
     fn lose(&mut self, ev: &mut Vec<Event>) {
         self.sync = Sync::Lost;
         self.decoder.poison();
-        self.cur = None;
+        self.current = None;
         self.hdr_len = 0;
         if let Some(pb) = self.pending.take()
             && !pb.push
@@ -381,13 +382,13 @@ impl Framer {
         &mut self,
         data: &[u8],
         mut p: usize,
-        meta: Meta,
+        origin: FrameOrigin,
         ev: &mut Vec<Event>,
         st: &mut FrameStats,
     ) -> usize {
-        let Some(cur) = &mut self.cur else {
+        let Some(cur) = &mut self.current else {
             if self.hdr_len == 0 {
-                self.hdr_meta = meta.at(p);
+                self.hdr_origin = origin.at(p);
             }
             let take = (HEADER_LEN - self.hdr_len).min(data.len() - p);
             self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&data[p..p + take]);
@@ -398,7 +399,7 @@ impl Framer {
                 let h = FrameHeader::parse(&self.hdr);
                 self.start_frame(h, ev, st);
                 if h.len == 0 {
-                    self.end_frame(meta, ev, st);
+                    self.end_frame(origin, ev, st);
                 }
             }
             return p;
@@ -431,7 +432,7 @@ impl Framer {
         cur.remaining -= take as u32;
         p += take;
         if cur.remaining == 0 {
-            self.end_frame(meta, ev, st);
+            self.end_frame(origin, ev, st);
         }
         p
     }
@@ -463,19 +464,21 @@ impl Framer {
             Mode::Skip
         };
         self.buf.clear();
-        self.cur = Some(Cur {
+        self.current = Some(CurrentFrame {
             h,
             remaining: h.len,
             mode,
             oversized,
-            first: self.hdr_meta,
+            first: self.hdr_origin,
             pad: None,
             content: (h.flags & frame::PADDED == 0).then_some(h.len),
         });
     }
 
-    fn end_frame(&mut self, _meta: Meta, ev: &mut Vec<Event>, st: &mut FrameStats) {
-        let Some(cur) = self.cur.take() else { return };
+    fn end_frame(&mut self, _origin: FrameOrigin, ev: &mut Vec<Event>, st: &mut FrameStats) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
         let h = cur.h;
         let end_stream = h.flags & frame::END_STREAM != 0;
         match h.kind {

@@ -61,7 +61,7 @@ use crate::headers::DEFAULT_MAX_HEADER_VALUE;
 use crate::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
 use block::Block;
 pub use framer::FrameStats;
-use framer::{Event, Framer, Meta};
+use framer::{Event, FrameOrigin, Framer};
 use grpc::MessageLog;
 pub use grpc::{MAX_MESSAGES, RpcMessage};
 
@@ -225,7 +225,7 @@ impl Http2Conn {
         out.append(&mut self.ready);
         self.started.clear();
         self.last_exit[dir.index()] = chunk.ts_exit;
-        let meta = Meta {
+        let origin = FrameOrigin {
             ts_enter: chunk.ts_enter,
             ts_exit: chunk.ts_exit,
             tid: chunk.tid,
@@ -238,14 +238,14 @@ impl Http2Conn {
         framer.feed(
             chunk.data,
             chunk.total_len,
-            meta,
+            origin,
             &mut events,
             &mut self.h2.frames,
         );
         if framer.saw_preface && self.req_dir.is_none() {
             self.req_dir = Some(dir);
         }
-        self.after_feed(dir, meta, chunk.data, &mut events, out);
+        self.after_feed(dir, origin, chunk.data, &mut events, out);
         self.events = events;
     }
 
@@ -254,17 +254,17 @@ impl Http2Conn {
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
         self.started.clear();
         let mut events = std::mem::take(&mut self.events);
-        let meta = Meta {
+        let origin = FrameOrigin {
             ts_exit: self.last_exit[dir.index()],
-            ..Meta::default()
+            ..FrameOrigin::default()
         };
-        let skipped_in = self.dirs[dir.index()].gap(len, meta, &mut events, &mut self.h2.frames);
+        let skipped_in = self.dirs[dir.index()].gap(len, origin, &mut events, &mut self.h2.frames);
         if let Some(s) = skipped_in.and_then(|id| self.streams.get_mut(&id)) {
             // Body bytes not seen (their count is still right).
             s.incomplete = true;
         }
         let mut ready = std::mem::take(&mut self.ready);
-        self.after_feed(dir, meta, &[], &mut events, &mut ready);
+        self.after_feed(dir, origin, &[], &mut events, &mut ready);
         self.ready = ready;
         self.events = events;
     }
@@ -338,7 +338,7 @@ impl Http2Conn {
     fn after_feed(
         &mut self,
         dir: Direction,
-        meta: Meta,
+        origin: FrameOrigin,
         data: &[u8],
         events: &mut Vec<Event>,
         out: &mut Vec<H2Exchange>,
@@ -350,13 +350,13 @@ impl Http2Conn {
                     end_stream,
                     block,
                     first,
-                } => self.on_headers(dir, stream, end_stream, block, first, meta, out),
+                } => self.on_headers(dir, stream, end_stream, block, first, origin, out),
                 Event::Payload { stream, start, end } => {
                     if let Some(log) = self.messages_of(stream) {
                         // Sent when the write began, received when the read returned.
                         let at = match dir {
-                            Direction::Egress => meta.ts_enter,
-                            Direction::Ingress => meta.ts_exit,
+                            Direction::Egress => origin.ts_enter,
+                            Direction::Ingress => origin.ts_exit,
                         };
                         log.feed(dir, &data[start..end], at);
                     }
@@ -382,14 +382,14 @@ impl Http2Conn {
                     } else {
                         s.response_body += len;
                         if end_stream {
-                            self.finish(stream, meta.ts_exit, false, out);
+                            self.finish(stream, origin.ts_exit, false, out);
                         }
                     }
                 }
                 Event::Rst { stream } => {
                     if self.streams.contains_key(&stream) {
                         self.h2.streams_reset += 1;
-                        self.finish(stream, meta.ts_exit, true, out);
+                        self.finish(stream, origin.ts_exit, true, out);
                     }
                 }
                 Event::Settings {
@@ -411,7 +411,7 @@ impl Http2Conn {
                         s.incomplete = true;
                         if Some(dir) == response_dir {
                             s.response_lost |= s.response.is_none();
-                            s.lost_at = Some(meta.ts_exit);
+                            s.lost_at = Some(origin.ts_exit);
                         }
                         if let Some(log) = &mut s.messages {
                             log.gap(dir, None);
@@ -430,7 +430,7 @@ impl Http2Conn {
                         refused.sort_unstable();
                         for id in refused {
                             self.h2.streams_reset += 1;
-                            self.finish(id, meta.ts_exit, true, out);
+                            self.finish(id, origin.ts_exit, true, out);
                         }
                     }
                 }
@@ -450,8 +450,8 @@ impl Http2Conn {
         id: u32,
         end_stream: bool,
         block: Option<Block>,
-        first: Meta,
-        meta: Meta,
+        first: FrameOrigin,
+        origin: FrameOrigin,
         out: &mut Vec<H2Exchange>,
     ) {
         if let Some(b) = &block {
@@ -584,7 +584,7 @@ impl Http2Conn {
             }
         }
         if end_stream {
-            self.finish(id, meta.ts_exit, false, out);
+            self.finish(id, origin.ts_exit, false, out);
         }
     }
 
