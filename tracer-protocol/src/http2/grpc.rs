@@ -7,7 +7,7 @@
 use crate::Direction;
 
 /// Messages kept per stream (both directions); more are counted in
-/// [`MessageLog::dropped`].
+/// [`HttpExchange::messages_dropped`](crate::HttpExchange::messages_dropped).
 pub const MAX_MESSAGES: usize = 32;
 
 /// One gRPC message seen in a stream.
