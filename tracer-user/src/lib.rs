@@ -3,13 +3,15 @@
 //!
 //! `capture` (kernel programs, ring buffer) → `conn` (connection table, reassembly) →
 //! `protocol` (HTTP parsers, request/response pairing) → `trace` (spans) → `export`.
-//! `process` supplies per-process resource attributes; `cli` the command line.
+//! `process` supplies per-process resource attributes; `cli` the command line;
+//! `key_value_list` parses the `key=value` lists of the OTel SDK variables.
 
 pub mod agent;
 pub mod capture;
 pub mod cli;
 pub mod conn;
 pub mod export;
+pub mod key_value_list;
 pub mod process;
 pub mod protocol;
 pub mod stitch;
