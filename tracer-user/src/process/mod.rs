@@ -35,10 +35,7 @@ use std::sync::Arc;
 
 use procfs::process::Process;
 
-use crate::{
-    text::truncate,
-    trace::{AttrValue, Resource},
-};
+use crate::span::{AttrValue, Resource, truncate_value};
 
 /// Cached processes at most, by default; the oldest entry is evicted beyond.
 pub const DEFAULT_MAX_ENTRIES: usize = 16384;
@@ -386,7 +383,7 @@ fn command_line(cmdline: &[u8]) -> String {
         .map(|b| if *b == 0 { b' ' } else { *b })
         .collect();
     let s = String::from_utf8_lossy(&joined);
-    truncate(&s, MAX_COMMAND_LINE_BYTES).to_owned()
+    truncate_value(&s, MAX_COMMAND_LINE_BYTES).to_owned()
 }
 
 fn basename(path: &str) -> &str {

@@ -26,11 +26,13 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::Clock;
 use super::context::{FLAG_SAMPLED, ParentSource, RemoteContext};
-use super::{Attributes, Clock, Resource, Span, SpanEvent, SpanId, SpanKind, StatusCode, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HeaderList, HttpExchange, http2::RpcMessage};
-use crate::text::truncate;
+use crate::span::{
+    Attributes, Resource, Span, SpanEvent, SpanId, SpanKind, StatusCode, TraceId, truncate_value,
+};
 
 /// Value that replaces each query parameter's value when redacting.
 pub const REDACTED: &str = "REDACTED";
@@ -87,7 +89,7 @@ pub fn span_from_exchange(
         attrs.push(("http.request.method", "_OTHER".into()));
         attrs.push((
             "http.request.method_original",
-            truncate(&req.method, MAX_METHOD_LEN).into(),
+            truncate_value(&req.method, MAX_METHOD_LEN).into(),
         ));
     }
 
@@ -254,7 +256,7 @@ pub fn span_from_exchange(
                 status = StatusCode::Error;
                 status_message = response
                     .and_then(|r| header(&r.headers, "grpc-message"))
-                    .map(|m| truncate(m, 256).to_owned());
+                    .map(|m| truncate_value(m, 256).to_owned());
             } else if status_message.is_none() {
                 status = StatusCode::Unset;
             }

@@ -49,9 +49,9 @@ use std::{
 
 use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
 use super::http_span::{IdGenerator, SpanContext};
-use super::{SpanId, TraceId};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
+use crate::span::{SpanId, TraceId};
 use tracer_common::{SpanCtx, propagation::server_ids};
 
 /// Default bound of open server requests (and of thread states) tracked.

@@ -1,10 +1,11 @@
-//! The span model, and turning protocol exchanges into spans.
+//! Turning protocol exchanges into spans.
 
 pub mod clock;
 pub mod context;
 pub mod http_span;
 pub mod links;
-pub mod span;
 
 pub use clock::Clock;
-pub use span::*;
+
+// The span model lives in `crate::span`; still reachable here under its former path.
+pub use crate::span::*;
