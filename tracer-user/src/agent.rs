@@ -18,8 +18,9 @@ use crate::{
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
+    span::Span,
     stitch::Stitcher,
-    trace::{Clock, Span, http_span::SpanOptions, links::Links},
+    trace::{Clock, SpanOptions, links::Links},
 };
 
 /// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed

@@ -7,10 +7,11 @@ use crate::{
     capture::events::{Event, decode},
     conn::{ConnTable, Finished, TableLimits},
     process::ProcessTable,
+    span::Span,
     trace::{
-        Clock, Span,
-        http_span::{SpanOptions, span_from_exchange},
+        Clock, SpanOptions,
         links::{LinkStats, Links},
+        span_from_exchange,
     },
 };
 
@@ -162,7 +163,7 @@ fn header_ts(record: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{AttrValue, SpanKind, context::hex, http_span::IdGenerator};
+    use crate::trace::{AttrValue, IdGenerator, SpanKind, context::hex};
     use tracer_common::{AF_INET, CloseEvent, ConnAddr, DataHeader, Direction, EventKind, Role};
 
     const PROXY: u32 = 100;

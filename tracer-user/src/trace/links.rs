@@ -48,7 +48,7 @@ use std::{
 };
 
 use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
-use super::http_span::{IdGenerator, SpanContext};
+use super::{IdGenerator, SpanContext};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
 use crate::span::{SpanId, TraceId};

@@ -1,11 +1,21 @@
-//! Turning protocol exchanges into spans.
+//! Turning protocol exchanges into spans: the semantic conventions per protocol (`http`,
+//! `grpc` on top of it), the route heuristic, query redaction, ids, the W3C/B3 context of
+//! incoming requests, and resolving each span's parent.
 
 pub mod clock;
 pub mod context;
-pub mod http_span;
+mod grpc;
+pub mod http;
+pub mod ids;
 pub mod links;
+pub mod redact;
+pub mod route;
+pub mod span_context;
 
 pub use clock::Clock;
+pub use http::{SpanOptions, span_from_exchange};
+pub use ids::IdGenerator;
+pub use span_context::SpanContext;
 
 // The span model lives in `crate::span`; still reachable here under its former path.
 pub use crate::span::*;
