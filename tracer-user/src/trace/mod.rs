@@ -7,7 +7,7 @@ pub mod context;
 mod grpc;
 pub mod http;
 pub mod ids;
-pub mod links;
+pub mod parent;
 pub mod redact;
 pub mod route;
 pub mod span_context;
@@ -15,6 +15,7 @@ pub mod span_context;
 pub use clock::Clock;
 pub use http::{SpanOptions, span_from_exchange};
 pub use ids::IdGenerator;
+pub use parent::{ParentResolver, ParentStats};
 pub use span_context::SpanContext;
 
 // The span model lives in `crate::span`; still reachable here under its former path.

@@ -1,5 +1,5 @@
 //! A span's identity and place in its trace, as span building receives it (from
-//! [`super::links`], or a new root).
+//! [`super::parent`], or a new root).
 use super::context::{FLAG_SAMPLED, ParentSource, RemoteContext};
 use super::ids::IdGenerator;
 use crate::span::{SpanId, TraceId};

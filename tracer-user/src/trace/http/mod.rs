@@ -20,7 +20,7 @@
 //! - An exchange without a response gets status Error, message "no response" and
 //!   `error.type=no_response`. Otherwise SERVER spans are Error for 5xx, CLIENT spans for 4xx
 //!   and 5xx, with `error.type` the status code.
-//! - Trace context ([`SpanContext`]) is resolved by the caller ([`super::links`]: incoming
+//! - Trace context ([`SpanContext`]) is resolved by the caller ([`super::parent`]: incoming
 //!   `traceparent`/B3 headers, in-process thread links, or a new root); every span records how
 //!   in `tracer.parent.source` (`w3c`, `b3`, `thread`, `none`).
 mod target;
@@ -69,7 +69,7 @@ pub(super) struct SpanStatus {
 }
 
 /// Builds the span for one exchange, in the trace context `ctx` (resolved by the caller: see
-/// [`super::links`]). Attributes come in a fixed order: method, URL and server, peer, the
+/// [`super::parent`]). Attributes come in a fixed order: method, URL and server, peer, the
 /// rest of the request, response, RPC, then the agent's own.
 pub fn span_from_exchange(
     ex: &HttpExchange,
