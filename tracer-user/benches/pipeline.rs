@@ -28,8 +28,9 @@ use tracer::{
     conn::TableLimits,
     export::export_request,
     process::ProcessTable,
+    span::Span,
     stitch::Stitcher,
-    trace::{Clock, Span, http_span::SpanOptions},
+    trace::{Clock, SpanOptions},
 };
 use tracer_common::EventKind;
 

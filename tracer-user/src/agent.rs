@@ -18,8 +18,9 @@ use crate::{
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
+    span::Span,
     stitch::Stitcher,
-    trace::{Clock, Span, http_span::SpanOptions, links::Links},
+    trace::{Clock, ParentResolver, SpanOptions},
 };
 
 /// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed
@@ -34,7 +35,7 @@ pub async fn run(
     options.offsets = offsets;
     options.features = features;
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
-    let links = Links::default();
+    let links = ParentResolver::default();
     options.ctx_key = links.key();
     let mut capture = Capture::load(&options)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).

@@ -7,11 +7,8 @@ use crate::{
     capture::events::{Event, decode},
     conn::{ConnTable, Finished, TableLimits},
     process::ProcessTable,
-    trace::{
-        Clock, Span,
-        http_span::{SpanOptions, span_from_exchange},
-        links::{LinkStats, Links},
-    },
+    span::Span,
+    trace::{Clock, ParentResolver, ParentStats, SpanOptions, span_from_exchange},
 };
 
 /// Counters of the event stream itself.
@@ -35,8 +32,8 @@ pub struct Stitcher {
     /// Exited processes, forgotten only after `EXIT_GRACE_NS`: a connection's last span may be
     /// finished by its close, after the process is gone from /proc.
     exits: VecDeque<(u32, u64)>,
-    /// Trace context resolution and in-process links (see [`crate::trace::links`]).
-    links: Links,
+    /// Trace context resolution and in-process links (see [`crate::trace::parent`]).
+    links: ParentResolver,
 }
 
 const EXIT_GRACE_NS: u64 = 5_000_000_000;
@@ -58,17 +55,17 @@ impl Stitcher {
             finished: Vec::new(),
             stats: EventStats::default(),
             exits: VecDeque::new(),
-            links: Links::default(),
+            links: ParentResolver::default(),
         }
     }
 
     /// Replaces the trace context resolver (deterministic tests, other bounds).
-    pub fn with_links(mut self, links: Links) -> Self {
+    pub fn with_links(mut self, links: ParentResolver) -> Self {
         self.links = links;
         self
     }
 
-    pub fn link_stats(&self) -> LinkStats {
+    pub fn link_stats(&self) -> ParentStats {
         self.links.stats()
     }
 
@@ -162,7 +159,9 @@ fn header_ts(record: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{AttrValue, SpanKind, context::hex, http_span::IdGenerator};
+    use crate::trace::{
+        AttrValue, IdGenerator, SpanKind, context::hex, parent::MULTIPLEXED_TTL_NS,
+    };
     use tracer_common::{AF_INET, CloseEvent, ConnAddr, DataHeader, Direction, EventKind, Role};
 
     const PROXY: u32 = 100;
@@ -190,7 +189,7 @@ mod tests {
                 SpanOptions::default(),
                 TableLimits::default(),
             )
-            .with_links(Links::with_ids(16, 7, IdGenerator::from_seed(3)));
+            .with_links(ParentResolver::with_ids(16, 7, IdGenerator::from_seed(3)));
             Self {
                 s,
                 pos: Default::default(),
@@ -425,7 +424,7 @@ mod tests {
         assert_eq!(t.s.link_stats().ambiguous, 2);
         // The multiplexed mark is forgotten once the thread has been idle long enough.
         t.spans.clear();
-        t.s.tick(3_600 + crate::trace::links::MULTIPLEXED_TTL_NS, &mut |_| {});
+        t.s.tick(3_600 + MULTIPLEXED_TTL_NS, &mut |_| {});
         t.serve(4, 7, 5_000_000_000_000, "");
         t.call(2, 7, 5_000_000_001_000, "");
         assert!(t.take(SpanKind::Client).parent_span_id.is_some());

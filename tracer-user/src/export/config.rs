@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::key_value_list;
+
 const HEADING: &str = "Export (OpenTelemetry OTLP)";
 
 /// Where finished spans go.
@@ -295,21 +297,24 @@ fn append_signal_path(base: &str) -> String {
     format!("{path_part}{sep}v1/traces{tail}")
 }
 
-/// Parses `k=v,k2=v2` (W3C baggage-like, values URL-encoded). Invalid entries are skipped with
-/// a warning, as the OTel spec asks.
+/// Parses an `OTEL_EXPORTER_OTLP_HEADERS` list ([`key_value_list`]): names lowercased,
+/// values decoded. Invalid entries, and names or values HTTP does not allow, are skipped with
+/// a warning, as the SDKs do.
 pub fn parse_headers(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for item in s.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        let Some((k, v)) = item.split_once('=') else {
-            tracing::warn!("OTLP headers: ignoring {item:?} (expected key=value)");
-            continue;
+    for entry in key_value_list::entries(s) {
+        let (k, v) = match entry {
+            Ok(kv) => kv,
+            Err(invalid) => {
+                tracing::warn!(
+                    "OTLP headers: ignoring {:?} ({})",
+                    invalid.text,
+                    invalid.error
+                );
+                continue;
+            }
         };
-        let k = percent_decode(k.trim()).trim().to_ascii_lowercase();
-        let v = percent_decode(v.trim());
+        let k = k.trim().to_ascii_lowercase();
         let valid_key = !k.is_empty()
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -321,30 +326,6 @@ pub fn parse_headers(s: &str) -> Vec<(String, String)> {
         out.push((k, v));
     }
     out
-}
-
-/// `%XX` decoding; malformed escapes are kept literally, invalid UTF-8 replaced.
-fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_owned();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -527,9 +508,11 @@ mod tests {
                 ("x-tenant".into(), "a b,c".into()),
                 ("k2".into(), "v=w".into()),
                 ("auth".into(), "✓".into()),
-                ("x".into(), "%zz".into()),
             ]
         );
+        // A `%` that starts no escape is malformed (W3C Baggage: `%` itself must be encoded):
+        // that entry is skipped, the others kept.
+        assert_eq!(parse_headers("x=%zz,y=1"), vec![("y".into(), "1".into())]);
         assert!(
             parse_headers("k=a%0Ab").is_empty(),
             "control characters rejected"

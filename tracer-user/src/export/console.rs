@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use crate::trace::{AttrValue, Span, SpanKind, StatusCode};
+use crate::span::{AttrValue, Span, SpanKind, StatusCode};
 
 fn push_attr(out: &mut String, v: Option<&AttrValue>) {
     match v {

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span as ProtoSpan, Status, span, status,
 };
 
-use crate::trace::{AttrValue, Resource, Span, SpanKind, StatusCode};
+use crate::span::{AttrValue, Resource, Span, SpanKind, StatusCode};
 
 /// Instrumentation scope name of every exported span.
 pub const SCOPE_NAME: &str = "tracer";
@@ -140,7 +140,7 @@ pub fn export_request(batch: impl IntoIterator<Item = Span>) -> ExportTraceServi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::trace::SpanEvent;
+    use crate::span::SpanEvent;
 
     pub(crate) fn resource(pid: u32, name: &str) -> Arc<Resource> {
         Arc::new(Resource {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::config::{ExportArgs, ExportConfig, Target};
 use super::transport::{ExportError, GrpcTransport, HttpTransport};
 use super::{console, otlp};
-use crate::trace::Span;
+use crate::span::Span;
 
 /// First retry delay; doubled per attempt up to [`MAX_BACKOFF`], each delay jittered by
 /// ±50 %.

@@ -1,10 +1,22 @@
-//! The span model, and turning protocol exchanges into spans.
+//! Turning protocol exchanges into spans: the semantic conventions per protocol (`http`,
+//! `grpc` on top of it), the route heuristic, query redaction, ids, the W3C/B3 context of
+//! incoming requests, and resolving each span's parent.
 
 pub mod clock;
 pub use tracer_protocol::trace_context as context;
-pub mod http_span;
-pub mod links;
-pub mod span;
+mod grpc;
+pub mod http;
+pub mod ids;
+pub mod parent;
+pub mod redact;
+pub mod route;
+pub mod span_context;
 
 pub use clock::Clock;
-pub use span::*;
+pub use http::{SpanOptions, span_from_exchange};
+pub use ids::IdGenerator;
+pub use parent::{ParentResolver, ParentStats};
+pub use span_context::SpanContext;
+
+// The span model lives in `crate::span`; still reachable here under its former path.
+pub use crate::span::*;

@@ -1,5 +1,6 @@
-//! The agent's span model: what the pipeline stages and the exporters work on. Close to
-//! OTLP's so export is a field-by-field copy.
+//! The agent's span model: what span building produces and the exporters work on. Close to
+//! OTLP's so export is a field-by-field copy. It depends on nothing else in the crate, so every
+//! layer (`trace`, `process`, `export`) can use it.
 use std::sync::Arc;
 
 pub type TraceId = [u8; 16];
@@ -41,6 +42,12 @@ impl From<bool> for AttrValue {
 
 /// Attribute keys are static: the semantic-convention names.
 pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+/// At most `max_bytes` of `value`, cut at a character boundary: attribute values taken from
+/// traffic or procfs are bounded.
+pub fn truncate_value(value: &str, max_bytes: usize) -> &str {
+    &value[..value.floor_char_boundary(max_bytes)]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusCode {
@@ -110,5 +117,17 @@ impl Span {
     }
     pub fn duration_ns(&self) -> u64 {
         self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_value;
+
+    #[test]
+    fn truncation_cuts_at_char_boundaries() {
+        assert_eq!(truncate_value("héllo", 2), "h");
+        assert_eq!(truncate_value("héllo", 3), "hé");
+        assert_eq!(truncate_value("abc", 10), "abc");
     }
 }

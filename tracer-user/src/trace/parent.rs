@@ -1,6 +1,7 @@
-//! Resolving each span's trace context: from the request's own headers, from the request the
-//! sending thread is serving (in-process links), or a new trace. Every span records which in
-//! `tracer.parent.source` (`w3c`, `b3`, `thread`, `none`).
+//! Resolving each span's parent and trace context: from the request's own headers, from the
+//! request the sending thread is serving (in-process), from the same-node CLIENT span that
+//! sent the request (by the connection's addresses), or a new trace. Every span records which
+//! in `tracer.parent.source` (`w3c`, `b3`, `thread`, `address`, `none`).
 //!
 //! **SERVER spans.** A valid incoming context ([`super::context::extract`]: W3C, else B3) makes
 //! the span a child of the caller's span: same trace id, parent = the header's span id, its
@@ -23,7 +24,7 @@
 //! the *caller's* span; taking its id would duplicate the caller's span, so the header is
 //! ignored and the thread link applies.
 //!
-//! **In-process links.** When a thread sends a request while it is serving exactly one
+//! **In-process parents.** When a thread sends a request while it is serving exactly one
 //! request, the CLIENT span becomes that SERVER span's child (`thread`). The parser reports
 //! each received request's head ([`crate::protocol::http1::RequestStart`]); from then until its
 //! exchange completes (or its connection closes or expires), "thread T serves context C since
@@ -41,17 +42,17 @@
 //!   the same connection, or the connection's close or expiry.
 //!
 //! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
-//! not tracked (counted in [`LinkStats::refused_full`]) and their thread is marked multiplexed.
+//! not tracked (counted in [`ParentStats::refused_full`]) and their thread is marked multiplexed.
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
 };
 
 use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
-use super::http_span::{IdGenerator, SpanContext};
-use super::{SpanId, TraceId};
+use super::{IdGenerator, SpanContext};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
+use crate::span::{SpanId, TraceId};
 use tracer_common::{SpanCtx, propagation::server_ids};
 
 /// Default bound of open server requests (and of thread states) tracked.
@@ -59,9 +60,9 @@ pub const DEFAULT_CAP: usize = 16384;
 /// A thread marked multiplexed is forgotten after this long without a new request.
 pub const MULTIPLEXED_TTL_NS: u64 = 600_000_000_000;
 
-/// Counters of the in-process linking.
+/// Counters of the parent resolution.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkStats {
+pub struct ParentStats {
     /// Server requests tracked from their head.
     pub tracked: u64,
     /// Server requests not tracked because a table was full.
@@ -128,13 +129,14 @@ struct TidState {
     last_ns: u64,
 }
 
-pub struct Links {
+/// Resolves the trace context (ids, parent, flags) of every span; see the module doc.
+pub struct ParentResolver {
     key: u64,
     ids: IdGenerator,
     cap: usize,
     conns: HashMap<u64, VecDeque<Open>>,
     tids: HashMap<u32, TidState>,
-    stats: LinkStats,
+    stats: ParentStats,
     /// Open server requests (entries of `conns`).
     open: usize,
     /// CLIENT contexts decided when their request head was parsed, until their exchange
@@ -147,13 +149,13 @@ pub struct Links {
     scratch: Vec<u64>,
 }
 
-impl Default for Links {
+impl Default for ParentResolver {
     fn default() -> Self {
         Self::new(DEFAULT_CAP)
     }
 }
 
-impl Links {
+impl ParentResolver {
     /// Random key and ids from the OS.
     pub fn new(cap: usize) -> Self {
         let mut ids = IdGenerator::from_os();
@@ -169,7 +171,7 @@ impl Links {
             cap: cap.max(1),
             conns: HashMap::new(),
             tids: HashMap::new(),
-            stats: LinkStats::default(),
+            stats: ParentStats::default(),
             open: 0,
             scratch: Vec::new(),
             clients: HashMap::new(),
@@ -179,7 +181,7 @@ impl Links {
         }
     }
 
-    pub fn stats(&self) -> LinkStats {
+    pub fn stats(&self) -> ParentStats {
         let mut s = self.stats;
         s.open = self.open as u64;
         s
