@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DROP_CAUSES, DataHeader, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE,
-    SpanCtx, propagation::INJECT_STATS,
+    SpanCtx, TailCall, propagation::INJECT_STATS,
 };
 
 /// Filters and limits, written by the agent before load.
@@ -218,7 +218,7 @@ pub struct ScanBuf {
     pub head_end: u32,
     pub traceparent_at: u32,
     pub foreign: u32,
-    /// `PROG_SERVER_FINISH` or `PROG_CLIENT_FINISH`: where the scan goes when done.
+    /// `TailCall::ServerFinish` or `TailCall::ClientFinish`: where the scan goes when done.
     pub finish: u32,
     pub _pad: u32,
     pub data: [u8; 2 * SCAN_MAX],
@@ -227,14 +227,9 @@ pub struct ScanBuf {
 #[map]
 pub static SCAN: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
 
-/// Tail-called programs (separate so each is verified on its own).
-pub const PROG_SERVER_CTX: u32 = 0;
-pub const PROG_CLIENT_CTX: u32 = 1;
-pub const PROG_SCAN: u32 = 2;
-pub const PROG_SERVER_FINISH: u32 = 3;
-pub const PROG_CLIENT_FINISH: u32 = 4;
+/// Tail-called programs, indexed by `tracer_common::TailCall`.
 #[map]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(TailCall::COUNT as u32, 0);
 
 /// Client TCP sockets the sk_msg program sees, by socket cookie (added by sock_ops when a
 /// connection is established; the kernel removes them when they close).
