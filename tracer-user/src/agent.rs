@@ -30,13 +30,9 @@ pub async fn run(
     offsets: Option<KernelOffsets>,
     features: Option<Features>,
 ) -> Result<()> {
-    let mut options = cli.capture_options()?;
-    options.offsets = offsets;
-    options.features = features;
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
     let links = Links::default();
-    options.ctx_key = links.key();
-    let mut capture = Capture::load(&options)?;
+    let mut capture = Capture::load(&cli.capture_options(offsets, features, links.key())?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;

@@ -21,7 +21,6 @@ use tracer_common::{
 };
 
 use self::features::Features;
-use crate::cli::InjectMode;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -47,7 +46,7 @@ pub struct CaptureOptions {
     /// `None`: computed during `Capture::load`.
     pub offsets: Option<KernelOffsets>,
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests.
-    pub inject: crate::cli::InjectMode,
+    pub inject: InjectMode,
     /// Where sock_ops attaches (`None`: the cgroup v2 mount this process sees).
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Key of the server span id derivation shared with the kernel
@@ -56,6 +55,18 @@ pub struct CaptureOptions {
     /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
     /// during `Capture::load`.
     pub features: Option<Features>,
+}
+
+/// Which outgoing requests get a `traceparent` (see `--inject-traceparent`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectMode {
+    /// Requests on non-blocking client sockets.
+    #[default]
+    Auto,
+    /// Requests on every client socket.
+    All,
+    /// None: requests leave byte-identical.
+    Off,
 }
 
 impl Default for CaptureOptions {
@@ -67,7 +78,7 @@ impl Default for CaptureOptions {
             ports: Vec::new(),
             cgroups: Vec::new(),
             offsets: None,
-            inject: crate::cli::InjectMode::Off,
+            inject: InjectMode::Off,
             cgroup_root: None,
             ctx_key: 0,
             features: None,
