@@ -1,8 +1,9 @@
 //! The agent's event pipeline without the kernel: a recorded ring-buffer stream
 //! (`data/events.bin`, written by `tracer --record-events` during `cargo xtask bench --record`)
-//! replayed through reassembly → HTTP parsing → spans (`Stitcher::on_record`, as the agent
-//! runs it) → OTLP encoding in batches of 512 (`export_request` + protobuf encoding, as the
-//! OTLP exporters do). Throughput is in events (ring-buffer records) per second on one core.
+//! replayed through decoding, reassembly → HTTP parsing → spans (`Stitcher::on_record`, the
+//! path the agent runs) → OTLP encoding in batches of 512 (`export_request` + protobuf
+//! encoding, as the OTLP exporters do). Throughput is in events (ring-buffer records) per
+//! second on one core.
 //!
 //! Two variants:
 //! - `replay`: every data and close event is attributed to this (live) process, so resource
@@ -25,19 +26,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
 use tracer::{
     agent::read_recording,
+    capture::events::{Event, decode},
     conn::TableLimits,
     export::export_request,
     process::ProcessTable,
     stitch::Stitcher,
     trace::{Clock, Span, http_span::SpanOptions},
 };
-use tracer_common::EventKind;
+use tracer_common::EventHeader;
 
 const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
 /// The OTLP exporters' default batch size (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 const BATCH: usize = 512;
 /// Offset of `EventHeader::pid` in every record.
-const PID_OFFSET: usize = 4;
+const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
 
 fn stitcher() -> Stitcher {
     Stitcher::new(
@@ -48,8 +50,8 @@ fn stitcher() -> Stitcher {
     )
 }
 
-/// One pass: every record through the stitcher, spans encoded in batches. Returns the spans
-/// produced and the encoded bytes.
+/// One pass: every record through the stitcher, spans encoded in batches. Returns the
+/// spans produced and the encoded bytes.
 fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut spans = 0u64;
@@ -76,10 +78,8 @@ fn with_pid(records: &[Vec<u8>], pid: u32) -> Vec<Vec<u8>> {
         .iter()
         .map(|r| {
             let mut r = r.clone();
-            let kind = r.first().copied().and_then(EventKind::from_u8);
-            if matches!(kind, Some(EventKind::Data | EventKind::Close)) && r.len() >= PID_OFFSET + 4
-            {
-                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_le_bytes());
+            if matches!(decode(&r), Some(Event::Data { .. } | Event::Close(_))) {
+                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_ne_bytes());
             }
             r
         })

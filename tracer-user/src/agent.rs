@@ -14,7 +14,7 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
-    capture::{Capture, DRAIN_INTERVAL, features::Features, tls::TlsAttacher},
+    capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
@@ -133,7 +133,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Hands every record waiting in the ring buffer to the stitcher (and the recorder).
+/// Decodes every record waiting in the ring buffer (once) and hands it to the TLS attacher
+/// and the stitcher; the raw record goes to the recorder.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     recorder: &mut Option<Recorder>,
@@ -145,8 +146,13 @@ fn drain_ring(
         if let Some(r) = recorder.as_mut() {
             r.write(&record);
         }
-        tls.on_record(&record);
-        stitcher.on_record(&record, emit);
+        match decode(&record) {
+            Some(event) => {
+                tls.on_event(&event);
+                stitcher.on_event(event, emit);
+            }
+            None => stitcher.on_malformed(),
+        }
     }
 }
 
