@@ -68,7 +68,7 @@ pub fn offsets() -> KernelOffsets {
 /// What a syscall's entry saw, kept for its exit (keyed by pid_tgid).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Inflight {
+pub struct PendingSyscall {
     /// `struct sock *` of the fd, and its socket's inode number.
     pub sk: u64,
     pub ino: u64,
@@ -92,7 +92,7 @@ pub struct Inflight {
     pub ctx: SpanCtx,
 }
 
-impl Inflight {
+impl PendingSyscall {
     #[inline(always)]
     pub fn new(sk: u64, ino: u64, buf: u64, fd: i32, source: u8) -> Self {
         Self {
@@ -114,15 +114,15 @@ impl Inflight {
     }
 }
 
-/// `Inflight::inject_state` values.
+/// `PendingSyscall::inject_state` values.
 pub const INJECT_PENDING: u8 = 1;
 pub const INJECT_DONE: u8 = 2;
 
-/// `Inflight::source` of a connect(2) in flight.
+/// `PendingSyscall::source` of a connect(2) in flight.
 pub const CONNECT: u8 = 100;
 
 #[map]
-pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
 
 /// Tracked TCP connections by `struct sock *`. LRU so that connections whose end we missed
 /// cannot fill the table.

@@ -1,6 +1,6 @@
 //! The agent's event pipeline without the kernel: a recorded ring-buffer stream
 //! (`data/events.bin`, written by `tracer --record-events` during `cargo xtask bench --record`)
-//! replayed through decoding, reassembly → HTTP parsing → spans (`Stitcher::on_record`, the
+//! replayed through decoding, reassembly → HTTP parsing → spans (`SpanAssembler::on_record`, the
 //! path the agent runs) → OTLP encoding in batches of 512 (`export_request` + protobuf
 //! encoding, as the OTLP exporters do). Throughput is in events (ring-buffer records) per
 //! second on one core.
@@ -26,11 +26,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
 use tracer::{
     agent::read_recording,
+    assemble::SpanAssembler,
     capture::events::{Event, decode},
     conn::TableLimits,
     export::export_request,
     process::ProcessTable,
-    stitch::Stitcher,
     trace::{Clock, Span, http_span::SpanOptions},
 };
 use tracer_common::EventHeader;
@@ -41,8 +41,8 @@ const BATCH: usize = 512;
 /// Offset of `EventHeader::pid` in every record.
 const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
 
-fn stitcher() -> Stitcher {
-    Stitcher::new(
+fn assembler() -> SpanAssembler {
+    SpanAssembler::new(
         ProcessTable::new(None, vec![]),
         Clock::measure(),
         SpanOptions::default(),
@@ -50,9 +50,9 @@ fn stitcher() -> Stitcher {
     )
 }
 
-/// One pass: every record through the stitcher, spans encoded in batches. Returns the
+/// One pass: every record through the span assembler, spans encoded in batches. Returns the
 /// spans produced and the encoded bytes.
-fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
+fn replay(assembler: &mut SpanAssembler, records: &[Vec<u8>]) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut spans = 0u64;
     let mut encoded = 0usize;
@@ -61,7 +61,7 @@ fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
         encoded += black_box(export_request(batch.drain(..)).encode_to_vec()).len();
     };
     for record in records {
-        stitcher.on_record(record, &mut |span| batch.push(span));
+        assembler.on_record(record, &mut |span| batch.push(span));
         if batch.len() >= BATCH {
             flush(&mut batch);
         }
@@ -95,7 +95,7 @@ fn main() {
         .map(<[u8]>::to_vec)
         .collect();
     let live = with_pid(&recorded, std::process::id());
-    let mut check = stitcher();
+    let mut check = assembler();
     let (spans, encoded) = replay(&mut check, &live);
     let malformed = check.stats().malformed;
     println!("events per pass: {}", recorded.len());
@@ -120,7 +120,7 @@ fn main() {
     group.throughput(Throughput::Elements(recorded.len() as u64));
     for (name, records) in [("replay", &live), ("replay_recorded_pids", &recorded)] {
         group.bench_function(name, |b| {
-            b.iter_batched_ref(stitcher, |s| replay(s, records), BatchSize::LargeInput)
+            b.iter_batched_ref(assembler, |s| replay(s, records), BatchSize::LargeInput)
         });
     }
     group.finish();

@@ -1,4 +1,4 @@
-//! The agent's main loop: ring buffer → stitcher → exporter, periodic expiry and counters,
+//! The agent's main loop: ring buffer → span assembler → exporter, periodic expiry and counters,
 //! clean shutdown on SIGINT/SIGTERM.
 use std::{
     sync::Arc,
@@ -14,11 +14,11 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
+    assemble::SpanAssembler,
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
-    stitch::Stitcher,
     trace::{Clock, Span, http_span::SpanOptions, links::Links},
 };
 
@@ -56,7 +56,7 @@ pub async fn run(
         redact_query: !cli.keep_query_values,
         ..SpanOptions::default()
     };
-    let mut stitcher = Stitcher::new(
+    let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
         options,
@@ -87,20 +87,21 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
+                let inner = guard.get_inner_mut();
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut emit);
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut emit);
                 if capture.tls_loaded {
                     tls.process(capture.ebpf_mut());
                 }
             }
             _ = tick.tick() => {
-                stitcher.tick(Clock::monotonic_now(), &mut emit);
+                assembler.tick(Clock::monotonic_now(), &mut emit);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &stitcher, &tls, &export_stats);
+                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -112,11 +113,11 @@ pub async fn run(
     drain_ring(
         ring.get_mut(),
         &mut recorder,
-        &mut stitcher,
+        &mut assembler,
         &mut tls,
         &mut emit,
     );
-    log_stats("final", &capture, &stitcher, &tls, &export_stats);
+    log_stats("final", &capture, &assembler, &tls, &export_stats);
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -134,11 +135,11 @@ pub async fn run(
 }
 
 /// Decodes every record waiting in the ring buffer (once) and hands it to the TLS attacher
-/// and the stitcher; the raw record goes to the recorder.
+/// and the span assembler; the raw record goes to the recorder.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     recorder: &mut Option<Recorder>,
-    stitcher: &mut Stitcher,
+    assembler: &mut SpanAssembler,
     tls: &mut TlsAttacher,
     emit: &mut impl FnMut(Span),
 ) {
@@ -149,9 +150,9 @@ fn drain_ring(
         match decode(&record) {
             Some(event) => {
                 tls.on_event(&event);
-                stitcher.on_event(event, emit);
+                assembler.on_event(event, emit);
             }
-            None => stitcher.on_malformed(),
+            None => assembler.on_malformed(),
         }
     }
 }
@@ -210,7 +211,7 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
 fn log_stats(
     when: &str,
     capture: &Capture,
-    stitcher: &Stitcher,
+    stitcher: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
 ) {

@@ -6,12 +6,12 @@
 //! `process` supplies per-process resource attributes; `cli` the command line.
 
 pub mod agent;
+pub mod assemble;
 pub mod capture;
 pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod process;
 pub mod protocol;
-pub mod stitch;
 pub mod text;
 pub mod trace;

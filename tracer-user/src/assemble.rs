@@ -25,7 +25,8 @@ pub struct EventStats {
     pub spans: u64,
 }
 
-pub struct Stitcher {
+/// Turns the kernel's events into finished spans (see the module documentation).
+pub struct SpanAssembler {
     pub conns: ConnTable,
     pub processes: ProcessTable,
     clock: Clock,
@@ -43,7 +44,7 @@ const EXIT_GRACE_NS: u64 = 5_000_000_000;
 /// Beyond this many pending exits, forget processes at once (bounded memory).
 const MAX_PENDING_EXITS: usize = 65536;
 
-impl Stitcher {
+impl SpanAssembler {
     pub fn new(
         processes: ProcessTable,
         clock: Clock,
@@ -179,7 +180,7 @@ mod tests {
     }
 
     struct T {
-        s: Stitcher,
+        s: SpanAssembler,
         pos: std::collections::HashMap<(u64, u8), u64>,
         spans: Vec<Span>,
         /// The port client connections connect to (8080: this node's server, see `serve`).
@@ -188,7 +189,7 @@ mod tests {
 
     impl T {
         fn new() -> Self {
-            let s = Stitcher::new(
+            let s = SpanAssembler::new(
                 ProcessTable::new(Some("h".into()), vec![]),
                 Clock::with_offset(0),
                 SpanOptions::default(),
