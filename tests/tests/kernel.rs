@@ -22,8 +22,10 @@ fn programs_load_attach_and_report_real_http_traffic() {
     let ids = capture.program_ids();
     assert_eq!(
         ids.len(),
-        tracer::capture::TRACEPOINTS.len() + 5 + tracer::capture::tls::PROGRAMS.len(),
-        "one program per tracepoint, the 5 tail-called context programs, and the TLS probes' \
+        tracer::capture::TRACEPOINTS.len()
+            + tracer_common::TailCall::COUNT
+            + tracer::capture::tls::PROGRAMS.len(),
+        "one program per tracepoint, the tail-called context programs, and the TLS probes' \
          programs (loaded, attached per file); injection is off in the default options"
     );
     let in_kernel = loaded_program_ids();

@@ -16,7 +16,7 @@ use tracer_common::{
 use crate::{
     context::{after_ingress, before_egress},
     maps::{
-        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, INJECT_DONE, Inflight, SCRATCH,
+        CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, INJECT_DONE, PendingSyscall, SCRATCH,
         TARGET_CGROUPS, TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
@@ -85,7 +85,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
             return;
         }
     }
-    let mut inflight = Inflight::new(sock.sk, sock.ino, buf, fd, source as u8);
+    let mut inflight = PendingSyscall::new(sock.sk, sock.ino, buf, fd, source as u8);
     let egress = source.direction() == Direction::Egress;
     if let Some(c) = conn
         && egress

@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext, TracePointContext},
 };
 use tracer_common::{
-    ConnState, CtxState, InjectStat, Protocol, Role, SpanCtx,
+    ConnState, CtxState, InjectStat, Protocol, Role, SpanCtx, TailCall,
     propagation::{
         TRACEPARENT_LINE_LEN, TRACEPARENT_VALUE_LEN, parse_traceparent_with, server_ids,
         traceparent_line,
@@ -32,10 +32,9 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    CONNS, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROG_CLIENT_CTX, PROG_CLIENT_FINISH,
-    PROG_SCAN, PROG_SERVER_CTX, PROG_SERVER_FINISH, PROGS, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH,
-    SOCKS, ScanBuf, TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING,
-    ThreadCtx, config, count_inject, offsets,
+    CONNS, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS, SCAN, SCAN_CHUNK, SCAN_MAX,
+    SCRATCH, SOCKS, ScanBuf, TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED,
+    THREAD_SERVING, ThreadCtx, config, count_inject, offsets,
 };
 use tracer_common::config::INJECT_ALL;
 
@@ -159,7 +158,7 @@ pub fn http_scan(ctx: TracePointContext) -> u32 {
     let next = if done {
         unsafe { (*res).finish }
     } else {
-        PROG_SCAN
+        TailCall::Scan.index()
     };
     unsafe { PROGS.tail_call(&ctx, next) };
     0
@@ -177,7 +176,7 @@ fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u3
         (*res).traceparent_at = 0;
         (*res).foreign = 0;
         (*res).finish = finish;
-        PROGS.tail_call(ctx, PROG_SCAN);
+        PROGS.tail_call(ctx, TailCall::Scan.index());
     }
 }
 
@@ -232,7 +231,7 @@ pub fn http_server_ctx(ctx: TracePointContext) -> u32 {
         (*res).pid_tgid = pid_tgid;
         (*res).conn_id = h.conn_id;
         (*res).position = h.position;
-        start_scan(&ctx, res, n, PROG_SERVER_FINISH);
+        start_scan(&ctx, res, n, TailCall::ServerFinish.index());
     }
     0
 }
@@ -301,7 +300,7 @@ pub fn after_ingress(ctx: &TracePointContext, conn: *const ConnState) {
     // SAFETY: CONNS value, valid during this run.
     let (role, protocol) = unsafe { ((*conn).role, (*conn).protocol) };
     if config().inject != 0 && role == Role::Server as u8 && protocol == Protocol::Http1 as u8 {
-        unsafe { PROGS.tail_call(ctx, PROG_SERVER_CTX) };
+        unsafe { PROGS.tail_call(ctx, TailCall::ServerCtx.index()) };
     }
 }
 
@@ -328,7 +327,7 @@ pub fn before_egress(ctx: &TracePointContext, pid_tgid: u64, conn: &ConnState) {
     if conn.role == Role::Client as u8
         && (p == Protocol::Unknown as u8 || p == Protocol::Http1 as u8)
     {
-        unsafe { PROGS.tail_call(ctx, PROG_CLIENT_CTX) };
+        unsafe { PROGS.tail_call(ctx, TailCall::ClientCtx.index()) };
     }
 }
 
@@ -375,7 +374,7 @@ pub fn http_client_ctx(ctx: TracePointContext) -> u32 {
             return 0;
         }
         (*res).pid_tgid = pid_tgid;
-        start_scan(&ctx, res, n, PROG_CLIENT_FINISH);
+        start_scan(&ctx, res, n, TailCall::ClientFinish.index());
     }
     0
 }

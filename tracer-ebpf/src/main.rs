@@ -20,7 +20,7 @@ use tracer_common::{EventKind, ProcessEvent, Role, Source};
 
 use crate::{
     capture::{arg, close_conn, conn_state, enter_data, exit_data, traced},
-    maps::{CONNECT, EVENTS, INFLIGHT, Inflight, config, offsets, wakeup_flags},
+    maps::{CONNECT, EVENTS, INFLIGHT, PendingSyscall, config, offsets, wakeup_flags},
     sock::{file_shared, tcp_sock_of_fd},
 };
 
@@ -86,7 +86,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some(fd) = arg::<u64>(&ctx, 0) else {
         return 0;
     };
-    let inflight = Inflight::new(0, 0, 0, fd as i32, CONNECT);
+    let inflight = PendingSyscall::new(0, 0, 0, fd as i32, CONNECT);
     let _ = INFLIGHT.insert(pid_tgid, inflight, 0);
     0
 }

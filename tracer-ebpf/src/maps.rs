@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DROP_CAUSES, DataHeader, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE,
-    SpanCtx, propagation::INJECT_STATS,
+    SpanCtx, TailCall, propagation::INJECT_STATS,
 };
 
 /// Filters and limits, written by the agent before load.
@@ -68,7 +68,7 @@ pub fn offsets() -> KernelOffsets {
 /// What a syscall's entry saw, kept for its exit (keyed by pid_tgid).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Inflight {
+pub struct PendingSyscall {
     /// `struct sock *` of the fd, and its socket's inode number.
     pub sk: u64,
     pub ino: u64,
@@ -92,7 +92,7 @@ pub struct Inflight {
     pub ctx: SpanCtx,
 }
 
-impl Inflight {
+impl PendingSyscall {
     #[inline(always)]
     pub fn new(sk: u64, ino: u64, buf: u64, fd: i32, source: u8) -> Self {
         Self {
@@ -114,15 +114,15 @@ impl Inflight {
     }
 }
 
-/// `Inflight::inject_state` values.
+/// `PendingSyscall::inject_state` values.
 pub const INJECT_PENDING: u8 = 1;
 pub const INJECT_DONE: u8 = 2;
 
-/// `Inflight::source` of a connect(2) in flight.
+/// `PendingSyscall::source` of a connect(2) in flight.
 pub const CONNECT: u8 = 100;
 
 #[map]
-pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
 
 /// Tracked TCP connections by `struct sock *`. LRU so that connections whose end we missed
 /// cannot fill the table.
@@ -218,7 +218,7 @@ pub struct ScanBuf {
     pub head_end: u32,
     pub traceparent_at: u32,
     pub foreign: u32,
-    /// `PROG_SERVER_FINISH` or `PROG_CLIENT_FINISH`: where the scan goes when done.
+    /// `TailCall::ServerFinish` or `TailCall::ClientFinish`: where the scan goes when done.
     pub finish: u32,
     pub _pad: u32,
     pub data: [u8; 2 * SCAN_MAX],
@@ -227,14 +227,9 @@ pub struct ScanBuf {
 #[map]
 pub static SCAN: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
 
-/// Tail-called programs (separate so each is verified on its own).
-pub const PROG_SERVER_CTX: u32 = 0;
-pub const PROG_CLIENT_CTX: u32 = 1;
-pub const PROG_SCAN: u32 = 2;
-pub const PROG_SERVER_FINISH: u32 = 3;
-pub const PROG_CLIENT_FINISH: u32 = 4;
+/// Tail-called programs, indexed by `tracer_common::TailCall`.
 #[map]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(TailCall::COUNT as u32, 0);
 
 /// Client TCP sockets the sk_msg program sees, by socket cookie (added by sock_ops when a
 /// connection is established; the kernel removes them when they close).

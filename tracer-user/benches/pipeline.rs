@@ -1,8 +1,9 @@
 //! The agent's event pipeline without the kernel: a recorded ring-buffer stream
 //! (`data/events.bin`, written by `tracer --record-events` during `cargo xtask bench --record`)
-//! replayed through reassembly → HTTP parsing → spans (`Stitcher::on_record`, as the agent
-//! runs it) → OTLP encoding in batches of 512 (`export_request` + protobuf encoding, as the
-//! OTLP exporters do). Throughput is in events (ring-buffer records) per second on one core.
+//! replayed through decoding, reassembly → HTTP parsing → spans (`SpanAssembler::on_record`, the
+//! path the agent runs) → OTLP encoding in batches of 512 (`export_request` + protobuf
+//! encoding, as the OTLP exporters do). Throughput is in events (ring-buffer records) per
+//! second on one core.
 //!
 //! Two variants:
 //! - `replay`: every data and close event is attributed to this (live) process, so resource
@@ -25,23 +26,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
 use tracer::{
     agent::read_recording,
+    assemble::SpanAssembler,
+    capture::events::{Event, decode},
     conn::TableLimits,
     export::export_request,
     process::ProcessTable,
     span::Span,
-    stitch::Stitcher,
+    assemble::SpanAssembler,
     trace::{Clock, SpanOptions},
 };
-use tracer_common::EventKind;
+use tracer_common::EventHeader;
 
 const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
 /// The OTLP exporters' default batch size (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 const BATCH: usize = 512;
 /// Offset of `EventHeader::pid` in every record.
-const PID_OFFSET: usize = 4;
+const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
 
-fn stitcher() -> Stitcher {
-    Stitcher::new(
+fn assembler() -> SpanAssembler {
+    SpanAssembler::new(
         ProcessTable::new(None, vec![]),
         Clock::measure(),
         SpanOptions::default(),
@@ -49,9 +52,9 @@ fn stitcher() -> Stitcher {
     )
 }
 
-/// One pass: every record through the stitcher, spans encoded in batches. Returns the spans
-/// produced and the encoded bytes.
-fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
+/// One pass: every record through the span assembler, spans encoded in batches. Returns the
+/// spans produced and the encoded bytes.
+fn replay(assembler: &mut SpanAssembler, records: &[Vec<u8>]) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut spans = 0u64;
     let mut encoded = 0usize;
@@ -60,7 +63,7 @@ fn replay(stitcher: &mut Stitcher, records: &[Vec<u8>]) -> (u64, usize) {
         encoded += black_box(export_request(batch.drain(..)).encode_to_vec()).len();
     };
     for record in records {
-        stitcher.on_record(record, &mut |span| batch.push(span));
+        assembler.on_record(record, &mut |span| batch.push(span));
         if batch.len() >= BATCH {
             flush(&mut batch);
         }
@@ -77,10 +80,8 @@ fn with_pid(records: &[Vec<u8>], pid: u32) -> Vec<Vec<u8>> {
         .iter()
         .map(|r| {
             let mut r = r.clone();
-            let kind = r.first().copied().and_then(EventKind::from_u8);
-            if matches!(kind, Some(EventKind::Data | EventKind::Close)) && r.len() >= PID_OFFSET + 4
-            {
-                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_le_bytes());
+            if matches!(decode(&r), Some(Event::Data { .. } | Event::Close(_))) {
+                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_ne_bytes());
             }
             r
         })
@@ -96,7 +97,7 @@ fn main() {
         .map(<[u8]>::to_vec)
         .collect();
     let live = with_pid(&recorded, std::process::id());
-    let mut check = stitcher();
+    let mut check = assembler();
     let (spans, encoded) = replay(&mut check, &live);
     let malformed = check.stats().malformed;
     println!("events per pass: {}", recorded.len());
@@ -121,7 +122,7 @@ fn main() {
     group.throughput(Throughput::Elements(recorded.len() as u64));
     for (name, records) in [("replay", &live), ("replay_recorded_pids", &recorded)] {
         group.bench_function(name, |b| {
-            b.iter_batched_ref(stitcher, |s| replay(s, records), BatchSize::LargeInput)
+            b.iter_batched_ref(assembler, |s| replay(s, records), BatchSize::LargeInput)
         });
     }
     group.finish();

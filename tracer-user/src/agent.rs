@@ -1,4 +1,4 @@
-//! The agent's main loop: ring buffer → stitcher → exporter, periodic expiry and counters,
+//! The agent's main loop: ring buffer → span assembler → exporter, periodic expiry and counters,
 //! clean shutdown on SIGINT/SIGTERM.
 use std::{
     sync::Arc,
@@ -14,12 +14,13 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
-    capture::{Capture, DRAIN_INTERVAL, features::Features, tls::TlsAttacher},
+    assemble::SpanAssembler,
+    capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
     process::{self, ProcessTable},
     span::Span,
-    stitch::Stitcher,
+    assemble::SpanAssembler,
     trace::{Clock, ParentResolver, SpanOptions},
 };
 
@@ -31,13 +32,9 @@ pub async fn run(
     offsets: Option<KernelOffsets>,
     features: Option<Features>,
 ) -> Result<()> {
-    let mut options = cli.capture_options()?;
-    options.offsets = offsets;
-    options.features = features;
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
-    let links = ParentResolver::default();
-    options.ctx_key = links.key();
-    let mut capture = Capture::load(&options)?;
+    let parents = ParentResolver::default();
+    let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
@@ -61,13 +58,13 @@ pub async fn run(
         redact_query: !cli.keep_query_values,
         ..SpanOptions::default()
     };
-    let mut stitcher = Stitcher::new(
+    let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
         options,
         cli.table_limits(),
     )
-    .with_links(links);
+    .with_links(parents);
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -92,20 +89,21 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
+                let inner = guard.get_inner_mut();
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut emit);
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut stitcher, &mut tls, &mut emit);
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut emit);
                 if capture.tls_loaded {
                     tls.process(capture.ebpf_mut());
                 }
             }
             _ = tick.tick() => {
-                stitcher.tick(Clock::monotonic_now(), &mut emit);
+                assembler.tick(Clock::monotonic_now(), &mut emit);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &stitcher, &tls, &export_stats);
+                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -117,11 +115,11 @@ pub async fn run(
     drain_ring(
         ring.get_mut(),
         &mut recorder,
-        &mut stitcher,
+        &mut assembler,
         &mut tls,
         &mut emit,
     );
-    log_stats("final", &capture, &stitcher, &tls, &export_stats);
+    log_stats("final", &capture, &assembler, &tls, &export_stats);
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -138,11 +136,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Hands every record waiting in the ring buffer to the stitcher (and the recorder).
+/// Decodes every record waiting in the ring buffer (once) and hands it to the TLS attacher
+/// and the span assembler; the raw record goes to the recorder.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     recorder: &mut Option<Recorder>,
-    stitcher: &mut Stitcher,
+    assembler: &mut SpanAssembler,
     tls: &mut TlsAttacher,
     emit: &mut impl FnMut(Span),
 ) {
@@ -150,8 +149,13 @@ fn drain_ring(
         if let Some(r) = recorder.as_mut() {
             r.write(&record);
         }
-        tls.on_record(&record);
-        stitcher.on_record(&record, emit);
+        match decode(&record) {
+            Some(event) => {
+                tls.on_event(&event);
+                assembler.on_event(event, emit);
+            }
+            None => assembler.on_malformed(),
+        }
     }
 }
 
@@ -209,7 +213,7 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
 fn log_stats(
     when: &str,
     capture: &Capture,
-    stitcher: &Stitcher,
+    stitcher: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
 ) {

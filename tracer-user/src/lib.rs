@@ -8,6 +8,7 @@
 //! `key=value` lists of the OTel SDK variables.
 
 pub mod agent;
+pub mod assemble;
 pub mod capture;
 pub mod cli;
 pub mod conn;
@@ -16,5 +17,4 @@ pub mod key_value_list;
 pub mod process;
 pub use tracer_protocol as protocol;
 pub mod span;
-pub mod stitch;
 pub mod trace;

@@ -4,19 +4,21 @@ use std::mem::size_of;
 
 use tracer_common::{CloseEvent, DataHeader, EventHeader, EventKind, ProcessEvent};
 
-#[derive(Debug)]
+/// One ring-buffer record, decoded. The only reader of the records' layout: everything else
+/// takes these.
+#[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
+    /// Bytes a tracked socket (or TLS library) call moved: its header and captured prefix.
     Data {
         header: DataHeader,
         payload: &'a [u8],
     },
+    /// A tracked connection ended.
     Close(CloseEvent),
-    Exec {
-        pid: u32,
-    },
-    Exit {
-        pid: u32,
-    },
+    /// Process `pid` called execve; `ts`: CLOCK_MONOTONIC nanoseconds.
+    Exec { pid: u32, ts: u64 },
+    /// Process `pid` exited; `ts`: CLOCK_MONOTONIC nanoseconds.
+    Exit { pid: u32, ts: u64 },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -38,12 +40,14 @@ pub fn decode(record: &[u8]) -> Option<Event<'_>> {
             Some(Event::Data { header: h, payload })
         }
         EventKind::Close => Some(Event::Close(read(record)?)),
-        EventKind::Exec => Some(Event::Exec {
-            pid: read::<ProcessEvent>(record)?.header.pid,
-        }),
-        EventKind::Exit => Some(Event::Exit {
-            pid: read::<ProcessEvent>(record)?.header.pid,
-        }),
+        EventKind::Exec => {
+            let EventHeader { pid, ts, .. } = read::<ProcessEvent>(record)?.header;
+            Some(Event::Exec { pid, ts })
+        }
+        EventKind::Exit => {
+            let EventHeader { pid, ts, .. } = read::<ProcessEvent>(record)?.header;
+            Some(Event::Exit { pid, ts })
+        }
     }
 }
 
@@ -74,6 +78,21 @@ mod tests {
     }
 
     #[test]
+    fn process_events_carry_pid_and_time() {
+        let mut ev = ProcessEvent::default();
+        ev.header.pid = 42;
+        ev.header.ts = 7_000;
+        for (kind, exec) in [(EventKind::Exec, true), (EventKind::Exit, false)] {
+            ev.header.kind = kind as u8;
+            match (decode(&bytes_of(&ev)), exec) {
+                (Some(Event::Exec { pid: 42, ts: 7_000 }), true)
+                | (Some(Event::Exit { pid: 42, ts: 7_000 }), false) => {}
+                (e, _) => panic!("{kind:?}: {e:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn malformed_records_are_rejected() {
         assert!(decode(&[]).is_none());
         assert!(decode(&[9; 64]).is_none());
@@ -81,5 +100,8 @@ mod tests {
         h.header.kind = EventKind::Data as u8;
         h.captured_len = 100; // claims more payload than the record has
         assert!(decode(&bytes_of(&h)).is_none());
+        let mut ev = ProcessEvent::default();
+        ev.header.kind = EventKind::Exit as u8;
+        assert!(decode(&bytes_of(&ev)[..size_of::<ProcessEvent>() - 1]).is_none());
     }
 }

@@ -15,10 +15,12 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
     programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
 };
-use tracer_common::{Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE};
+use tracer_common::{
+    Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE, TailCall,
+    names::{global, map},
+};
 
 use self::features::Features;
-use crate::cli::InjectMode;
 
 /// How often the agent drains the ring buffer without being woken (events are committed
 /// without wakeups until `ring_bytes / 8` wait).
@@ -44,7 +46,7 @@ pub struct CaptureOptions {
     /// `None`: computed during `Capture::load`.
     pub offsets: Option<KernelOffsets>,
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests.
-    pub inject: crate::cli::InjectMode,
+    pub inject: InjectMode,
     /// Where sock_ops attaches (`None`: the cgroup v2 mount this process sees).
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Key of the server span id derivation shared with the kernel
@@ -53,6 +55,18 @@ pub struct CaptureOptions {
     /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
     /// during `Capture::load`.
     pub features: Option<Features>,
+}
+
+/// Which outgoing requests get a `traceparent` (see `--inject-traceparent`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectMode {
+    /// Requests on non-blocking client sockets.
+    #[default]
+    Auto,
+    /// Requests on every client socket.
+    All,
+    /// None: requests leave byte-identical.
+    Off,
 }
 
 impl Default for CaptureOptions {
@@ -64,7 +78,7 @@ impl Default for CaptureOptions {
             ports: Vec::new(),
             cgroups: Vec::new(),
             offsets: None,
-            inject: crate::cli::InjectMode::Off,
+            inject: InjectMode::Off,
             cgroup_root: None,
             ctx_key: 0,
             features: None,
@@ -122,14 +136,41 @@ pub struct Capture {
     pub verified: Vec<(&'static str, Option<u32>)>,
 }
 
-/// Programs reached by tail calls, in `PROGS` index order (see the kernel's `maps.rs`).
-const TAIL_PROGRAMS: &[&str] = &[
-    "http_server_ctx",
-    "http_client_ctx",
-    "http_scan",
-    "http_server_finish",
-    "http_client_finish",
-];
+/// The injection programs: sock_ops (fills `SOCKS`) and sk_msg (on `SOCKS`).
+const SOCK_OPS: &str = "tracer_sock_ops";
+const SK_MSG: &str = "tracer_sk_msg";
+
+/// Every program the agent loads from the object.
+fn program_names() -> impl Iterator<Item = &'static str> {
+    TRACEPOINTS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(TailCall::ALL.iter().map(|call| call.program()))
+        .chain([SOCK_OPS, SK_MSG])
+        .chain(tls::PROGRAMS.iter().copied())
+}
+
+/// Fails, naming them, when maps or programs the agent reaches by name are not in the loaded
+/// object (the kernel side names them after its statics and functions): at start-up, not at
+/// first use.
+fn require_names(ebpf: &Ebpf) -> Result<()> {
+    let maps: Vec<&str> = map::ALL
+        .into_iter()
+        .filter(|name| ebpf.map(name).is_none())
+        .collect();
+    let programs: Vec<&str> = program_names()
+        .filter(|name| ebpf.program(name).is_none())
+        .collect();
+    if !maps.is_empty() || !programs.is_empty() {
+        bail!(
+            "the kernel object does not match this agent: missing maps [{}], missing programs \
+             [{}] (tracer-common/src/names.rs and tracer-ebpf must agree)",
+            maps.join(" "),
+            programs.join(" ")
+        );
+    }
+    Ok(())
+}
 
 /// Loads tracepoint program `name` and records how many instructions the verifier processed.
 fn load_tracepoint<'a>(
@@ -154,8 +195,8 @@ fn load_tracepoint<'a>(
 /// The tail-call table of the header scans (`PROGS`).
 fn tail_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<&mut aya::maps::MapData>> {
     Ok(ProgramArray::try_from(
-        ebpf.map_mut("PROGS")
-            .ok_or_else(|| anyhow!("PROGS map missing"))?,
+        ebpf.map_mut(map::PROGS)
+            .ok_or_else(|| anyhow!("{} map missing", map::PROGS))?,
     )?)
 }
 
@@ -167,29 +208,27 @@ fn attach_injection(
     verified: &mut Vec<(&'static str, Option<u32>)>,
 ) -> Result<()> {
     let socks: SockHash<_, u64> = SockHash::try_from(
-        ebpf.map("SOCKS")
-            .ok_or_else(|| anyhow!("SOCKS map missing"))?,
+        ebpf.map(map::SOCKS)
+            .ok_or_else(|| anyhow!("{} map missing", map::SOCKS))?,
     )?;
     let socks_fd = socks.fd().try_clone()?;
     let msg: &mut SkMsg = ebpf
-        .program_mut("tracer_sk_msg")
-        .ok_or_else(|| anyhow!("program tracer_sk_msg missing"))?
+        .program_mut(SK_MSG)
+        .ok_or_else(|| anyhow!("program {SK_MSG} missing"))?
         .try_into()?;
-    msg.load()
-        .map_err(|e| describe_load_error("tracer_sk_msg", e))?;
+    msg.load().map_err(|e| describe_load_error(SK_MSG, e))?;
     verified.push((
-        "tracer_sk_msg",
+        SK_MSG,
         msg.info().ok().and_then(|i| i.verified_instruction_count()),
     ));
     msg.attach(&socks_fd).context("attaching sk_msg to SOCKS")?;
     let ops: &mut SockOps = ebpf
-        .program_mut("tracer_sock_ops")
-        .ok_or_else(|| anyhow!("program tracer_sock_ops missing"))?
+        .program_mut(SOCK_OPS)
+        .ok_or_else(|| anyhow!("program {SOCK_OPS} missing"))?
         .try_into()?;
-    ops.load()
-        .map_err(|e| describe_load_error("tracer_sock_ops", e))?;
+    ops.load().map_err(|e| describe_load_error(SOCK_OPS, e))?;
     verified.push((
-        "tracer_sock_ops",
+        SOCK_OPS,
         ops.info().ok().and_then(|i| i.verified_instruction_count()),
     ));
     let cgroup = std::fs::File::open(root)
@@ -270,27 +309,28 @@ impl Capture {
             // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
             // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
             .btf(None)
-            .override_global("CONFIG", &config, true)
-            .override_global("OFFSETS", &offsets, true)
-            .map_max_entries("EVENTS", ring_bytes)
+            .override_global(global::CONFIG, &config, true)
+            .override_global(global::OFFSETS, &offsets, true)
+            .map_max_entries(map::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .context("loading the kernel programs' maps")?;
+        require_names(&ebpf)?;
         tracing::debug!(?offsets, rss_kib = rss_kib(), "start-up: maps created");
 
         fill_targets(&mut ebpf, opts)?;
         let mut hex: aya::maps::Array<_, [u8; 256]> = aya::maps::Array::try_from(
-            ebpf.map_mut("HEX_TABLE")
-                .ok_or_else(|| anyhow!("HEX_TABLE map missing"))?,
+            ebpf.map_mut(map::HEX_TABLE)
+                .ok_or_else(|| anyhow!("{} map missing", map::HEX_TABLE))?,
         )?;
         hex.set(0, tracer_common::propagation::HEX_TABLE, 0)?;
 
         let mut verified = Vec::new();
         // Tail-call targets first, so the first events find them.
-        for (index, name) in TAIL_PROGRAMS.iter().enumerate() {
-            let fd = load_tracepoint(&mut ebpf, name, &mut verified)?
+        for call in TailCall::ALL {
+            let fd = load_tracepoint(&mut ebpf, call.program(), &mut verified)?
                 .fd()?
                 .try_clone()?;
-            tail_programs(&mut ebpf)?.set(index as u32, &fd, 0)?;
+            tail_programs(&mut ebpf)?.set(call.index(), &fd, 0)?;
         }
         let injecting = match &inject_root {
             Some(root) => match attach_injection(&mut ebpf, root, &mut verified) {
@@ -308,8 +348,8 @@ impl Capture {
         if inject_root.is_some() && !injecting {
             // Nothing would insert the header the kernel decides on: skip the decisions too.
             let mut progs = tail_programs(&mut ebpf)?;
-            for index in 0..TAIL_PROGRAMS.len() as u32 {
-                progs.clear_index(&index)?;
+            for call in TailCall::ALL {
+                progs.clear_index(&call.index())?;
             }
         }
 
@@ -369,7 +409,7 @@ impl Capture {
     /// Kernel-side injection counters, summed over CPUs.
     pub fn inject_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
         self.per_cpu_counters(
-            "INJECT_COUNTS",
+            map::INJECT_COUNTS,
             InjectStat::ALL.map(|s| (s as u32, s.name())),
         )
     }
@@ -378,14 +418,14 @@ impl Capture {
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("EVENTS map taken already"))?;
+            .take_map(map::EVENTS)
+            .ok_or_else(|| anyhow!("{} map taken already", map::EVENTS))?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Kernel-side drop counters, summed over CPUs.
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
-        self.per_cpu_counters("DROPS", DropCause::ALL.map(|c| (c as u32, c.name())))
+        self.per_cpu_counters(map::DROPS, DropCause::ALL.map(|c| (c as u32, c.name())))
     }
 
     /// The slots `(index, name)` of per-CPU counter array `map`, each summed over CPUs.
@@ -461,8 +501,8 @@ fn rss_kib() -> u64 {
 fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
     if !opts.pids.is_empty() {
         let mut pids: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-            ebpf.map_mut("TARGET_PIDS")
-                .ok_or_else(|| anyhow!("TARGET_PIDS missing"))?,
+            ebpf.map_mut(map::TARGET_PIDS)
+                .ok_or_else(|| anyhow!("{} missing", map::TARGET_PIDS))?,
         )?;
         for pid in &opts.pids {
             pids.insert(pid, 1, 0)?;
@@ -470,8 +510,8 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
     }
     if !opts.ports.is_empty() {
         let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-            ebpf.map_mut("TARGET_PORTS")
-                .ok_or_else(|| anyhow!("TARGET_PORTS missing"))?,
+            ebpf.map_mut(map::TARGET_PORTS)
+                .ok_or_else(|| anyhow!("{} missing", map::TARGET_PORTS))?,
         )?;
         for port in &opts.ports {
             ports.insert(port, 1, 0)?;
@@ -479,8 +519,8 @@ fn fill_targets(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<()> {
     }
     if !opts.cgroups.is_empty() {
         let mut cgroups: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
-            ebpf.map_mut("TARGET_CGROUPS")
-                .ok_or_else(|| anyhow!("TARGET_CGROUPS missing"))?,
+            ebpf.map_mut(map::TARGET_CGROUPS)
+                .ok_or_else(|| anyhow!("{} missing", map::TARGET_CGROUPS))?,
         )?;
         for id in &opts.cgroups {
             cgroups.insert(id, 1, 0)?;
@@ -505,5 +545,72 @@ pub(crate) fn describe_load_error(name: &str, e: ProgramError) -> anyhow::Error 
             )
         }
         e => anyhow!("loading program {name}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+    use super::*;
+
+    /// The built object's map and program names as aya reads them: the symbols of its map
+    /// sections, and the functions of its program sections (every section but `.text`).
+    fn object_names(elf: &[u8]) -> (BTreeSet<String>, BTreeSet<String>) {
+        let file = object::File::parse(elf).expect("the kernel object parses");
+        let (mut maps, mut programs) = (BTreeSet::new(), BTreeSet::new());
+        for symbol in file.symbols() {
+            let Some(section) = symbol
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+            else {
+                continue;
+            };
+            let (Ok(name), Ok(section)) = (symbol.name(), section.name()) else {
+                continue;
+            };
+            if section == "maps" || section == ".maps" {
+                maps.insert(name.to_owned());
+            } else if symbol.kind() == SymbolKind::Text && symbol.is_global() && section != ".text"
+            {
+                programs.insert(name.to_owned());
+            }
+        }
+        (maps, programs)
+    }
+
+    #[test]
+    fn the_kernel_object_has_every_name_the_agent_looks_up() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("built with AYA_BUILD_SKIP: no kernel object to check");
+            return;
+        }
+        let (maps, programs) = object_names(EBPF_OBJECT);
+        for name in map::ALL {
+            assert!(
+                maps.contains(name),
+                "map {name} not in the object: {maps:?}"
+            );
+        }
+        let file = object::File::parse(EBPF_OBJECT).unwrap();
+        for name in [global::CONFIG, global::OFFSETS] {
+            assert!(
+                file.symbols().any(|s| s.name() == Ok(name)),
+                "global {name} not in the object"
+            );
+        }
+        // Both ways: a program the agent does not know would never be loaded.
+        let expected: BTreeSet<String> = program_names().map(str::to_owned).collect();
+        assert_eq!(
+            expected.len(),
+            program_names().count(),
+            "a program listed twice"
+        );
+        assert_eq!(
+            programs, expected,
+            "programs in the object vs the agent's lists"
+        );
     }
 }

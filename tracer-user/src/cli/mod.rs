@@ -3,9 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
-use tracer_common::MAX_CAPTURE;
+use tracer_common::{KernelOffsets, MAX_CAPTURE};
 
-use crate::{capture::CaptureOptions, conn::TableLimits, export::ExportArgs};
+use crate::{
+    capture::{CaptureOptions, InjectMode, features::Features},
+    conn::TableLimits,
+    export::ExportArgs,
+};
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
 /// without code changes, and exports the spans as OpenTelemetry (OTLP).
@@ -125,18 +129,6 @@ pub struct Cli {
     pub export: ExportArgs,
 }
 
-/// Which outgoing requests get a `traceparent` (see `--inject-traceparent`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum InjectMode {
-    /// Requests on non-blocking client sockets.
-    #[default]
-    Auto,
-    /// Requests on every client socket.
-    All,
-    /// None: requests leave byte-identical.
-    Off,
-}
-
 const AFTER_HELP: &str = "\
 Examples:
   tracer                                          print every HTTP request on this node
@@ -147,7 +139,15 @@ Examples:
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 
 impl Cli {
-    pub fn capture_options(&self) -> anyhow::Result<CaptureOptions> {
+    /// What to capture: the command line's choices, with what was found out before the agent
+    /// started (kernel struct offsets and features; `None`: found out during load) and the
+    /// key of the server span ids the kernel derives (shared with the span assembler).
+    pub fn capture_options(
+        &self,
+        offsets: Option<KernelOffsets>,
+        features: Option<Features>,
+        ctx_key: u64,
+    ) -> anyhow::Result<CaptureOptions> {
         let mut cgroups = Vec::new();
         for path in &self.cgroups {
             cgroups.extend(crate::capture::cgroup::cgroup_ids(path)?);
@@ -158,11 +158,11 @@ impl Cli {
             pids: self.pids.clone(),
             ports: self.ports.clone(),
             cgroups,
-            offsets: None,
+            offsets,
             inject: self.inject_traceparent,
             cgroup_root: self.cgroup_root.clone(),
-            ctx_key: 0,
-            features: None,
+            ctx_key,
+            features,
         })
     }
 
@@ -195,5 +195,26 @@ mod tests {
         assert_eq!(cli.ports, vec![80, 443]);
         assert_eq!(cli.pids, vec![1]);
         assert!(Cli::try_parse_from(["tracer", "--capture-bytes", "1000000"]).is_err());
+    }
+
+    #[test]
+    fn capture_options_come_from_the_command_line_and_the_start_up_facts() {
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "--inject-traceparent",
+            "all",
+            "--capture-bytes",
+            "512",
+        ])
+        .unwrap();
+        let offsets = KernelOffsets {
+            task_files: 8,
+            ..Default::default()
+        };
+        let opts = cli.capture_options(Some(offsets), None, 99).unwrap();
+        assert_eq!(opts.inject, InjectMode::All);
+        assert_eq!(opts.capture_limit, 512);
+        assert_eq!((opts.offsets, opts.ctx_key), (Some(offsets), 99));
+        assert!(opts.features.is_none());
     }
 }

@@ -25,9 +25,8 @@ use aya::{
     },
 };
 
-use tracer_common::EventKind;
-
 use self::elf::{Inspection, OPENSSL_FUNCTIONS, TlsTarget};
+use super::events::Event;
 
 /// Kernel programs of the TLS probes (loaded with the others, attached per file).
 pub const PROGRAMS: &[&str] = &[
@@ -214,23 +213,12 @@ impl TlsAttacher {
         }
     }
 
-    /// Notes the exec and exit events among raw ring-buffer records (cheap for the others).
-    pub fn on_record(&mut self, record: &[u8]) {
-        let Some(&kind) = record.first() else { return };
-        if kind != EventKind::Exec as u8 && kind != EventKind::Exit as u8 {
-            return;
-        }
-        let Some(pid) = record
-            .get(4..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes)
-        else {
-            return;
-        };
-        if kind == EventKind::Exec as u8 {
-            self.on_exec(pid);
-        } else {
-            self.on_exit(pid);
+    /// Notes the exec and exit events of the event stream (ignores the others).
+    pub fn on_event(&mut self, event: &Event<'_>) {
+        match *event {
+            Event::Exec { pid, .. } => self.on_exec(pid),
+            Event::Exit { pid, .. } => self.on_exit(pid),
+            Event::Data { .. } | Event::Close(_) => {}
         }
     }
 

@@ -22,7 +22,8 @@ pub struct EventStats {
     pub spans: u64,
 }
 
-pub struct Stitcher {
+/// Turns the kernel's events into finished spans (see the module documentation).
+pub struct SpanAssembler {
     pub conns: ConnTable,
     pub processes: ProcessTable,
     clock: Clock,
@@ -40,7 +41,7 @@ const EXIT_GRACE_NS: u64 = 5_000_000_000;
 /// Beyond this many pending exits, forget processes at once (bounded memory).
 const MAX_PENDING_EXITS: usize = 65536;
 
-impl Stitcher {
+impl SpanAssembler {
     pub fn new(
         processes: ProcessTable,
         clock: Clock,
@@ -73,13 +74,24 @@ impl Stitcher {
         self.stats
     }
 
-    /// Handles one ring-buffer record; finished spans go to `emit`.
+    /// Decodes and handles one ring-buffer record (replays of recorded events); finished
+    /// spans go to `emit`.
     pub fn on_record(&mut self, record: &[u8], emit: &mut impl FnMut(Span)) {
+        match decode(record) {
+            Some(event) => self.on_event(event, emit),
+            None => self.on_malformed(),
+        }
+    }
+
+    /// A record that did not decode (counted; never expected).
+    pub fn on_malformed(&mut self) {
         self.stats.events += 1;
-        let Some(event) = decode(record) else {
-            self.stats.malformed += 1;
-            return;
-        };
+        self.stats.malformed += 1;
+    }
+
+    /// Handles one decoded event; finished spans go to `emit`.
+    pub fn on_event(&mut self, event: Event<'_>, emit: &mut impl FnMut(Span)) {
+        self.stats.events += 1;
         match event {
             Event::Data { header, payload } => {
                 self.stats.data_events += 1;
@@ -102,14 +114,14 @@ impl Stitcher {
                 self.conns.on_close(&close, &mut self.finished);
                 self.links.on_conn_gone(close.conn_id);
             }
-            Event::Exec { pid } => self.processes.on_exec(pid),
-            Event::Exit { pid } => {
+            Event::Exec { pid, .. } => self.processes.on_exec(pid),
+            Event::Exit { pid, ts } => {
                 if self.exits.len() >= MAX_PENDING_EXITS
                     && let Some((old, _)) = self.exits.pop_front()
                 {
                     self.processes.on_exit(old);
                 }
-                self.exits.push_back((pid, header_ts(record)));
+                self.exits.push_back((pid, ts));
             }
         }
         self.flush(emit);
@@ -147,22 +159,15 @@ impl Stitcher {
     }
 }
 
-/// The kernel timestamp of a record (its header's `ts`), 0 when too short.
-fn header_ts(record: &[u8]) -> u64 {
-    record
-        .get(16..24)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_ne_bytes)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::trace::{
         AttrValue, IdGenerator, SpanKind, context::hex, parent::MULTIPLEXED_TTL_NS,
     };
-    use tracer_common::{AF_INET, CloseEvent, ConnAddr, DataHeader, Direction, EventKind, Role};
+    use tracer_common::{
+        AF_INET, CloseEvent, ConnAddr, DataHeader, Direction, EventKind, ProcessEvent, Role,
+    };
 
     const PROXY: u32 = 100;
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -174,7 +179,7 @@ mod tests {
     }
 
     struct T {
-        s: Stitcher,
+        s: SpanAssembler,
         pos: std::collections::HashMap<(u64, u8), u64>,
         spans: Vec<Span>,
         /// The port client connections connect to (8080: this node's server, see `serve`).
@@ -183,7 +188,7 @@ mod tests {
 
     impl T {
         fn new() -> Self {
-            let s = Stitcher::new(
+            let s = SpanAssembler::new(
                 ProcessTable::new(Some("h".into()), vec![]),
                 Clock::with_offset(0),
                 SpanOptions::default(),
@@ -486,6 +491,22 @@ mod tests {
         t.answer(1, 7, 6_000);
         let s = t.take(SpanKind::Server);
         assert_eq!((s.parent_span_id, s.flags, source(&s)), (None, 0, "none"));
+    }
+
+    #[test]
+    fn an_exited_process_is_forgotten_a_grace_period_after_its_exit() {
+        let mut t = T::new();
+        drop(t.s.processes.resource_named(PROXY, b"proxy\0"));
+        assert_eq!(t.s.processes.len(), 1);
+        let mut exit = ProcessEvent::default();
+        exit.header.kind = EventKind::Exit as u8;
+        exit.header.pid = PROXY;
+        exit.header.ts = 1_000;
+        t.s.on_record(&bytes_of(&exit), &mut |_| {});
+        t.s.tick(1_000 + EXIT_GRACE_NS - 1, &mut |_| {});
+        assert_eq!(t.s.processes.len(), 1, "still within the grace period");
+        t.s.tick(1_000 + EXIT_GRACE_NS, &mut |_| {});
+        assert!(t.s.processes.is_empty());
     }
 
     #[test]
