@@ -32,7 +32,6 @@ use tracer::{
     export::export_request,
     process::ProcessTable,
     span::Span,
-    assemble::SpanAssembler,
     trace::{Clock, SpanOptions},
 };
 use tracer_common::EventHeader;

@@ -20,7 +20,6 @@ use crate::{
     export::{self, ExportStats},
     process::{self, ProcessTable},
     span::Span,
-    assemble::SpanAssembler,
     trace::{Clock, ParentResolver, SpanOptions},
 };
 
