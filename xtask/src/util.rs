@@ -1,6 +1,5 @@
 //! Small process helpers shared by the tasks.
 use std::{
-    ffi::OsStr,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
@@ -8,12 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
+pub use test_kit::{describe, workspace_root};
 
 /// Prints a step the way users read it: what is being done, and why.
 pub fn step(msg: impl AsRef<str>) {
@@ -48,14 +42,6 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

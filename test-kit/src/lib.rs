@@ -1,0 +1,24 @@
+//! What the end-to-end tests and `cargo xtask bench` both need to drive real programs: child
+//! processes that are stopped on every path and whose output is collected line by line, free
+//! ports and waiting for them, scratch directories, a private nginx, and the common clients.
+pub mod net;
+pub mod nginx;
+pub mod peers;
+pub mod proc;
+pub mod temp;
+pub mod wait;
+pub mod workspace;
+
+#[cfg(feature = "bpf")]
+pub mod bpf;
+
+pub use net::{free_port, raw_server, read_head, reset, wait_port};
+pub use nginx::{nginx, start_nginx};
+pub use peers::{curl, python_http_server};
+pub use proc::{Proc, describe, run_bounded};
+pub use temp::TempDir;
+pub use wait::wait_for;
+pub use workspace::{tracer_bin, workspace_root};
+
+#[cfg(feature = "bpf")]
+pub use bpf::{loaded_program_ids, program_ids_of};

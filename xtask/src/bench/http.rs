@@ -1,0 +1,314 @@
+//! The HTTP/1 benchmark: nginx saturated by wrk (throughput), then driven at a fixed rate by
+//! oha (latency, coverage, agent cost), untraced and traced rounds interleaved; then the
+//! pipeline replay.
+use std::{path::Path, time::Instant};
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+use test_kit::TempDir;
+
+use super::{
+    Args, RATE,
+    agent::Agent,
+    load::{Oha, oha, wrk},
+    nginx::Nginx,
+    pipeline::pipeline,
+    receiver::Receiver,
+    recording::{RECORDING, record, recording_decodes},
+    report::{Figure, busy_cpus, cpus, median, print_other_work, print_table, save, unix_time},
+    settle,
+};
+use crate::util::{self, step};
+
+/// `cargo xtask bench` (without `--grpc`), or only the recording with `--record`.
+pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
+    let root = util::workspace_root();
+    let recording = root.join(RECORDING);
+    if args.record || !recording.exists() {
+        record(tracer, &recording)?;
+        if args.record {
+            return Ok(());
+        }
+    }
+    // Compile the criterion benchmark now, so compiling never overlaps a measurement.
+    util::cargo(&[
+        "bench",
+        "-p",
+        "tracer-user",
+        "--bench",
+        "pipeline",
+        "--no-run",
+    ])?;
+    if !recording_decodes()? {
+        step(format!(
+            "{RECORDING} no longer decodes with this build's event layout (tracer-common changed): \
+             re-recording it (commit the new file)"
+        ));
+        record(tracer, &recording)?;
+        ensure!(
+            recording_decodes()?,
+            "a fresh recording does not decode either"
+        );
+    }
+
+    let setup_took = started.elapsed();
+    let busy_before = busy_cpus();
+    let measuring = Instant::now();
+    let dir = TempDir::create("bench-run")?;
+    let receiver = Receiver::start()?;
+    let nginx = Nginx::start(&dir, false, args.tls)?;
+    let scheme = if args.tls { "https" } else { "http" };
+    let target = format!("{scheme}://127.0.0.1:{}/", nginx.port);
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let agent = |record: Option<&Path>| {
+        Agent::start(
+            tracer,
+            nginx.port,
+            Some(&endpoint),
+            record,
+            &args.agent_args,
+        )
+    };
+
+    step("warming up nginx (2 s, untraced)");
+    wrk(&target, 2)?;
+
+    // ---- throughput: A B A B ... ----
+    let mut tp_untraced = Vec::new();
+    let mut tp_traced = Vec::new();
+    let mut tp_rounds = Vec::new();
+    for pair in 1..=args.pairs {
+        step(format!("throughput pair {pair}/{}: untraced", args.pairs));
+        let a = wrk(&target, args.secs)?;
+        step(format!("throughput pair {pair}/{}: traced", args.pairs));
+        let before = receiver.counts();
+        let ag = agent(None)?;
+        let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let b = wrk(&target, args.secs)?;
+        settle();
+        let cpu = ag.cpu_seconds()? - cpu0;
+        let cs = ag.ctx_switches() - cs0;
+        let rss = ag.peak_rss_kib()?;
+        let counters = ag.stop()?;
+        let got = receiver.counts().since(&before);
+        step(format!(
+            "  untraced {:.0} req/s, traced {:.0} req/s ({:.3}); traced: {} server spans for {} requests, losses: {}",
+            a.rps,
+            b.rps,
+            b.rps / a.rps,
+            got.server,
+            b.requests,
+            counters.losses_text()
+        ));
+        tp_untraced.push(a.rps);
+        tp_traced.push(b.rps);
+        tp_rounds.push(json!({
+            "untraced": a.json(),
+            "traced": b.json(),
+            "ratio": b.rps / a.rps,
+            "server_spans": got.server,
+            "client_spans": got.client,
+            "coverage": got.server as f64 / b.requests as f64,
+            "agent_cpu_us_per_request": cpu * 1e6 / b.requests as f64,
+            "agent_context_switches_per_request": cs as f64 / b.requests as f64,
+            "agent_peak_rss_kib": rss,
+            "agent": counters.json(),
+        }));
+    }
+
+    // ---- latency, coverage and agent cost at a fixed rate: A B A B ... ----
+    let mut lat_untraced = Vec::new();
+    let mut lat_traced = Vec::new();
+    let mut coverage = Vec::new();
+    let mut cpu_per_req = Vec::new();
+    let mut wakeups = Vec::new();
+    let mut rss_kib = Vec::new();
+    let mut lat_rounds = Vec::new();
+    let mut all_losses = Vec::new();
+    for pair in 1..=args.pairs {
+        step(format!(
+            "latency pair {pair}/{}: untraced, {RATE} req/s",
+            args.pairs
+        ));
+        let a = oha(&target, args.secs)?;
+        step(format!(
+            "latency pair {pair}/{}: traced, {RATE} req/s",
+            args.pairs
+        ));
+        let before = receiver.counts();
+        let ag = agent(None)?;
+        let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let b = oha(&target, args.secs)?;
+        settle();
+        let cpu = ag.cpu_seconds()? - cpu0;
+        let cs = ag.ctx_switches() - cs0;
+        let rss = ag.peak_rss_kib()?;
+        let counters = ag.stop()?;
+        let got = receiver.counts().since(&before);
+        let cov = got.server as f64 / b.requests as f64;
+        let cpu_us = cpu * 1e6 / b.requests as f64;
+        step(format!(
+            "  p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; {} server spans / {} requests = {:.4}%; agent {:.2} µs CPU/req, {:.2} wake-ups/req, peak RSS {:.1} MiB; losses: {}",
+            a.p50_us,
+            b.p50_us,
+            a.p99_us,
+            b.p99_us,
+            got.server,
+            b.requests,
+            cov * 100.0,
+            cpu_us,
+            cs as f64 / b.requests as f64,
+            rss as f64 / 1024.0,
+            counters.losses_text()
+        ));
+        lat_untraced.push(a.clone());
+        lat_traced.push(b.clone());
+        coverage.push(cov);
+        cpu_per_req.push(cpu_us);
+        wakeups.push(cs as f64 / b.requests as f64);
+        rss_kib.push(rss as f64);
+        all_losses.push(counters.losses_text());
+        lat_rounds.push(json!({
+            "untraced": a.json(),
+            "traced": b.json(),
+            "server_spans": got.server,
+            "client_spans": got.client,
+            "spans_by_service_kind": got.by_service_kind(),
+            "coverage": cov,
+            "agent_cpu_us_per_request": cpu_us,
+            "agent_context_switches_per_request": cs as f64 / b.requests as f64,
+            "agent_peak_rss_kib": rss,
+            "agent": counters.json(),
+        }));
+    }
+    drop(nginx);
+    drop(receiver);
+    drop(dir);
+    let live_took = measuring.elapsed();
+    let busy_after = busy_cpus();
+
+    // ---- pipeline replay (criterion) ----
+    let pipeline = pipeline(&recording)?;
+
+    // ---- figures ----
+    let ratios: Vec<f64> = tp_traced
+        .iter()
+        .zip(&tp_untraced)
+        .map(|(b, a)| b / a)
+        .collect();
+    let p50 = |v: &[Oha]| median(&v.iter().map(|o| o.p50_us).collect::<Vec<_>>());
+    let p99 = |v: &[Oha]| median(&v.iter().map(|o| o.p99_us).collect::<Vec<_>>());
+    let figures = vec![
+        Figure::min(
+            "throughput traced/untraced",
+            median(&ratios),
+            0.95,
+            "",
+            format!(
+                "median of {} pairs; untraced {:.0} req/s, traced {:.0} req/s",
+                ratios.len(),
+                median(&tp_untraced),
+                median(&tp_traced)
+            ),
+        ),
+        Figure::max(
+            "p50 added at 5k req/s",
+            p50(&lat_traced) - p50(&lat_untraced),
+            10.0,
+            "µs",
+            format!(
+                "untraced {:.1} µs, traced {:.1} µs",
+                p50(&lat_untraced),
+                p50(&lat_traced)
+            ),
+        ),
+        Figure::max(
+            "p99 added at 5k req/s",
+            p99(&lat_traced) - p99(&lat_untraced),
+            50.0,
+            "µs",
+            format!(
+                "untraced {:.1} µs, traced {:.1} µs",
+                p99(&lat_untraced),
+                p99(&lat_traced)
+            ),
+        ),
+        Figure::min(
+            "coverage at 5k req/s",
+            median(&coverage) * 100.0,
+            99.9,
+            "%",
+            format!(
+                "server spans / requests; per round {}; losses {}",
+                coverage
+                    .iter()
+                    .map(|c| format!("{:.3}%", c * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                all_losses.join(" | ")
+            ),
+        ),
+        Figure::max(
+            "agent CPU per request",
+            median(&cpu_per_req),
+            5.0,
+            "µs",
+            format!(
+                "utime+stime of the agent / requests (server and client side traced); {:.2} context switches per request",
+                median(&wakeups)
+            ),
+        ),
+        Figure::max(
+            "agent peak RSS",
+            rss_kib.iter().copied().fold(0.0, f64::max) / 1024.0,
+            64.0,
+            "MiB",
+            "VmHWM, highest over the traced rounds".into(),
+        ),
+        Figure::min(
+            "pipeline replay",
+            pipeline.events_per_sec / 1e6,
+            1.0,
+            "M events/s",
+            format!(
+                "{} events, {} spans per pass, one core; as recorded (pids gone): {:.2} M events/s",
+                pipeline.events,
+                pipeline.spans,
+                pipeline.recorded_pids_events_per_sec / 1e6
+            ),
+        ),
+    ];
+
+    let total = started.elapsed();
+    print_table(&figures);
+    print_other_work(busy_before, busy_after);
+    let now = unix_time()?;
+    let report = json!({
+        "unix_time": now,
+        "host": { "cpus": cpus(), "other_busy_cpus_before": busy_before, "other_busy_cpus_after": busy_after },
+        "settings": {
+            "pairs": args.pairs, "secs_per_round": args.secs, "rate": RATE, "tls": args.tls,
+            "wrk": "-t1 -c16 keep-alive", "oha": format!("-q {RATE} -c 16 --latency-correction"),
+        },
+        "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+        "throughput_rounds": tp_rounds,
+        "latency_rounds": lat_rounds,
+        "pipeline": {
+            "events_per_pass": pipeline.events,
+            "spans_per_pass": pipeline.spans,
+            "events_per_sec": pipeline.events_per_sec,
+            "recorded_pids_events_per_sec": pipeline.recorded_pids_events_per_sec,
+            "recording": RECORDING,
+        },
+        "seconds": { "setup": setup_took.as_secs_f64(), "live": live_took.as_secs_f64(), "total": total.as_secs_f64() },
+    });
+    save(
+        &report,
+        "bench",
+        "latest",
+        now,
+        total,
+        live_took + pipeline.took,
+        &figures,
+    )
+}

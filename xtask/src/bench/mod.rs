@@ -1,0 +1,93 @@
+//! `cargo xtask bench`: what tracing costs, measured side by side in one run.
+//!
+//! - Throughput: nginx (1 worker, tiny `return 200`) saturated by `wrk` with keep-alive,
+//!   untraced and traced rounds interleaved (A B A B ...): traced/untraced requests per second.
+//! - Latency at a fixed rate (5k req/s, `oha` open loop with latency correction): p50 and p99
+//!   added by tracing.
+//! - Coverage at that rate: server spans received over OTLP / requests sent, with the agent's
+//!   own loss counters for every round.
+//! - Agent cost under that load: CPU per request (utime+stime of the agent over the load
+//!   window) and peak RSS (VmHWM).
+//! - Pipeline throughput without the kernel: the criterion benchmark `tracer-user/benches/
+//!   pipeline.rs` replays a recorded event stream through reassembly → parsing → spans →
+//!   OTLP encoding (`cargo xtask bench --record` re-records the stream from live traffic).
+//!
+//! - gRPC (`--grpc`, instead of the above): the grpc-go peer (tests/servers/grpcpeer) serving
+//!   unary calls that `h2load` drives over h2c, untraced and traced rounds interleaved:
+//!   throughput ratio, coverage (SERVER spans with `grpc-status` 0 / calls), agent CPU per call
+//!   and peak RSS; written as `target/bench/bench-grpc-<unix time>.json` and `latest-grpc.json`.
+//!
+//! The traced rounds export to a counting OTLP/gRPC receiver that runs inside this process.
+//! Figures are medians over the rounds, printed as a table and written as JSON to
+//! `target/bench/bench-<unix time>.json` and `target/bench/latest.json`. A missed target is a
+//! finding (printed as MISSED), never an error: the task fails only when something breaks.
+//! Every process it starts (nginx, the agent, load generators) is stopped on every path (the
+//! `test-kit` crate's `Proc`, shared with the end-to-end tests).
+//!
+//! One module per concern: `http` and `grpc` run the two benchmarks, `pipeline` the criterion
+//! replay of the `recording`; `nginx`, `load` (wrk, oha), `agent` (its CPU, RSS and final
+//! `counters`) and the counting `receiver` are what the rounds drive and read; `report` turns
+//! the rounds into figures, the table and the JSON file.
+mod agent;
+mod counters;
+mod grpc;
+mod http;
+mod load;
+mod nginx;
+mod pipeline;
+mod receiver;
+mod recording;
+mod report;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+pub use load::cargo_home;
+
+/// Fixed request rate of the latency and coverage rounds.
+const RATE: u32 = 5000;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Untraced/traced pairs per live figure.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pairs: u32,
+    /// Seconds of load per round.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=120))]
+    secs: u64,
+    /// Only re-record the pipeline benchmark's event stream (tracer-user/benches/data/) from
+    /// live traffic, then stop.
+    #[arg(long)]
+    record: bool,
+    /// nginx serves HTTPS (self-signed certificate, HTTP/1.1) and wrk and oha connect over
+    /// TLS: the cost of tracing through the TLS library probes.
+    #[arg(long)]
+    tls: bool,
+    /// gRPC instead of HTTP/1: the grpc-go peer (tests/servers/grpcpeer, built under
+    /// target/bench/grpcpeer) serving unary `demo.Greeter/SayHello` calls that `h2load` drives
+    /// over h2c (4 connections, 10 streams each); throughput untraced and traced, coverage
+    /// (server spans with `grpc-status` 0 per call), agent CPU per call and peak RSS.
+    #[arg(long, conflicts_with_all = ["tls", "record"])]
+    grpc: bool,
+    /// Extra option for the traced agent (repeatable), e.g.
+    /// `--agent-arg=--inject-traceparent` to measure injection.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    crate::setup::bench_deps()?;
+    let tracer = crate::build_agent()?;
+    if args.grpc {
+        grpc::run(&args, &tracer, started)
+    } else {
+        http::run(&args, &tracer, started)
+    }
+}
+
+/// Lets the agent take the last events and export the last batch after a load round.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(1000));
+}
