@@ -185,7 +185,18 @@ fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u3
     }
 }
 
-/// The incoming `traceparent` at `value_at` (after the colon), when valid.
+/// Spaces and tabs skipped on either side of a header value (a bounded loop for the verifier).
+const MAX_OWS: usize = 4;
+
+#[inline(always)]
+fn is_ows(c: u8) -> bool {
+    c == b' ' || c == b'\t'
+}
+
+/// The incoming `traceparent` at `value_at` (after the colon), when valid: a value of exactly
+/// [`TRACEPARENT_VALUE_LEN`] bytes between optional whitespace and the line's end. The
+/// agent's parser must read every header alike (tracer-user/tests/traceparent_agreement.rs
+/// models this framing: keep the two in step).
 #[inline(always)]
 fn incoming_traceparent(
     buf: *const u8,
@@ -194,15 +205,17 @@ fn incoming_traceparent(
 ) -> Option<([u8; 16], [u8; 8], u8)> {
     let mut v = value_at;
     let mut k = 0;
-    while k < 4 && v < n && at(buf, v) == b' ' {
+    while k < MAX_OWS && v < n && is_ows(at(buf, v)) {
         v += 1;
         k += 1;
     }
-    if v + TRACEPARENT_VALUE_LEN + 1 > n {
-        return None;
+    let mut end = v + TRACEPARENT_VALUE_LEN;
+    let mut k = 0;
+    while k < MAX_OWS && end < n && is_ows(at(buf, end)) {
+        end += 1;
+        k += 1;
     }
-    let end = at(buf, v + TRACEPARENT_VALUE_LEN);
-    if end != b'\r' && end != b' ' && end != b'\t' {
+    if end >= n || at(buf, end) != b'\r' {
         return None;
     }
     let table = HEX_TABLE.get(0)?;
