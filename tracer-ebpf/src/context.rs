@@ -399,6 +399,10 @@ pub fn http_client_ctx(ctx: TracePointContext) -> u32 {
             && conn.awaiting_response != 0
         {
             count_inject(InjectStat::Pipelined);
+            diag!(
+                "conn {}: no traceparent: an injected request still awaits its response",
+                conn.conn_id
+            );
             return 0;
         }
         (*res).pid_tgid = pid_tgid;
@@ -423,11 +427,20 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         }
         if (*res).traceparent_at != 0 || (*res).foreign != 0 {
             count_inject(InjectStat::HasContext);
+            diag!(
+                "pid {}: no traceparent: the request carries trace context",
+                pid_tgid >> 32
+            );
             return 0;
         }
         let line_end = (*res).line_end;
         if (*res).head_end == 0 || line_end < 16 || line_end > (*res).len {
             count_inject(InjectStat::HeadIncomplete);
+            diag!(
+                "pid {}: no traceparent: the request head is not whole in the call's first {} bytes",
+                pid_tgid >> 32,
+                (*res).len
+            );
             return 0;
         }
         let mut ctx = SpanCtx {
@@ -439,6 +452,10 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         match THREAD_CTX.get(pid_tgid) {
             Some(t) if t.state == THREAD_FOREIGN => {
                 count_inject(InjectStat::HasContext);
+                diag!(
+                    "pid {}: no traceparent: the request being served carried B3 context",
+                    pid_tgid >> 32
+                );
                 return 0;
             }
             Some(t) if t.state == THREAD_SERVING && t.multiplexed == 0 => {
@@ -510,6 +527,10 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
         }
     }
     if config().inject != INJECT_ALL && !nonblocking(&ctx) {
+        diag!(
+            "client socket to port {}: no traceparent: blocking (--inject-traceparent all includes it)",
+            (u32::from_be(ctx.remote_port()) & 0xffff) as u16
+        );
         return 0;
     }
     // SAFETY: `ctx.ops` is this program's `bpf_sock_ops` context, what the helper expects.
@@ -546,6 +567,11 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         let at = (*inflight).inject_at as u32;
         if at < 16 || at > ctx.size() || at as usize > SCAN_MAX {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: insertion point {} outside the message",
+                pid_tgid >> 32,
+                at
+            );
             return SK_PASS;
         }
         // The bytes before the insertion point must be the request line's CRLF.
@@ -556,11 +582,19 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         let (d, e) = (ctx.data(), ctx.data_end());
         if d + 2 > e || *(d as *const u8) != b'\r' || *((d + 1) as *const u8) != b'\n' {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: the message differs from the bytes scanned",
+                pid_tgid >> 32
+            );
             return SK_PASS;
         }
         let len = TRACEPARENT_LINE_LEN as u32;
         if ctx.push_data(at, len, 0).is_err() {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: the kernel did not grow the message",
+                pid_tgid >> 32
+            );
             return SK_PASS;
         }
         // From here the message holds `len` unwritten bytes: remove them on any failure.

@@ -4,6 +4,18 @@
 #![no_std]
 #![no_main]
 
+/// A diagnostic for the agent's log (debug level, target
+/// [`tracer_common::config::KERNEL_LOG_TARGET`]): why a client socket or a request gets no
+/// `traceparent`. The agent sets the level when it loads the programs, off unless its log
+/// filter shows these; the verifier then sees a constant and drops the disabled code. Only in
+/// the injection programs: in the syscall programs, even off, it changed their code (README,
+/// "Kernel diagnostics").
+macro_rules! diag {
+    ($($arg:tt)+) => {
+        aya_log_ebpf::debug!(&(), target: tracer_common::config::KERNEL_LOG_TARGET, $($arg)+)
+    };
+}
+
 mod capture;
 mod context;
 mod go_tls;

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod events;
 pub mod features;
+pub mod kernel_log;
 pub mod preflight;
 pub mod tls;
 
@@ -266,15 +267,23 @@ impl Capture {
             },
             ..config
         };
+        let kernel_log_level = kernel_log::level();
         let mut ebpf = EbpfLoader::new()
             // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
             // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
             .btf(None)
             .override_global("CONFIG", &config, true)
             .override_global("OFFSETS", &offsets, true)
+            .override_global(aya_log::LEVEL, &kernel_log_level, true)
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries(kernel_log::MAP, kernel_log::ring_bytes(kernel_log_level))
             .load(EBPF_OBJECT)
             .context("loading the kernel programs' maps")?;
+        if kernel_log_level != 0
+            && let Err(e) = kernel_log::spawn_reader(&mut ebpf)
+        {
+            tracing::warn!("kernel diagnostics off: {e:#}");
+        }
         tracing::debug!(?offsets, rss_kib = rss_kib(), "start-up: maps created");
 
         fill_targets(&mut ebpf, opts)?;
