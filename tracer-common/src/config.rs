@@ -34,6 +34,10 @@ pub const INJECT_NONBLOCKING: u8 = 1;
 /// `Config::inject`: every client socket.
 pub const INJECT_ALL: u8 = 2;
 
+/// Log target of the kernel programs' diagnostics (aya-log, off unless the agent's log filter
+/// enables this target at debug level when it loads them).
+pub const KERNEL_LOG_TARGET: &str = "tracer::kernel";
+
 /// Byte offsets of the kernel struct fields the programs read, computed by the agent from the
 /// running kernel's BTF (`/sys/kernel/btf/vmlinux`): nothing is hard-coded for one kernel.
 #[repr(C)]
@@ -71,6 +75,9 @@ pub struct KernelOffsets {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: #[repr(C)] and Copy, only integers, padding spelled out as fields: every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
 }

@@ -297,7 +297,10 @@ impl DropCause {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: #[repr(C)] and Copy, only integers and arrays of them, padding spelled out as
+    // fields: every bit pattern is a valid value.
     unsafe impl aya::Pod for ConnAddr {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ConnState {}
 }
 

@@ -109,9 +109,12 @@ fn nibble(table: &[u8; 256], c: u8) -> (u8, u8) {
     (v & 0xf, v >> 4)
 }
 
+/// Trace flags W3C defines (sampled, random): the others are reserved and must be zeroed.
+pub const KNOWN_FLAGS: u8 = 0x03;
+
 /// Parses a version-00 `traceparent` value (exactly 55 bytes, already cut at the header's end):
 /// `(trace id, parent span id, flags)`, or `None` if anything is off (then nothing of it is
-/// trusted). Zero ids are invalid.
+/// trusted). Zero ids are invalid; only [`KNOWN_FLAGS`] are kept.
 #[inline(always)]
 pub fn parse_traceparent(v: &[u8; TRACEPARENT_VALUE_LEN]) -> Option<([u8; 16], [u8; 8], u8)> {
     parse_traceparent_with(&HEX_TABLE, |i| v[i])
@@ -153,7 +156,7 @@ pub fn parse_traceparent_with(
     if bad != 0 || any_trace == 0 || any_span == 0 {
         return None;
     }
-    Some((trace, span, (hi << 4) | lo))
+    Some((trace, span, ((hi << 4) | lo) & KNOWN_FLAGS))
 }
 
 /// The header line the kernel inserts, `traceparent: 00-…-…-…\r\n`.
@@ -231,6 +234,8 @@ impl InjectStat {
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: #[repr(C)] and Copy, only integers and arrays of them, padding spelled out as
+    // fields: every bit pattern is a valid value.
     unsafe impl aya::Pod for super::SpanCtx {}
 }
 

@@ -1,5 +1,7 @@
 //! Syscall data capture: connection state, protocol classification, bounded payload copy
 //! into the ring buffer.
+use core::mem::{offset_of, size_of};
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -20,12 +22,13 @@ use crate::{
         TARGET_CGROUPS, TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
     },
     sock::{TcpSock, conn_addr, tcp_sock_of_fd},
+    uapi::{Iovec, Mmsghdr, SyscallRecord, UserMsghdr},
 };
 
 /// Offset of the first syscall argument (and of `ret` at exit) in a syscalls:* record: the
 /// stable layout of syscall tracepoints.
-pub const ARG0: usize = 16;
-const ARG_SIZE: usize = 8;
+const ARG0: usize = offset_of!(SyscallRecord, args);
+const ARG_SIZE: usize = size_of::<u64>();
 
 /// Bounded iovec walk: at most this many segments are copied (positions stay exact).
 const MAX_IOV: u32 = 32;
@@ -36,7 +39,9 @@ const MASK: usize = MAX_CAPTURE - 1;
 
 #[inline(always)]
 pub fn arg<T>(ctx: &TracePointContext, n: usize) -> Option<T> {
-    // SAFETY: reads inside the tracepoint record.
+    // SAFETY: read_at copies with bpf_probe_read_kernel from the tracepoint record the kernel
+    // passed in; the offset is that of an argument in every syscalls:* record, and a read
+    // outside it would fail, not fault.
     unsafe { ctx.read_at::<T>(ARG0 + n * ARG_SIZE).ok() }
 }
 
@@ -48,11 +53,13 @@ pub fn traced(pid_tgid: u64) -> bool {
     if tgid == cfg.tracer_pid {
         return false;
     }
-    // SAFETY: plain lookup; the value is not kept.
+    // SAFETY: only whether the key exists is used, never the value (which another CPU may
+    // change or delete meanwhile).
     if cfg.filter_pids != 0 && unsafe { TARGET_PIDS.get(tgid) }.is_none() {
         return false;
     }
     if cfg.filter_cgroups != 0
+        // SAFETY: as above; the helper takes no argument.
         && unsafe { TARGET_CGROUPS.get(bpf_get_current_cgroup_id()) }.is_none()
     {
         return false;
@@ -75,6 +82,8 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         return;
     };
     crate::tls::on_socket_syscall(pid_tgid, &sock, fd);
+    // SAFETY: the value is copied at once, so a concurrent update or delete cannot leave a
+    // dangling reference here (at worst the copy is a moment old).
     let conn = unsafe { CONNS.get(sock.sk) }
         .copied()
         .filter(|c| c.ino == sock.ino);
@@ -153,8 +162,10 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
     let Some(entry) = INFLIGHT.get_ptr(pid_tgid) else {
         return;
     };
-    // SAFETY: copied out before the entry is removed. Only what the exit needs is copied (the
-    // stack is small); injected ids go straight to this CPU's event header.
+    // SAFETY: `entry` points to this thread's INFLIGHT value, which only this thread writes or
+    // removes, and `scratch` to this CPU's SCRATCH slot; both stay valid for this run. What the
+    // exit needs is copied out before the entry is removed (only that: the stack is small);
+    // injected ids go straight to this CPU's event header.
     let inflight = unsafe {
         let injected = (*entry).inject_state == INJECT_DONE;
         if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
@@ -192,7 +203,8 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
         return;
     };
     let source = source_of(SOURCE);
-    // SAFETY: CONNS value, valid during this run.
+    // SAFETY: `conn` points to a CONNS value, which the kernel keeps alive until this run ends
+    // even if it is deleted meanwhile; concurrent writers of one socket only race on a flag.
     unsafe {
         if source.direction() == Direction::Ingress {
             (*conn).awaiting_response = 0;
@@ -205,17 +217,16 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
             let n = ret as u32;
             let mut i = 0;
             while i < MAX_MMSG && i < n {
-                // struct mmsghdr { struct user_msghdr msg_hdr; unsigned int msg_len; }: 64 bytes.
-                let mmsg = inflight.buf + i as u64 * 64;
-                let len: u32 =
-                    unsafe { bpf_probe_read_user((mmsg + 56) as *const u32) }.unwrap_or(0);
+                let mmsg = Mmsghdr::at(inflight.buf, i);
+                let len = Mmsghdr::read_len(mmsg);
                 // Each message's first segment: a correct prefix of that message.
-                let (base, _) = first_iov(mmsg);
+                let (base, _) = first_iov(mmsg + offset_of!(Mmsghdr, msg_hdr) as u64);
                 data_event(&inflight, conn, source, base, len as u64, pid_tgid);
                 i += 1;
             }
             if n > MAX_MMSG {
                 // Sizes of the rest are unknown: stop parsing rather than risk a wrong span.
+                // SAFETY: as above, a CONNS value valid for this run.
                 unsafe { (*conn).protocol = Protocol::Other as u8 };
                 count(DropCause::NotHttp);
             }
@@ -231,11 +242,8 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
             pid_tgid,
         ),
         Source::Recvmsg | Source::Sendmsg => {
-            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (UAPI layout).
-            let iov =
-                unsafe { bpf_probe_read_user((inflight.buf + 16) as *const u64) }.unwrap_or(0);
-            let iovlen =
-                unsafe { bpf_probe_read_user((inflight.buf + 24) as *const u64) }.unwrap_or(0);
+            let iov = UserMsghdr::read_iov(inflight.buf);
+            let iovlen = UserMsghdr::read_iovlen(inflight.buf);
             data_event_iov(&inflight, conn, source, iov, iovlen, ret as u64, pid_tgid)
         }
         _ => data_event(&inflight, conn, source, inflight.buf, ret as u64, pid_tgid),
@@ -248,16 +256,14 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
 /// Base and length of the first segment of an iovec array.
 #[inline(always)]
 fn first_seg(iov: u64) -> (u64, u64) {
-    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
-    (base, len)
+    let seg = Iovec::read(iov, 0);
+    (seg.iov_base, seg.iov_len)
 }
 
 /// Base and length of the first iovec of a user_msghdr.
 #[inline(always)]
 fn first_iov(msghdr: u64) -> (u64, u64) {
-    let iov = unsafe { bpf_probe_read_user((msghdr + 16) as *const u64) }.unwrap_or(0);
-    first_seg(iov)
+    first_seg(UserMsghdr::read_iov(msghdr))
 }
 
 #[inline(always)]
@@ -323,6 +329,7 @@ pub fn conn_state(sock: TcpSock, role: Role) -> Option<*mut ConnState> {
 /// Whether a connection is inside the port target set (always, when none is configured).
 #[inline(always)]
 pub fn in_port_targets(addr: &ConnAddr) -> bool {
+    // SAFETY: only whether the keys exist is used, never the values.
     config().filter_ports == 0
         || unsafe { TARGET_PORTS.get(addr.local_port) }.is_some()
         || unsafe { TARGET_PORTS.get(addr.remote_port) }.is_some()
@@ -330,8 +337,11 @@ pub fn in_port_targets(addr: &ConnAddr) -> bool {
 
 #[inline(always)]
 fn next_conn_id() -> u64 {
+    // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
     match CONN_SEQ.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array: valid for the run, and no other program
+        // runs on this CPU until this one ends.
         Some(seq) => unsafe {
             *seq += 1;
             (*seq << 12) | (cpu & 0xfff)
@@ -375,14 +385,15 @@ fn account(
         let mut head = [0u8; 8];
         let n = read_head(head_src, avail, &mut head);
         let mut c = classify(&head, n);
-        // SAFETY: as above.
         if c == Protocol::Unknown
+            // SAFETY: as above, `conn` is a CONNS value valid for this run.
             && unsafe { (*conn).role } == Role::Unknown as u8
             && is_h2_headers_frame(&head, n, len)
         {
             // Open before tracing (no accept or connect seen): HTTP/2 without its preface.
             c = Protocol::Http2;
         }
+        // SAFETY: as above.
         unsafe {
             if c != Protocol::Unknown {
                 (*conn).protocol = c as u8;
@@ -419,6 +430,7 @@ fn account(
 #[inline(always)]
 fn read_head(src: u64, avail: u64, head: &mut [u8; 8]) -> usize {
     if avail >= 8 {
+        // SAFETY: bpf_probe_read_user copies from any user address; a bad one yields an error.
         return match unsafe { bpf_probe_read_user(src as *const [u8; 8]) } {
             Ok(h) => {
                 *head = h;
@@ -428,6 +440,7 @@ fn read_head(src: u64, avail: u64, head: &mut [u8; 8]) -> usize {
         };
     }
     let n = (avail as usize) & 7;
+    // SAFETY: as above, into the `n` (< 8) first bytes of `head`.
     if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut head[..n]) }.is_err() {
         return 0;
     }
@@ -463,7 +476,8 @@ fn data_event(
         return false;
     };
     let n = capture_len(len);
-    // SAFETY: per-CPU scratch; n ≤ MAX_CAPTURE < buffer size.
+    // SAFETY: `scratch` is this CPU's SCRATCH slot (no other program runs on this CPU
+    // meanwhile); n ≤ MAX_CAPTURE < its buffer's size; the user read may fail, not fault.
     let captured = unsafe {
         if bpf_probe_read_user_buf(buf as *const u8, &mut (&mut (*scratch).data)[..n]).is_err() {
             count(DropCause::CopyFailed);
@@ -491,8 +505,7 @@ fn data_event_iov(
     if iovlen == 0 {
         return false;
     }
-    let base0 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-    let len0 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    let (base0, len0) = first_seg(iov);
     let Some((position, protocol)) = account(conn, source, base0, len0, len) else {
         return false;
     };
@@ -503,15 +516,22 @@ fn data_event_iov(
     let mut copied: usize = 0;
     let mut i: u32 = 0;
     while i < MAX_IOV && (i as u64) < iovlen && copied < want {
-        let seg = iov + i as u64 * 16;
-        let base = unsafe { bpf_probe_read_user(seg as *const u64) }.unwrap_or(0);
-        let seg_len = unsafe { bpf_probe_read_user((seg + 8) as *const u64) }.unwrap_or(0);
+        let seg = Iovec::read(iov, i as u64);
         let room = (want - copied) as u64;
-        let n = (if seg_len < room { seg_len } else { room } as usize) & MASK;
+        let n = (if seg.iov_len < room {
+            seg.iov_len
+        } else {
+            room
+        } as usize)
+            & MASK;
         let off = copied & MASK;
-        // SAFETY: off < MAX_CAPTURE and n < MAX_CAPTURE: inside the 2×MAX_CAPTURE buffer.
+        // SAFETY: this CPU's SCRATCH slot; off < MAX_CAPTURE and n < MAX_CAPTURE: inside the
+        // 2×MAX_CAPTURE buffer; the user read may fail, not fault.
         if unsafe {
-            bpf_probe_read_user_buf(base as *const u8, &mut (&mut (*scratch).data)[off..off + n])
+            bpf_probe_read_user_buf(
+                seg.iov_base as *const u8,
+                &mut (&mut (*scratch).data)[off..off + n],
+            )
         }
         .is_err()
         {
@@ -547,7 +567,9 @@ pub fn emit(
     if (captured as u64) < len {
         count(DropCause::Truncated);
     }
-    // SAFETY: per-CPU scratch and the CONNS value, both valid for this program run.
+    // SAFETY: this CPU's SCRATCH slot and a CONNS value, both valid for this program run; the
+    // bytes handed to the ring buffer are the header plus at most MAX_CAPTURE bytes of the
+    // slot's buffer (`size` is clamped), all inside the slot.
     unsafe {
         let h: &mut DataHeader = &mut (*scratch).header;
         h.header.kind = EventKind::Data as u8;
@@ -586,6 +608,7 @@ pub fn emit(
 /// match, so a stale state is not reported as the end of a new connection.
 #[inline(always)]
 pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
+    // SAFETY: the value is copied at once.
     let Some(conn) = (unsafe { CONNS.get(sk) }).copied() else {
         return;
     };
@@ -609,6 +632,7 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
     ev.header.kind = EventKind::Close as u8;
     ev.header.pid = (pid_tgid >> 32) as u32;
     ev.header.tid = pid_tgid as u32;
+    // SAFETY: a helper without arguments.
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     ev.conn_id = conn.conn_id;
     ev.positions = positions;

@@ -154,12 +154,15 @@ pub fn http_scan(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let done = scan_chunk(res);
-    // SAFETY: this CPU's value.
     let next = if done {
+        // SAFETY: this CPU's SCAN slot, valid for the run; no other program runs on this CPU
+        // meanwhile.
         unsafe { (*res).finish }
     } else {
         TailCall::Scan.index()
     };
+    // SAFETY: `ctx` is this program's context; a tail call that happens does not return, one
+    // that fails returns here, and nothing after it needs to run either way.
     unsafe { PROGS.tail_call(&ctx, next) };
     0
 }
@@ -167,7 +170,8 @@ pub fn http_scan(ctx: TracePointContext) -> u32 {
 /// Starts a scan of `SCAN.data[..len]` (already filled) that ends in program `finish`.
 #[inline(always)]
 fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u32) {
-    // SAFETY: this CPU's value.
+    // SAFETY: `res` is this CPU's SCAN slot, valid for the run; the tail call is the last
+    // thing done (it does not return when it happens).
     unsafe {
         (*res).len = len as u32;
         (*res).cursor = 0;
@@ -180,7 +184,18 @@ fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u3
     }
 }
 
-/// The incoming `traceparent` at `value_at` (after the colon), when valid.
+/// Spaces and tabs skipped on either side of a header value (a bounded loop for the verifier).
+const MAX_OWS: usize = 4;
+
+#[inline(always)]
+fn is_ows(c: u8) -> bool {
+    c == b' ' || c == b'\t'
+}
+
+/// The incoming `traceparent` at `value_at` (after the colon), when valid: a value of exactly
+/// [`TRACEPARENT_VALUE_LEN`] bytes between optional whitespace and the line's end. The
+/// agent's parser must read every header alike (tracer-user/tests/traceparent_agreement.rs
+/// models this framing: keep the two in step).
 #[inline(always)]
 fn incoming_traceparent(
     buf: *const u8,
@@ -189,15 +204,17 @@ fn incoming_traceparent(
 ) -> Option<([u8; 16], [u8; 8], u8)> {
     let mut v = value_at;
     let mut k = 0;
-    while k < 4 && v < n && at(buf, v) == b' ' {
+    while k < MAX_OWS && v < n && is_ows(at(buf, v)) {
         v += 1;
         k += 1;
     }
-    if v + TRACEPARENT_VALUE_LEN + 1 > n {
-        return None;
+    let mut end = v + TRACEPARENT_VALUE_LEN;
+    let mut k = 0;
+    while k < MAX_OWS && end < n && is_ows(at(buf, end)) {
+        end += 1;
+        k += 1;
     }
-    let end = at(buf, v + TRACEPARENT_VALUE_LEN);
-    if end != b'\r' && end != b' ' && end != b'\t' {
+    if end >= n || at(buf, end) != b'\r' {
         return None;
     }
     let table = HEX_TABLE.get(0)?;
@@ -212,7 +229,8 @@ pub fn http_server_ctx(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: this CPU's values, filled by the program that tail-called us.
+    // SAFETY: this CPU's SCRATCH and SCAN slots, filled by the program that tail-called us
+    // and valid for the run; the kernel-to-map copy is bounded by both buffers (n ≤ SCAN_MAX).
     unsafe {
         let h = &(*scratch).header;
         if h.header.pid != (pid_tgid >> 32) as u32 || h.header.tid != pid_tgid as u32 {
@@ -244,7 +262,7 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: this CPU's value, filled by the chain that tail-called us.
+    // SAFETY: this CPU's SCAN slot, filled by the chain that tail-called us, valid for the run.
     let (conn_id, position, n, tp_at, foreign) = unsafe {
         if (*res).pid_tgid != pid_tgid {
             return 0;
@@ -257,6 +275,7 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
             (*res).foreign,
         )
     };
+    // SAFETY: as above.
     let data = unsafe { (*res).data.as_ptr() };
     let (mut trace_id, span_id) = server_ids(config().ctx_key, conn_id, position);
     let mut flags = 1u8;
@@ -269,6 +288,7 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
         adopted = true;
     }
     let mut multiplexed = 0;
+    // SAFETY: this thread's entry, which only this thread writes; read at once.
     if let Some(prev) = unsafe { THREAD_CTX.get(pid_tgid) } {
         multiplexed = prev.multiplexed;
         if prev.state == THREAD_SERVING && prev.conn_id != conn_id {
@@ -297,9 +317,11 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
 /// After an ingress call's event: record the request it may start (separate program).
 #[inline(always)]
 pub fn after_ingress(ctx: &TracePointContext, conn: *const ConnState) {
-    // SAFETY: CONNS value, valid during this run.
+    // SAFETY: a CONNS value, which the kernel keeps alive for this run.
     let (role, protocol) = unsafe { ((*conn).role, (*conn).protocol) };
     if config().inject != 0 && role == Role::Server as u8 && protocol == Protocol::Http1 as u8 {
+        // SAFETY: `ctx` is this program's context, and the caller's last step: nothing after
+        // it needs to run whether the tail call happens or not.
         unsafe { PROGS.tail_call(ctx, TailCall::ServerCtx.index()) };
     }
 }
@@ -314,7 +336,8 @@ pub fn before_egress(ctx: &TracePointContext, pid_tgid: u64, conn: &ConnState) {
     }
     if conn.role == Role::Server as u8 {
         if let Some(t) = THREAD_CTX.get_ptr_mut(pid_tgid) {
-            // SAFETY: map value of this thread.
+            // SAFETY: this thread's THREAD_CTX value, which only this thread writes; valid for
+            // the run.
             unsafe {
                 if (*t).conn_id == conn.conn_id && (*t).state == THREAD_SERVING {
                     (*t).state = THREAD_RESPONDED;
@@ -327,6 +350,7 @@ pub fn before_egress(ctx: &TracePointContext, pid_tgid: u64, conn: &ConnState) {
     if conn.role == Role::Client as u8
         && (p == Protocol::Unknown as u8 || p == Protocol::Http1 as u8)
     {
+        // SAFETY: as in `after_ingress`: the caller's last step.
         unsafe { PROGS.tail_call(ctx, TailCall::ClientCtx.index()) };
     }
 }
@@ -335,6 +359,7 @@ pub fn before_egress(ctx: &TracePointContext, pid_tgid: u64, conn: &ConnState) {
 fn random_bytes<const N: usize>(out: &mut [u8; N]) {
     let mut i = 0;
     while i + 4 <= N {
+        // SAFETY: a helper without arguments.
         let r = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
         out[i] = r[0];
         out[i + 1] = r[1];
@@ -353,7 +378,9 @@ pub fn http_client_ctx(ctx: TracePointContext) -> u32 {
     let (Some(inflight), Some(res)) = (INFLIGHT.get_ptr_mut(pid_tgid), SCAN.get_ptr_mut(0)) else {
         return 0;
     };
-    // SAFETY: this thread's in-flight entry and this CPU's scan buffer.
+    // SAFETY: this thread's INFLIGHT entry (only this thread writes it) and this CPU's SCAN
+    // slot, both valid for the run; the user copy is bounded by the buffer (n ≤ SCAN_MAX) and
+    // may fail, not fault; the CONNS value is read at once.
     unsafe {
         let len = (*inflight).scan_len as usize;
         let n = if len > SCAN_MAX { SCAN_MAX } else { len };
@@ -371,6 +398,10 @@ pub fn http_client_ctx(ctx: TracePointContext) -> u32 {
             && conn.awaiting_response != 0
         {
             count_inject(InjectStat::Pipelined);
+            diag!(
+                "conn {}: no traceparent: an injected request still awaits its response",
+                conn.conn_id
+            );
             return 0;
         }
         (*res).pid_tgid = pid_tgid;
@@ -387,18 +418,28 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
     let (Some(inflight), Some(res)) = (INFLIGHT.get_ptr_mut(pid_tgid), SCAN.get_ptr_mut(0)) else {
         return 0;
     };
-    // SAFETY: this thread's in-flight entry and this CPU's scan buffer.
+    // SAFETY: this thread's INFLIGHT entry (only this thread writes it) and this CPU's SCAN
+    // slot, both valid for the run; the THREAD_CTX value is this thread's, read at once.
     unsafe {
         if (*res).pid_tgid != pid_tgid {
             return 0;
         }
         if (*res).traceparent_at != 0 || (*res).foreign != 0 {
             count_inject(InjectStat::HasContext);
+            diag!(
+                "pid {}: no traceparent: the request carries trace context",
+                pid_tgid >> 32
+            );
             return 0;
         }
         let line_end = (*res).line_end;
         if (*res).head_end == 0 || line_end < 16 || line_end > (*res).len {
             count_inject(InjectStat::HeadIncomplete);
+            diag!(
+                "pid {}: no traceparent: the request head is not whole in the call's first {} bytes",
+                pid_tgid >> 32,
+                (*res).len
+            );
             return 0;
         }
         let mut ctx = SpanCtx {
@@ -410,6 +451,10 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         match THREAD_CTX.get(pid_tgid) {
             Some(t) if t.state == THREAD_FOREIGN => {
                 count_inject(InjectStat::HasContext);
+                diag!(
+                    "pid {}: no traceparent: the request being served carried B3 context",
+                    pid_tgid >> 32
+                );
                 return 0;
             }
             Some(t) if t.state == THREAD_SERVING && t.multiplexed == 0 => {
@@ -432,9 +477,10 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn nonblocking(ctx: &SockOpsContext) -> bool {
     const O_NONBLOCK: u32 = 0o4000;
-    // SAFETY: reads of kernel memory through bpf_probe_read_kernel (errors yield false). The
-    // socket pointer is copied out of the context through the stack so that it becomes a
-    // plain number the offsets can be added to.
+    // SAFETY: `ctx.ops` is this program's context, which the verifier lets it read; kernel
+    // memory is read only through bpf_probe_read_kernel (errors yield false). The socket
+    // pointer is copied out of the context through the stack so that it becomes a plain number
+    // the offsets can be added to.
     unsafe {
         let sk_ptr = (*ctx.ops).__bindgen_anon_2.sk;
         if sk_ptr.is_null() {
@@ -471,16 +517,24 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
     if config().filter_ports != 0 {
         let remote = (u32::from_be(ctx.remote_port()) & 0xffff) as u16;
         let local = ctx.local_port() as u16;
+        // SAFETY: only whether the keys exist is used, never the values.
         if unsafe { TARGET_PORTS.get(remote) }.is_none()
+            // SAFETY: as above.
             && unsafe { TARGET_PORTS.get(local) }.is_none()
         {
             return 0;
         }
     }
     if config().inject != INJECT_ALL && !nonblocking(&ctx) {
+        diag!(
+            "client socket to port {}: no traceparent: blocking (--inject-traceparent all includes it)",
+            (u32::from_be(ctx.remote_port()) & 0xffff) as u16
+        );
         return 0;
     }
+    // SAFETY: `ctx.ops` is this program's `bpf_sock_ops` context, what the helper expects.
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    // SAFETY: the context is valid for the run and nothing else holds a reference to it.
     let _ = SOCKS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);
     0
 }
@@ -493,7 +547,10 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
     let Some(inflight) = INFLIGHT.get_ptr_mut(pid_tgid) else {
         return SK_PASS;
     };
-    // SAFETY: this thread's entry; `msg` is the program's context.
+    // SAFETY: this thread's INFLIGHT entry (the send call's entry program wrote it; only this
+    // thread writes it), valid for the run. `msg` is the program's context. Message bytes are
+    // read and written only between `data` and `data_end` after checking that the range
+    // pulled in is that long, as the verifier also demands.
     unsafe {
         if (*inflight).inject_state != INJECT_PENDING {
             return SK_PASS;
@@ -509,6 +566,11 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         let at = (*inflight).inject_at as u32;
         if at < 16 || at > ctx.size() || at as usize > SCAN_MAX {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: insertion point {} outside the message",
+                pid_tgid >> 32,
+                at
+            );
             return SK_PASS;
         }
         // The bytes before the insertion point must be the request line's CRLF.
@@ -519,11 +581,19 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         let (d, e) = (ctx.data(), ctx.data_end());
         if d + 2 > e || *(d as *const u8) != b'\r' || *((d + 1) as *const u8) != b'\n' {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: the message differs from the bytes scanned",
+                pid_tgid >> 32
+            );
             return SK_PASS;
         }
         let len = TRACEPARENT_LINE_LEN as u32;
         if ctx.push_data(at, len, 0).is_err() {
             count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: no traceparent: the kernel did not grow the message",
+                pid_tgid >> 32
+            );
             return SK_PASS;
         }
         // From here the message holds `len` unwritten bytes: remove them on any failure.

@@ -51,11 +51,12 @@ fn go_enter(ctx: &ProbeContext) {
     if !traced(pid_tgid) {
         return;
     }
-    // SAFETY: the context of a uprobe is the user registers.
+    // SAFETY: `ctx.regs` is the probed thread's saved registers, this program's context.
     let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
     let call = GoCall {
         conn,
         buf,
+        // SAFETY: a helper without arguments.
         ts_enter: unsafe { bpf_ktime_get_ns() },
     };
     let _ = GO_CALLS.insert([pid_tgid >> 32, g], call, 0);
@@ -85,10 +86,10 @@ pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: as above.
+    // SAFETY: `ctx.regs` is the probed thread's saved registers, this program's context.
     let (n, g) = unsafe { ((*ctx.regs).rax as i64, (*ctx.regs).r14) };
     let key = [pid_tgid >> 32, g];
-    // SAFETY: copied out before removal.
+    // SAFETY: this goroutine's entry, copied out at once (before it is removed).
     let Some(call) = (unsafe { GO_CALLS.get(key) }).copied() else {
         return 0;
     };
@@ -122,7 +123,7 @@ pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    // SAFETY: the context of a uprobe is the user registers.
+    // SAFETY: `ctx.regs` is the probed thread's saved registers, this program's context.
     let (conn, buf, len) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
     if len == 0 || len > i64::MAX as u64 {
         return 0;
@@ -131,6 +132,7 @@ pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
         count(DropCause::TlsNoSocket);
         return 0;
     };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     plaintext_event(sock, fd, Source::GoTlsWrite, buf, len, now, pid_tgid);
     0

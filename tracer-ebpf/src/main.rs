@@ -4,12 +4,25 @@
 #![no_std]
 #![no_main]
 
+/// A diagnostic for the agent's log (debug level, target
+/// [`tracer_common::config::KERNEL_LOG_TARGET`]): why a client socket or a request gets no
+/// `traceparent`. The agent sets the level when it loads the programs, off unless its log
+/// filter shows these; the verifier then sees a constant and drops the disabled code. Only in
+/// the injection programs: in the syscall programs, even off, it changed their code (README,
+/// "Kernel diagnostics").
+macro_rules! diag {
+    ($($arg:tt)+) => {
+        aya_log_ebpf::debug!(&(), target: tracer_common::config::KERNEL_LOG_TARGET, $($arg)+)
+    };
+}
+
 mod capture;
 mod context;
 mod go_tls;
 mod maps;
 mod sock;
 mod tls;
+mod uapi;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -97,6 +110,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     const EINPROGRESS: i64 = 115;
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied at once; only this thread writes its entry.
     let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
         return 0;
     };
@@ -139,11 +153,14 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     const TCP_CLOSE: i32 = 7;
     let cfg = config();
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, at the
+    // field offsets the agent read from this tracepoint's format; a bad read fails, not faults.
     let newstate: i32 =
         unsafe { ctx.read_at(cfg.sock_state_newstate_offset as usize) }.unwrap_or(0);
     if newstate != TCP_CLOSE {
         return 0;
     }
+    // SAFETY: as above.
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(cfg.sock_state_skaddr_offset as usize) }) else {
         return 0;
     };
@@ -158,6 +175,7 @@ fn process_event(kind: EventKind) {
     ev.header.kind = kind as u8;
     ev.header.pid = (pid_tgid >> 32) as u32;
     ev.header.tid = pid_tgid as u32;
+    // SAFETY: a helper without arguments.
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     let _ = EVENTS.output::<ProcessEvent>(&ev, wakeup_flags());
 }
@@ -177,6 +195,14 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+/// The object's licence, which the kernel checks at load: `bpf_probe_read_kernel`,
+/// `bpf_probe_read_user` and `bpf_get_current_task` (the socket walk, every payload copy) are
+/// GPL-only helpers, refused to a program whose licence is not GPL-compatible. "GPL" is also
+/// what aya declares for an object without this section, so the programs load as they did.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

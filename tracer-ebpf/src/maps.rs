@@ -55,13 +55,14 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 
 #[inline(always)]
 pub fn config() -> Config {
-    // SAFETY: read-only global; volatile so the compiler does not fold the load-time value.
+    // SAFETY: a read of a valid, aligned static (never written by the programs); volatile so
+    // the compiler does not fold the value the agent sets at load time.
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
-    // SAFETY: as above.
+    // SAFETY: as for `config`.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
@@ -99,7 +100,7 @@ impl PendingSyscall {
             sk,
             ino,
             buf,
-            // SAFETY: helper without arguments.
+            // SAFETY: a helper without arguments.
             ts_enter: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
             fd,
             source,
@@ -247,7 +248,8 @@ pub static INJECT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(INJEC
 #[inline(always)]
 pub fn count_inject(stat: InjectStat) {
     if let Some(c) = INJECT_COUNTS.get_ptr_mut(stat as u32) {
-        // SAFETY: per-CPU slot.
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run; no other program runs
+        // on this CPU meanwhile.
         unsafe { *c += 1 };
     }
 }
@@ -255,7 +257,7 @@ pub fn count_inject(stat: InjectStat) {
 #[inline(always)]
 pub fn count(cause: DropCause) {
     if let Some(c) = DROPS.get_ptr_mut(cause as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        // SAFETY: as in `count_inject`.
         unsafe { *c += 1 };
     }
 }

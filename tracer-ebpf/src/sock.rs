@@ -7,9 +7,11 @@ const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const SOCK_STREAM: u16 = 1;
 
+/// Reads a `T` at kernel address `base + offset`.
 #[inline(always)]
-unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad pointer yields an error.
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling accessor: any
+    // address is sound, a bad one yields an error.
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
@@ -31,58 +33,57 @@ pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: every dereference goes through bpf_probe_read_kernel.
-    unsafe {
-        let task = bpf_get_current_task();
-        let files: u64 = read(task, off.task_files)?;
-        let fdt: u64 = read(files, off.files_fdt)?;
-        let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
-        if fd as u32 >= max_fds {
-            return None;
-        }
-        let fd_array: u64 = read(fdt, off.fdt_fd)?;
-        let file: u64 = read(fd_array, (fd as u32) * 8)?;
-        if file == 0 {
-            return None;
-        }
-        let inode: u64 = read(file, off.file_inode)?;
-        let mode: u16 = read(inode, off.inode_mode)?;
-        if mode & S_IFMT != S_IFSOCK {
-            return None;
-        }
-        let socket: u64 = read(file, off.file_private_data)?;
-        let ty: u16 = read(socket, off.socket_type)?;
-        if ty != SOCK_STREAM {
-            return None;
-        }
-        let sk: u64 = read(socket, off.socket_sk)?;
-        let family: u16 = read(sk, off.sk_family)?;
-        if family != AF_INET && family != AF_INET6 {
-            return None;
-        }
-        let ino: u64 = read(inode, off.inode_ino)?;
-        Some(TcpSock { sk, ino, file })
+    // SAFETY: a helper without arguments; the task pointer is only used as a number that
+    // `read` adds offsets to.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, off.task_files)?;
+    let fdt: u64 = read(files, off.files_fdt)?;
+    let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
+    if fd as u32 >= max_fds {
+        return None;
     }
+    let fd_array: u64 = read(fdt, off.fdt_fd)?;
+    let file: u64 = read(fd_array, (fd as u32) * 8)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = read(file, off.file_inode)?;
+    let mode: u16 = read(inode, off.inode_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, off.file_private_data)?;
+    let ty: u16 = read(socket, off.socket_type)?;
+    if ty != SOCK_STREAM {
+        return None;
+    }
+    let sk: u64 = read(socket, off.socket_sk)?;
+    let family: u16 = read(sk, off.sk_family)?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let ino: u64 = read(inode, off.inode_ino)?;
+    Some(TcpSock { sk, ino, file })
 }
 
 /// Both ends of the connection, from `struct sock_common`.
 #[inline(always)]
 pub fn conn_addr(sk: u64, off: &KernelOffsets) -> ConnAddr {
-    let mut a = ConnAddr::default();
-    // SAFETY: reads go through bpf_probe_read_kernel; a failed read leaves zeros.
-    unsafe {
-        a.family = read(sk, off.sk_family).unwrap_or(0);
-        a.local_port = read(sk, off.sk_num).unwrap_or(0);
-        a.remote_port = u16::from_be(read(sk, off.sk_dport).unwrap_or(0));
-        if a.family == AF_INET6 {
-            a.local_addr = read(sk, off.sk_v6_rcv_saddr).unwrap_or([0; 16]);
-            a.remote_addr = read(sk, off.sk_v6_daddr).unwrap_or([0; 16]);
-        } else {
-            let l: [u8; 4] = read(sk, off.sk_rcv_saddr).unwrap_or([0; 4]);
-            let r: [u8; 4] = read(sk, off.sk_daddr).unwrap_or([0; 4]);
-            a.local_addr[..4].copy_from_slice(&l);
-            a.remote_addr[..4].copy_from_slice(&r);
-        }
+    // A failed read leaves zeros.
+    let mut a = ConnAddr {
+        family: read(sk, off.sk_family).unwrap_or(0),
+        local_port: read(sk, off.sk_num).unwrap_or(0),
+        remote_port: u16::from_be(read(sk, off.sk_dport).unwrap_or(0)),
+        ..ConnAddr::default()
+    };
+    if a.family == AF_INET6 {
+        a.local_addr = read(sk, off.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        a.remote_addr = read(sk, off.sk_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        let l: [u8; 4] = read(sk, off.sk_rcv_saddr).unwrap_or([0; 4]);
+        let r: [u8; 4] = read(sk, off.sk_daddr).unwrap_or([0; 4]);
+        a.local_addr[..4].copy_from_slice(&l);
+        a.remote_addr[..4].copy_from_slice(&r);
     }
     a
 }
@@ -91,8 +92,7 @@ pub fn conn_addr(sk: u64, off: &KernelOffsets) -> ConnAddr {
 /// then does not end the connection.
 #[inline(always)]
 pub fn file_shared(file: u64, off: &KernelOffsets) -> bool {
-    // SAFETY: read through bpf_probe_read_kernel; on failure assume not shared (the close
-    // ends tracking, as before).
-    let count: i64 = unsafe { read(file, off.file_refcount) }.unwrap_or(0);
+    // On a failed read assume not shared (the close ends tracking, as before).
+    let count: i64 = read(file, off.file_refcount).unwrap_or(0);
     count > off.file_refcount_one as i64
 }

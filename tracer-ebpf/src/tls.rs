@@ -87,6 +87,7 @@ fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) {
         ssl,
         buf: ctx.arg(1).unwrap_or(0),
         len_ptr: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        // SAFETY: a helper without arguments.
         ts_enter: unsafe { bpf_ktime_get_ns() },
         kind,
         _pad: [0; 7],
@@ -140,15 +141,16 @@ pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
+    // SAFETY: this thread's entry, copied out at once (before it is removed).
     let Some(call) = (unsafe { SSL_CALLS.get(pid_tgid) }).copied() else {
         return 0;
     };
     let _ = SSL_CALLS.remove(pid_tgid);
     let key = [pid_tgid >> 32, call.ssl];
     // All four return `int`: only the low 32 bits of rax are defined.
+    // SAFETY: `ctx.regs` is the probed thread's saved registers, this program's context.
     let ret = unsafe { (*ctx.regs).rax } as u32 as i32;
-    // SAFETY: plain lookup; the value is read again below.
+    // SAFETY: only whether the key exists is used here; the value is copied below.
     if unsafe { SSL_SOCKS.get(key) }.is_none() {
         // No syscall inside the call (memory BIO): the thread's next one tells.
         let _ = SSL_PENDING.insert(pid_tgid, call.ssl, 0);
@@ -164,6 +166,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         if ret != 1 {
             return 0;
         }
+        // SAFETY: bpf_probe_read_user copies from any user address; a bad one yields an error.
         unsafe { bpf_probe_read_user(call.len_ptr as *const u64) }.unwrap_or(0)
     } else if ret > 0 {
         ret as u64
@@ -204,9 +207,10 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
 /// thread (see the module comment) does.
 #[inline(always)]
 pub fn on_socket_syscall(pid_tgid: u64, sock: &TcpSock, fd: i32) {
-    // SAFETY: copied out at once.
+    // SAFETY: this thread's entries, only read at once.
     let ssl = match unsafe { SSL_CALLS.get(pid_tgid) } {
         Some(call) => call.ssl,
+        // SAFETY: as above.
         None => match unsafe { SSL_PENDING.get(pid_tgid) } {
             Some(ssl) => {
                 let ssl = *ssl;
@@ -252,7 +256,7 @@ pub fn plaintext_event(
     let Some(conn) = conn_state(sock, Role::Unknown) else {
         return;
     };
-    // SAFETY: as below.
+    // SAFETY: `conn` points to a CONNS value, which the kernel keeps alive for this run.
     if !in_port_targets(unsafe { &(*conn).addr }) {
         return;
     }
@@ -276,6 +280,8 @@ pub fn plaintext_event(
     if protocol == Protocol::Unknown {
         let mut head = [0u8; 8];
         let n = if len >= 8 {
+            // SAFETY: bpf_probe_read_user copies from any user address; a bad one yields an
+            // error.
             match unsafe { bpf_probe_read_user(buf as *const [u8; 8]) } {
                 Ok(h) => {
                     head = h;
@@ -285,6 +291,7 @@ pub fn plaintext_event(
             }
         } else {
             let n = (len as usize) & 7;
+            // SAFETY: as above, into the `n` (< 8) first bytes of `head`.
             if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head[..n]) }.is_err() {
                 0
             } else {
@@ -292,14 +299,15 @@ pub fn plaintext_event(
             }
         };
         protocol = classify(&head, n);
-        // SAFETY: `conn` points into the CONNS map value for this program run.
         if protocol == Protocol::Unknown
+            // SAFETY: `conn` points into the CONNS map value for this program run.
             && unsafe { (*conn).role } == Role::Unknown as u8
             && is_h2_headers_frame(&head, n, len)
         {
             // A TLS session open before tracing: HTTP/2 without its preface.
             protocol = Protocol::Http2;
         }
+        // SAFETY: as above.
         unsafe {
             if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
                 (*conn).tls_protocol = protocol as u8;
@@ -322,7 +330,8 @@ pub fn plaintext_event(
         return;
     };
     let n = capture_len(len);
-    // SAFETY: per-CPU scratch; n ≤ MAX_CAPTURE < buffer size.
+    // SAFETY: this CPU's SCRATCH slot (no other program runs on this CPU meanwhile);
+    // n ≤ MAX_CAPTURE < its buffer's size; the user read may fail, not fault.
     let captured = unsafe {
         if bpf_probe_read_user_buf(buf as *const u8, &mut (&mut (*scratch).data)[..n]).is_err() {
             count(DropCause::CopyFailed);
@@ -332,7 +341,7 @@ pub fn plaintext_event(
         }
     };
     let call = Call::plaintext(sock.sk, sock.ino, buf, ts_enter, fd, source as u8);
-    // SAFETY: per-CPU scratch. No ids were injected into TLS plaintext: clear what the last
+    // SAFETY: this CPU's SCRATCH slot, valid for the run. No ids were injected into TLS plaintext: clear what the last
     // syscall event on this CPU left in the header.
     unsafe { (*scratch).header.ctx = SpanCtx::default() };
     emit(

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod events;
 pub mod features;
+pub mod kernel_log;
 pub mod preflight;
 pub mod tls;
 
@@ -305,16 +306,24 @@ impl Capture {
             },
             ..config
         };
+        let kernel_log_level = kernel_log::level();
         let mut ebpf = EbpfLoader::new()
             // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
             // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
             .btf(None)
             .override_global(global::CONFIG, &config, true)
             .override_global(global::OFFSETS, &offsets, true)
+            .override_global(aya_log::LEVEL, &kernel_log_level, true)
             .map_max_entries(map::EVENTS, ring_bytes)
+            .map_max_entries(kernel_log::MAP, kernel_log::ring_bytes(kernel_log_level))
             .load(EBPF_OBJECT)
             .context("loading the kernel programs' maps")?;
         require_names(&ebpf)?;
+        if kernel_log_level != 0
+            && let Err(e) = kernel_log::spawn_reader(&mut ebpf)
+        {
+            tracing::warn!("kernel diagnostics off: {e:#}");
+        }
         tracing::debug!(?offsets, rss_kib = rss_kib(), "start-up: maps created");
 
         fill_targets(&mut ebpf, opts)?;

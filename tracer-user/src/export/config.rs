@@ -377,6 +377,7 @@ mod tests {
         let mut argv = vec!["tracer"];
         argv.extend_from_slice(args);
         let r = Cli::try_parse_from(argv).map_err(anyhow::Error::from);
+        // SAFETY: as above, ENV_LOCK is still held.
         unsafe {
             for (k, _) in env {
                 std::env::remove_var(k);

@@ -39,6 +39,7 @@ fn push_local_time(out: &mut String, unix_ns: u64) {
     let ms = (unix_ns / 1_000_000) % 1000;
     // SAFETY: localtime_r only writes to the tm we pass; a zeroed tm is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals for the duration of the call.
     let ok = !unsafe { libc::localtime_r(&secs, &mut tm) }.is_null();
     let (h, m, s) = if ok {
         (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)
