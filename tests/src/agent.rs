@@ -45,6 +45,13 @@ impl Agent {
         self.proc.signal(libc::SIGTERM);
         let asked = Instant::now();
         let status = self.proc.wait_exit(timeout);
+        if status.as_ref().is_ok_and(|s| s.success()) {
+            // The threads collecting its output may still be draining the pipe: wait for the
+            // last line of a clean exit.
+            let _ = self
+                .proc
+                .wait_line("export finished", Duration::from_secs(5));
+        }
         let stderr = self.proc.stderr().join("\n");
         match status {
             Ok(s) if s.success() => Ok(stderr),
