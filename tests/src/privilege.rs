@@ -1,5 +1,8 @@
 //! Privileged tests (eBPF programs, network namespaces, cgroups) say that they need root, in
 //! one message, instead of failing later with whatever error the first privileged step gives.
+//! Each calls [`require_root`] first, before its peers start (some peers, e.g. the grpcio
+//! server, do not start for an unprivileged user either); [`Agent::start`](crate::Agent::start)
+//! checks again for any test that forgets.
 
 /// Fails the calling test unless it runs as root. Never a skip: a privileged suite run without
 /// privileges must not look like a passing one.

@@ -164,7 +164,6 @@ impl Setup {
 
     /// Starts the receiver, then the agent (it returns once the agent's programs are attached).
     pub fn start(self) -> Result<Scenario> {
-        crate::require_root();
         let mut env: Vec<(String, String)> = Vec::new();
         let mut set = |k: &str, v: &str| env.push((k.to_owned(), v.to_owned()));
         let receiver = match self.export {

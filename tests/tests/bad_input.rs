@@ -29,6 +29,7 @@ fn is_on(s: &Value, port: u16) -> bool {
 
 #[test]
 fn garbage_oversized_and_slowloris_make_no_spans() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::port(port).unwrap();
 
@@ -85,6 +86,7 @@ fn garbage_oversized_and_slowloris_make_no_spans() {
 
 #[test]
 fn invalid_chunk_sizes_never_make_a_complete_span() {
+    require_root();
     let port = raw_server(|mut s| {
         read_head(&mut s);
         let _ = s.write_all(
@@ -110,6 +112,7 @@ fn invalid_chunk_sizes_never_make_a_complete_span() {
 
 #[test]
 fn response_without_request_makes_no_span() {
+    require_root();
     let port = raw_server(|mut s| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
     });
@@ -142,6 +145,7 @@ fn response_without_request_makes_no_span() {
 
 #[test]
 fn reset_mid_response_is_not_a_complete_span() {
+    require_root();
     let port = raw_server(|mut s| {
         read_head(&mut s);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial body");
@@ -206,10 +210,12 @@ fn bad_endpoint(export: impl FnOnce(Setup) -> Setup) {
 
 #[test]
 fn dead_otlp_endpoint() {
+    require_root();
     bad_endpoint(|s| s.export_to(&format!("http://127.0.0.1:{}", free_port())));
 }
 
 #[test]
 fn hanging_otlp_endpoint() {
+    require_root();
     bad_endpoint(|s| s.receiver_args(&["--hang"]));
 }

@@ -29,6 +29,7 @@ fn requests(port: u16, paths: &[String]) {
 
 #[test]
 fn endpoint_down_at_start_then_up() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let grpc_port = free_port();
     let endpoint = format!("http://127.0.0.1:{grpc_port}");
@@ -76,6 +77,7 @@ fn endpoint_down_at_start_then_up() {
 
 #[test]
 fn ring_buffer_overflow_counts_drops_and_makes_no_wrong_span() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::ports(&[port])
         // One page: a burst overflows it.
@@ -128,6 +130,7 @@ fn ring_buffer_overflow_counts_drops_and_makes_no_wrong_span() {
 
 #[test]
 fn thousands_of_short_and_half_open_connections_expire() {
+    require_root();
     let (_server, port) = test_http_server().unwrap();
     let sc = Scenario::ports(&[port])
         .args(&["--idle-timeout", "2", "--stalled-timeout", "3"])
@@ -177,6 +180,7 @@ fn thousands_of_short_and_half_open_connections_expire() {
 
 #[test]
 fn restart_after_sigkill_is_clean() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let mut first = Agent::start(&["--port", &port.to_string()], &[]).unwrap();
     let pid = first.proc.pid();

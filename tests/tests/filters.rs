@@ -53,8 +53,6 @@ fn server_paths(spans: &[Value], pid: u32) -> Vec<String> {
 /// Two servers, requests to both; only the targeted one is traced, and nothing else (the
 /// curl clients are outside the target set).
 fn only_the_target_is_traced(target_args: impl Fn(&Proc, &Proc) -> (Vec<String>, Option<Cgroup>)) {
-    // Before the cgroup is made.
-    require_root();
     let (inside, port_in) = test_http_server().unwrap();
     let (outside, port_out) = test_http_server().unwrap();
     let (args, _cgroup) = target_args(&inside, &outside);
@@ -92,11 +90,13 @@ fn only_the_target_is_traced(target_args: impl Fn(&Proc, &Proc) -> (Vec<String>,
 
 #[test]
 fn pid_filter() {
+    require_root();
     only_the_target_is_traced(|inside, _| (vec!["--pid".into(), inside.pid().to_string()], None));
 }
 
 #[test]
 fn cgroup_filter() {
+    require_root();
     only_the_target_is_traced(|inside, _| {
         let cg = Cgroup::new("tracer-test");
         cg.add(inside.pid());

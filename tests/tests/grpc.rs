@@ -54,6 +54,7 @@ fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
 
 #[test]
 fn grpc_calls_become_rpc_spans() {
+    require_root();
     let port = free_port();
     let _server = grpcio_server(port);
     let sc = Scenario::port(port).unwrap();
@@ -136,6 +137,7 @@ fn grpc_calls_become_rpc_spans() {
 /// with `network.protocol.version=2`, both sides, linked; injection never touches the preface.
 #[test]
 fn plain_http2_follows_the_http_conventions() {
+    require_root();
     let dir = TempDir::new("h2c");
     let port = free_port();
     let sc = Scenario::port(port).unwrap();
@@ -185,6 +187,7 @@ fn plain_http2_follows_the_http_conventions() {
 /// decoded in full.
 #[test]
 fn grpc_connection_open_before_the_agent() {
+    require_root();
     let port = free_port();
     let _server = grpcio_server(port);
     let client = Proc::spawn(

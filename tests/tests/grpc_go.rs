@@ -319,6 +319,7 @@ fn pid_is(s: &Value, p: &Proc) -> bool {
 /// connection.
 #[test]
 fn grpc_go_h2c_many_calls_on_one_connection() {
+    require_root();
     let port = free_port();
     let sc = scenario(port);
     let server = go_server(port, None);
@@ -347,6 +348,7 @@ fn grpc_go_h2c_many_calls_on_one_connection() {
 /// ciphertext the socket calls carry.
 #[test]
 fn grpc_go_over_tls_spans_come_from_the_plaintext() {
+    require_root();
     let certs = Certs::new("grpc-go-tls");
     let port = free_port();
     let sc = scenario(port);
@@ -400,6 +402,7 @@ fn path_str(p: &Path) -> &str {
 /// Interop, h2c: a grpc-go client calling a grpcio (C core) server.
 #[test]
 fn grpc_go_client_to_grpcio_server() {
+    require_root();
     let port = free_port();
     let server = python_server(port);
     let sc = scenario(port);
@@ -410,6 +413,7 @@ fn grpc_go_client_to_grpcio_server() {
 /// Interop, h2c: a grpcio client calling a grpc-go server.
 #[test]
 fn grpcio_client_to_grpc_go_server() {
+    require_root();
     let port = free_port();
     let sc = scenario(port);
     let server = go_server(port, None);
@@ -445,6 +449,7 @@ fn check_interop(sc: Scenario, client: &Proc, server: &Proc, port: u16, gaps: &[
 /// context, are taken as the span that context names (so all share its id, by design).
 #[test]
 fn incoming_trace_context_in_hpack_metadata() {
+    require_root();
     const W3C_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const W3C_PARENT: &str = "00f067aa0ba902b7";
     const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";

@@ -130,11 +130,13 @@ fn curl_to_python(protocol: &str) {
 
 #[test]
 fn curl_to_python_over_otlp_grpc() {
+    require_root();
     curl_to_python("grpc");
 }
 
 #[test]
 fn curl_to_python_over_otlp_http() {
+    require_root();
     curl_to_python("http/protobuf");
 }
 
@@ -142,6 +144,7 @@ fn curl_to_python_over_otlp_http() {
 /// POST uploads (Content-Length and chunked). Sizes must be the real ones.
 #[test]
 fn bodies_large_chunked_and_uploads() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::port(port).unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -232,6 +235,7 @@ fn exact_or_unknown(span: &Value, attr: &str, expected: i64) {
 /// spans in order, and three client spans for the raw client (this test process).
 #[test]
 fn pipelined_requests_on_a_raw_socket() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::port(port).unwrap();
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -277,6 +281,7 @@ fn pipelined_requests_on_a_raw_socket() {
 /// Many concurrent keep-alive connections: every request accounted for exactly once.
 #[test]
 fn many_concurrent_connections() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::port(port).unwrap();
     const CONNS: usize = 32;
@@ -324,6 +329,7 @@ fn many_concurrent_connections() {
 /// (the kernel finds the socket from the fd; the role comes from the traffic).
 #[test]
 fn connection_open_before_the_agent_started() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut exchange = |path: &str| {

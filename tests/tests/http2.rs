@@ -51,6 +51,7 @@ fn duration_ns(s: &Value) -> u64 {
 /// conventions with version 2 and `https`, nothing from the ciphertext.
 #[test]
 fn h2_over_tls_curl_to_nginx() {
+    require_root();
     let certs = Certs::new("h2-tls");
     let port = free_port();
     let sc = scenario(port);
@@ -225,6 +226,7 @@ const N: usize = 2000;
 /// each server span the child of its own client span, and not one loss in the counters.
 #[test]
 fn h2load_concurrent_streams_every_request_is_a_span() {
+    require_root();
     let dir = TempDir::new("h2load");
     let port = free_port();
     let sc = scenario(port);
@@ -330,6 +332,7 @@ fn check_losses_counted(
 /// The server side, whose reads carry the small HPACK-indexed requests, stays exact.
 #[test]
 fn h2load_reads_past_the_capture_limit_resync() {
+    require_root();
     let dir = TempDir::new("h2load-m100");
     let port = free_port();
     let sc = scenario(port);
@@ -369,6 +372,7 @@ fn h2load_reads_past_the_capture_limit_resync() {
 /// one connection. Never a panic, bounded memory, every loss counted, no wrong status.
 #[test]
 fn huge_header_blocks_are_counted_never_a_panic() {
+    require_root();
     let dir = TempDir::new("h2-bighead");
     let port = free_port();
     let sc = scenario(port);

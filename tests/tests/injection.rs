@@ -161,6 +161,7 @@ fn span_for(receiver: &Receiver, kind: &str, path: &str, pid: u32) -> Value {
 
 #[test]
 fn injected_header_is_well_formed_once_and_nothing_else_changes() {
+    require_root();
     let (server, port) = echo_server();
     // The test's own sockets are blocking: `all` lets them join the sockmap.
     let sc = Scenario::ports(&[port])
@@ -251,6 +252,7 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
 
 #[test]
 fn without_injection_requests_are_byte_identical() {
+    require_root();
     let (server, port) = echo_server();
     let sc = Scenario::ports(&[port])
         .args(&["--inject-traceparent", "off"])
@@ -297,6 +299,7 @@ fn sdk_script() -> std::path::PathBuf {
 /// proves the header crossed the wire.
 #[test]
 fn multi_hop_trace_through_an_sdk_instrumented_service() {
+    require_root();
     let receiver = Receiver::start(&[]).unwrap();
     let b_port = free_port();
     let b = Proc::spawn(
@@ -370,6 +373,7 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
 /// spans still link by address; curl (non-blocking) gets the header.
 #[test]
 fn default_mode_injects_only_on_non_blocking_sockets() {
+    require_root();
     let (server, port) = echo_server();
     let sc = Scenario::port(port).unwrap();
     let receiver = sc.receiver();
@@ -400,6 +404,7 @@ fn default_mode_injects_only_on_non_blocking_sockets() {
 /// SDK's trace, with W3C and with B3 (single and multi-header); nothing is injected on top.
 #[test]
 fn sdk_client_context_is_continued_by_the_server_span() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::port(port).unwrap();
     let receiver = sc.receiver();
@@ -490,7 +495,6 @@ impl Drop for Netns {
 /// server over a veth pair; the server span still continues the client's trace.
 #[test]
 fn trace_links_across_network_namespaces() {
-    // Before the namespace is made.
     require_root();
     let pid = std::process::id();
     let (host, inside) = (
@@ -543,6 +547,7 @@ fn trace_links_across_network_namespaces() {
 /// traces on, linking without it.
 #[test]
 fn unusable_cgroup_root_turns_injection_off_and_tracing_goes_on() {
+    require_root();
     let (server, port) = echo_server();
     let sc = Scenario::ports(&[port])
         .args(&["--cgroup-root", "/nonexistent/cgroup"])

@@ -96,7 +96,6 @@ fn help_explains_every_option() {
 
 #[test]
 fn without_privileges_it_says_so_in_one_line() {
-    // Dropping to nobody takes root.
     require_root();
     // Drop to nobody: no CAP_BPF, no root.
     let out = Command::new("setpriv")

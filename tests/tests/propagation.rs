@@ -62,6 +62,7 @@ const NO_INJECTION: &[&str] = &["--inject-traceparent", "off"];
 
 #[test]
 fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::ports(&[port]).args(NO_INJECTION).start().unwrap();
     let receiver = sc.receiver();
@@ -127,6 +128,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
 
 #[test]
 fn incoming_b3_context_is_adopted() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::ports(&[port]).args(NO_INJECTION).start().unwrap();
     let receiver = sc.receiver();
@@ -177,6 +179,7 @@ fn incoming_b3_context_is_adopted() {
 /// curl → proxy A (threaded; its handler thread calls B) → server B.
 #[test]
 fn client_sent_while_serving_is_a_child_of_the_server_span() {
+    require_root();
     let (backend, backend_port) = test_http_server().unwrap();
     let port = free_port();
     let script = workspace_root().join("tests/servers/proxy.py");

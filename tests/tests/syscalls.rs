@@ -60,16 +60,19 @@ fn vectored(family: &str) {
 
 #[test]
 fn readv_writev_recvmsg_sendmsg_ipv4() {
+    require_root();
     vectored("4");
 }
 
 #[test]
 fn readv_writev_recvmsg_sendmsg_ipv6() {
+    require_root();
     vectored("6");
 }
 
 #[test]
 fn service_name_and_resource_attributes_from_the_process_environment() {
+    require_root();
     let port = free_port();
     let script = workspace_root().join("tests/servers/http_server.py");
     let server = Proc::spawn(
@@ -114,6 +117,7 @@ fn service_name_and_resource_attributes_from_the_process_environment() {
 
 #[test]
 fn sendmmsg_and_recvmmsg() {
+    require_root();
     let dir = TempDir::new("mmsg");
     let bin = dir.path().join("mmsg_client");
     let cc = Command::new("cc")
@@ -169,6 +173,7 @@ fn sendmmsg_and_recvmmsg() {
 /// serves it. The connection must live on (only the last close ends it).
 #[test]
 fn connection_closed_by_the_parent_lives_on_in_the_forked_child() {
+    require_root();
     let port = free_port();
     let server = Proc::spawn(
         "forking server",

@@ -146,6 +146,7 @@ fn nginx_tls(dir: &Path, port: u16, certs: &Certs) -> Proc {
 /// keep-alive connection and one on another.
 #[test]
 fn curl_to_nginx() {
+    require_root();
     let certs = Certs::new("tls-nginx");
     let port = free_port();
     let sc = Scenario::port(port).unwrap();
@@ -198,6 +199,7 @@ fn curl_to_nginx() {
 /// Python's ssl module (libssl) on both ends; the server runs before the agent starts.
 #[test]
 fn python_ssl_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-python");
     let port = free_port();
     let script = workspace_root().join("tests/servers/http_server.py");
@@ -283,6 +285,7 @@ c.close()
 /// started after the agent.
 #[test]
 fn node_https_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-node");
     let port = free_port();
     let sc = Scenario::port(port).unwrap();
@@ -379,6 +382,7 @@ fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
 /// the agent. A stripped build is reported as not traceable, with the reason.
 #[test]
 fn go_https_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-go");
     let app = go_build(certs.dir.path(), "tlsapp", &[]);
     let stripped = go_build(certs.dir.path(), "tlsapp-stripped", &["-ldflags=-s -w"]);
