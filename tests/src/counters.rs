@@ -141,3 +141,73 @@ impl ExportTotals {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `final stats` line as the agent logged it.
+    const LINE: &str = r#"2026-12-01T09:33:31.411722Z  INFO tracer::agent: final stats {"events":240,"data_events":0,"malformed":0,"spans":0,"conns_open":0,"conns_opened":0,"conns_expired":0,"conns_refused_full":0,"gaps":0,"gap_bytes":0,"invalid_messages":0,"dropped_messages":0,"unmatched_responses":0,"unanswered_requests":0,"h2_desyncs":0,"h2_invalid":0,"h2_dropped_blocks":0,"h2_oversized_frames":0,"h2_skipped_gaps":0,"h2_streams_over_limit":0,"h2_streams_reset":0,"h2_unknown_fields":0,"links_open":0,"links_linked":0,"links_ambiguous":0,"links_refused_full":0,"links_injected":0,"links_injected_unlinked":0,"address_linked":0,"tls_files_attached":1,"tls_attach_failed":0,"tls_unsupported":0,"tls_detached":0,"exported":0,"export_failed":0,"export_queue_full":0,"queue_len":0,"kernel_drops":{"conn_map_full":0,"copy_failed":0,"inflight_map_full":0,"not_http_conns":0,"ringbuf_full":0,"stale_conn_replaced":2,"tls_no_socket":0,"truncated_calls":0},"injection":{"inject_done":0,"inject_failed":0,"inject_skipped_has_context":0,"inject_skipped_head_incomplete":0,"inject_skipped_pipelined":0,"server_requests_seen_by_kernel":0}}"#;
+
+    #[test]
+    fn the_agents_line_parses() {
+        let c = Counters::final_in(&format!("other line\n{LINE}\n")).unwrap();
+        assert_eq!(c.events, 240);
+        assert_eq!(c.kernel_drops.stale_conn_replaced, 2);
+        assert_eq!(c.injection().inject_done, 0);
+    }
+
+    #[test]
+    fn an_unknown_counter_fails() {
+        let renamed = LINE.replace("\"gaps\":", "\"gap_count\":");
+        let err = Counters::final_in(&renamed).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `gap_count`"),
+            "{err:#}"
+        );
+        let nested = LINE.replace("\"ringbuf_full\":", "\"ring_full\":");
+        assert!(Counters::final_in(&nested).is_err());
+    }
+
+    #[test]
+    fn a_missing_counter_fails() {
+        let without = LINE.replace("\"gaps\":0,", "");
+        let err = Counters::final_in(&without).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("missing field `gaps`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn injection_off_is_none_and_unreadable_kernel_drops_fail() {
+        let start = LINE.find("\"injection\":").unwrap();
+        let off = format!("{}\"injection\":null}}", &LINE[..start]);
+        assert!(Counters::final_in(&off).unwrap().injection.is_none());
+        let start = LINE.find("\"kernel_drops\":").unwrap();
+        let unreadable = format!(
+            "{}\"kernel_drops\":null,\"injection\":null}}",
+            &LINE[..start]
+        );
+        assert!(Counters::final_in(&unreadable).is_err());
+    }
+
+    #[test]
+    fn no_final_line_fails() {
+        let periodic = LINE.replace("final stats", "periodic stats");
+        assert!(Counters::final_in(&periodic).is_err());
+        let lines = vec![periodic];
+        assert_eq!(
+            Counters::last_periodic(&lines).unwrap().unwrap().events,
+            240
+        );
+    }
+
+    #[test]
+    fn export_totals_need_every_field() {
+        let line = "INFO tracer::agent: export finished exported=3 failed=1 dropped_queue_full=0";
+        let t = ExportTotals::from_log(line).unwrap();
+        assert_eq!((t.exported, t.failed, t.dropped_queue_full), (3, 1, 0));
+        assert!(ExportTotals::from_log("export finished exported=3 failed=1").is_err());
+    }
+}
