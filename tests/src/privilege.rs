@@ -11,7 +11,8 @@ pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
     assert!(
         euid == 0,
-        "this test needs root (it loads eBPF programs into the kernel): run the suite as root, \
-         with `cargo xtask test` or `sudo -E cargo test` (effective uid here: {euid})"
+        "this test needs root (it loads eBPF programs into the kernel): run the suite with \
+         `cargo xtask test` (it re-runs itself through sudo) or `sudo -E cargo test` \
+         (effective uid here: {euid})"
     );
 }
