@@ -1,10 +1,14 @@
-//! The agent under test: the real `tracer` binary, started with a port filter so parallel
-//! tests do not see each other's traffic.
-use std::{process::Command, time::Duration};
+//! The agent under test: the real `tracer` binary, started with a filter (usually its ports) so
+//! parallel tests do not see each other's traffic. Most tests run it through
+//! [`Scenario`](crate::Scenario); these are the pieces for those that drive it by hand.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::{Proc, tracer_bin};
+use crate::{Proc, require_root, tracer_bin};
 
 pub struct Agent {
     pub proc: Proc,
@@ -13,6 +17,7 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits until its programs are attached.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        require_root();
         let mut cmd = Command::new(tracer_bin()?);
         cmd.args(args).args(["--stats-interval", "1"]);
         for (k, v) in env {
@@ -29,47 +34,64 @@ impl Agent {
         Ok(Self { proc })
     }
 
-    /// Exporting over OTLP/gRPC to `endpoint`, tracing only `port`.
-    pub fn otlp(endpoint: &str, protocol: &str, port: u16) -> Result<Self> {
-        Self::start(
-            &["--port", &port.to_string()],
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ],
-        )
+    /// SIGTERM; the agent must exit successfully (final flush included) within 20 s. Returns
+    /// its stderr.
+    pub fn stop(self) -> Result<String> {
+        self.stop_within(Duration::from_secs(20))
     }
 
-    /// SIGTERM, and the exit status must be success (final flush included).
-    pub fn stop(mut self) -> Result<String> {
+    /// [`Agent::stop`] with another exit deadline.
+    pub fn stop_within(mut self, timeout: Duration) -> Result<String> {
         self.proc.signal(libc::SIGTERM);
-        let status = self.proc.wait_exit(Duration::from_secs(20))?;
+        let asked = Instant::now();
+        let status = self.proc.wait_exit(timeout);
+        if status.as_ref().is_ok_and(|s| s.success()) {
+            // The threads collecting its output may still be draining the pipe: wait for the
+            // last line of a clean exit.
+            let _ = self
+                .proc
+                .wait_line("export finished", Duration::from_secs(5));
+        }
         let stderr = self.proc.stderr().join("\n");
-        anyhow::ensure!(
-            status.success(),
-            "agent exited with {status}; stderr:\n{stderr}"
-        );
-        Ok(stderr)
+        match status {
+            Ok(s) if s.success() => Ok(stderr),
+            Ok(s) => bail!("agent exited with {s}; its log:\n{}", summary(&stderr)),
+            Err(e) => bail!(
+                "{e:#} ({:?} after SIGTERM); its log:\n{}",
+                asked.elapsed(),
+                summary(&stderr)
+            ),
+        }
     }
 }
 
-/// The agent's last log line containing `needle` (e.g. `final counters`).
-pub fn log_line(stderr: &str, needle: &str) -> String {
-    stderr
-        .lines()
+/// The agent's last log line containing `needle` ("" when none does).
+pub fn log_line(log: &str, needle: &str) -> String {
+    log.lines()
         .rev()
         .find(|l| l.contains(needle))
         .unwrap_or_default()
         .to_owned()
 }
 
-/// A `name=value` counter from one of the agent's log lines (0 when absent).
-pub fn counter(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.trim_end_matches([';', ',']).parse().ok())
-        .unwrap_or(0)
+/// The lines of an agent's log worth reading when a test fails: counters, warnings and errors,
+/// TLS probes, detach and export.
+pub fn summary(log: &str) -> String {
+    log.lines()
+        .filter(|l| {
+            [
+                "counters",
+                "WARN",
+                "ERROR",
+                "TLS probes",
+                "detached all",
+                "export finished",
+            ]
+            .iter()
+            .any(|needle| l.contains(needle))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Resident memory of a process in KiB.

@@ -1,14 +1,21 @@
 //! Harness for the end-to-end tests: free ports, real servers and clients as child processes,
-//! the agent binary, and the OTLP receiver that decodes with the official protobufs.
+//! the agent binary, the OTLP receiver that decodes with the official protobufs, and the
+//! scenario that ties them together and reads the agent's counters.
 pub mod agent;
+pub mod counters;
 pub mod peers;
+pub mod privilege;
 pub mod procs;
 pub mod receiver;
+pub mod scenario;
 
-pub use agent::{Agent, counter, log_line, rss_kib};
+pub use agent::{Agent, log_line, rss_kib, summary};
+pub use counters::{Counters, ExportTotals, Injection, KernelDrops};
 pub use peers::{Certs, grpcpeer};
+pub use privilege::require_root;
 pub use procs::*;
-pub use receiver::{Receiver, SpanJson};
+pub use receiver::{Receiver, SpanJson, by_path};
+pub use scenario::{Outcome, Scenario, Setup};
 
 use std::{process::Command, time::Duration};
 

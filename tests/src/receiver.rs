@@ -77,6 +77,17 @@ impl Receiver {
     }
 }
 
+/// The one span of `spans` whose `url.path` is `path`; panics (showing them) unless there is
+/// exactly one.
+pub fn by_path<'a>(spans: &'a [Value], path: &str) -> &'a Value {
+    let found: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s.attr_str("url.path") == path)
+        .collect();
+    assert_eq!(found.len(), 1, "one span for {path}: {spans:#?}");
+    found[0]
+}
+
 /// Accessors for the receiver's JSON spans.
 pub trait SpanJson {
     fn attr(&self, key: &str) -> &Value;

@@ -23,25 +23,15 @@ fn garbage(n: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn spans_on(r: &Receiver, port: u16) -> Vec<Value> {
-    r.spans()
-        .into_iter()
-        .filter(|s| {
-            s.attr_i64("network.peer.port") == port as i64
-                || s.attr_i64("server.port") == port as i64
-        })
-        .collect()
-}
-
-fn final_counters(stderr: &str) -> String {
-    log_line(stderr, "final counters")
+fn is_on(s: &Value, port: u16) -> bool {
+    s.attr_i64("network.peer.port") == port as i64 || s.attr_i64("server.port") == port as i64
 }
 
 #[test]
 fn garbage_oversized_and_slowloris_make_no_spans() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
 
     // Binary garbage.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -73,40 +63,37 @@ fn garbage_oversized_and_slowloris_make_no_spans() {
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/after")]).unwrap();
 
     let pid = server.pid() as i64;
-    receiver.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid)
-    });
+    let of_server =
+        |s: &Value| s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid);
+    sc.wait_spans(1, WAIT, of_server);
     std::thread::sleep(Duration::from_millis(500));
-    let stderr = agent.stop().unwrap();
-    let servers: Vec<Value> = receiver
-        .spans()
-        .into_iter()
-        .filter(|s| s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid))
-        .collect();
+    let done = sc.stop().unwrap();
+    let servers = done.spans_where(of_server);
     let paths: Vec<&str> = servers.iter().map(|s| s.attr_str("url.path")).collect();
     assert_eq!(
         paths,
         vec!["/after"],
-        "only the real request makes a server span: {servers:#?}\n{stderr}"
+        "only the real request makes a server span: {servers:#?}\n{}",
+        done.log
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let counters = final_counters(&stderr);
+    assert!(!done.log.contains("panicked"), "{}", done.log);
+    let c = &done.counters;
     assert!(
-        counter(&counters, "invalid_messages") + counter(&counters, "dropped_messages") > 0,
-        "garbage is counted: {counters}"
+        c.invalid_messages + c.dropped_messages > 0,
+        "garbage is counted: {c:?}"
     );
 }
 
 #[test]
 fn invalid_chunk_sizes_never_make_a_complete_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = raw_server(|mut s| {
         read_head(&mut s);
         let _ = s.write_all(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz-not-hex\r\nhello\r\n0\r\n\r\n",
         );
     });
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let _ = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -116,8 +103,8 @@ fn invalid_chunk_sizes_never_make_a_complete_span() {
         ])
         .output();
     std::thread::sleep(Duration::from_secs(1));
-    agent.stop().unwrap();
-    for s in spans_on(&receiver, port) {
+    let done = sc.stop().unwrap();
+    for s in done.spans_where(|s| is_on(s, port)) {
         // Either no span, or one that says it is incomplete: never a clean 200 with a body size.
         assert_eq!(s.attr("tracer.incomplete"), &Value::Bool(true), "{s:#}");
     }
@@ -125,11 +112,11 @@ fn invalid_chunk_sizes_never_make_a_complete_span() {
 
 #[test]
 fn response_without_request_makes_no_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = raw_server(|mut s| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
     });
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut buf = [0u8; 64];
     let _ = std::io::Read::read(&mut c, &mut buf);
@@ -144,31 +131,28 @@ fn response_without_request_makes_no_span() {
         &format!("http://127.0.0.1:{port}/real"),
     ])
     .ok();
-    let got = receiver.wait_spans(1, WAIT, |s| s.attr_str("url.path") == "/real");
+    let got = sc.wait_spans(1, WAIT, |s| s.attr_str("url.path") == "/real");
     assert!(!got.is_empty(), "the agent traced the real request");
     std::thread::sleep(Duration::from_millis(500));
-    let stderr = agent.stop().unwrap();
-    let spans = spans_on(&receiver, port);
+    let done = sc.stop().unwrap();
+    let spans = done.spans_where(|s| is_on(s, port));
     assert!(
         spans.iter().all(|s| s.attr_str("url.path") == "/real"),
         "{spans:#?}"
     );
-    assert!(
-        counter(&final_counters(&stderr), "unmatched_responses") >= 1,
-        "{stderr}"
-    );
+    assert!(done.counters.unmatched_responses >= 1, "{}", done.summary());
 }
 
 #[test]
 fn reset_mid_response_is_not_a_complete_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = raw_server(|mut s| {
         read_head(&mut s);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial body");
         std::thread::sleep(Duration::from_millis(100));
         reset(s);
     });
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let _ = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -178,8 +162,8 @@ fn reset_mid_response_is_not_a_complete_span() {
         ])
         .output();
     std::thread::sleep(Duration::from_secs(1));
-    agent.stop().unwrap();
-    for s in spans_on(&receiver, port) {
+    let done = sc.stop().unwrap();
+    for s in done.spans_where(|s| is_on(s, port)) {
         let complete_ok = s.attr_i64("http.response.status_code") == 200
             && s.attr("tracer.incomplete") != &Value::Bool(true);
         assert!(
@@ -191,55 +175,47 @@ fn reset_mid_response_is_not_a_complete_span() {
 
 /// A dead endpoint (nothing listens) and a hanging one (accepts, never answers): the agent
 /// keeps capturing, says what failed, and exits 0 within its export timeout.
-fn bad_endpoint(endpoint: &str) {
+fn bad_endpoint(export: impl FnOnce(Setup) -> Setup) {
     let (_server, port) = test_http_server().unwrap();
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+    let setup = Scenario::ports(&[port]).env("OTEL_EXPORTER_OTLP_TIMEOUT", "1000");
+    let sc = export(setup).start().unwrap();
     for i in 0..20 {
         curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/x/{i}")]).unwrap();
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert!(agent.proc.stderr().iter().all(|l| !l.contains("panicked")));
+    assert!(!sc.log().contains("panicked"));
     let start = Instant::now();
-    let stderr = agent.stop().unwrap();
+    let done = sc.stop().unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "shutdown took {:?}",
         start.elapsed()
     );
-    let counters = final_counters(&stderr);
     assert_eq!(
-        counter(&counters, "spans"),
+        done.counters.spans,
         40,
-        "capture went on: {counters}"
+        "capture went on: {}",
+        done.summary()
     );
-    assert!(stderr.contains("WARN"), "the failure is logged: {stderr}");
-    let exported = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("export finished"))
-        .unwrap_or_default();
-    assert!(exported.contains("exported=0"), "{exported}");
     assert!(
-        !exported.contains("failed=0"),
-        "the loss is counted: {exported}"
+        done.log.contains("WARN"),
+        "the failure is logged: {}",
+        done.log
     );
+    assert!(done.spans.is_empty(), "{:#?}", done.spans);
+    let exported = ExportTotals::from_log(&done.log).unwrap();
+    assert_eq!(exported.exported, 0, "{exported:?}");
+    assert!(exported.failed > 0, "the loss is counted: {exported:?}");
 }
 
 #[test]
 fn dead_otlp_endpoint() {
-    bad_endpoint(&format!("http://127.0.0.1:{}", free_port()));
+    require_root();
+    bad_endpoint(|s| s.export_to(&format!("http://127.0.0.1:{}", free_port())));
 }
 
 #[test]
 fn hanging_otlp_endpoint() {
-    let receiver = Receiver::start(&["--hang"]).unwrap();
-    bad_endpoint(&receiver.grpc_endpoint());
+    require_root();
+    bad_endpoint(|s| s.receiver_args(&["--hang"]));
 }

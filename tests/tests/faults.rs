@@ -10,16 +10,6 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn last_line_with(agent: &Agent, needle: &str) -> String {
-    agent
-        .proc
-        .stderr()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains(needle))
-        .unwrap_or_default()
-}
-
 /// `n` keep-alive requests on one connection; each path is `/status/<code>` so a span's
 /// status can be checked against its own path.
 fn requests(port: u16, paths: &[String]) {
@@ -39,23 +29,20 @@ fn requests(port: u16, paths: &[String]) {
 
 #[test]
 fn endpoint_down_at_start_then_up() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let grpc_port = free_port();
     let endpoint = format!("http://127.0.0.1:{grpc_port}");
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
-        ],
-    )
-    .unwrap();
+    let sc = Scenario::ports(&[port])
+        .export_to(&endpoint)
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+        .start()
+        .unwrap();
     // Traffic while the endpoint is down.
     for i in 0..50 {
         requests(port, &[format!("/status/200?down={i}")]);
     }
-    let rss_down = rss_kib(agent.proc.pid());
+    let rss_down = rss_kib(sc.agent.proc.pid());
     std::thread::sleep(Duration::from_secs(20));
     let receiver = Receiver::start(&["--grpc-port", &grpc_port.to_string()]).unwrap();
     for i in 0..20 {
@@ -69,15 +56,11 @@ fn endpoint_down_at_start_then_up() {
     });
     assert_eq!(after.len(), 20, "spans made after recovery arrive");
     assert!(
-        rss_kib(agent.proc.pid()) < rss_down + 32 * 1024,
+        rss_kib(sc.agent.proc.pid()) < rss_down + 32 * 1024,
         "memory stays bounded"
     );
-    let stderr = agent.stop().unwrap();
-    let finished = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("export finished"))
-        .unwrap();
+    let done = sc.stop().unwrap();
+    let finished = ExportTotals::from_log(&done.log).unwrap();
     // 100 spans were made while the endpoint was down (50 requests, both ends): each one is
     // either delivered late (retried) or counted as failed.
     let early = receiver
@@ -86,25 +69,21 @@ fn endpoint_down_at_start_then_up() {
         .filter(|s| s.attr_str("url.query").starts_with("down="))
         .count() as u64;
     assert_eq!(
-        early + counter(finished, "failed"),
+        early + finished.failed,
         100,
-        "{finished}; delivered late: {early}"
+        "{finished:?}; delivered late: {early}"
     );
 }
 
 #[test]
 fn ring_buffer_overflow_counts_drops_and_makes_no_wrong_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = Agent::start(
+    let sc = Scenario::ports(&[port])
         // One page: a burst overflows it.
-        &["--port", &port.to_string(), "--ring-buffer-bytes", "4096"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+        .args(&["--ring-buffer-bytes", "4096"])
+        .start()
+        .unwrap();
     let codes = [200, 201, 202, 203, 204, 404, 500];
     let threads: Vec<_> = (0..16)
         .map(|t| {
@@ -121,25 +100,15 @@ fn ring_buffer_overflow_counts_drops_and_makes_no_wrong_span() {
     // Capture resumes after the burst.
     requests(port, &["/status/299".to_owned()]);
     let pid = server.pid() as i64;
-    let resumed = receiver.wait_spans(1, WAIT, |s| {
+    let resumed = sc.wait_spans(1, WAIT, |s| {
         s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path") == "/status/299"
     });
     assert_eq!(resumed.len(), 1, "capture resumes after the overflow");
-    let stderr = agent.stop().unwrap();
-    let counters = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("final counters"))
-        .unwrap()
-        .to_owned();
-    let spans: Vec<_> = receiver
-        .spans()
-        .into_iter()
-        .filter(|s| {
-            s.res("process.pid").as_i64() == Some(pid)
-                || s.attr_i64("network.peer.port") == port as i64
-        })
-        .collect();
+    let done = sc.stop().unwrap();
+    let counters = &done.counters;
+    let spans = done.spans_where(|s| {
+        s.res("process.pid").as_i64() == Some(pid) || s.attr_i64("network.peer.port") == port as i64
+    });
     for s in &spans {
         // Every span pairs a request with its own response: the status is in the path.
         let path = s.attr_str("url.path");
@@ -152,32 +121,23 @@ fn ring_buffer_overflow_counts_drops_and_makes_no_wrong_span() {
     }
     let sent = 16 * 40 * 2 + 2;
     assert!(
-        counter(&counters, "ringbuf_full") > 0,
-        "the burst overflowed the ring: {counters}"
+        counters.kernel_drops.ringbuf_full > 0,
+        "the burst overflowed the ring: {counters:?}"
     );
-    assert!(spans.len() < sent, "{counters}");
-    assert!(
-        counter(&counters, "gaps") > 0,
-        "losses are seen as gaps: {counters}"
-    );
+    assert!(spans.len() < sent, "{counters:?}");
+    assert!(counters.gaps > 0, "losses are seen as gaps: {counters:?}");
 }
 
 #[test]
 fn thousands_of_short_and_half_open_connections_expire() {
+    require_root();
     let (_server, port) = test_http_server().unwrap();
-    let agent = Agent::start(
-        &[
-            "--port",
-            &port.to_string(),
-            "--idle-timeout",
-            "2",
-            "--stalled-timeout",
-            "3",
-        ],
-        &[("OTEL_TRACES_EXPORTER", "none")],
-    )
-    .unwrap();
-    let baseline = rss_kib(agent.proc.pid());
+    let sc = Scenario::ports(&[port])
+        .args(&["--idle-timeout", "2", "--stalled-timeout", "3"])
+        .no_export()
+        .start()
+        .unwrap();
+    let baseline = rss_kib(sc.agent.proc.pid());
     // 2000 short connections, one request each.
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -201,26 +161,26 @@ fn thousands_of_short_and_half_open_connections_expire() {
         })
         .collect();
     // The table forgets them all while they are still open.
+    let periodic = || Counters::last_periodic(&sc.agent.proc.stderr()).map(Result::unwrap);
     let drained = wait_for(Duration::from_secs(20), || {
-        let line = last_line_with(&agent, "periodic counters");
-        (counter(&line, "conns_opened") >= 4000 && counter(&line, "conns_open") == 0)
-            .then_some(line)
+        periodic().filter(|c| c.conns_opened >= 4000 && c.conns_open == 0)
     });
-    let line = last_line_with(&agent, "periodic counters");
-    assert!(drained.is_some(), "connection state expires: {line}");
-    assert!(counter(&line, "conns_expired") >= 200, "{line}");
-    assert!(counter(&line, "spans") >= 4000, "{line}");
-    let rss = rss_kib(agent.proc.pid());
+    let c = periodic().expect("periodic stats every second");
+    assert!(drained.is_some(), "connection state expires: {c:?}");
+    assert!(c.conns_expired >= 200, "{c:?}");
+    assert!(c.spans >= 4000, "{c:?}");
+    let rss = rss_kib(sc.agent.proc.pid());
     assert!(
         rss < baseline + 48 * 1024,
         "memory returns near baseline: {baseline} KiB -> {rss} KiB"
     );
     drop(half_open);
-    agent.stop().unwrap();
+    sc.stop().unwrap();
 }
 
 #[test]
 fn restart_after_sigkill_is_clean() {
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let mut first = Agent::start(&["--port", &port.to_string()], &[]).unwrap();
     let pid = first.proc.pid();

@@ -53,19 +53,11 @@ fn server_paths(spans: &[Value], pid: u32) -> Vec<String> {
 /// Two servers, requests to both; only the targeted one is traced, and nothing else (the
 /// curl clients are outside the target set).
 fn only_the_target_is_traced(target_args: impl Fn(&Proc, &Proc) -> (Vec<String>, Option<Cgroup>)) {
-    let receiver = Receiver::start(&[]).unwrap();
     let (inside, port_in) = test_http_server().unwrap();
     let (outside, port_out) = test_http_server().unwrap();
     let (args, _cgroup) = target_args(&inside, &outside);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(
-        &args,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap();
+    let sc = Scenario::with_args(&args).start().unwrap();
     curl(&[
         "-o",
         "/dev/null",
@@ -78,21 +70,16 @@ fn only_the_target_is_traced(target_args: impl Fn(&Proc, &Proc) -> (Vec<String>,
         &format!("http://127.0.0.1:{port_in}/inside"),
     ])
     .unwrap();
-    receiver.wait_spans(1, WAIT, |s| s.attr_str("url.path") == "/inside");
+    sc.wait_spans(1, WAIT, |s| s.attr_str("url.path") == "/inside");
     std::thread::sleep(Duration::from_millis(500));
-    agent.stop().unwrap();
-    let spans: Vec<Value> = receiver
-        .spans()
-        .into_iter()
-        .filter(|s| {
-            let port = s.attr_i64("network.peer.port");
-            port == port_in as i64
-                || port == port_out as i64
-                || [inside.pid(), outside.pid()]
-                    .iter()
-                    .any(|p| s.res("process.pid").as_i64() == Some(*p as i64))
-        })
-        .collect();
+    let spans = sc.stop().unwrap().spans_where(|s| {
+        let port = s.attr_i64("network.peer.port");
+        port == port_in as i64
+            || port == port_out as i64
+            || [inside.pid(), outside.pid()]
+                .iter()
+                .any(|p| s.res("process.pid").as_i64() == Some(*p as i64))
+    });
     assert_eq!(
         server_paths(&spans, inside.pid()),
         vec!["/inside"],
@@ -103,11 +90,13 @@ fn only_the_target_is_traced(target_args: impl Fn(&Proc, &Proc) -> (Vec<String>,
 
 #[test]
 fn pid_filter() {
+    require_root();
     only_the_target_is_traced(|inside, _| (vec!["--pid".into(), inside.pid().to_string()], None));
 }
 
 #[test]
 fn cgroup_filter() {
+    require_root();
     only_the_target_is_traced(|inside, _| {
         let cg = Cgroup::new("tracer-test");
         cg.add(inside.pid());

@@ -54,10 +54,11 @@ fn spans_named(r: &Receiver, kind: &str, name: &str, n: usize) -> Vec<Value> {
 
 #[test]
 fn grpc_calls_become_rpc_spans() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
     let _server = grpcio_server(port);
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
+    let receiver = sc.receiver();
     let out = Command::new("python3")
         .arg(peer())
         .args(["client", &port.to_string()])
@@ -71,7 +72,7 @@ fn grpc_calls_become_rpc_spans() {
     );
 
     for kind in ["SPAN_KIND_CLIENT", "SPAN_KIND_SERVER"] {
-        for s in spans_named(&receiver, kind, "demo.Greeter/SayHello", 3) {
+        for s in spans_named(receiver, kind, "demo.Greeter/SayHello", 3) {
             assert_eq!(s.attr_str("rpc.system"), "grpc", "{s:#}");
             assert_eq!(s.attr_str("rpc.service"), "demo.Greeter");
             assert_eq!(s.attr_str("rpc.method"), "SayHello");
@@ -89,7 +90,7 @@ fn grpc_calls_become_rpc_spans() {
             assert_ne!(s.status_code(), "STATUS_CODE_ERROR");
             assert!(s.end_ns() >= s.start_ns());
         }
-        let count = spans_named(&receiver, kind, "demo.Greeter/Count", 1);
+        let count = spans_named(receiver, kind, "demo.Greeter/Count", 1);
         assert_eq!(
             count[0].attr_i64("rpc.grpc.status_code"),
             0,
@@ -112,11 +113,11 @@ fn grpc_calls_become_rpc_spans() {
         assert_eq!(message_events(&count[0]), want, "{:#}", count[0]);
     }
     // NOT_FOUND: an error for the caller, not a server failure.
-    let client = &spans_named(&receiver, "SPAN_KIND_CLIENT", "demo.Greeter/Missing", 1)[0];
+    let client = &spans_named(receiver, "SPAN_KIND_CLIENT", "demo.Greeter/Missing", 1)[0];
     assert_eq!(client.attr_i64("rpc.grpc.status_code"), 5);
     assert_eq!(client.status_code(), "STATUS_CODE_ERROR", "{client:#}");
     assert_eq!(client.attr_str("error.type"), "5");
-    let srv = &spans_named(&receiver, "SPAN_KIND_SERVER", "demo.Greeter/Missing", 1)[0];
+    let srv = &spans_named(receiver, "SPAN_KIND_SERVER", "demo.Greeter/Missing", 1)[0];
     assert_eq!(srv.attr_i64("rpc.grpc.status_code"), 5);
     assert_ne!(srv.status_code(), "STATUS_CODE_ERROR", "{srv:#}");
     // Same node: each server span is the child of the call's client span.
@@ -124,11 +125,11 @@ fn grpc_calls_become_rpc_spans() {
     assert_eq!(srv.trace_id(), client.trace_id());
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
 
-    let line = log_line(&agent.stop().unwrap(), "final counters");
+    let counters = sc.stop().unwrap().counters;
     assert_eq!(
-        counter(&line, "inject_done"),
+        counters.injection().inject_done,
         0,
-        "HTTP/2 is never injected into: {line}"
+        "HTTP/2 is never injected into: {counters:?}"
     );
 }
 
@@ -136,10 +137,10 @@ fn grpc_calls_become_rpc_spans() {
 /// with `network.protocol.version=2`, both sides, linked; injection never touches the preface.
 #[test]
 fn plain_http2_follows_the_http_conventions() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let dir = TempDir::new("h2c");
     let port = free_port();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let nginx = nginx(dir.path(), port, &format!("127.0.0.1:{port} http2"), "");
     let base = format!("http://127.0.0.1:{port}");
     let body = curl(&["--http2-prior-knowledge", &format!("{base}/hello")]).unwrap();
@@ -154,7 +155,7 @@ fn plain_http2_follows_the_http_conventions() {
 
     for (path, status) in [("/hello", 200), ("/missing", 404)] {
         let pick = |kind: &'static str| {
-            let s = receiver.wait_spans(1, WAIT, |s| {
+            let s = sc.wait_spans(1, WAIT, |s| {
                 s.kind() == kind && s.attr_str("url.path") == path
             });
             assert_eq!(s.len(), 1, "{kind} {path}: {s:#?}");
@@ -173,8 +174,8 @@ fn plain_http2_follows_the_http_conventions() {
         assert_ne!(server.status_code(), "STATUS_CODE_ERROR");
         assert_eq!(server.parent_id(), client.span_id(), "{server:#}");
     }
-    let line = log_line(&agent.stop().unwrap(), "final counters");
-    assert_eq!(counter(&line, "inject_done"), 0, "{line}");
+    let counters = sc.stop().unwrap().counters;
+    assert_eq!(counters.injection().inject_done, 0, "{counters:?}");
     drop(nginx);
 }
 
@@ -186,7 +187,7 @@ fn plain_http2_follows_the_http_conventions() {
 /// decoded in full.
 #[test]
 fn grpc_connection_open_before_the_agent() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
     let _server = grpcio_server(port);
     let client = Proc::spawn(
@@ -197,12 +198,12 @@ fn grpc_connection_open_before_the_agent() {
     )
     .unwrap();
     client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     client.signal(libc::SIGUSR1);
     client.wait_line("DONE", WAIT).unwrap();
 
     for kind in ["SPAN_KIND_CLIENT", "SPAN_KIND_SERVER"] {
-        let all = receiver.wait_spans(4, WAIT, |s| s.kind() == kind);
+        let all = sc.wait_spans(4, WAIT, |s| s.kind() == kind);
         assert_eq!(all.len(), 4, "{all:#?}");
         let with_path = |p: &str| -> Vec<&Value> {
             all.iter().filter(|s| s.attr_str("url.path") == p).collect()
@@ -245,6 +246,6 @@ fn grpc_connection_open_before_the_agent() {
             }
         }
     }
-    let line = log_line(&agent.stop().unwrap(), "final counters");
-    assert_eq!(counter(&line, "spans"), 8, "{line}");
+    let counters = sc.stop().unwrap().counters;
+    assert_eq!(counters.spans, 8, "{counters:?}");
 }

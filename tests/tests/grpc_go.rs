@@ -36,17 +36,15 @@ const TWO_GO_SERVER_CONNS_GAPS: &[(u64, u64)] = &[(2, 30), (3, 45), (4, 60)];
 /// has not read the preface yet (so far every time).
 const GRPCIO_SERVER_GAPS: &[(u64, u64)] = &[(0, 0), (1, 46), (2, 92)];
 
-fn agent_for(receiver: &Receiver, ports: &[u16]) -> Agent {
-    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    Agent::start(
-        &["--port", &ports.join(",")],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap()
+/// The scenario of every test here: tracing `port`. The agent gets 60 s to exit, not the
+/// default 20: releasing uprobes takes it about a second per probed file here, and with this
+/// file's agents (and other suites') detaching at once on two busy cores, two agents of one run
+/// were seen still exiting after 20 s.
+fn scenario(port: u16) -> Scenario {
+    Scenario::ports(&[port])
+        .stop_within(Duration::from_secs(60))
+        .start()
+        .unwrap()
 }
 
 fn python_peer() -> std::path::PathBuf {
@@ -201,9 +199,9 @@ fn check_rpc(s: &Value, method: &str, code: i64, run: &Run, log: &str) {
 }
 
 /// One run's spans of `kind` matching `pick` (exact counts per method), each checked; `log`
-/// (the agent's, see [`summary`]) goes into failure messages.
+/// (the agent's, see [`Outcome::summary`]) goes into failure messages.
 fn spans_of_run(
-    r: &Receiver,
+    done: &Outcome,
     kind: &str,
     run: &Run,
     log: &str,
@@ -212,7 +210,7 @@ fn spans_of_run(
     let mut all = Vec::new();
     for (method, n, code) in run.expected() {
         let name = format!("{SERVICE}/{method}");
-        let spans = r.wait_spans(n, WAIT, |s| s.kind() == kind && s.name() == name && pick(s));
+        let spans = done.spans_where(|s| s.kind() == kind && s.name() == name && pick(s));
         assert_eq!(spans.len(), n, "{kind} {name}: {spans:#?}\n{log}");
         for s in &spans {
             check_rpc(s, method, code, run, log);
@@ -258,83 +256,57 @@ fn check_address_links(clients: &[Value], servers: &[Value], log: &str) {
 /// The agent's final counters: nothing dropped, lost or undecodable, `spans` spans exported,
 /// and no gap but those `allowed` (`(gaps, gap_bytes)` pairs: the first SETTINGS a server
 /// writes before the client preface arrives, see the module doc).
-fn check_counters(stderr: &str, spans: usize, allowed: &[(u64, u64)]) {
-    let line = log_line(stderr, "final counters");
+fn check_counters(c: &Counters, spans: usize, allowed: &[(u64, u64)]) {
     // Kernel-side losses. (Not losses: `truncated_calls` (bodies), `not_http_conns` (e.g. the
     // ciphertext of TLS sockets), `stale_conn_replaced` (any socket of the machine whose end
     // was missed: the tests run agents in parallel).)
-    for c in [
-        "ringbuf_full",
-        "conn_map_full",
-        "inflight_map_full",
-        "copy_failed",
-        "tls_no_socket",
+    let k = &c.kernel_drops;
+    for (name, value) in [
+        ("ringbuf_full", k.ringbuf_full),
+        ("conn_map_full", k.conn_map_full),
+        ("inflight_map_full", k.inflight_map_full),
+        ("copy_failed", k.copy_failed),
+        ("tls_no_socket", k.tls_no_socket),
     ] {
-        assert_eq!(counter(&line, c), 0, "{c}: {line}");
+        assert_eq!(value, 0, "{name}: {c:?}");
     }
-    for c in [
-        "malformed",
-        "invalid_messages",
-        "dropped_messages",
-        "unmatched_responses",
-        "conns_expired",
-        "conns_refused_full",
-        "links_ambiguous",
-        "export_failed",
-        "export_queue_full",
-        "inject_done",
+    for (name, value) in [
+        ("malformed", c.malformed),
+        ("invalid_messages", c.invalid_messages),
+        ("dropped_messages", c.dropped_messages),
+        ("unmatched_responses", c.unmatched_responses),
+        ("conns_expired", c.conns_expired),
+        ("conns_refused_full", c.conns_refused_full),
+        ("links_ambiguous", c.links_ambiguous),
+        ("export_failed", c.export_failed),
+        ("export_queue_full", c.export_queue_full),
+        ("inject_done", c.injection().inject_done),
     ] {
-        assert_eq!(counter(&line, c), 0, "{c}: {line}");
+        assert_eq!(value, 0, "{name}: {c:?}");
     }
-    let gaps = (counter(&line, "gaps"), counter(&line, "gap_bytes"));
+    let gaps = (c.gaps, c.gap_bytes);
     assert!(
         allowed.contains(&gaps),
-        "gaps {gaps:?} not in {allowed:?}: {line}"
+        "gaps {gaps:?} not in {allowed:?}: {c:?}"
     );
-    assert_eq!(counter(&line, "spans"), spans as u64, "{line}");
-    assert_eq!(counter(&line, "exported"), spans as u64, "{line}");
+    assert_eq!(c.spans, spans as u64, "{c:?}");
+    assert_eq!(c.exported, spans as u64, "{c:?}");
 }
 
 /// Waits until `n` spans arrived (or the wait times out: the checks then say what is missing),
-/// then stops the agent (SIGTERM; it must exit successfully). Returns its stderr and the lines
-/// of it worth reading on a failure.
-///
-/// The agent gets 60 s to exit, not [`Agent::stop`]'s 20: releasing uprobes takes it about a
-/// second per probed file here, and with this file's agents (and other suites') detaching at
-/// once on two busy cores, two agents of one run were seen still exiting after 20 s.
-fn stop_when_all_arrived(mut agent: Agent, r: &Receiver, n: usize) -> (String, String) {
-    r.wait_spans(n, WAIT, |_| true);
-    let summary = |stderr: &str| {
-        stderr
-            .lines()
-            .filter(|l| {
-                l.contains("final counters")
-                    || l.contains("WARN")
-                    || l.contains("ERROR")
-                    || l.contains("TLS probes")
-                    || l.contains("detached all")
-                    || l.contains("export finished")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    agent.proc.signal(libc::SIGTERM);
-    let asked = std::time::Instant::now();
-    let status = agent.proc.wait_exit(Duration::from_secs(60));
-    let stderr = agent.proc.stderr().join("\n");
-    let log = summary(&stderr);
-    match status {
-        Ok(s) => assert!(s.success(), "agent exited with {s}:\n{log}"),
-        Err(e) => panic!("{e:#} ({:?} after SIGTERM):\n{log}", asked.elapsed()),
-    }
-    (stderr, log)
+/// then stops the scenario (the agent must exit successfully). Returns the outcome and the
+/// lines of the agent's log worth reading on a failure.
+fn stop_when_all_arrived(sc: Scenario, n: usize) -> (Outcome, String) {
+    sc.wait_spans(n, WAIT, |_| true);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    (done, log)
 }
 
 /// Exactly `n` spans in all (no span from anything else, e.g. ciphertext).
-fn assert_total(r: &Receiver, n: usize, log: &str) {
-    let all = r.spans();
+fn assert_total(all: &[Value], n: usize, log: &str) {
     assert_eq!(all.len(), n, "{log}\n{all:#?}");
-    for s in &all {
+    for s in all {
         assert_eq!(s.attr_str("rpc.system"), "grpc", "{log}\n{s:#}");
     }
 }
@@ -347,9 +319,9 @@ fn pid_is(s: &Value, p: &Proc) -> bool {
 /// connection.
 #[test]
 fn grpc_go_h2c_many_calls_on_one_connection() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = scenario(port);
     let server = go_server(port, None);
     let client = go_client(port, &["-calls", "50"]);
     let run = Run {
@@ -358,21 +330,17 @@ fn grpc_go_h2c_many_calls_on_one_connection() {
         scheme: "http",
         port,
     };
-    let (stderr, log) = stop_when_all_arrived(agent, &receiver, 2 * run.total());
-    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
+    let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
+    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| {
         pid_is(s, &client)
     });
-    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
+    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| {
         pid_is(s, &server)
     });
     check_address_links(&clients, &servers, &log);
-    check_counters(&stderr, 2 * run.total(), GO_SERVER_GAPS);
-    assert_eq!(
-        counter(&log_line(&log, "final counters"), "address_linked"),
-        run.total() as u64,
-        "{log}"
-    );
-    assert_total(&receiver, 2 * run.total(), &log);
+    check_counters(&done.counters, 2 * run.total(), GO_SERVER_GAPS);
+    assert_eq!(done.counters.address_linked, run.total() as u64, "{log}");
+    assert_total(&done.spans, 2 * run.total(), &log);
 }
 
 /// grpc-go on both ends over TLS (crypto/tls, ALPN h2), both started after the agent: the spans
@@ -380,10 +348,10 @@ fn grpc_go_h2c_many_calls_on_one_connection() {
 /// ciphertext the socket calls carry.
 #[test]
 fn grpc_go_over_tls_spans_come_from_the_plaintext() {
+    require_root();
     let certs = Certs::new("grpc-go-tls");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = scenario(port);
     // A private copy of the binary, mapped by this test's processes only: the agent releases a
     // file's probes when the last process it knows to map it exits, and it was seen releasing
     // the shared binary's while this test's server and client ran, when another test's
@@ -392,13 +360,13 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
     std::fs::copy(grpcpeer(), &bin).unwrap();
     let server = go_server_of(&bin, port, Some(&certs));
     let found = wait_for(WAIT, || {
-        agent.proc.stderr().into_iter().find(|l| {
+        sc.agent.proc.stderr().into_iter().find(|l| {
             l.contains("attached TLS probes to")
                 && l.contains(&*bin.to_string_lossy())
                 && l.contains("crypto/tls")
         })
     });
-    assert!(found.is_some(), "{}", agent.proc.stderr().join("\n"));
+    assert!(found.is_some(), "{}", sc.log());
     let ca = certs.cert();
     let client = go_client_of(&bin, port, &["-ca", path_str(&ca), "-calls", "10"]);
     // grpc-go takes `:authority` from the TLS ServerName ("localhost", no port): the
@@ -409,25 +377,22 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
         scheme: "https",
         port,
     };
-    let (stderr, log) = stop_when_all_arrived(agent, &receiver, 2 * run.total());
-    let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
+    let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
+    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| {
         pid_is(s, &client)
     });
-    let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
+    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| {
         pid_is(s, &server)
     });
     check_address_links(&clients, &servers, &log);
-    check_counters(&stderr, 2 * run.total(), GO_SERVER_GAPS);
-    assert!(
-        counter(&log_line(&log, "final counters"), "tls_files_attached") >= 1,
-        "{log}"
-    );
-    let before_stop = stderr.split("final counters").next().unwrap_or_default();
+    check_counters(&done.counters, 2 * run.total(), GO_SERVER_GAPS);
+    assert!(done.counters.tls_files_attached >= 1, "{log}");
+    let before_stop = done.log.split("final counters").next().unwrap_or_default();
     assert!(
         !before_stop.contains(&format!("detached TLS probes from {}", bin.display())),
         "probes released while the server ran: {log}"
     );
-    assert_total(&receiver, 2 * run.total(), &log);
+    assert_total(&done.spans, 2 * run.total(), &log);
 }
 
 fn path_str(p: &Path) -> &str {
@@ -437,20 +402,20 @@ fn path_str(p: &Path) -> &str {
 /// Interop, h2c: a grpc-go client calling a grpcio (C core) server.
 #[test]
 fn grpc_go_client_to_grpcio_server() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
     let server = python_server(port);
-    let agent = agent_for(&receiver, &[port]);
+    let sc = scenario(port);
     let client = go_client(port, &["-calls", "5"]);
-    check_interop(&receiver, agent, &client, &server, port, GRPCIO_SERVER_GAPS);
+    check_interop(sc, &client, &server, port, GRPCIO_SERVER_GAPS);
 }
 
 /// Interop, h2c: a grpcio client calling a grpc-go server.
 #[test]
 fn grpcio_client_to_grpc_go_server() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = scenario(port);
     let server = go_server(port, None);
     let client = run_client(
         "grpcio client",
@@ -458,35 +423,24 @@ fn grpcio_client_to_grpc_go_server() {
             .arg(python_peer())
             .args(["client", &port.to_string(), "5"]),
     );
-    check_interop(&receiver, agent, &client, &server, port, GO_SERVER_GAPS);
+    check_interop(sc, &client, &server, port, GO_SERVER_GAPS);
 }
 
 /// What the interop tests check: 5 SayHello calls, Missing and Count, plaintext, each a
 /// CLIENT span of `client` and a SERVER span of `server`, linked by address; the counters.
-fn check_interop(
-    receiver: &Receiver,
-    agent: Agent,
-    client: &Proc,
-    server: &Proc,
-    port: u16,
-    gaps: &[(u64, u64)],
-) {
+fn check_interop(sc: Scenario, client: &Proc, server: &Proc, port: u16, gaps: &[(u64, u64)]) {
     let run = Run {
         calls: 5,
         authority: ("127.0.0.1", port as i64),
         scheme: "http",
         port,
     };
-    let (stderr, log) = stop_when_all_arrived(agent, receiver, 2 * run.total());
-    let clients = spans_of_run(receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
-        pid_is(s, client)
-    });
-    let servers = spans_of_run(receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
-        pid_is(s, server)
-    });
+    let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
+    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| pid_is(s, client));
+    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| pid_is(s, server));
     check_address_links(&clients, &servers, &log);
-    check_counters(&stderr, 2 * run.total(), gaps);
-    assert_total(receiver, 2 * run.total(), &log);
+    check_counters(&done.counters, 2 * run.total(), gaps);
+    assert_total(&done.spans, 2 * run.total(), &log);
 }
 
 /// Incoming trace context in the calls' HPACK-encoded metadata: W3C `traceparent`, then (on a
@@ -495,13 +449,13 @@ fn check_interop(
 /// context, are taken as the span that context names (so all share its id, by design).
 #[test]
 fn incoming_trace_context_in_hpack_metadata() {
+    require_root();
     const W3C_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const W3C_PARENT: &str = "00f067aa0ba902b7";
     const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
     const B3_SPAN: &str = "e457b5a2e4d86bd1";
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = scenario(port);
     let server = go_server(port, None);
     let run = Run {
         calls: 3,
@@ -530,13 +484,13 @@ fn incoming_trace_context_in_hpack_metadata() {
         .iter()
         .map(|(_, _, _, flag)| go_client(port, &["-calls", "3", &flag[0], &flag[1]]))
         .collect();
-    let (stderr, log) = stop_when_all_arrived(agent, &receiver, 4 * run.total());
+    let (done, log) = stop_when_all_arrived(sc, 4 * run.total());
     for ((source, trace, parent, _), client) in cases.iter().zip(&clients) {
         let in_trace = |s: &Value| s.trace_id() == *trace;
-        let clients = spans_of_run(&receiver, "SPAN_KIND_CLIENT", &run, &log, |s| {
+        let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| {
             pid_is(s, client) && in_trace(s)
         });
-        let servers = spans_of_run(&receiver, "SPAN_KIND_SERVER", &run, &log, |s| {
+        let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| {
             pid_is(s, &server) && in_trace(s)
         });
         for s in &servers {
@@ -554,6 +508,6 @@ fn incoming_trace_context_in_hpack_metadata() {
             assert_eq!(c.span_id(), *parent, "{c:#}\n{log}");
         }
     }
-    check_counters(&stderr, 4 * run.total(), TWO_GO_SERVER_CONNS_GAPS);
-    assert_total(&receiver, 4 * run.total(), &log);
+    check_counters(&done.counters, 4 * run.total(), TWO_GO_SERVER_CONNS_GAPS);
+    assert_total(&done.spans, 4 * run.total(), &log);
 }

@@ -11,47 +11,34 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// SERVER spans of the server process.
-fn server_spans(r: &Receiver, server: &Proc, n: usize) -> Vec<Value> {
-    let pid = server.pid() as i64;
-    r.wait_spans(n, WAIT, |s| {
-        s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(pid)
-    })
+/// A SERVER span of the server process.
+fn is_server(s: &Value, server: &Proc) -> bool {
+    s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
 }
 
-/// CLIENT spans of requests to the server's port.
-fn client_spans(r: &Receiver, port: u16, n: usize) -> Vec<Value> {
-    r.wait_spans(n, WAIT, |s| {
-        s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
-    })
+/// A CLIENT span of a request to the server's port.
+fn is_client(s: &Value, port: u16) -> bool {
+    s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
 }
 
-/// The agent's closing counters line, for assertion messages.
-fn final_counters(stderr: &str) -> String {
-    stderr
-        .lines()
-        .filter(|l| l.contains("counters") || l.contains("WARN") || l.contains("export finished"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn by_path<'a>(spans: &'a [Value], path: &str) -> Vec<&'a Value> {
-    spans
-        .iter()
-        .filter(|s| s.attr_str("url.path") == path)
-        .collect()
+/// Waits for `n` SERVER and `n` CLIENT spans of the exchange, then stops the scenario.
+fn stop_after(sc: Scenario, server: &Proc, port: u16, n: usize) -> Outcome {
+    sc.wait_spans(n, WAIT, |s| is_server(s, server));
+    sc.wait_spans(n, WAIT, |s| is_client(s, port));
+    sc.stop().unwrap()
 }
 
 /// curl → python server, over both OTLP transports: kind, name, attributes, status,
 /// resource, and the server span inside the client span.
 fn curl_to_python(protocol: &str) {
-    let receiver = Receiver::start(&[]).unwrap();
     let (server, port) = test_http_server().unwrap();
-    let endpoint = match protocol {
-        "grpc" => receiver.grpc_endpoint(),
-        _ => receiver.http_endpoint(),
-    };
-    let agent = Agent::otlp(&endpoint, protocol, port).unwrap();
+    let setup = Scenario::ports(&[port]);
+    let sc = match protocol {
+        "grpc" => setup,
+        _ => setup.otlp_http(),
+    }
+    .start()
+    .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     curl(&[
         &format!("{base}/users/12345?token=secret&x=1"),
@@ -62,18 +49,17 @@ fn curl_to_python(protocol: &str) {
     curl(&["-o", "/dev/null", &format!("{base}/status/404")]).unwrap();
     curl(&["-o", "/dev/null", &format!("{base}/status/503")]).unwrap();
 
-    server_spans(&receiver, &server, 3);
-    client_spans(&receiver, port, 3);
-    let log = final_counters(&agent.stop().unwrap());
+    let done = stop_after(sc, &server, port, 3);
+    let log = done.summary();
     // After the final flush: exactly one of each (no duplicates, nothing lost).
-    let servers = server_spans(&receiver, &server, 3);
-    let clients = client_spans(&receiver, port, 3);
+    let servers = done.spans_where(|s| is_server(s, &server));
+    let clients = done.spans_where(|s| is_client(s, port));
     assert_eq!(servers.len(), 3, "{log}\nserver spans: {servers:#?}");
     assert_eq!(clients.len(), 3, "{log}\nclient spans: {clients:#?}");
     let transport = if protocol == "grpc" { "grpc" } else { "http" };
     assert!(servers.iter().all(|s| s["transport"] == transport));
 
-    let s = by_path(&servers, "/users/12345")[0];
+    let s = by_path(&servers, "/users/12345");
     assert_eq!(s.name(), "GET /users/{id}");
     assert_eq!(s.attr_str("http.route"), "/users/{id}");
     assert_eq!(s.attr_str("http.request.method"), "GET");
@@ -102,7 +88,7 @@ fn curl_to_python(protocol: &str) {
     );
     assert!(s.res("host.name").as_str().is_some_and(|h| !h.is_empty()));
 
-    let c = by_path(&clients, "/users/12345")[0];
+    let c = by_path(&clients, "/users/12345");
     assert_eq!(c.name(), "GET /users/{id}");
     assert_eq!(c.res("service.name"), "curl");
     assert_eq!(c.attr_i64("network.peer.port"), port as i64);
@@ -127,28 +113,30 @@ fn curl_to_python(protocol: &str) {
     assert!(s.end_ns() > s.start_ns());
 
     // Status: 404 is an error for the client only, 503 for both.
-    let s404 = by_path(&servers, "/status/404")[0];
-    let c404 = by_path(&clients, "/status/404")[0];
+    let s404 = by_path(&servers, "/status/404");
+    let c404 = by_path(&clients, "/status/404");
     assert_eq!(s404.status_code(), "STATUS_CODE_UNSET");
     assert_eq!(c404.status_code(), "STATUS_CODE_ERROR");
     assert_eq!(c404.attr_str("error.type"), "404");
     assert_eq!(
-        by_path(&servers, "/status/503")[0].status_code(),
+        by_path(&servers, "/status/503").status_code(),
         "STATUS_CODE_ERROR"
     );
     assert_eq!(
-        by_path(&clients, "/status/503")[0].status_code(),
+        by_path(&clients, "/status/503").status_code(),
         "STATUS_CODE_ERROR"
     );
 }
 
 #[test]
 fn curl_to_python_over_otlp_grpc() {
+    require_root();
     curl_to_python("grpc");
 }
 
 #[test]
 fn curl_to_python_over_otlp_http() {
+    require_root();
     curl_to_python("http/protobuf");
 }
 
@@ -156,9 +144,9 @@ fn curl_to_python_over_otlp_http() {
 /// POST uploads (Content-Length and chunked). Sizes must be the real ones.
 #[test]
 fn bodies_large_chunked_and_uploads() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let mib = 1 << 20;
     let dir = TempDir::new("upload");
@@ -181,11 +169,10 @@ fn bodies_large_chunked_and_uploads() {
     ])
     .unwrap();
 
-    server_spans(&receiver, &server, 6);
-    client_spans(&receiver, port, 6);
-    let log = final_counters(&agent.stop().unwrap());
-    let servers = server_spans(&receiver, &server, 6);
-    let clients = client_spans(&receiver, port, 6);
+    let done = stop_after(sc, &server, port, 6);
+    let log = done.summary();
+    let servers = done.spans_where(|s| is_server(s, &server));
+    let clients = done.spans_where(|s| is_client(s, port));
     assert_eq!(servers.len(), 6, "{log}\n{servers:#?}");
     assert_eq!(clients.len(), 6, "{log}\n{clients:#?}");
     for spans in [&servers, &clients] {
@@ -248,9 +235,9 @@ fn exact_or_unknown(span: &Value, attr: &str, expected: i64) {
 /// spans in order, and three client spans for the raw client (this test process).
 #[test]
 fn pipelined_requests_on_a_raw_socket() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let reqs = "GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     sock.write_all(reqs.as_bytes()).unwrap();
@@ -259,11 +246,10 @@ fn pipelined_requests_on_a_raw_socket() {
     let text = String::from_utf8_lossy(&resp);
     assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
 
-    server_spans(&receiver, &server, 3);
-    client_spans(&receiver, port, 3);
-    let log = final_counters(&agent.stop().unwrap());
-    let servers = server_spans(&receiver, &server, 3);
-    let clients = client_spans(&receiver, port, 3);
+    let done = stop_after(sc, &server, port, 3);
+    let log = done.summary();
+    let servers = done.spans_where(|s| is_server(s, &server));
+    let clients = done.spans_where(|s| is_client(s, port));
     let paths = |spans: &[Value]| {
         let mut v: Vec<(u64, String, i64)> = spans
             .iter()
@@ -295,9 +281,9 @@ fn pipelined_requests_on_a_raw_socket() {
 /// Many concurrent keep-alive connections: every request accounted for exactly once.
 #[test]
 fn many_concurrent_connections() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     const CONNS: usize = 32;
     const PER_CONN: usize = 10;
     let threads: Vec<_> = (0..CONNS)
@@ -323,11 +309,10 @@ fn many_concurrent_connections() {
         t.join().unwrap();
     }
     let n = CONNS * PER_CONN;
-    server_spans(&receiver, &server, n);
-    client_spans(&receiver, port, n);
-    let stderr = final_counters(&agent.stop().unwrap());
-    let servers = server_spans(&receiver, &server, n);
-    let clients = client_spans(&receiver, port, n);
+    let done = stop_after(sc, &server, port, n);
+    let stderr = done.summary();
+    let servers = done.spans_where(|s| is_server(s, &server));
+    let clients = done.spans_where(|s| is_client(s, port));
     let mut paths: Vec<&str> = servers.iter().map(|s| s.attr_str("url.path")).collect();
     paths.sort();
     paths.dedup();
@@ -344,7 +329,7 @@ fn many_concurrent_connections() {
 /// (the kernel finds the socket from the fd; the role comes from the traffic).
 #[test]
 fn connection_open_before_the_agent_started() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut exchange = |path: &str| {
@@ -359,16 +344,17 @@ fn connection_open_before_the_agent_started() {
         }
     };
     exchange("/before");
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     exchange("/after/1");
     exchange("/after/2");
-    receiver.wait_spans(1, WAIT, |s| {
+    sc.wait_spans(1, WAIT, |s| {
         s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path") == "/after/2"
     });
-    client_spans(&receiver, port, 2);
-    let log = final_counters(&agent.stop().unwrap());
-    let servers = server_spans(&receiver, &server, 1);
-    let clients = client_spans(&receiver, port, 2);
+    sc.wait_spans(2, WAIT, |s| is_client(s, port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let servers = done.spans_where(|s| is_server(s, &server));
+    let clients = done.spans_where(|s| is_client(s, port));
     let paths = |spans: &[Value]| {
         let mut p: Vec<String> = spans
             .iter()
@@ -384,7 +370,7 @@ fn connection_open_before_the_agent_started() {
     let server_paths = paths(&servers);
     assert!(server_paths.contains(&"/after/2".to_owned()), "{log}");
     if !server_paths.contains(&"/after/1".to_owned()) {
-        assert!(log.contains("unmatched_responses=1"), "{log}");
+        assert_eq!(done.counters.unmatched_responses, 1, "{log}");
     }
     assert!(
         servers

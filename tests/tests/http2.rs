@@ -14,19 +14,14 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn agent_for(receiver: &Receiver, args: &[&str]) -> Agent {
-    Agent::start(
-        args,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            // h2load finishes thousands of requests in a few ms: the default queue (2048)
-            // would drop spans (counted as export_queue_full) before the first export.
-            ("OTEL_BSP_MAX_QUEUE_SIZE", "20000"),
-        ],
-    )
-    .unwrap()
+/// The scenario of every test here: tracing `port`. h2load finishes thousands of requests in a
+/// few ms: the default export queue (2048) would drop spans (counted as export_queue_full)
+/// before the first export.
+fn scenario(port: u16) -> Scenario {
+    Scenario::ports(&[port])
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "20000")
+        .start()
+        .unwrap()
 }
 
 fn of(s: &Value, service: &str, kind: &str) -> bool {
@@ -56,10 +51,10 @@ fn duration_ns(s: &Value) -> u64 {
 /// conventions with version 2 and `https`, nothing from the ciphertext.
 #[test]
 fn h2_over_tls_curl_to_nginx() {
+    require_root();
     let certs = Certs::new("h2-tls");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let sc = scenario(port);
     let certificate = format!(
         "ssl_certificate {};\n        ssl_certificate_key {};",
         certs.cert().display(),
@@ -72,13 +67,13 @@ fn h2_over_tls_curl_to_nginx() {
         &certificate,
     );
     let attached = wait_for(WAIT, || {
-        agent
+        sc.agent
             .proc
             .stderr()
             .into_iter()
             .find(|l| l.contains("attached TLS probes to") && l.contains("libssl.so"))
     });
-    assert!(attached.is_some(), "{}", agent.proc.stderr().join("\n"));
+    assert!(attached.is_some(), "{}", sc.log());
     let base = format!("https://127.0.0.1:{port}");
     // `%{http_version}` proves ALPN chose h2 (curl would fall back to 1.1 silently).
     let curl_h2 = |paths: &[&str]| {
@@ -93,29 +88,21 @@ fn h2_over_tls_curl_to_nginx() {
     assert_eq!(curl_h2(&["/h2/first", "/missing"]), "2 200\n2 404\n");
     assert_eq!(curl_h2(&["/h2/second"]), "2 200\n");
 
-    let servers = exactly(&receiver, 3, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
-    let clients = exactly(&receiver, 3, |s| of(s, "curl", "SPAN_KIND_CLIENT"));
-    let stderr = agent.stop().unwrap();
+    let servers = exactly(sc.receiver(), 3, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    let clients = exactly(sc.receiver(), 3, |s| of(s, "curl", "SPAN_KIND_CLIENT"));
+    let done = sc.stop().unwrap();
     drop(nginx);
-    let counters = log_line(&stderr, "final counters");
-    assert_eq!(servers.len(), 3, "{counters}\n{servers:#?}");
-    assert_eq!(clients.len(), 3, "{counters}\n{clients:#?}");
+    let counters = &done.counters;
+    assert_eq!(servers.len(), 3, "{counters:?}\n{servers:#?}");
+    assert_eq!(clients.len(), 3, "{counters:?}\n{clients:#?}");
     // Nothing else: no span from the ciphertext the syscalls carried, no duplicates.
-    let all = receiver.spans();
-    assert_eq!(all.len(), 6, "{counters}\n{all:#?}");
+    let all = &done.spans;
+    assert_eq!(all.len(), 6, "{counters:?}\n{all:#?}");
 
-    let by_path = |spans: &[Value], path: &str| -> Value {
-        let found: Vec<&Value> = spans
-            .iter()
-            .filter(|s| s.attr_str("url.path") == path)
-            .collect();
-        assert_eq!(found.len(), 1, "one span for {path}: {spans:#?}");
-        found[0].clone()
-    };
     let mut linked = 0;
     for (path, status) in [("/h2/first", 200), ("/missing", 404), ("/h2/second", 200)] {
         let (server, client) = (by_path(&servers, path), by_path(&clients, path));
-        for s in [&server, &client] {
+        for s in [server, client] {
             assert_eq!(s.name(), format!("GET {path}"), "{s:#}");
             assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#}");
             assert_eq!(s.attr_i64("http.response.status_code"), status, "{s:#}");
@@ -176,13 +163,13 @@ fn h2_over_tls_curl_to_nginx() {
         );
     }
     eprintln!("h2 over TLS: {linked}/3 server spans linked to their client span");
-    assert!(counter(&counters, "tls_files_attached") >= 1, "{counters}");
-    assert_eq!(counter(&counters, "h2_desyncs"), 0, "{counters}");
-    assert_eq!(counter(&counters, "h2_invalid"), 0, "{counters}");
-    assert_eq!(counter(&counters, "dropped_messages"), 0, "{counters}");
-    assert_eq!(counter(&counters, "unmatched_responses"), 0, "{counters}");
-    assert_eq!(counter(&counters, "unanswered_requests"), 0, "{counters}");
-    assert_eq!(counter(&counters, "inject_done"), 0, "{counters}");
+    assert!(counters.tls_files_attached >= 1, "{counters:?}");
+    assert_eq!(counters.h2_desyncs, 0, "{counters:?}");
+    assert_eq!(counters.h2_invalid, 0, "{counters:?}");
+    assert_eq!(counters.dropped_messages, 0, "{counters:?}");
+    assert_eq!(counters.unmatched_responses, 0, "{counters:?}");
+    assert_eq!(counters.unanswered_requests, 0, "{counters:?}");
+    assert_eq!(counters.injection().inject_done, 0, "{counters:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,10 +226,10 @@ const N: usize = 2000;
 /// each server span the child of its own client span, and not one loss in the counters.
 #[test]
 fn h2load_concurrent_streams_every_request_is_a_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let dir = TempDir::new("h2load");
     let port = free_port();
-    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
+    let sc = scenario(port);
     let nginx = nginx_h2c(dir.path(), port, "");
     let run = h2load(&[
         "-n",
@@ -255,14 +242,14 @@ fn h2load_concurrent_streams_every_request_is_a_span() {
     ]);
     assert_eq!((run.succeeded, run.ok_2xx), (N as u64, N as u64));
 
-    let servers = exactly(&receiver, N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
-    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
-    let stderr = agent.stop().unwrap();
+    let servers = exactly(sc.receiver(), N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    let clients = exactly(sc.receiver(), N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
+    let done = sc.stop().unwrap();
     drop(nginx);
-    let counters = log_line(&stderr, "final counters");
-    assert_eq!(servers.len(), N, "{counters}");
-    assert_eq!(clients.len(), N, "{counters}");
-    assert_eq!(receiver.spans().len(), 2 * N, "{counters}");
+    let counters = &done.counters;
+    assert_eq!(servers.len(), N, "{counters:?}");
+    assert_eq!(clients.len(), N, "{counters:?}");
+    assert_eq!(done.spans.len(), 2 * N, "{counters:?}");
     for s in servers.iter().chain(&clients) {
         assert_eq!(s.name(), "GET /hello", "{s:#}");
         assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
@@ -277,26 +264,27 @@ fn h2load_concurrent_streams_every_request_is_a_span() {
     let client_ids: HashSet<&str> = clients.iter().map(|s| s.span_id()).collect();
     let parents: HashSet<&str> = servers.iter().map(|s| s.parent_id()).collect();
     assert_eq!(client_ids.len(), N);
-    assert_eq!(parents, client_ids, "{counters}");
+    assert_eq!(parents, client_ids, "{counters:?}");
     for s in &servers {
         assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
     }
-    assert_eq!(counter(&counters, "address_linked"), N as u64, "{counters}");
-    for zero in [
-        "h2_desyncs",
-        "h2_invalid",
-        "h2_dropped_blocks",
-        "h2_streams_over_limit",
-        "h2_streams_reset",
-        "h2_unknown_fields",
-        "gaps",
-        "dropped_messages",
-        "unmatched_responses",
-        "unanswered_requests",
-        "export_queue_full",
-        "ringbuf_full",
+    assert_eq!(counters.address_linked, N as u64, "{counters:?}");
+    let c = counters;
+    for (zero, value) in [
+        ("h2_desyncs", c.h2_desyncs),
+        ("h2_invalid", c.h2_invalid),
+        ("h2_dropped_blocks", c.h2_dropped_blocks),
+        ("h2_streams_over_limit", c.h2_streams_over_limit),
+        ("h2_streams_reset", c.h2_streams_reset),
+        ("h2_unknown_fields", c.h2_unknown_fields),
+        ("gaps", c.gaps),
+        ("dropped_messages", c.dropped_messages),
+        ("unmatched_responses", c.unmatched_responses),
+        ("unanswered_requests", c.unanswered_requests),
+        ("export_queue_full", c.export_queue_full),
+        ("ringbuf_full", c.kernel_drops.ringbuf_full),
     ] {
-        assert_eq!(counter(&counters, zero), 0, "{zero}: {counters}");
+        assert_eq!(value, 0, "{zero}: {c:?}");
     }
 }
 
@@ -309,11 +297,11 @@ fn h2load_concurrent_streams_every_request_is_a_span() {
 fn check_losses_counted(
     servers: &[Value],
     clients: &[Value],
-    counters: &str,
+    counters: &Counters,
     n: usize,
     status: i64,
 ) -> usize {
-    assert_eq!((servers.len(), clients.len()), (n, n), "{counters}");
+    assert_eq!((servers.len(), clients.len()), (n, n), "{counters:?}");
     for s in servers.iter().chain(clients) {
         assert_ne!(s.status_code(), "STATUS_CODE_ERROR", "{s:#}");
         assert_eq!(s.attr("error.type"), &Value::Null, "{s:#}");
@@ -324,7 +312,7 @@ fn check_losses_counted(
         }
         assert_eq!(s.attr_str("network.protocol.version"), "2", "{s:#}");
     }
-    assert_eq!(counter(counters, "unanswered_requests"), 0, "{counters}");
+    assert_eq!(counters.unanswered_requests, 0, "{counters:?}");
     let complete = servers
         .iter()
         .chain(clients)
@@ -332,8 +320,8 @@ fn check_losses_counted(
         .count();
     if complete < 2 * n {
         // Explained: a direction lost its frames, at a call past the capture limit.
-        assert!(counter(counters, "h2_desyncs") >= 1, "{counters}");
-        assert!(counter(counters, "truncated_calls") >= 1, "{counters}");
+        assert!(counters.h2_desyncs >= 1, "{counters:?}");
+        assert!(counters.kernel_drops.truncated_calls >= 1, "{counters:?}");
     }
     complete
 }
@@ -344,39 +332,39 @@ fn check_losses_counted(
 /// The server side, whose reads carry the small HPACK-indexed requests, stays exact.
 #[test]
 fn h2load_reads_past_the_capture_limit_resync() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let dir = TempDir::new("h2load-m100");
     let port = free_port();
-    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
-    let rss_before = rss_kib(agent.proc.pid());
+    let sc = scenario(port);
+    let rss_before = rss_kib(sc.agent.proc.pid());
     let nginx = nginx_h2c(dir.path(), port, "");
     let url = format!("http://127.0.0.1:{port}/hello");
     let run = h2load(&["-n", &N.to_string(), "-c", "2", "-m", "100", &url]);
     assert_eq!((run.succeeded, run.ok_2xx), (N as u64, N as u64));
-    let servers = exactly(&receiver, N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
-    let clients = exactly(&receiver, N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
-    let rss_after = rss_kib(agent.proc.pid());
-    let stderr = agent.stop().unwrap();
+    let servers = exactly(sc.receiver(), N, |s| of(s, "nginx", "SPAN_KIND_SERVER"));
+    let clients = exactly(sc.receiver(), N, |s| of(s, "h2load", "SPAN_KIND_CLIENT"));
+    let rss_after = rss_kib(sc.agent.proc.pid());
+    let done = sc.stop().unwrap();
     drop(nginx);
-    let counters = log_line(&stderr, "final counters");
+    let counters = &done.counters;
     for s in &servers {
         assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
         assert_eq!(s.attr("tracer.incomplete"), &Value::Null, "{s:#}");
         assert_eq!(s.attr_str("tracer.parent.source"), "address", "{s:#}");
     }
-    let complete = check_losses_counted(&servers, &clients, &counters, N, 200);
+    let complete = check_losses_counted(&servers, &clients, counters, N, 200);
     // Only the responses inside the uncaptured tails are unknown: most keep their 200.
     let unknown = 2 * N - complete;
     assert!(
         unknown * 2 < N,
-        "{unknown} of {N} client spans without status: {counters}"
+        "{unknown} of {N} client spans without status: {counters:?}"
     );
-    assert_eq!(counter(&counters, "h2_streams_over_limit"), 0, "{counters}");
+    assert_eq!(counters.h2_streams_over_limit, 0, "{counters:?}");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "agent RSS {rss_before} → {rss_after} KiB"
     );
-    eprintln!("h2load -m 100: {unknown}/{N} client spans of unknown status; {counters}");
+    eprintln!("h2load -m 100: {unknown}/{N} client spans of unknown status; {counters:?}");
 }
 
 /// Response header blocks of ~78 KiB (20 headers of 4000 bytes: over the parser's 64 KiB block
@@ -384,11 +372,11 @@ fn h2load_reads_past_the_capture_limit_resync() {
 /// one connection. Never a panic, bounded memory, every loss counted, no wrong status.
 #[test]
 fn huge_header_blocks_are_counted_never_a_panic() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let dir = TempDir::new("h2-bighead");
     let port = free_port();
-    let agent = agent_for(&receiver, &["--port", &port.to_string()]);
-    let rss_before = rss_kib(agent.proc.pid());
+    let sc = scenario(port);
+    let rss_before = rss_kib(sc.agent.proc.pid());
     // Characters HPACK's Huffman code does not shrink much, so the block stays large.
     let mut x: u32 = 12345;
     let alphabet = b"!#%&*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -420,27 +408,27 @@ fn huge_header_blocks_are_counted_never_a_panic() {
     ]);
     assert_eq!((run.succeeded, run.ok_2xx), (n, n));
     // At most one span per request and side (those without a response end at the close).
-    let servers = exactly(&receiver, n as usize, |s| {
+    let servers = exactly(sc.receiver(), n as usize, |s| {
         of(s, "nginx", "SPAN_KIND_SERVER")
     });
-    let clients = exactly(&receiver, n as usize, |s| {
+    let clients = exactly(sc.receiver(), n as usize, |s| {
         of(s, "h2load", "SPAN_KIND_CLIENT")
     });
-    let rss_after = rss_kib(agent.proc.pid());
-    let stderr = agent.stop().unwrap();
+    let rss_after = rss_kib(sc.agent.proc.pid());
+    let done = sc.stop().unwrap();
     drop(nginx);
-    let counters = log_line(&stderr, "final counters");
+    let counters = &done.counters;
     for s in servers.iter().chain(&clients) {
         let path = s.attr_str("url.path");
         assert!(path == "/bighead" || path == "/hello", "{s:#}");
     }
-    let complete = check_losses_counted(&servers, &clients, &counters, n as usize, 200);
+    let complete = check_losses_counted(&servers, &clients, counters, n as usize, 200);
     assert!(
         rss_after < rss_before + 64 * 1024,
         "agent RSS {rss_before} → {rss_after} KiB"
     );
     eprintln!(
-        "huge header blocks: {complete} of {} spans with their status; {counters}",
+        "huge header blocks: {complete} of {} spans with their status; {counters:?}",
         2 * n
     );
 }

@@ -32,25 +32,6 @@ fn echo_server() -> (Proc, u16) {
     (p, port)
 }
 
-fn agent(receiver: &Receiver, ports: &[u16], extra: &[&str]) -> Agent {
-    let ports = ports
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut args = vec!["--port", &ports];
-    args.extend_from_slice(extra);
-    Agent::start(
-        &args,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap()
-}
-
 /// A client connection that reads echo responses (buffered: pipelined responses may arrive
 /// in one read).
 struct Conn {
@@ -180,10 +161,14 @@ fn span_for(receiver: &Receiver, kind: &str, path: &str, pid: u32) -> Value {
 
 #[test]
 fn injected_header_is_well_formed_once_and_nothing_else_changes() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = echo_server();
     // The test's own sockets are blocking: `all` lets them join the sockmap.
-    let agent = agent(&receiver, &[port], &["--inject-traceparent", "all"]);
+    let sc = Scenario::ports(&[port])
+        .args(&["--inject-traceparent", "all"])
+        .start()
+        .unwrap();
+    let receiver = sc.receiver();
     let me = std::process::id();
 
     // A plain GET: one header after the request line, the rest as sent.
@@ -196,14 +181,14 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     assert_eq!(count(&echoed, b"traceparent"), 1);
 
     // The CLIENT span is the one the header names; the server's span is its child.
-    let client = span_for(&receiver, "SPAN_KIND_CLIENT", "/plain", me);
+    let client = span_for(receiver, "SPAN_KIND_CLIENT", "/plain", me);
     assert_eq!((client.trace_id(), client.span_id()), (&*trace, &*span));
     assert_eq!(
         client.attr("tracer.traceparent.injected"),
         &Value::Bool(true)
     );
     assert_eq!(client.parent_id(), "");
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/plain", server.pid());
+    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/plain", server.pid());
     assert_eq!((srv.trace_id(), srv.parent_id()), (&*trace, &*span));
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
 
@@ -254,23 +239,26 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     let own = b"GET /own HTTP/1.1\r\nHost: echo\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
     assert_eq!(exchange(port, &[own], 1).remove(0), own);
 
-    let log = agent.stop().unwrap();
-    let line = log_line(&log, "final counters");
-    assert_eq!(counter(&line, "inject_done"), 6, "{line}");
-    assert!(counter(&line, "inject_skipped_has_context") >= 1, "{line}");
+    let injection = sc.stop().unwrap().counters.injection().clone();
+    assert_eq!(injection.inject_done, 6, "{injection:?}");
+    assert!(injection.inject_skipped_has_context >= 1, "{injection:?}");
     assert!(
-        counter(&line, "inject_skipped_head_incomplete") >= 1,
-        "{line}"
+        injection.inject_skipped_head_incomplete >= 1,
+        "{injection:?}"
     );
-    assert!(counter(&line, "inject_skipped_pipelined") >= 1, "{line}");
-    assert_eq!(counter(&line, "inject_failed"), 0, "{line}");
+    assert!(injection.inject_skipped_pipelined >= 1, "{injection:?}");
+    assert_eq!(injection.inject_failed, 0, "{injection:?}");
 }
 
 #[test]
 fn without_injection_requests_are_byte_identical() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = echo_server();
-    let agent = agent(&receiver, &[port], &["--inject-traceparent", "off"]);
+    let sc = Scenario::ports(&[port])
+        .args(&["--inject-traceparent", "off"])
+        .start()
+        .unwrap();
+    let receiver = sc.receiver();
     let me = std::process::id();
     let plain = get("/off");
     assert_eq!(exchange(port, &[&plain], 1).remove(0), plain);
@@ -284,20 +272,22 @@ fn without_injection_requests_are_byte_identical() {
     );
     // Nothing crossed the wire; both ends are on this node, so the server span still finds
     // the client span by the connection's addresses.
-    let client = span_for(&receiver, "SPAN_KIND_CLIENT", "/off", me);
+    let client = span_for(receiver, "SPAN_KIND_CLIENT", "/off", me);
     assert_eq!(client.attr("tracer.traceparent.injected"), &Value::Null);
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/off", server.pid());
+    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/off", server.pid());
     assert_eq!(
         (srv.trace_id(), srv.parent_id()),
         (client.trace_id(), client.span_id())
     );
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
-    let log = agent.stop().unwrap();
+    let done = sc.stop().unwrap();
+    let log = &done.log;
     assert!(
         log.contains("traceparent injection off (--inject-traceparent off)"),
         "{log}"
     );
-    assert!(log_line(&log, "final counters").contains("injection: off"));
+    assert!(log_line(log, "final counters").contains("injection: off"));
+    assert!(done.counters.injection.is_none(), "{:?}", done.counters);
 }
 
 fn sdk_script() -> std::path::PathBuf {
@@ -309,6 +299,7 @@ fn sdk_script() -> std::path::PathBuf {
 /// proves the header crossed the wire.
 #[test]
 fn multi_hop_trace_through_an_sdk_instrumented_service() {
+    require_root();
     let receiver = Receiver::start(&[]).unwrap();
     let b_port = free_port();
     let b = Proc::spawn(
@@ -330,7 +321,11 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     .unwrap();
     a.wait_line("READY", Duration::from_secs(10)).unwrap();
     // Default mode: curl and A's http.client (with a timeout) use non-blocking sockets.
-    let agent = agent(&receiver, &[a_port, b_port], &[]);
+    let sc = Scenario::ports(&[a_port, b_port])
+        .with_receiver(receiver)
+        .start()
+        .unwrap();
+    let receiver = sc.receiver();
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{a_port}/hop")]).unwrap();
 
     let curl_client = receiver.wait_spans(1, WAIT, |s| {
@@ -340,9 +335,9 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     });
     assert_eq!(curl_client.len(), 1, "{curl_client:#?}");
     let curl_client = &curl_client[0];
-    let a_server = span_for(&receiver, "SPAN_KIND_SERVER", "/hop", a.pid());
-    let a_client = span_for(&receiver, "SPAN_KIND_CLIENT", "/backend/hop", a.pid());
-    let b_server = span_for(&receiver, "SPAN_KIND_SERVER", "/backend/hop", b.pid());
+    let a_server = span_for(receiver, "SPAN_KIND_SERVER", "/hop", a.pid());
+    let a_client = span_for(receiver, "SPAN_KIND_CLIENT", "/backend/hop", a.pid());
+    let b_server = span_for(receiver, "SPAN_KIND_SERVER", "/backend/hop", b.pid());
     let sdk = receiver.wait_spans(1, WAIT, |s| s.res("service.name") == "sdk-service");
     assert_eq!(sdk.len(), 1, "{sdk:#?}");
     let sdk = &sdk[0];
@@ -370,7 +365,7 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
         "multi-hop: {with_parent} of {} non-root spans have a parent",
         spans.len() - 1
     );
-    agent.stop().unwrap();
+    sc.stop().unwrap();
 }
 
 /// The default mode leaves blocking sockets alone (the kernel's sockmap receive path can fail
@@ -378,9 +373,10 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
 /// spans still link by address; curl (non-blocking) gets the header.
 #[test]
 fn default_mode_injects_only_on_non_blocking_sockets() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = echo_server();
-    let agent = agent(&receiver, &[port], &[]);
+    let sc = Scenario::port(port).unwrap();
+    let receiver = sc.receiver();
     let blocking = get("/blocking");
     assert_eq!(exchange(port, &[&blocking], 1).remove(0), blocking);
     let echoed = curl(&[&format!("http://127.0.0.1:{port}/nonblocking")]).unwrap();
@@ -389,26 +385,29 @@ fn default_mode_injects_only_on_non_blocking_sockets() {
         1,
         "{echoed}"
     );
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/blocking", server.pid());
+    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/blocking", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/nonblocking", server.pid());
+    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/nonblocking", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
-    let log = agent.stop().unwrap();
+    let done = sc.stop().unwrap();
     assert!(
-        log.contains("traceparent injection on (non-blocking client sockets)"),
-        "{log}"
+        done.log
+            .contains("traceparent injection on (non-blocking client sockets)"),
+        "{}",
+        done.log
     );
-    let line = log_line(&log, "final counters");
-    assert_eq!(counter(&line, "inject_done"), 1, "{line}");
+    let injection = done.counters.injection();
+    assert_eq!(injection.inject_done, 1, "{injection:?}");
 }
 
 /// An SDK-instrumented client calling an uninstrumented server: the server span continues the
 /// SDK's trace, with W3C and with B3 (single and multi-header); nothing is injected on top.
 #[test]
 fn sdk_client_context_is_continued_by_the_server_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = agent(&receiver, &[port], &[]);
+    let sc = Scenario::port(port).unwrap();
+    let receiver = sc.receiver();
     for (fmt, source) in [("w3c", "w3c"), ("b3", "b3"), ("b3multi", "b3")] {
         let out = Command::new("python3")
             .arg(sdk_script())
@@ -425,7 +424,7 @@ fn sdk_client_context_is_continued_by_the_server_span() {
         let words: Vec<&str> = text.split_whitespace().collect();
         let (trace, span) = (words[1], words[3]);
         let s = span_for(
-            &receiver,
+            receiver,
             "SPAN_KIND_SERVER",
             &format!("/sdk-{fmt}"),
             server.pid(),
@@ -433,9 +432,9 @@ fn sdk_client_context_is_continued_by_the_server_span() {
         assert_eq!((s.trace_id(), s.parent_id()), (trace, span), "{fmt}: {s:#}");
         assert_eq!(s.attr_str("tracer.parent.source"), source);
     }
-    let line = log_line(&agent.stop().unwrap(), "final counters");
-    assert!(counter(&line, "inject_skipped_has_context") >= 3, "{line}");
-    assert_eq!(counter(&line, "inject_done"), 0, "{line}");
+    let injection = sc.stop().unwrap().counters.injection().clone();
+    assert!(injection.inject_skipped_has_context >= 3, "{injection:?}");
+    assert_eq!(injection.inject_done, 0, "{injection:?}");
 }
 
 /// Runs `ip` with `args`; panics with its stderr on failure.
@@ -496,13 +495,13 @@ impl Drop for Netns {
 /// server over a veth pair; the server span still continues the client's trace.
 #[test]
 fn trace_links_across_network_namespaces() {
+    require_root();
     let pid = std::process::id();
     let (host, inside) = (
         format!("10.{}.{}.1", 100 + pid % 100, pid % 250),
         format!("10.{}.{}.2", 100 + pid % 100, pid % 250),
     );
     let ns = Netns::create(&host, &inside);
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     let server = Proc::spawn(
         "echo server",
@@ -512,7 +511,8 @@ fn trace_links_across_network_namespaces() {
     )
     .unwrap();
     server.wait_line("READY", Duration::from_secs(10)).unwrap();
-    let agent = agent(&receiver, &[port], &[]);
+    let sc = Scenario::port(port).unwrap();
+    let receiver = sc.receiver();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "10"])
         .arg(format!("http://{host}:{port}/across"))
@@ -532,14 +532,14 @@ fn trace_links_across_network_namespaces() {
     assert_eq!(client.len(), 1, "{client:#?}");
     let client = &client[0];
     assert_eq!(client.attr_str("network.peer.address"), host);
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/across", server.pid());
+    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/across", server.pid());
     assert_eq!(srv.attr_str("client.address"), inside, "{srv:#}");
     assert_eq!(
         (srv.trace_id(), srv.parent_id()),
         (client.trace_id(), client.span_id())
     );
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
-    agent.stop().unwrap();
+    sc.stop().unwrap();
     drop(ns);
 }
 
@@ -547,19 +547,20 @@ fn trace_links_across_network_namespaces() {
 /// traces on, linking without it.
 #[test]
 fn unusable_cgroup_root_turns_injection_off_and_tracing_goes_on() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = echo_server();
-    let agent = agent(
-        &receiver,
-        &[port],
-        &["--cgroup-root", "/nonexistent/cgroup"],
-    );
+    let sc = Scenario::ports(&[port])
+        .args(&["--cgroup-root", "/nonexistent/cgroup"])
+        .start()
+        .unwrap();
     let echoed = curl(&[&format!("http://127.0.0.1:{port}/no-root")]).unwrap();
     assert!(!echoed.contains("traceparent"), "{echoed}");
-    let srv = span_for(&receiver, "SPAN_KIND_SERVER", "/no-root", server.pid());
+    let srv = span_for(sc.receiver(), "SPAN_KIND_SERVER", "/no-root", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
-    let log = agent.stop().unwrap();
-    let warn = log_line(&log, "traceparent injection off:");
+    let done = sc.stop().unwrap();
+    let log = &done.log;
+    let warn = log_line(log, "traceparent injection off:");
     assert!(warn.contains("/nonexistent/cgroup"), "{log}");
-    assert!(log_line(&log, "final counters").contains("injection: off"));
+    assert!(log_line(log, "final counters").contains("injection: off"));
+    assert!(done.counters.injection.is_none(), "{:?}", done.counters);
 }

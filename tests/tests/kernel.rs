@@ -11,6 +11,7 @@ use tracer_tests::*;
 
 #[test]
 fn programs_load_attach_and_report_real_http_traffic() {
+    require_root();
     let dir = TempDir::new("kernel");
     std::fs::write(dir.path().join("probe.txt"), "hello from the kernel test\n").unwrap();
     let port = free_port();

@@ -6,6 +6,7 @@ use tracer_tests::*;
 
 #[test]
 fn sigterm_detaches_everything_and_exits_zero() {
+    require_root();
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",
@@ -48,10 +49,13 @@ fn sigterm_detaches_everything_and_exits_zero() {
     agent
         .wait_line("final counters", Duration::from_secs(1))
         .unwrap();
+    // Beside it, the same counters for machines.
+    Counters::final_in(&agent.stderr().join("\n")).unwrap();
 }
 
 #[test]
 fn sigint_also_stops_cleanly() {
+    require_root();
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",
@@ -92,6 +96,7 @@ fn help_explains_every_option() {
 
 #[test]
 fn without_privileges_it_says_so_in_one_line() {
+    require_root();
     // Drop to nobody: no CAP_BPF, no root.
     let out = Command::new("setpriv")
         .args([
@@ -122,6 +127,7 @@ fn kernel_config() -> String {
 
 #[test]
 fn start_up_reports_kernel_features_in_one_line_and_keeps_tracepoints() {
+    require_root();
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",

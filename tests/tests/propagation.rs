@@ -57,29 +57,15 @@ fn flags(s: &Value) -> i64 {
     s["flags"].as_i64().unwrap_or(-1)
 }
 
-fn agent_for(receiver: &Receiver, ports: &[u16]) -> Agent {
-    let ports = ports
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    // Injection off: these tests are about what the agent links without touching requests.
-    Agent::start(
-        &["--port", &ports, "--inject-traceparent", "off"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .unwrap()
-}
+/// Injection off: these tests are about what the agent links without touching requests.
+const NO_INJECTION: &[&str] = &["--inject-traceparent", "off"];
 
 #[test]
 fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = Scenario::ports(&[port]).args(NO_INJECTION).start().unwrap();
+    let receiver = sc.receiver();
     let base = format!("http://127.0.0.1:{port}");
     let h = |v: String| format!("traceparent: {v}");
     let get = |path: &str, headers: &[String]| {
@@ -107,7 +93,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     get("/short", &[h(format!("00-{TRACE}-{}-01", &CALLER[1..]))]);
     get("/plain", &[]);
 
-    let s = server_span(&receiver, &server, "/sampled");
+    let s = server_span(receiver, &server, "/sampled");
     assert_eq!(trace_id(&s), TRACE, "{s:#}");
     assert_eq!(parent(&s), CALLER);
     assert_eq!(
@@ -117,7 +103,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     assert_eq!(flags(&s) & 0xff, 1);
     assert_eq!(s.attr_str("tracer.parent.source"), "w3c");
 
-    let s = server_span(&receiver, &server, "/unsampled");
+    let s = server_span(receiver, &server, "/unsampled");
     assert_eq!((trace_id(&s), parent(&s)), (TRACE, CALLER));
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "w3c");
@@ -125,8 +111,8 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     // Malformed context is ignored as a whole: the span joins curl's own (new) trace, found
     // on this node by the connection's addresses, never the header's trace.
     for path in ["/upper", "/zero", "/short", "/plain"] {
-        let s = server_span(&receiver, &server, path);
-        let c = curl_span(&receiver, port, path);
+        let s = server_span(receiver, &server, path);
+        let c = curl_span(receiver, port, path);
         assert_ne!(trace_id(&s).to_lowercase(), TRACE, "{path}: {s:#}");
         assert_eq!(trace_id(&s).len(), 32);
         assert_eq!(
@@ -137,14 +123,15 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
         assert_eq!(s["trace_state"].as_str().unwrap_or(""), "");
         assert_eq!(s.attr_str("tracer.parent.source"), "address", "{path}");
     }
-    agent.stop().unwrap();
+    sc.stop().unwrap();
 }
 
 #[test]
 fn incoming_b3_context_is_adopted() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (server, port) = test_http_server().unwrap();
-    let agent = agent_for(&receiver, &[port]);
+    let sc = Scenario::ports(&[port]).args(NO_INJECTION).start().unwrap();
+    let receiver = sc.receiver();
     let base = format!("http://127.0.0.1:{port}");
     let single = format!("b3: {TRACE}-{CALLER}-1-05e3ac9a4f6e3b90");
     curl(&["-o", "/dev/null", "-H", &single, &format!("{base}/single")]).unwrap();
@@ -169,30 +156,30 @@ fn incoming_b3_context_is_adopted() {
     ])
     .unwrap();
 
-    let s = server_span(&receiver, &server, "/single");
+    let s = server_span(receiver, &server, "/single");
     assert_eq!((trace_id(&s), parent(&s)), (TRACE, CALLER), "{s:#}");
     assert_eq!(flags(&s) & 0xff, 1);
     assert_eq!(s.attr_str("tracer.parent.source"), "b3");
 
-    let s = server_span(&receiver, &server, "/multi");
+    let s = server_span(receiver, &server, "/multi");
     assert_eq!(trace_id(&s), "0000000000000000a3ce929d0e0e4736", "{s:#}");
     assert_eq!(parent(&s), CALLER);
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "b3");
 
     // Sampling only: no caller span in the header; curl's CLIENT span (same node) is the parent.
-    let s = server_span(&receiver, &server, "/debug-only");
-    let c = curl_span(&receiver, port, "/debug-only");
+    let s = server_span(receiver, &server, "/debug-only");
+    let c = curl_span(receiver, port, "/debug-only");
     assert_eq!(parent(&s), span_id(&c));
     assert_eq!(flags(&s) & 0xff, 1);
     assert_eq!(s.attr_str("tracer.parent.source"), "address");
-    agent.stop().unwrap();
+    sc.stop().unwrap();
 }
 
 /// curl → proxy A (threaded; its handler thread calls B) → server B.
 #[test]
 fn client_sent_while_serving_is_a_child_of_the_server_span() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let (backend, backend_port) = test_http_server().unwrap();
     let port = free_port();
     let script = workspace_root().join("tests/servers/proxy.py");
@@ -205,22 +192,26 @@ fn client_sent_while_serving_is_a_child_of_the_server_span() {
     )
     .unwrap();
     proxy.wait_line("READY", Duration::from_secs(10)).unwrap();
-    let agent = agent_for(&receiver, &[port, backend_port]);
+    let sc = Scenario::ports(&[port, backend_port])
+        .args(NO_INJECTION)
+        .start()
+        .unwrap();
+    let receiver = sc.receiver();
     let base = format!("http://127.0.0.1:{port}");
     curl(&["-o", "/dev/null", &format!("{base}/plain")]).unwrap();
     let tp = format!("traceparent: 00-{TRACE}-{CALLER}-01");
     curl(&["-o", "/dev/null", "-H", &tp, &format!("{base}/traced")]).unwrap();
 
     for (path, incoming) in [("/plain", false), ("/traced", true)] {
-        let a_server = server_span(&receiver, &proxy, path);
-        let a_client = client_span(&receiver, proxy.pid(), &format!("/backend{path}"));
-        let b_server = server_span(&receiver, &backend, &format!("/backend{path}"));
+        let a_server = server_span(receiver, &proxy, path);
+        let a_client = client_span(receiver, proxy.pid(), &format!("/backend{path}"));
+        let b_server = server_span(receiver, &backend, &format!("/backend{path}"));
         if incoming {
             assert_eq!((trace_id(&a_server), parent(&a_server)), (TRACE, CALLER));
             assert_eq!(a_server.attr_str("tracer.parent.source"), "w3c");
         } else {
             // No header: curl's CLIENT span on this node is the parent.
-            let c = curl_span(&receiver, port, path);
+            let c = curl_span(receiver, port, path);
             assert_eq!(parent(&a_server), span_id(&c), "{a_server:#}");
             assert_eq!(trace_id(&a_server), trace_id(&c));
             assert_eq!(a_server.attr_str("tracer.parent.source"), "address");
@@ -237,13 +228,13 @@ fn client_sent_while_serving_is_a_child_of_the_server_span() {
         assert_eq!(b_server.attr_str("tracer.parent.source"), "address");
     }
     // curl's own CLIENT spans: roots (curl sent a header for /traced: it carries its context).
-    let curl_plain = curl_span(&receiver, port, "/plain");
+    let curl_plain = curl_span(receiver, port, "/plain");
     assert_eq!(parent(&curl_plain), "");
     assert_eq!(curl_plain.attr_str("tracer.parent.source"), "none");
-    let curl_traced = curl_span(&receiver, port, "/traced");
+    let curl_traced = curl_span(receiver, port, "/traced");
     assert_eq!(trace_id(&curl_traced), TRACE);
     assert_eq!(span_id(&curl_traced), CALLER);
     assert_eq!(curl_traced.attr_str("tracer.parent.source"), "w3c");
-    agent.stop().unwrap();
+    sc.stop().unwrap();
     drop(proxy);
 }

@@ -8,7 +8,6 @@ use tracer_tests::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn vectored(family: &str) {
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     let script = workspace_root().join("tests/servers/vectored.py");
     let server = Proc::spawn(
@@ -19,7 +18,7 @@ fn vectored(family: &str) {
     )
     .unwrap();
     server.wait_line("READY", WAIT).unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let out = Command::new("python3")
         .arg(&script)
         .args(["client", &port.to_string(), family, "3"])
@@ -29,11 +28,11 @@ fn vectored(family: &str) {
         String::from_utf8_lossy(&out.stdout).contains("OK"),
         "{out:?}"
     );
-    let spans = receiver.wait_spans(6, WAIT, |s| {
+    let spans = sc.wait_spans(6, WAIT, |s| {
         s.attr_i64("network.peer.port") == port as i64
             || s.res("process.pid").as_i64() == Some(server.pid() as i64)
     });
-    agent.stop().unwrap();
+    sc.stop().unwrap();
     let (servers, clients): (Vec<&Value>, Vec<&Value>) =
         spans.iter().partition(|s| s.kind() == "SPAN_KIND_SERVER");
     assert_eq!((servers.len(), clients.len()), (3, 3), "{spans:#?}");
@@ -61,17 +60,19 @@ fn vectored(family: &str) {
 
 #[test]
 fn readv_writev_recvmsg_sendmsg_ipv4() {
+    require_root();
     vectored("4");
 }
 
 #[test]
 fn readv_writev_recvmsg_sendmsg_ipv6() {
+    require_root();
     vectored("6");
 }
 
 #[test]
 fn service_name_and_resource_attributes_from_the_process_environment() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
     let script = workspace_root().join("tests/servers/http_server.py");
     let server = Proc::spawn(
@@ -87,23 +88,18 @@ fn service_name_and_resource_attributes_from_the_process_environment() {
     )
     .unwrap();
     server.wait_line("READY", WAIT).unwrap();
-    let agent = Agent::start(
-        &["--port", &port.to_string()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            // The agent's own resource attributes apply to every process it traces.
-            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.node.name=node-1"),
-        ],
-    )
-    .unwrap();
+    let sc = Scenario::ports(&[port])
+        // The agent's own resource attributes apply to every process it traces.
+        .env("OTEL_RESOURCE_ATTRIBUTES", "k8s.node.name=node-1")
+        .start()
+        .unwrap();
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/cart")]).unwrap();
     let pid = server.pid() as i64;
-    let spans = receiver.wait_spans(1, WAIT, |s| s.res("process.pid").as_i64() == Some(pid));
-    let client = receiver.wait_spans(1, WAIT, |s| {
+    let spans = sc.wait_spans(1, WAIT, |s| s.res("process.pid").as_i64() == Some(pid));
+    let client = sc.wait_spans(1, WAIT, |s| {
         s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
     });
-    agent.stop().unwrap();
+    sc.stop().unwrap();
     let s = &spans[0];
     assert_eq!(s.res("service.name"), "checkout");
     assert_eq!(s.res("deployment.environment"), "test");
@@ -121,6 +117,7 @@ fn service_name_and_resource_attributes_from_the_process_environment() {
 
 #[test]
 fn sendmmsg_and_recvmmsg() {
+    require_root();
     let dir = TempDir::new("mmsg");
     let bin = dir.path().join("mmsg_client");
     let cc = Command::new("cc")
@@ -130,7 +127,6 @@ fn sendmmsg_and_recvmmsg() {
         .output()
         .expect("a C compiler (cc) builds the mmsg client");
     assert!(cc.status.success(), "{cc:?}");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     let script = workspace_root().join("tests/servers/vectored.py");
     let server = Proc::spawn(
@@ -141,16 +137,16 @@ fn sendmmsg_and_recvmmsg() {
     )
     .unwrap();
     server.wait_line("READY", WAIT).unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     let out = Command::new(&bin).arg(port.to_string()).output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("OK"),
         "{out:?}"
     );
-    let clients = receiver.wait_spans(2, WAIT, |s| {
+    let clients = sc.wait_spans(2, WAIT, |s| {
         s.kind() == "SPAN_KIND_CLIENT" && s.attr_i64("network.peer.port") == port as i64
     });
-    agent.stop().unwrap();
+    sc.stop().unwrap();
     let mut got: Vec<(String, i64)> = clients
         .iter()
         .map(|s| {
@@ -177,7 +173,7 @@ fn sendmmsg_and_recvmmsg() {
 /// serves it. The connection must live on (only the last close ends it).
 #[test]
 fn connection_closed_by_the_parent_lives_on_in_the_forked_child() {
-    let receiver = Receiver::start(&[]).unwrap();
+    require_root();
     let port = free_port();
     let server = Proc::spawn(
         "forking server",
@@ -187,20 +183,21 @@ fn connection_closed_by_the_parent_lives_on_in_the_forked_child() {
     )
     .unwrap();
     server.wait_line("READY", WAIT).unwrap();
-    let agent = Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap();
+    let sc = Scenario::port(port).unwrap();
     for i in 0..3 {
         let body = curl(&[&format!("http://127.0.0.1:{port}/fork/{i}")]).unwrap();
         assert_eq!(body, "forked");
     }
-    let servers = receiver.wait_spans(3, WAIT, |s| {
+    let servers = sc.wait_spans(3, WAIT, |s| {
         s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path").starts_with("/fork/")
     });
-    let log = log_line(&agent.stop().unwrap(), "final counters");
+    let done = sc.stop().unwrap();
+    let log = done.summary();
     assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
     assert!(
         servers
             .iter()
             .all(|s| s.attr_i64("http.response.status_code") == 200)
     );
-    assert_eq!(counter(&log, "unmatched_responses"), 0, "{log}");
+    assert_eq!(done.counters.unmatched_responses, 0, "{log}");
 }

@@ -51,15 +51,6 @@ fn is_client_of(s: &Value, service: &str, port: u16) -> bool {
         && s.attr_i64("network.peer.port") == port as i64
 }
 
-fn by_path<'a>(spans: &'a [Value], path: &str) -> &'a Value {
-    let found: Vec<&Value> = spans
-        .iter()
-        .filter(|s| s.attr_str("url.path") == path)
-        .collect();
-    assert_eq!(found.len(), 1, "one span for {path}: {spans:#?}");
-    found[0]
-}
-
 /// What a user checks on a request seen from both ends over TLS: name, kind, scheme, path,
 /// status, peer, the server span as the client span's child, and durations.
 fn check_exchange(server: &Value, client: &Value, path: &str, status: i64, port: u16) {
@@ -132,31 +123,13 @@ fn check_named(server: &Value, client: &Value, path: &str, name: &str, status: i
 
 /// No span from ciphertext: every span the agent exported (it traces only this test's port,
 /// which carries TLS only) is an https request of the test, and there are exactly `n`.
-fn assert_only_plaintext_spans(r: &Receiver, n: usize, log: &str) {
-    let all = r.spans();
-    for s in &all {
+fn assert_only_plaintext_spans(all: &[Value], n: usize, log: &str) {
+    for s in all {
         assert_eq!(s.attr_str("url.scheme"), "https", "{log}\n{s:#}");
         assert_eq!(s.attr_str("http.request.method"), "GET", "{log}\n{s:#}");
         assert!(s.attr_str("url.path").starts_with('/'), "{log}\n{s:#}");
     }
     assert_eq!(all.len(), n, "{log}\nspans: {all:#?}");
-}
-
-fn final_counters(stderr: &str) -> String {
-    stderr
-        .lines()
-        .filter(|l| {
-            l.contains("counters")
-                || l.contains("WARN")
-                || l.contains("TLS probes")
-                || l.contains("export finished")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn agent_for(receiver: &Receiver, port: u16) -> Agent {
-    Agent::otlp(&receiver.grpc_endpoint(), "grpc", port).unwrap()
 }
 
 /// A private nginx serving HTTPS (HTTP/1.1) on `port`: `/missing` is 404, the rest 200.
@@ -173,12 +146,12 @@ fn nginx_tls(dir: &Path, port: u16, certs: &Certs) -> Proc {
 /// keep-alive connection and one on another.
 #[test]
 fn curl_to_nginx() {
+    require_root();
     let certs = Certs::new("tls-nginx");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, port);
+    let sc = Scenario::port(port).unwrap();
     let nginx = nginx_tls(certs.dir.path(), port, &certs);
-    wait_attached(&agent, "libssl.so");
+    wait_attached(&sc.agent, "libssl.so");
     let base = format!("https://127.0.0.1:{port}");
     curl(&[
         "-k",
@@ -200,12 +173,13 @@ fn curl_to_nginx() {
     ])
     .unwrap();
 
-    spans_where(&receiver, 3, |s| is_server_of(s, "nginx"));
-    spans_where(&receiver, 3, |s| is_client_of(s, "curl", port));
-    let log = final_counters(&agent.stop().unwrap());
+    spans_where(sc.receiver(), 3, |s| is_server_of(s, "nginx"));
+    spans_where(sc.receiver(), 3, |s| is_client_of(s, "curl", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
     drop(nginx);
-    let servers = spans_where(&receiver, 3, |s| is_server_of(s, "nginx"));
-    let clients = spans_where(&receiver, 3, |s| is_client_of(s, "curl", port));
+    let servers = done.spans_where(|s| is_server_of(s, "nginx"));
+    let clients = done.spans_where(|s| is_client_of(s, "curl", port));
     assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
     assert_eq!(clients.len(), 3, "{log}\n{clients:#?}");
     for (path, status) in [("/tls/first", 200), ("/missing", 404), ("/tls/second", 200)] {
@@ -217,17 +191,16 @@ fn curl_to_nginx() {
             port,
         );
     }
-    assert_only_plaintext_spans(&receiver, 6, &log);
-    let counters = log_line(&log, "final counters");
-    assert!(counter(&counters, "tls_files_attached") >= 1, "{log}");
-    assert_eq!(counter(&counters, "tls_attach_failed"), 0, "{log}");
+    assert_only_plaintext_spans(&done.spans, 6, &log);
+    assert!(done.counters.tls_files_attached >= 1, "{log}");
+    assert_eq!(done.counters.tls_attach_failed, 0, "{log}");
 }
 
 /// Python's ssl module (libssl) on both ends; the server runs before the agent starts.
 #[test]
 fn python_ssl_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-python");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     let script = workspace_root().join("tests/servers/http_server.py");
     let server = Proc::spawn(
@@ -240,8 +213,8 @@ fn python_ssl_server_and_client() {
     )
     .unwrap();
     server.wait_line("READY", Duration::from_secs(10)).unwrap();
-    let agent = agent_for(&receiver, port);
-    wait_attached(&agent, "libssl.so");
+    let sc = Scenario::port(port).unwrap();
+    wait_attached(&sc.agent, "libssl.so");
     let client = format!(
         r#"
 import http.client, ssl
@@ -274,11 +247,12 @@ c.close()
             && s.res("process.pid").as_i64() != Some(server.pid() as i64)
             && s.attr_i64("network.peer.port") == port as i64
     };
-    spans_where(&receiver, 2, is_server);
-    spans_where(&receiver, 2, is_client);
-    let log = final_counters(&agent.stop().unwrap());
-    let servers = spans_where(&receiver, 2, is_server);
-    let clients = spans_where(&receiver, 2, is_client);
+    spans_where(sc.receiver(), 2, is_server);
+    spans_where(sc.receiver(), 2, is_client);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let servers = done.spans_where(is_server);
+    let clients = done.spans_where(is_client);
     assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
     assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
     assert!(
@@ -304,17 +278,17 @@ c.close()
         404,
         port,
     );
-    assert_only_plaintext_spans(&receiver, 4, &log);
+    assert_only_plaintext_spans(&done.spans, 4, &log);
 }
 
 /// node (OpenSSL inside the node binary, no libssl) as https server and client, both
 /// started after the agent.
 #[test]
 fn node_https_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-node");
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, port);
+    let sc = Scenario::port(port).unwrap();
     let server_js = format!(
         r#"
 const https = require("https"), fs = require("fs");
@@ -332,7 +306,7 @@ https.createServer({{ key: fs.readFileSync({key:?}), cert: fs.readFileSync({cert
     )
     .expect("starting node (install it: `cargo xtask setup --test-deps`)");
     server.wait_line("READY", Duration::from_secs(20)).unwrap();
-    wait_attached(&agent, "node [OpenSSL API");
+    wait_attached(&sc.agent, "node [OpenSSL API");
     let client_js = format!(
         r#"
 const https = require("https");
@@ -356,11 +330,12 @@ get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
     let is_server = |s: &Value| {
         s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
     };
-    spans_where(&receiver, 2, is_server);
-    spans_where(&receiver, 2, |s| is_client_of(s, "node", port));
-    let log = final_counters(&agent.stop().unwrap());
-    let servers = spans_where(&receiver, 2, is_server);
-    let clients = spans_where(&receiver, 2, |s| is_client_of(s, "node", port));
+    spans_where(sc.receiver(), 2, is_server);
+    spans_where(sc.receiver(), 2, |s| is_client_of(s, "node", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let servers = done.spans_where(is_server);
+    let clients = done.spans_where(|s| is_client_of(s, "node", port));
     assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
     assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
     check_exchange(
@@ -377,7 +352,7 @@ get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
         404,
         port,
     );
-    assert_only_plaintext_spans(&receiver, 4, &log);
+    assert_only_plaintext_spans(&done.spans, 4, &log);
 }
 
 /// Builds tests/servers/tlsapp.go with the Go toolchain (cache and GOPATH in `dir`).
@@ -407,12 +382,12 @@ fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
 /// the agent. A stripped build is reported as not traceable, with the reason.
 #[test]
 fn go_https_server_and_client() {
+    require_root();
     let certs = Certs::new("tls-go");
     let app = go_build(certs.dir.path(), "tlsapp", &[]);
     let stripped = go_build(certs.dir.path(), "tlsapp-stripped", &["-ldflags=-s -w"]);
-    let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
-    let agent = agent_for(&receiver, port);
+    let sc = Scenario::port(port).unwrap();
     let server = Proc::spawn(
         "go https server",
         Command::new(&app)
@@ -423,7 +398,7 @@ fn go_https_server_and_client() {
     )
     .unwrap();
     server.wait_line("READY", Duration::from_secs(10)).unwrap();
-    wait_attached(&agent, "crypto/tls");
+    wait_attached(&sc.agent, "crypto/tls");
     let base = format!("https://127.0.0.1:{port}");
     let out = Command::new(&app)
         .args([
@@ -444,8 +419,8 @@ fn go_https_server_and_client() {
     let is_server = |s: &Value| {
         s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server_pid)
     };
-    spans_where(&receiver, 2, is_server);
-    spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
+    spans_where(sc.receiver(), 2, is_server);
+    spans_where(sc.receiver(), 2, |s| is_client_of(s, "tlsapp", port));
 
     // A stripped Go binary: its request reaches the traced server, its own side is reported
     // as not traceable.
@@ -454,7 +429,7 @@ fn go_https_server_and_client() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    spans_where(&receiver, 3, is_server);
+    spans_where(sc.receiver(), 3, is_server);
     // That client may exit before the agent looks at it: a stripped server stays up until the
     // agent has reported it (it serves nothing in this test).
     let stripped_server = Proc::spawn(
@@ -470,7 +445,7 @@ fn go_https_server_and_client() {
         .wait_line("READY", Duration::from_secs(10))
         .unwrap();
     let stripped_reported = wait_for(WAIT, || {
-        agent
+        sc.agent
             .proc
             .stderr()
             .into_iter()
@@ -482,27 +457,26 @@ fn go_https_server_and_client() {
     server.signal(libc::SIGTERM);
     server.wait_exit(Duration::from_secs(10)).unwrap();
     let detached = wait_for(WAIT, || {
-        agent
+        sc.agent
             .proc
             .stderr()
             .into_iter()
             .find(|l| l.contains("detached TLS probes from") && l.contains("/tlsapp ["))
     });
 
-    let stderr = agent.stop().unwrap();
-    let log = final_counters(&stderr);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
     let line = stripped_reported.unwrap_or_else(|| panic!("stripped binary not reported:\n{log}"));
     assert!(line.contains("stripped"), "{line}");
-    let counters = log_line(&log, "final counters");
-    assert!(counter(&counters, "tls_unsupported") >= 1, "{log}");
+    assert!(done.counters.tls_unsupported >= 1, "{log}");
     assert!(
         detached.is_some(),
         "no detach after the last process exited:\n{log}"
     );
-    assert!(counter(&counters, "tls_detached") >= 1, "{log}");
+    assert!(done.counters.tls_detached >= 1, "{log}");
 
-    let servers = spans_where(&receiver, 3, is_server);
-    let clients = spans_where(&receiver, 2, |s| is_client_of(s, "tlsapp", port));
+    let servers = done.spans_where(is_server);
+    let clients = done.spans_where(|s| is_client_of(s, "tlsapp", port));
     assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
     assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
     check_exchange(
@@ -529,5 +503,5 @@ fn go_https_server_and_client() {
     let s = by_path(&servers, "/tls/stripped");
     assert_eq!(s.attr_str("url.scheme"), "https");
     assert_eq!(s.attr_i64("http.response.status_code"), 200);
-    assert_only_plaintext_spans(&receiver, 5, &log);
+    assert_only_plaintext_spans(&done.spans, 5, &log);
 }

@@ -1,6 +1,7 @@
 //! The agent's main loop: ring buffer → span assembler → exporter, periodic expiry and counters,
 //! clean shutdown on SIGINT/SIGTERM.
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -209,6 +210,9 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     records
 }
 
+/// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
+/// not zero) and, beside it, the same counters under the same names as one JSON object
+/// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
 fn log_stats(
     when: &str,
     capture: &Capture,
@@ -216,29 +220,8 @@ fn log_stats(
     tls: &TlsAttacher,
     export: &ExportStats,
 ) {
-    let drops = capture
-        .drops()
-        .map(|d| {
-            d.iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|e| format!("unavailable ({e})"));
-    let injection = if capture.injecting {
-        capture
-            .inject_counts()
-            .map(|d| {
-                d.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_else(|e| format!("unavailable ({e})"))
-    } else {
-        "off".to_owned()
-    };
+    let drops = capture.drops();
+    let injection = capture.injecting.then(|| capture.inject_counts());
     let ev = stitcher.stats();
     let conns = stitcher.conns.stats();
     let parse = stitcher.conns.parse_stats();
@@ -246,50 +229,91 @@ fn log_stats(
     let ex = export.snapshot();
     let links = stitcher.link_stats();
     let tls = tls.stats();
+    let counters = [
+        ("events", ev.events),
+        ("data_events", ev.data_events),
+        ("malformed", ev.malformed),
+        ("spans", ev.spans),
+        ("conns_open", conns.open),
+        ("conns_opened", conns.opened),
+        ("conns_expired", conns.expired),
+        ("conns_refused_full", conns.refused_full),
+        ("gaps", conns.gaps),
+        ("gap_bytes", conns.gap_bytes),
+        ("invalid_messages", parse.invalid_messages),
+        ("dropped_messages", parse.dropped_messages),
+        ("unmatched_responses", parse.unmatched_responses),
+        ("unanswered_requests", parse.unanswered_requests),
+        ("h2_desyncs", h2.frames.desyncs),
+        ("h2_invalid", h2.frames.invalid),
+        ("h2_dropped_blocks", h2.frames.dropped_blocks),
+        ("h2_oversized_frames", h2.frames.oversized_frames),
+        ("h2_skipped_gaps", h2.frames.skipped_gaps),
+        ("h2_streams_over_limit", h2.streams_over_limit),
+        ("h2_streams_reset", h2.streams_reset),
+        ("h2_unknown_fields", h2.unknown_fields),
+        ("links_open", links.open),
+        ("links_linked", links.linked),
+        ("links_ambiguous", links.ambiguous),
+        ("links_refused_full", links.refused_full),
+        ("links_injected", links.injected),
+        ("links_injected_unlinked", links.injected_unlinked),
+        ("address_linked", links.address_linked),
+        ("tls_files_attached", tls.files_attached),
+        ("tls_attach_failed", tls.attach_failed),
+        ("tls_unsupported", tls.unsupported),
+        ("tls_detached", tls.detached),
+        ("exported", ex.spans_exported),
+        ("export_failed", ex.spans_failed),
+        ("export_queue_full", ex.spans_dropped_queue_full),
+        ("queue_len", ex.queue_len),
+    ];
+
+    let human_drops = match &drops {
+        Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
+        Err(e) => Some(format!("unavailable ({e})")),
+    };
+    let human_injection = match &injection {
+        None => "off".to_owned(),
+        Some(Ok(c)) => name_values(c),
+        Some(Err(e)) => format!("unavailable ({e})"),
+    };
     tracing::info!(
-        events = ev.events,
-        data_events = ev.data_events,
-        malformed = ev.malformed,
-        spans = ev.spans,
-        conns_open = conns.open,
-        conns_opened = conns.opened,
-        conns_expired = conns.expired,
-        conns_refused_full = conns.refused_full,
-        gaps = conns.gaps,
-        gap_bytes = conns.gap_bytes,
-        invalid_messages = parse.invalid_messages,
-        dropped_messages = parse.dropped_messages,
-        unmatched_responses = parse.unmatched_responses,
-        unanswered_requests = parse.unanswered_requests,
-        h2_desyncs = h2.frames.desyncs,
-        h2_invalid = h2.frames.invalid,
-        h2_dropped_blocks = h2.frames.dropped_blocks,
-        h2_oversized_frames = h2.frames.oversized_frames,
-        h2_skipped_gaps = h2.frames.skipped_gaps,
-        h2_streams_over_limit = h2.streams_over_limit,
-        h2_streams_reset = h2.streams_reset,
-        h2_unknown_fields = h2.unknown_fields,
-        links_open = links.open,
-        links_linked = links.linked,
-        links_ambiguous = links.ambiguous,
-        links_refused_full = links.refused_full,
-        links_injected = links.injected,
-        links_injected_unlinked = links.injected_unlinked,
-        address_linked = links.address_linked,
-        tls_files_attached = tls.files_attached,
-        tls_attach_failed = tls.attach_failed,
-        tls_unsupported = tls.unsupported,
-        tls_detached = tls.detached,
-        exported = ex.spans_exported,
-        export_failed = ex.spans_failed,
-        export_queue_full = ex.spans_dropped_queue_full,
-        queue_len = ex.queue_len,
-        "{when} counters; kernel drops: {}; injection: {}",
-        if drops.is_empty() {
-            "none".to_owned()
-        } else {
-            drops
-        },
-        injection
+        "{when} counters; kernel drops: {}; injection: {human_injection} {}",
+        human_drops.as_deref().unwrap_or("none"),
+        name_values(counters)
     );
+
+    // Counters that could not be read, and injection's when it is off, are `null`.
+    let nested = |m: Option<&BTreeMap<&'static str, u64>>| {
+        m.map_or_else(|| "null".to_owned(), |m| json_object(m.iter()))
+    };
+    let stats = json_object(counters.iter().map(|(k, v)| (*k, v.to_string())).chain([
+        ("kernel_drops", nested(drops.as_ref().ok())),
+        (
+            "injection",
+            nested(injection.as_ref().and_then(|r| r.as_ref().ok())),
+        ),
+    ]));
+    tracing::info!("{when} stats {stats}");
+}
+
+/// `name=value name=value ...`
+fn name_values<K: std::fmt::Display, V: std::fmt::Display>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let words: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    words.join(" ")
+}
+
+/// `{"name":value,...}`. The names are the agent's own identifiers (ASCII letters and `_`):
+/// nothing to escape.
+fn json_object<K: std::fmt::Display, V: std::fmt::Display>(
+    members: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let members: Vec<String> = members
+        .into_iter()
+        .map(|(k, v)| format!("\"{k}\":{v}"))
+        .collect();
+    format!("{{{}}}", members.join(","))
 }
