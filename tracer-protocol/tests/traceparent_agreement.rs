@@ -1,6 +1,6 @@
 //! The kernel and the agent read an incoming `traceparent` with two parsers: the kernel's
 //! (`tracer_common::propagation`, branch-free for the verifier) decides the trace of the
-//! requests a serving thread sends, the agent's (`tracer::trace::context`) the trace of the
+//! requests a serving thread sends, the agent's (`tracer_protocol::trace_context`, the agent's `trace::context`) the trace of the
 //! SERVER span. A header one accepts and the other refuses, or reads differently, splits the
 //! trace in two, so both must agree on every input: valid headers, every one-byte mutation,
 //! case, lengths 54..=60, every version and flags byte, zero ids, whitespace, random bytes.
@@ -12,8 +12,8 @@
 //!
 //! The inputs come from a seeded generator: every run checks the same cases, and a failure
 //! names the inputs.
-use tracer::trace::context::parse_traceparent as agent_parse;
 use tracer_common::propagation::{TRACEPARENT_VALUE_LEN, parse_traceparent as kernel_parse};
+use tracer_protocol::trace_context::parse_traceparent as agent_parse;
 
 /// What the kernel makes of the header line `traceparent:<raw>\r\n`. This is the framing of
 /// `incoming_traceparent` (tracer-ebpf/src/context.rs; keep the two in step): at most

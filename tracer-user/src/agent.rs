@@ -64,7 +64,7 @@ pub async fn run(
         options,
         cli.table_limits(),
     )
-    .with_links(parents);
+    .with_parent_resolver(parents);
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -216,18 +216,18 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
 fn log_stats(
     when: &str,
     capture: &Capture,
-    stitcher: &SpanAssembler,
+    assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
 ) {
     let drops = capture.drops();
     let injection = capture.injecting.then(|| capture.inject_counts());
-    let ev = stitcher.stats();
-    let conns = stitcher.conns.stats();
-    let parse = stitcher.conns.parse_stats();
-    let h2 = stitcher.conns.h2_stats();
+    let ev = assembler.stats();
+    let conns = assembler.conns.stats();
+    let parse = assembler.conns.parse_stats();
+    let h2 = assembler.conns.h2_stats();
     let ex = export.snapshot();
-    let links = stitcher.link_stats();
+    let links = assembler.parent_stats();
     let tls = tls.stats();
     let counters = [
         ("events", ev.events),

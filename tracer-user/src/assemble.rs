@@ -33,8 +33,9 @@ pub struct SpanAssembler {
     /// Exited processes, forgotten only after `EXIT_GRACE_NS`: a connection's last span may be
     /// finished by its close, after the process is gone from /proc.
     exits: VecDeque<(u32, u64)>,
-    /// Trace context resolution and in-process links (see [`crate::trace::parent`]).
-    links: ParentResolver,
+    /// Resolves each span's parent: incoming context, same-thread and same-node callers (see
+    /// [`crate::trace::parent`]).
+    parents: ParentResolver,
 }
 
 const EXIT_GRACE_NS: u64 = 5_000_000_000;
@@ -56,18 +57,18 @@ impl SpanAssembler {
             finished: Vec::new(),
             stats: EventStats::default(),
             exits: VecDeque::new(),
-            links: ParentResolver::default(),
+            parents: ParentResolver::default(),
         }
     }
 
     /// Replaces the trace context resolver (deterministic tests, other bounds).
-    pub fn with_links(mut self, links: ParentResolver) -> Self {
-        self.links = links;
+    pub fn with_parent_resolver(mut self, parents: ParentResolver) -> Self {
+        self.parents = parents;
         self
     }
 
-    pub fn link_stats(&self) -> ParentStats {
-        self.links.stats()
+    pub fn parent_stats(&self) -> ParentStats {
+        self.parents.stats()
     }
 
     pub fn stats(&self) -> EventStats {
@@ -102,17 +103,17 @@ impl SpanAssembler {
                     self.processes
                         .resource_named(header.header.pid, &header.comm),
                 );
-                let links = &mut self.links;
+                let parents = &mut self.parents;
                 self.conns.on_data_with(
                     &header,
                     payload,
                     &mut self.finished,
-                    &mut |conn, start| links.on_start(conn, start),
+                    &mut |conn, start| parents.on_start(conn, start),
                 );
             }
             Event::Close(close) => {
                 self.conns.on_close(&close, &mut self.finished);
-                self.links.on_conn_gone(close.conn_id);
+                self.parents.on_conn_gone(close.conn_id);
             }
             Event::Exec { pid, .. } => self.processes.on_exec(pid),
             Event::Exit { pid, ts } => {
@@ -131,7 +132,7 @@ impl SpanAssembler {
     pub fn tick(&mut self, now_monotonic_ns: u64, emit: &mut impl FnMut(Span)) {
         self.conns.expire(now_monotonic_ns, &mut self.finished);
         let conns = &self.conns;
-        self.links.tick(now_monotonic_ns, |id| conns.contains(id));
+        self.parents.tick(now_monotonic_ns, |id| conns.contains(id));
         while let Some(&(pid, ts)) = self.exits.front() {
             if now_monotonic_ns.saturating_sub(ts) < EXIT_GRACE_NS {
                 break;
@@ -146,7 +147,7 @@ impl SpanAssembler {
         for (conn, exchange) in self.finished.drain(..) {
             let resource: Arc<_> = self.processes.resource(conn.pid);
             self.stats.spans += 1;
-            let ctx = self.links.context_for(&conn, &exchange);
+            let ctx = self.parents.context_for(&conn, &exchange);
             emit(span_from_exchange(
                 &exchange,
                 &conn,
@@ -194,7 +195,11 @@ mod tests {
                 SpanOptions::default(),
                 TableLimits::default(),
             )
-            .with_links(ParentResolver::with_ids(16, 7, IdGenerator::from_seed(3)));
+            .with_parent_resolver(ParentResolver::with_ids(
+                16,
+                7,
+                IdGenerator::from_seed(3),
+            ));
             Self {
                 s,
                 pos: Default::default(),
@@ -315,7 +320,7 @@ mod tests {
             assert_eq!(server.parent_span_id, Some(client.span_id));
             assert_eq!(source(&server), "address");
             assert_eq!(source(&client), "none");
-            assert_eq!(t.s.link_stats().address_linked, 1);
+            assert_eq!(t.s.parent_stats().address_linked, 1);
         }
         // Another client port: no link.
         let mut t = T::new();
@@ -355,8 +360,8 @@ mod tests {
         assert_ne!(client.span_id, server.span_id);
         assert_eq!(client.trace_state.as_deref(), Some("k=v"));
         assert_eq!(source(&client), "thread");
-        assert_eq!(t.s.link_stats().linked, 1);
-        assert_eq!(t.s.link_stats().open, 0);
+        assert_eq!(t.s.parent_stats().linked, 1);
+        assert_eq!(t.s.parent_stats().open, 0);
 
         // Without incoming context: a new root server span, still the client's parent.
         t.serve(1, 7, 4_000, "");
@@ -406,7 +411,7 @@ mod tests {
             assert_eq!(s.kind, SpanKind::Client);
             assert_eq!((s.parent_span_id, source(s)), (None, "none"), "{s:?}");
         }
-        assert_eq!(t.s.link_stats().open, 0);
+        assert_eq!(t.s.parent_stats().open, 0);
     }
 
     #[test]
@@ -426,7 +431,7 @@ mod tests {
             .collect();
         assert_eq!(clients.len(), 2);
         assert!(clients.iter().all(|c| c.parent_span_id.is_none()));
-        assert_eq!(t.s.link_stats().ambiguous, 2);
+        assert_eq!(t.s.parent_stats().ambiguous, 2);
         // The multiplexed mark is forgotten once the thread has been idle long enough.
         t.spans.clear();
         t.s.tick(3_600 + MULTIPLEXED_TTL_NS, &mut |_| {});
@@ -515,13 +520,13 @@ mod tests {
         for conn in 0..40u64 {
             t.serve(100 + conn, 1000 + conn as u32, 1_000 + conn, "");
         }
-        let st = t.s.link_stats();
+        let st = t.s.parent_stats();
         assert_eq!((st.open, st.tracked, st.refused_full), (16, 16, 24));
         // A thread whose request could not be tracked never links.
         t.call(2, 1039, 5_000, "");
         assert!(t.take(SpanKind::Client).parent_span_id.is_none());
         // Expired connections take their state with them.
         t.s.tick(1_000_000_000_000, &mut |_| {});
-        assert_eq!(t.s.link_stats().open, 0);
+        assert_eq!(t.s.parent_stats().open, 0);
     }
 }
