@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test | fuzz`.
 //!
 //! Every task does its own set-up first (fast when nothing is missing), so the README's two
 //! commands work on a fresh machine.
 mod bench;
+mod fuzz;
 mod kernel_test;
 mod setup;
 mod test;
@@ -58,6 +59,11 @@ enum Task {
     /// on this kernel), report programs loaded/attached, verifier instruction counts and
     /// pass/fail (also in target/kernel-matrix/report.md).
     KernelTest(kernel_test::Args),
+    /// Fuzz the parsers (libFuzzer targets in fuzz/): every target in parallel for --minutes,
+    /// starting from the committed seeds and regressions; runs and coverage per target; a crash
+    /// is minimised into fuzz/regressions/<target>/ and fails the task. `cargo xtask test` runs
+    /// each target for 30 s.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> Result<()> {
@@ -97,6 +103,10 @@ fn main() -> Result<()> {
             util::ensure_root()?;
             setup::run(false)?;
             kernel_test::command(args)
+        }
+        Task::Fuzz(args) => {
+            setup::run(false)?;
+            fuzz::command(args)
         }
     }
 }

@@ -210,3 +210,22 @@ pub fn bench_deps() -> Result<()> {
     )
     .context("cargo install oha failed")
 }
+
+/// cargo-fuzz (libFuzzer targets under fuzz/; `cargo xtask fuzz` and the test run's fuzz step).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+pub fn cargo_fuzz() -> Result<()> {
+    nightly_with_rust_src()?;
+    let current = output("cargo-fuzz", &["--version"]).unwrap_or_default();
+    if current.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    step(format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} with cargo install (about a minute, once)"
+    ));
+    util::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]),
+    )
+    .context("cargo install cargo-fuzz failed")
+}

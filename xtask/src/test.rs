@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    kernel_test,
+    fuzz, kernel_test,
     util::{cargo, describe, step, workspace_root},
 };
 
@@ -67,6 +67,33 @@ pub fn run(lint: bool, kernel_matrix: bool, filter: Option<&str>) -> Result<()> 
             }
             Err(e) => {
                 println!("test kernel-matrix ... FAILED (could not run: {e:#})");
+                failed += 1;
+            }
+        }
+    }
+    // Every fuzz target: its committed inputs, then a short fuzzing budget (not for a
+    // filtered run). Each target counts as one test.
+    if filter.is_none() {
+        let run = fuzz::targets()
+            .and_then(|t| fuzz::run(&t, fuzz::TEST_BUDGET, 2, fuzz::Corpus::Scratch));
+        match run {
+            Ok(outcomes) => {
+                fuzz::print_table(&outcomes);
+                for o in &outcomes {
+                    match &o.failure {
+                        None => {
+                            println!("test fuzz::{} ... ok ({} runs)", o.target, o.runs);
+                            passed += 1;
+                        }
+                        Some(why) => {
+                            println!("test fuzz::{} ... FAILED ({why})", o.target);
+                            failed += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                println!("test fuzz ... FAILED (could not run: {e:#})");
                 failed += 1;
             }
         }
