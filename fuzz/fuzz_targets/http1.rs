@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracer_protocol::http1::{Http1Conn, Limits};
-use tracer_protocol::{Chunk, Direction};
+use tracer_protocol::{Chunk, Direction, headers};
 
 const LIMITS: Limits = Limits {
     max_head_bytes: 2048,
@@ -73,13 +73,16 @@ fuzz_target!(|input: &[u8]| {
     for x in &out {
         assert!(x.start_ns <= x.end_ns);
         assert!(!x.request.method.is_empty());
-        assert!(x.request.headers.len() <= 16);
-        assert!(
-            x.request
-                .headers
-                .iter()
-                .all(|(n, v)| n.len() <= 64 && v.len() <= 3 * 64)
-        );
+        // The parser's documented bounds, in bytes of kept text.
+        assert!(x.request.method.len() <= headers::MAX_METHOD);
+        assert!(x.request.target.len() <= headers::MAX_TARGET);
+        assert!(x.request.headers.len() <= headers::MAX_KEPT_HEADERS);
+        let heads = x.request.headers.iter();
+        let heads = heads.chain(x.response.iter().flat_map(|r| &r.headers));
+        for (n, v) in heads {
+            assert!(n.len() <= headers::MAX_KEPT_NAME, "{n:?}");
+            assert!(v.len() <= LIMITS.max_header_value, "{v:?}");
+        }
         if let Some(r) = &x.response {
             assert!((100..1000).contains(&r.status));
         }

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracer_protocol::http2::{self, Http2Conn, Limits};
-use tracer_protocol::{Chunk, Direction};
+use tracer_protocol::{Chunk, Direction, headers};
 
 const LIMITS: Limits = Limits {
     max_streams: 16,
@@ -142,15 +142,17 @@ fuzz_target!(|input: &[u8]| {
         }
         assert!(h.start_ns <= h.end_ns);
         assert!(!h.request.method.is_empty() || h.incomplete);
-        assert!(h.request.target.len() <= 3 * 2048);
-        assert!(h.request.headers.len() <= 17);
+        // The parser's documented bounds, in bytes of kept text.
+        assert!(h.request.method.len() <= headers::MAX_METHOD);
+        assert!(h.request.target.len() <= headers::MAX_TARGET);
+        // The kept headers, and `:authority` as `host`.
+        assert!(h.request.headers.len() <= headers::MAX_KEPT_HEADERS + 1);
         let heads = h.request.headers.iter().chain(&x.trailers);
         let heads = heads.chain(h.response.iter().flat_map(|r| &r.headers));
-        assert!(
-            heads
-                .into_iter()
-                .all(|(n, v)| n.len() <= 64 && v.len() <= 3 * 64)
-        );
+        for (n, v) in heads {
+            assert!(n.len() <= headers::MAX_KEPT_NAME, "{n:?}");
+            assert!(v.len() <= LIMITS.max_header_value, "{v:?}");
+        }
         if let Some(r) = &h.response {
             assert!(r.status == 0 || (100..1000).contains(&r.status));
         }

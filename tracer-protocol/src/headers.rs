@@ -62,12 +62,25 @@ pub fn kept_name(name: &[u8], version: Version) -> bool {
         .any(|k| version.same_name(name, k))
         || (name.len() > B3_PREFIX.len()
             && name.len() <= MAX_KEPT_NAME
-            && version.same_name(&name[..B3_PREFIX.len()], B3_PREFIX))
+            && version.same_name(&name[..B3_PREFIX.len()], B3_PREFIX)
+            && name.iter().all(|&b| is_token(b)))
 }
 
-/// The first `max` bytes of `b` as text (invalid UTF-8 replaced).
+/// A byte of an RFC 9110 token (`tchar`): what a field name is made of. HTTP/1 names reach
+/// here already checked by httparse; HTTP/2 names come from HPACK as any bytes.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// At most `max` bytes of text made of the start of `b` (invalid UTF-8 replaced by U+FFFD, cut
+/// at a character boundary): the bound holds for the kept text, whose replacement characters
+/// take three bytes each, not only for the bytes read.
 pub fn lossy(b: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+    let mut text = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
+    if text.len() > max {
+        text.truncate(text.floor_char_boundary(max));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -92,6 +105,19 @@ mod tests {
                 version
             ));
             assert!(!kept_name(b"cookie", version));
+            // A B3-like name with bytes no field name may have is not kept.
+            assert!(!kept_name(b"x-b3-\xba\xba", version));
+            assert!(!kept_name(b"x-b3-span id", version));
         }
+    }
+
+    #[test]
+    fn lossy_text_stays_within_its_bound() {
+        assert_eq!(lossy(b"abcdef", 4), "abcd");
+        assert_eq!(lossy("h\u{e9}llo".as_bytes(), 2), "h");
+        // Each invalid byte becomes a 3-byte U+FFFD: 64 of them fill only 21 characters.
+        let kept = lossy(&[0xba; 100], 64);
+        assert_eq!(kept.len(), 63);
+        assert!(kept.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
     }
 }

@@ -10,7 +10,7 @@
 //! it as any user would. Built with `--cfg fuzzing`, modules also export the invariants the
 //! fuzz targets check.
 
-mod headers;
+pub mod headers;
 pub mod http1;
 pub mod http2;
 pub mod trace_context;

@@ -103,7 +103,12 @@ pub enum Corpus {
 }
 
 /// Builds the targets, then runs `targets` for `budget` each, `jobs` at a time.
-pub fn run(targets: &[String], budget: Duration, jobs: usize, corpus: Corpus) -> Result<Vec<Outcome>> {
+pub fn run(
+    targets: &[String],
+    budget: Duration,
+    jobs: usize,
+    corpus: Corpus,
+) -> Result<Vec<Outcome>> {
     build()?;
     let bin_dir = bin_dir();
     let queue = Mutex::new(targets.to_vec());
@@ -115,16 +120,15 @@ pub fn run(targets: &[String], budget: Duration, jobs: usize, corpus: Corpus) ->
                     let Some(t) = queue.lock().expect("queue").pop() else {
                         break;
                     };
-                    let outcome = fuzz_one(&bin_dir, &t, budget, corpus).unwrap_or_else(|e| {
-                        Outcome {
+                    let outcome =
+                        fuzz_one(&bin_dir, &t, budget, corpus).unwrap_or_else(|e| Outcome {
                             target: t.clone(),
                             runs: 0,
                             cov: 0,
                             features: 0,
                             elapsed: Duration::ZERO,
                             failure: Some(format!("could not run: {e:#}")),
-                        }
-                    });
+                        });
                     results.lock().expect("results").push(outcome);
                 }
             });
@@ -146,7 +150,11 @@ pub fn targets() -> Result<Vec<String>> {
         if line.starts_with('[') {
             in_bin = line == "[[bin]]";
         } else if in_bin && let Some(v) = line.strip_prefix("name") {
-            let v = v.trim_start().trim_start_matches('=').trim().trim_matches('"');
+            let v = v
+                .trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"');
             names.push(v.to_owned());
         }
     }
@@ -238,11 +246,15 @@ fn fuzz_one(bin_dir: &Path, target: &str, budget: Duration, corpus: Corpus) -> R
         failure: None,
     };
 
-    // 1. Every committed input once.
-    if !inputs.is_empty() {
-        let log = libfuzzer(&bin, &libfuzzer_opts, &["-runs=0".to_owned()], &inputs)?;
+    // 1. Every committed input once, file by file, so a failure names its input.
+    let files = committed_files(&inputs)?;
+    if !files.is_empty() {
+        let log = libfuzzer(&bin, &libfuzzer_opts, &[], &files)?;
         if !log.success {
-            outcome.failure = Some(failure(&bin, target, &log, "a committed input fails"));
+            let input = log
+                .last_running()
+                .map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+            outcome.failure = Some(format!("committed input {input} fails: {}", log.reason()));
             outcome.elapsed = started.elapsed();
             return Ok(outcome);
         }
@@ -266,9 +278,24 @@ fn fuzz_one(bin_dir: &Path, target: &str, budget: Duration, corpus: Corpus) -> R
     outcome.runs = log.stat("stat::number_of_executed_units").unwrap_or(0);
     (outcome.cov, outcome.features) = log.coverage();
     if !log.success {
-        outcome.failure = Some(failure(&bin, target, &log, "crashed"));
+        outcome.failure = Some(failure(&bin, target, &log));
     }
     Ok(outcome)
+}
+
+/// The files of the committed input folders, in a stable order.
+fn committed_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// What one libFuzzer process printed.
@@ -302,6 +329,15 @@ impl Log {
             .unwrap_or((0, 0))
     }
 
+    /// The input being replayed when the process stopped.
+    fn last_running(&self) -> Option<PathBuf> {
+        self.text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("Running: "))
+            .map(|p| PathBuf::from(p.trim()))
+    }
+
     /// The input libFuzzer wrote when it stopped on a finding.
     fn artifact(&self) -> Option<PathBuf> {
         self.text.lines().find_map(|l| {
@@ -315,7 +351,12 @@ impl Log {
         let lines: Vec<&str> = self.text.lines().collect();
         let panic = lines.iter().position(|l| l.contains("panicked at"));
         match panic {
-            Some(i) => lines[i..].iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            Some(i) => lines[i..]
+                .iter()
+                .take(2)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
             None => lines
                 .iter()
                 .find(|l| l.contains("ERROR: libFuzzer") || l.contains("==ERROR"))
@@ -340,8 +381,10 @@ fn libfuzzer(bin: &Path, opts: &[String], extra: &[String], dirs: &[PathBuf]) ->
     })
 }
 
-/// Minimises the failing input into the regression folder and describes the failure.
-fn failure(bin: &Path, target: &str, log: &Log, what: &str) -> String {
+/// Minimises the input a fuzzing run stopped on into the regression folder and describes the
+/// failure.
+fn failure(bin: &Path, target: &str, log: &Log) -> String {
+    let what = "crashed";
     let reason = log.reason();
     let Some(artifact) = log.artifact() else {
         return format!("{what}: {reason}");

@@ -224,8 +224,13 @@ pub fn cargo_fuzz() -> Result<()> {
         "building cargo-fuzz {CARGO_FUZZ_VERSION} with cargo install (about a minute, once)"
     ));
     util::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]),
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
     )
     .context("cargo install cargo-fuzz failed")
 }
