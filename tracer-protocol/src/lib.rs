@@ -14,6 +14,9 @@ pub mod headers;
 pub mod http1;
 pub mod http2;
 pub mod trace_context;
+// The kernel's and the agent's `traceparent` readings compared (unit tests, fuzz target).
+#[cfg(any(test, fuzzing))]
+pub mod traceparent_agreement;
 
 pub use tracer_common::{Direction, SpanCtx};
 
