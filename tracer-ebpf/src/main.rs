@@ -198,11 +198,12 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 /// The object's licence, which the kernel checks at load: `bpf_probe_read_kernel`,
 /// `bpf_probe_read_user` and `bpf_get_current_task` (the socket walk, every payload copy) are
-/// GPL-only helpers, refused to a program whose licence is not GPL-compatible. "GPL" is also
-/// what aya declares for an object without this section, so the programs load as they did.
+/// GPL-only helpers, refused to a program whose licence is not GPL-compatible. The kernel
+/// programs are dual-licensed (this crate's `license`), which the kernel accepts as
+/// GPL-compatible; the rest of the project is Apache-2.0.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

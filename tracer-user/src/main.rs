@@ -11,11 +11,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = cli.log_filter();
+    let (filter, bad_filter) = match EnvFilter::try_new(&filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(format!("{filter:?}: {e}"))),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(why) = bad_filter {
+        tracing::warn!("ignoring the log filter {why}; logging at info");
+    }
     // Before any thread exists: the BTF child is forked from here (see the function's docs).
     // A failure here is reported by the start-up checks in `Capture::load` (no BTF, ...).
     let preflight = tracer::capture::preflight::check().is_ok();

@@ -86,14 +86,10 @@ pub struct Cli {
     pub stats_interval: u64,
 
     /// Log filter for the agent's own logs on stderr (tracing's env-filter syntax, e.g.
-    /// `info`, `debug`, `tracer=debug`).
-    #[arg(
-        long,
-        value_name = "FILTER",
-        default_value = "info",
-        env = "TRACER_LOG"
-    )]
-    pub log: String,
+    /// `info`, `debug`, `tracer=debug`; `info,tracer::kernel=debug` adds the kernel programs'
+    /// diagnostics). Default: `RUST_LOG` when it is set, else `info`.
+    #[arg(long, value_name = "FILTER", env = "TRACER_LOG")]
+    pub log: Option<String>,
 
     /// Insert `traceparent` into outgoing plaintext HTTP/1.x requests that carry no trace
     /// context (one header line after the request line, naming the CLIENT span), so the next
@@ -139,6 +135,14 @@ Examples:
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 
 impl Cli {
+    /// The log filter in force: `--log` / `TRACER_LOG`, else `RUST_LOG`, else `info`.
+    pub fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".to_owned())
+    }
+
     /// What to capture: the command line's choices, with what was found out before the agent
     /// started (kernel struct offsets and features; `None`: found out during load) and the
     /// key of the server span ids the kernel derives (shared with the span assembler).
