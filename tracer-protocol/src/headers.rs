@@ -42,27 +42,22 @@ const KEPT_HTTP2: [&[u8]; 4] = [
 /// B3 multi-header names (`x-b3-traceid`, ...): a prefix, bounded by [`MAX_KEPT_NAME`].
 const B3_PREFIX: &[u8] = b"x-b3-";
 
-impl Version {
-    fn same_name(self, a: &[u8], b: &[u8]) -> bool {
-        match self {
-            Self::Http1 => a.eq_ignore_ascii_case(b),
-            Self::Http2 => a == b,
-        }
+/// Whether a header named `name` is kept. Called for every header of every message: the
+/// comparison is chosen once per call, not per name (a length check first skips most names).
+pub fn kept_name(name: &[u8], version: Version) -> bool {
+    match version {
+        Version::Http1 => kept_in(name, &KEPT_HTTP1, |a, b| a.eq_ignore_ascii_case(b)),
+        Version::Http2 => kept_in(name, &KEPT_HTTP2, |a, b| a == b),
     }
 }
 
-/// Whether a header named `name` is kept.
-pub fn kept_name(name: &[u8], version: Version) -> bool {
-    let only_here: &[&[u8]] = match version {
-        Version::Http1 => &KEPT_HTTP1,
-        Version::Http2 => &KEPT_HTTP2,
-    };
-    KEPT.iter()
-        .chain(only_here)
-        .any(|k| version.same_name(name, k))
+#[inline(always)]
+fn kept_in(name: &[u8], only_here: &[&[u8]], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    let named = |k: &&[u8]| k.len() == name.len() && same(name, k);
+    KEPT.iter().chain(only_here).any(named)
         || (name.len() > B3_PREFIX.len()
             && name.len() <= MAX_KEPT_NAME
-            && version.same_name(&name[..B3_PREFIX.len()], B3_PREFIX)
+            && same(&name[..B3_PREFIX.len()], B3_PREFIX)
             && name.iter().all(|&b| is_token(b)))
 }
 
