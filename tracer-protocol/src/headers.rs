@@ -53,8 +53,9 @@ pub fn kept_name(name: &[u8], version: Version) -> bool {
 
 #[inline(always)]
 fn kept_in(name: &[u8], only_here: &[&[u8]], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
-    let named = |k: &&[u8]| k.len() == name.len() && same(name, k);
-    KEPT.iter().chain(only_here).any(named)
+    let listed = |list: &[&[u8]]| list.iter().any(|k| k.len() == name.len() && same(name, k));
+    listed(&KEPT)
+        || listed(only_here)
         || (name.len() > B3_PREFIX.len()
             && name.len() <= MAX_KEPT_NAME
             && same(&name[..B3_PREFIX.len()], B3_PREFIX)
