@@ -64,7 +64,7 @@ fn kept_in(name: &[u8], only_here: &[&[u8]], same: impl Fn(&[u8], &[u8]) -> bool
 
 /// A byte of an RFC 9110 token (`tchar`): what a field name is made of. HTTP/1 names reach
 /// here already checked by httparse; HTTP/2 names come from HPACK as any bytes.
-fn is_token(b: u8) -> bool {
+pub(crate) fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

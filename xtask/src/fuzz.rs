@@ -9,8 +9,8 @@
 //!
 //! `cargo xtask test` does this for every target with a short budget (`TEST_BUDGET`), two at a
 //! time, so a regression cannot land; `cargo xtask fuzz [--minutes N] [TARGET…]` is for long runs
-//! (their corpus grows in `fuzz/corpus/<target>`, ignored by git; `--merge-seeds` folds it back
-//! into the seeds, minimised). The targets are built once, optimised, with debug assertions
+//! (their corpus grows in `fuzz/corpus/<target>`, ignored by git; `--merge-seeds` turns it and
+//! the seeds into a small covering set of seeds). The targets are built once, optimised, with debug assertions
 //! (overflow checks) and without a sanitizer: the parsers are safe Rust, so AddressSanitizer
 //! would only slow the search down.
 use std::{
@@ -39,8 +39,8 @@ pub struct Args {
     /// Targets run at the same time (default: one per core).
     #[arg(long)]
     jobs: Option<usize>,
-    /// After fuzzing, minimise each target's corpus into its committed seeds
-    /// (`fuzz/seeds/<target>`; commit the result).
+    /// After fuzzing, replace each target's committed seeds (`fuzz/seeds/<target>`) by a small
+    /// set of inputs covering what the seeds and the grown corpus cover (commit the result).
     #[arg(long)]
     merge_seeds: bool,
     /// Targets to run (default: every `[[bin]]` of fuzz/Cargo.toml).
@@ -416,28 +416,48 @@ fn failure(bin: &Path, target: &str, log: &Log) -> String {
     format!("{what}: {reason} (input: {})", kept.display())
 }
 
-/// Folds the grown corpus of `target` into its committed seeds, minimised (libFuzzer's merge
-/// keeps only inputs that add coverage).
+/// Seeds a fuzzing run adds are at most this long, so the committed seeds stay small.
+const MAX_SEED_BYTES: u64 = 1024;
+/// Seeds made from real captured streams (`fuzz/seeds/from_captures.py`) are always kept.
+const CAPTURE_PREFIX: &str = "capture-";
+
+/// Folds the grown corpus of `target` into its committed seeds: libFuzzer's set-cover merge
+/// picks a small set of inputs that covers what the seeds and the corpus cover together; the
+/// seeds become that set's inputs of at most `MAX_SEED_BYTES`, plus the captured streams.
 fn merge_seeds(bin_dir: &Path, target: &str) -> Result<()> {
     let seeds = fuzz_dir().join("seeds").join(target);
     let grown = fuzz_dir().join("corpus").join(target);
     let merged = workspace_root().join("target/fuzz-merge").join(target);
     let _ = std::fs::remove_dir_all(&merged);
     std::fs::create_dir_all(&merged)?;
+    std::fs::create_dir_all(&seeds)?;
     let mut cmd = Command::new(bin_dir.join(target));
-    cmd.arg("-merge=1").arg(&merged).arg(&grown);
-    if seeds.is_dir() {
-        cmd.arg(&seeds);
+    cmd.arg("-set_cover_merge=1").arg(&merged).arg(&seeds);
+    if grown.is_dir() {
+        cmd.arg(&grown);
     }
     util::run(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
-    let _ = std::fs::remove_dir_all(&seeds);
-    std::fs::create_dir_all(&seeds)?;
-    let mut n = 0;
+    for entry in std::fs::read_dir(&seeds)? {
+        let entry = entry?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(CAPTURE_PREFIX)
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let mut added = 0;
     for entry in std::fs::read_dir(&merged)? {
         let entry = entry?;
-        std::fs::copy(entry.path(), seeds.join(entry.file_name()))?;
-        n += 1;
+        if entry.metadata()?.len() <= MAX_SEED_BYTES {
+            std::fs::copy(entry.path(), seeds.join(entry.file_name()))?;
+            added += 1;
+        }
     }
-    step(format!("{target}: {n} seed inputs in {}", seeds.display()));
+    step(format!(
+        "{target}: {added} fuzzed seed inputs (besides the captured streams) in {}",
+        seeds.display()
+    ));
     Ok(())
 }

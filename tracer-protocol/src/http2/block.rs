@@ -5,7 +5,7 @@
 use super::hpack::Field;
 use crate::HeaderList;
 use crate::headers::{
-    MAX_KEPT_HEADERS, MAX_KEPT_NAME, MAX_METHOD, MAX_TARGET, Version, kept_name, lossy,
+    MAX_KEPT_HEADERS, MAX_KEPT_NAME, MAX_METHOD, MAX_TARGET, Version, is_token, kept_name, lossy,
 };
 
 /// A decoded header block, reduced to what the tracer uses.
@@ -19,7 +19,8 @@ pub struct Block {
     pub status: Option<u16>,
     pub headers: HeaderList,
     /// Fields whose name could not be resolved (references to the unknown part of the table):
-    /// any of them may have been a pseudo-header or a kept header.
+    /// any of them may have been a pseudo-header or a kept header. A `:method` that is not a
+    /// token counts here too.
     pub unknown: u32,
 }
 
@@ -31,6 +32,11 @@ impl Block {
             return;
         };
         match name {
+            // RFC 9113 8.3.1: a method is a token. Anything else (an empty value, say) is kept
+            // as a field that could not be used: the request is incomplete, never named "".
+            b":method" if value.is_empty() || !value.iter().all(|&b| is_token(b)) => {
+                self.unknown += 1;
+            }
             b":method" => self.method = Some(lossy(value, MAX_METHOD)),
             b":path" => self.path = Some(lossy(value, MAX_TARGET)),
             b":scheme" => self.scheme = Some(lossy(value, MAX_METHOD)),
@@ -48,5 +54,22 @@ impl Block {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Block;
+
+    #[test]
+    fn a_method_that_is_not_a_token_is_not_kept() {
+        for bad in [&b""[..], b"GE T", b"G\xbaT"] {
+            let mut b = Block::default();
+            b.add((Some(b":method"), Some(bad)), 64);
+            assert_eq!((b.method, b.unknown), (None, 1), "{bad:?}");
+        }
+        let mut b = Block::default();
+        b.add((Some(b":method"), Some(b"PATCH")), 64);
+        assert_eq!((b.method.as_deref(), b.unknown), (Some("PATCH"), 0));
     }
 }
