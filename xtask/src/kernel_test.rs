@@ -5,9 +5,10 @@
 //! `tracer` binary and its libraries, `/init` (kernel-test/init.sh) and the scenario
 //! (kernel-test/scenario.sh). The scenario starts the agent, checks it attached every program,
 //! drives HTTP/1.x through busybox httpd and wget, then TLS (HTTP/1.1 and ALPN h2) and h2c
-//! through nginx and curl, checks the SERVER and CLIENT spans and a clean SIGTERM exit. The same scenario also runs natively on the host kernel. The results
-//! (programs loaded and attached, the verifier's instruction counts, pass/fail, time) are
-//! printed as a table and written to target/kernel-matrix/report.md.
+//! through nginx and curl, checks the SERVER and CLIENT spans and a clean SIGTERM exit. The
+//! same scenario also runs natively on the host kernel. The results (programs loaded and
+//! attached, the verifier's instruction counts, pass/fail, time) are printed as a table and
+//! written to target/kernel-matrix/report.md.
 use std::{
     fmt::Write as _,
     fs,
@@ -921,6 +922,8 @@ KT START_SECONDS 7.5\r
 KT ATTACHED 28\r
 KT SPANS 4\r
 KT HTTP PASS\r
+KT TLS PASS\r
+KT HTTP2 PASS\r
 KT-LOG 2026-11-21T09:55:51Z  INFO tracer::capture: kernel 6.12.117+deb12-amd64: tracepoints yes, kprobes yes\r
 KT-LOG 2026-11-21T09:55:51Z  INFO tracer::capture: verifier: 28 programs, 737061 instructions processed in total, largest sys_exit_recvmmsg=237661; sys_enter_read=314\r
 KT RESULT PASS\r
@@ -941,7 +944,7 @@ KT RESULT PASS\r
         assert_eq!((row.loaded, row.attached), (Some(28), Some(28)));
         assert_eq!(row.insns_total, Some(737061));
         assert_eq!(row.insns_max.as_deref(), Some("sys_exit_recvmmsg 237661"));
-        assert!(row.http);
+        assert!(row.http && row.tls && row.http2);
         let failed = parse(
             "6.1",
             "qemu (TCG)",
