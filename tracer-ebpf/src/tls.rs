@@ -242,6 +242,54 @@ pub fn plaintext_positions(conn: &ConnState) -> Option<[u64; 2]> {
     }
 }
 
+/// Up to 8 first bytes of the plaintext at `buf`, for classification. Fewer than 8 are read
+/// in pieces of 4, 2 and 1 bytes, each of a constant size: one read of `len & 7` bytes is
+/// what the compiler builds with the size passing through a stack slot, whose bounds the
+/// verifier of kernels before 5.11 forgets (5.10: "R2 unbounded memory access" in
+/// `go_tls_write_entry`).
+#[inline(always)]
+fn read_head(buf: u64, len: u64, head: &mut [u8; 8]) -> usize {
+    if len >= 8 {
+        // SAFETY: bpf_probe_read_user copies from any user address; a bad one yields an error.
+        return match unsafe { bpf_probe_read_user(buf as *const [u8; 8]) } {
+            Ok(h) => {
+                *head = h;
+                8
+            }
+            Err(_) => 0,
+        };
+    }
+    let n = (len as usize) & 7;
+    let mut word = 0u64;
+    let mut at = 0u64;
+    if n & 4 != 0 {
+        // SAFETY: as above.
+        let Ok(v) = (unsafe { bpf_probe_read_user(buf as *const u32) }) else {
+            return 0;
+        };
+        word = v as u64;
+        at = 4;
+    }
+    if n & 2 != 0 {
+        // SAFETY: as above.
+        let Ok(v) = (unsafe { bpf_probe_read_user((buf + at) as *const u16) }) else {
+            return 0;
+        };
+        word |= (v as u64) << (8 * at);
+        at += 2;
+    }
+    if n & 1 != 0 {
+        // SAFETY: as above.
+        let Ok(v) = (unsafe { bpf_probe_read_user((buf + at) as *const u8) }) else {
+            return 0;
+        };
+        word |= (v as u64) << (8 * at);
+    }
+    // Plaintext byte i is bit 8i of the little-endian word; the bytes past `n` stay zero.
+    *head = word.to_le_bytes();
+    n
+}
+
 /// Emits `len` bytes of plaintext at `buf` for the connection of `sock`.
 #[inline(always)]
 pub fn plaintext_event(
@@ -279,25 +327,7 @@ pub fn plaintext_event(
     };
     if protocol == Protocol::Unknown {
         let mut head = [0u8; 8];
-        let n = if len >= 8 {
-            // SAFETY: bpf_probe_read_user copies from any user address; a bad one yields an
-            // error.
-            match unsafe { bpf_probe_read_user(buf as *const [u8; 8]) } {
-                Ok(h) => {
-                    head = h;
-                    8
-                }
-                Err(_) => 0,
-            }
-        } else {
-            let n = (len as usize) & 7;
-            // SAFETY: as above, into the `n` (< 8) first bytes of `head`.
-            if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head[..n]) }.is_err() {
-                0
-            } else {
-                n
-            }
-        };
+        let n = read_head(buf, len, &mut head);
         protocol = classify(&head, n);
         if protocol == Protocol::Unknown
             // SAFETY: `conn` points into the CONNS map value for this program run.

@@ -12,5 +12,5 @@ mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 hostname kernel-matrix
 echo "KT KERNEL $(uname -r)"
-sh /scenario.sh
+NGINX_BIN=/bin/nginx CURL_BIN=/bin/curl TLS_CERT=/etc/kt/cert.pem TLS_KEY=/etc/kt/key.pem sh /scenario.sh
 poweroff -f

@@ -4,10 +4,11 @@
 //! the development machine) with an initramfs of the project's own: busybox, the release
 //! `tracer` binary and its libraries, `/init` (kernel-test/init.sh) and the scenario
 //! (kernel-test/scenario.sh). The scenario starts the agent, checks it attached every program,
-//! drives HTTP/1.x through busybox httpd and wget, checks the SERVER and CLIENT spans and a
-//! clean SIGTERM exit. The same scenario also runs natively on the host kernel. The results
-//! (programs loaded and attached, the verifier's instruction counts, pass/fail, time) are
-//! printed as a table and written to target/kernel-matrix/report.md.
+//! drives HTTP/1.x through busybox httpd and wget, then TLS (HTTP/1.1 and ALPN h2) and h2c
+//! through nginx and curl, checks the SERVER and CLIENT spans and a clean SIGTERM exit. The
+//! same scenario also runs natively on the host kernel. The results (programs loaded and
+//! attached, the verifier's instruction counts, pass/fail, time) are printed as a table and
+//! written to target/kernel-matrix/report.md.
 use std::{
     fmt::Write as _,
     fs,
@@ -24,11 +25,23 @@ use crate::{
     util::{self, output, step, workspace_root},
 };
 
-/// Kernels run when none is named: Debian 12's own (6.1) and its backport (6.12).
-pub const DEFAULT_VERSIONS: &[&str] = &["6.1", "6.12"];
-/// What the command needs on the host: the emulator, a static busybox, cpio for the initramfs.
-/// (binutils: `strip`, to keep the initramfs small when the agent is a debug build.)
-const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
+/// Kernels run when none is named: Debian 11's own (5.10), Debian 12's own (6.1) and its
+/// backport (6.12).
+pub const DEFAULT_VERSIONS: &[&str] = &["5.10", "6.1", "6.12"];
+/// What the command needs on the host: the emulator, a static busybox, cpio for the initramfs
+/// (binutils: `strip`, to keep the initramfs small when the agent is a debug build), and the
+/// TLS and HTTP/2 peers on libssl (nginx, curl; openssl makes their certificate).
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "binutils",
+    "nginx",
+    "curl",
+    "openssl",
+];
+/// The TLS and HTTP/2 peers: copied into the initramfs as /bin/<name>, with their libraries.
+const PEERS: &[(&str, &str)] = &[("nginx", "/usr/sbin/nginx"), ("curl", "/usr/bin/curl")];
 const INIT: &str = include_str!("../kernel-test/init.sh");
 const SCENARIO: &str = include_str!("../kernel-test/scenario.sh");
 /// A kernel whose VM has not powered off by then is killed and counted as failed.
@@ -38,7 +51,7 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(180);
 #[derive(clap::Args)]
 pub struct Args {
     /// Kernel series to boot (Debian packages linux-image-<VERSION>.*-amd64), e.g. `6.1 6.12`.
-    /// Default: 6.1 6.12.
+    /// Default: 5.10 6.1 6.12.
     pub versions: Vec<String>,
     /// Do not run the scenario natively on the host kernel.
     #[arg(long)]
@@ -70,6 +83,9 @@ pub struct Row {
     pub insns_max: Option<String>,
     pub start_seconds: Option<String>,
     pub http: bool,
+    /// TLS spans (libssl probes), and HTTP/2 spans (h2c and ALPN h2).
+    pub tls: bool,
+    pub http2: bool,
     /// `Ok` or why it failed.
     pub result: Result<(), String>,
     pub elapsed: Duration,
@@ -169,19 +185,36 @@ pub fn command(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Kernel series of an older Debian release than the host's, and that release. The host's apt
+/// does not know their packages: they are looked up and downloaded through an apt state of
+/// their own (see [`Apt::release`]), and the host's apt configuration stays as it is.
+const OLDER_RELEASES: &[(&str, &str)] = &[("5.10", "bullseye")];
+
 /// The cached `vmlinuz` of Debian's newest `linux-image-<version>.*-amd64`, downloaded on first
 /// use (`apt-get download`; only the kernel image is kept, under target/kernel-matrix/kernels).
 fn kernel(dir: &Path, version: &str) -> Result<PathBuf> {
     let cache = dir.join("kernels");
-    let package = match resolve_package(version) {
+    let apt = match OLDER_RELEASES.iter().find(|(series, _)| *series == version) {
+        Some((_, release)) => Apt::release(&dir.join("apt"), release)?,
+        None => Apt::host(),
+    };
+    let package = match resolve_package(&apt, version) {
         Some(p) => p,
         None => {
-            step("apt does not know the kernel packages yet: apt-get update");
-            util::run(Command::new("apt-get").args(["update", "-q"]))?;
-            match resolve_package(version) {
+            step(format!(
+                "apt does not know the {version} kernel packages yet: apt-get update{}",
+                apt.describe()
+            ));
+            let updated = apt.update();
+            match resolve_package(&apt, version) {
                 Some(p) => p,
                 // Offline: the newest kernel of that series downloaded before.
-                None => return cached_fallback(&cache, version),
+                None => {
+                    return cached_fallback(&cache, version).map_err(|e| match updated {
+                        Err(update) => e.context(update),
+                        Ok(()) => e,
+                    });
+                }
             }
         }
     };
@@ -195,13 +228,8 @@ fn kernel(dir: &Path, version: &str) -> Result<PathBuf> {
     let download = dir.join("download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
-    util::run(
-        Command::new("apt-get")
-            // The download directory belongs to root; apt's sandbox user could not write it.
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
-            .current_dir(&download),
-    )
-    .with_context(|| format!("downloading {package}: is the Debian repository reachable?"))?;
+    apt.download(&package, &download)
+        .with_context(|| format!("downloading {package}: is the Debian repository reachable?"))?;
     let deb = fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -222,16 +250,210 @@ fn kernel(dir: &Path, version: &str) -> Result<PathBuf> {
     Ok(vmlinuz)
 }
 
+/// How apt is asked about kernel packages: with the host's configuration, or with a state of
+/// its own for another Debian release.
+struct Apt {
+    /// `-o` options pointing apt at the private state (none for the host's).
+    options: Vec<String>,
+    /// The other release, for messages.
+    release: Option<String>,
+}
+
+impl Apt {
+    fn host() -> Self {
+        Self {
+            options: Vec::new(),
+            release: None,
+        }
+    }
+
+    /// apt for Debian `release` (e.g. `bullseye`), in `root/<release>`: the host's own Debian
+    /// sources with the host's release renamed (`bookworm` → `bullseye`, `bookworm-security` →
+    /// `bullseye-security`; the same mirrors and keyring), its own package lists and cache.
+    fn release(root: &Path, release: &str) -> Result<Self> {
+        let root = root.join(release);
+        let sources = root.join("sources.list");
+        for d in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        let host = host_codename().context("the host's Debian release (/etc/os-release)")?;
+        let lines = release_sources(&host_apt_sources(), &host, release);
+        if lines.is_empty() {
+            bail!(
+                "apt's configuration has no source for Debian {host} (main): cannot derive one \
+                 for {release}"
+            );
+        }
+        fs::write(&sources, lines.join("\n") + "\n")?;
+        let dir = |d: &str| root.join(d).to_string_lossy().into_owned();
+        let options = [
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            format!("Dir::Etc::SourceParts={}", dir("sources.list.d")),
+            format!("Dir::State::Lists={}", dir("lists")),
+            format!("Dir::Cache={}", dir("cache")),
+            // The directories belong to root; apt's sandbox user could not write them.
+            "APT::Sandbox::User=root".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_owned(), o])
+        .collect();
+        Ok(Self {
+            options,
+            release: Some(release.to_owned()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.release
+            .as_ref()
+            .map_or(String::new(), |r| format!(" (Debian {r}, own apt state)"))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options);
+        cmd
+    }
+
+    fn update(&self) -> Result<()> {
+        util::run(self.command("apt-get").args(["update", "-q"]))
+    }
+
+    /// `apt-cache depends PACKAGE`, when apt knows it.
+    fn depends(&self, package: &str) -> Option<String> {
+        let out = self
+            .command("apt-cache")
+            .args(["depends", package])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Downloads `package`'s .deb into `dir`.
+    fn download(&self, package: &str, dir: &Path) -> Result<()> {
+        util::run(
+            self.command("apt-get")
+                // The download directory belongs to root; apt's sandbox user could not write it.
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+                .current_dir(dir),
+        )
+    }
+}
+
+/// `VERSION_CODENAME` of /etc/os-release (`bookworm`).
+fn host_codename() -> Option<String> {
+    fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VERSION_CODENAME=")
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+}
+
+/// The text of apt's source files: /etc/apt/sources.list and /etc/apt/sources.list.d/*.
+fn host_apt_sources() -> Vec<(PathBuf, String)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    let mut parts: Vec<PathBuf> = fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    parts.sort();
+    files.extend(parts);
+    files
+        .into_iter()
+        .filter_map(|f| fs::read_to_string(&f).ok().map(|text| (f, text)))
+        .collect()
+}
+
+/// One-line `deb` sources for Debian `release`'s main component, from the host's sources of
+/// Debian `host` (one-line `.list` files and deb822 `.sources` files): every `deb` source of
+/// suite `host` or `host-security` becomes the same source of `release` or `release-security`.
+fn release_sources(files: &[(PathBuf, String)], host: &str, release: &str) -> Vec<String> {
+    // (URI, suite, Signed-By)
+    let mut found: Vec<(String, String, Option<String>)> = Vec::new();
+    for (path, text) in files {
+        if path.extension().is_some_and(|e| e == "sources") {
+            for paragraph in text.split("\n\n") {
+                let field = |name: &str| {
+                    paragraph.lines().find_map(|l| {
+                        let (key, value) = l.split_once(':')?;
+                        key.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| value.trim().to_owned())
+                    })
+                };
+                let (Some(types), Some(uris), Some(suites)) =
+                    (field("Types"), field("URIs"), field("Suites"))
+                else {
+                    continue;
+                };
+                if !types.split_whitespace().any(|t| t == "deb") {
+                    continue;
+                }
+                for uri in uris.split_whitespace() {
+                    for suite in suites.split_whitespace() {
+                        found.push((uri.to_owned(), suite.to_owned(), field("Signed-By")));
+                    }
+                }
+            }
+        } else {
+            for line in text.lines().map(str::trim) {
+                let Some(rest) = line.strip_prefix("deb ") else {
+                    continue;
+                };
+                let mut rest = rest.trim_start();
+                let mut signed_by = None;
+                if let Some(options) = rest.strip_prefix('[') {
+                    let Some((options, after)) = options.split_once(']') else {
+                        continue;
+                    };
+                    signed_by = options
+                        .split_whitespace()
+                        .find_map(|o| o.strip_prefix("signed-by="))
+                        .map(str::to_owned);
+                    rest = after;
+                }
+                let mut words = rest.split_whitespace();
+                if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
+                    found.push((uri.to_owned(), suite.to_owned(), signed_by));
+                }
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (uri, suite, signed_by) in found {
+        let renamed = if suite == host {
+            release.to_owned()
+        } else if suite == format!("{host}-security") {
+            format!("{release}-security")
+        } else {
+            continue;
+        };
+        let options = signed_by.map_or(String::new(), |k| format!("[signed-by={k}] "));
+        let line = format!("deb {options}{uri} {renamed} main");
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
 /// `6.12` → `linux-image-6.12.117+deb12-amd64`, through the meta-packages apt knows
-/// (`linux-image-6.12-amd64`, or `linux-image-amd64` for Debian 12's own 6.1).
-fn resolve_package(version: &str) -> Option<String> {
+/// (`linux-image-6.12-amd64`, or `linux-image-amd64` for a release's own kernel: Debian 12's
+/// 6.1, Debian 11's 5.10).
+fn resolve_package(apt: &Apt, version: &str) -> Option<String> {
     let prefix = format!("linux-image-{version}.");
     [
         format!("linux-image-{version}-amd64"),
         "linux-image-amd64".to_owned(),
     ]
     .iter()
-    .filter_map(|meta| output("apt-cache", &["depends", meta]))
+    .filter_map(|meta| apt.depends(meta))
     .flat_map(|deps| {
         deps.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_owned))
@@ -280,13 +502,28 @@ fn initramfs(bin: &Path, dir: &Path) -> Result<PathBuf> {
             .arg("--strip-debug")
             .arg(root.join("bin/tracer")),
     )?;
-    let ldd = output("ldd", &[&bin.to_string_lossy()]).context("ldd on the agent")?;
-    for lib in ldd.lines().filter_map(library_path) {
-        let dest = root.join(lib.trim_start_matches('/'));
-        fs::create_dir_all(dest.parent().expect("has a parent"))?;
-        // Follows symlinks: the file itself lands under the name the loader asks for.
-        fs::copy(&lib, &dest).with_context(|| format!("copying {lib}"))?;
+    let mut binaries = vec![bin.to_path_buf()];
+    for (name, path) in PEERS {
+        fs::copy(path, root.join("bin").join(name)).with_context(|| format!("copying {path}"))?;
+        binaries.push(PathBuf::from(path));
     }
+    for binary in &binaries {
+        let ldd = output("ldd", &[&binary.to_string_lossy()])
+            .with_context(|| format!("ldd on {}", binary.display()))?;
+        for lib in ldd.lines().filter_map(library_path) {
+            let dest = root.join(lib.trim_start_matches('/'));
+            fs::create_dir_all(dest.parent().expect("has a parent"))?;
+            // Follows symlinks: the file itself lands under the name the loader asks for.
+            fs::copy(&lib, &dest).with_context(|| format!("copying {lib}"))?;
+        }
+    }
+    let (cert, key) = tls_certificate(dir)?;
+    fs::create_dir_all(root.join("etc/kt"))?;
+    fs::copy(cert, root.join("etc/kt/cert.pem"))?;
+    fs::copy(key, root.join("etc/kt/key.pem"))?;
+    // nginx runs as `user root`, which it looks up.
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
     for (name, text) in [("init", INIT), ("scenario.sh", SCENARIO)] {
         let path = root.join(name);
         fs::write(&path, text)?;
@@ -312,6 +549,27 @@ fn initramfs(bin: &Path, dir: &Path) -> Result<PathBuf> {
         fs::metadata(&initrd)?.len() as f64 / 1e6
     ));
     Ok(initrd)
+}
+
+/// A self-signed certificate and key for the scenario's nginx (made once, under
+/// target/kernel-matrix/tls; P-256, cheap to handshake under emulation).
+fn tls_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let tls = dir.join("tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    if !(cert.is_file() && key.is_file()) {
+        fs::create_dir_all(&tls)?;
+        util::run(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null()),
+        )?;
+    }
+    Ok((cert, key))
 }
 
 /// The file in one `ldd` line (`libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
@@ -386,14 +644,27 @@ fn run_host(bin: &Path, dir: &Path) -> Row {
     let started = Instant::now();
     let outcome = (|| -> Result<bool> {
         fs::write(&scenario, SCENARIO)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let free_port = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let port = free_port()?;
+        let (cert, key) = tls_certificate(dir)?;
         let mut cmd = Command::new("sh");
         cmd.arg(&scenario)
             .env("TRACER", bin)
             .env("BUSYBOX", "/bin/busybox")
             .env("PORT", port.to_string())
+            .env("TLS_PORT", free_port()?.to_string())
+            .env("H2C_PORT", free_port()?.to_string())
+            .env("TLS_CERT", cert)
+            .env("TLS_KEY", key)
+            .envs(
+                PEERS
+                    .iter()
+                    .map(|(name, path)| (format!("{}_BIN", name.to_uppercase()), path)),
+            )
             .env("WORK", dir.join("host-work"))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log)?)
@@ -456,6 +727,8 @@ impl Row {
             insns_max: None,
             start_seconds: None,
             http: false,
+            tls: false,
+            http2: false,
             result: Err(why),
             elapsed: Duration::ZERO,
             log: PathBuf::new(),
@@ -490,6 +763,8 @@ fn parse(label: &str, how: &'static str, text: &str, elapsed: Duration, log: Pat
             "ATTACHED" => row.attached = value.parse().ok(),
             "START_SECONDS" => row.start_seconds = Some(value.to_owned()),
             "HTTP" => row.http = value == "PASS",
+            "TLS" => row.tls = value == "PASS",
+            "HTTP2" => row.http2 = value == "PASS",
             "RESULT" if value == "PASS" => row.result = Ok(()),
             "RESULT" => {
                 row.result = Err(value.strip_prefix("FAIL ").unwrap_or(value).to_owned());
@@ -530,13 +805,14 @@ fn report(rows: &[Row], build: Build) -> String {
     );
     out.push_str(
         "| kernel | release | run | programs loaded | attached | verified insns (total) | \
-         largest program (insns) | agent start | HTTP/1.x spans | time | result |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         largest program (insns) | agent start | HTTP/1.x spans | TLS / HTTP/2 spans | time | \
+         result |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.0} s | {} |",
             r.label,
             opt(&r.release),
             r.how,
@@ -548,6 +824,8 @@ fn report(rows: &[Row], build: Build) -> String {
                 .as_ref()
                 .map_or("-".into(), |s| format!("{s} s")),
             if r.http { "ok" } else { "-" },
+            if r.tls { "ok" } else { "-" },
+            if r.http2 { "ok" } else { "-" },
             r.elapsed.as_secs_f64(),
             match &r.result {
                 Ok(()) => "PASS".to_owned(),
@@ -591,6 +869,52 @@ mod tests {
     }
 
     #[test]
+    fn sources_of_an_older_release_from_the_hosts() {
+        let deb822 = "\
+Types: deb
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main non-free-firmware
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://mirror.example/debian
+Suites: bookworm
+Components: main
+";
+        let one_line = "\
+deb [arch=amd64 signed-by=/k.gpg] http://other.example/debian bookworm main contrib
+# deb http://commented.example/debian bookworm main
+deb https://vendor.example/apt vendor-bookworm main
+";
+        let files = [
+            (
+                PathBuf::from("/etc/apt/sources.list.d/debian.sources"),
+                deb822.to_owned(),
+            ),
+            (PathBuf::from("/etc/apt/sources.list"), one_line.to_owned()),
+        ];
+        assert_eq!(
+            release_sources(&files, "bookworm", "bullseye"),
+            [
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://mirror.example/debian bullseye main",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://mirror.example/debian-security bullseye-security main",
+                "deb [signed-by=/k.gpg] http://other.example/debian bullseye main",
+            ]
+        );
+        assert!(release_sources(&files, "trixie", "bookworm").is_empty());
+    }
+
+    #[test]
     fn parses_a_console() {
         let text = "\
 KT KERNEL 6.12.117+deb12-amd64\r
@@ -598,6 +922,8 @@ KT START_SECONDS 7.5\r
 KT ATTACHED 28\r
 KT SPANS 4\r
 KT HTTP PASS\r
+KT TLS PASS\r
+KT HTTP2 PASS\r
 KT-LOG 2026-11-21T09:55:51Z  INFO tracer::capture: kernel 6.12.117+deb12-amd64: tracepoints yes, kprobes yes\r
 KT-LOG 2026-11-21T09:55:51Z  INFO tracer::capture: verifier: 28 programs, 737061 instructions processed in total, largest sys_exit_recvmmsg=237661; sys_enter_read=314\r
 KT RESULT PASS\r
@@ -618,7 +944,7 @@ KT RESULT PASS\r
         assert_eq!((row.loaded, row.attached), (Some(28), Some(28)));
         assert_eq!(row.insns_total, Some(737061));
         assert_eq!(row.insns_max.as_deref(), Some("sys_exit_recvmmsg 237661"));
-        assert!(row.http);
+        assert!(row.http && row.tls && row.http2);
         let failed = parse(
             "6.1",
             "qemu (TCG)",

@@ -54,9 +54,9 @@ enum Task {
     /// Measure what tracing costs: throughput, latency, coverage, agent CPU/RSS (nginx + wrk +
     /// oha, traced and untraced rounds interleaved) and the event pipeline without the kernel.
     Bench(bench::Args),
-    /// The kernel matrix: boot Debian's 6.1 and 6.12 kernels under qemu with an initramfs
-    /// holding the agent, run the load-and-attach and HTTP/1.x scenario in each (and natively
-    /// on this kernel), report programs loaded/attached, verifier instruction counts and
+    /// The kernel matrix: boot Debian's 5.10, 6.1 and 6.12 kernels under qemu with an initramfs
+    /// holding the agent, run the load-and-attach, HTTP/1.x, TLS and HTTP/2 scenario in each (and
+    /// natively on this kernel), report programs loaded/attached, verifier instruction counts and
     /// pass/fail (also in target/kernel-matrix/report.md).
     KernelTest(kernel_test::Args),
     /// Fuzz the parsers (libFuzzer targets in fuzz/): every target in parallel for --minutes,

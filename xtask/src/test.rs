@@ -42,7 +42,7 @@ pub fn run(lint: bool, kernel_matrix: bool, filter: Option<&str>) -> Result<()> 
         args.push(f);
     }
     let (mut passed, mut failed, ignored, ok) = cargo_test(&args)?;
-    // The kernel matrix (about a minute once the kernels are cached): each kernel counts as one
+    // The kernel matrix (its VMs run in parallel: about 70 s once the kernels are cached): each kernel counts as one
     // test. Not run for a filtered run, nor with --no-kernel-matrix.
     if kernel_matrix && filter.is_none() {
         let versions: Vec<String> = kernel_test::DEFAULT_VERSIONS
