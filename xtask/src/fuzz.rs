@@ -60,6 +60,20 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
+impl Outcome {
+    /// Nothing run yet, nothing found.
+    fn new(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            runs: 0,
+            cov: 0,
+            features: 0,
+            elapsed: Duration::ZERO,
+            failure: None,
+        }
+    }
+}
+
 pub fn command(args: Args) -> Result<()> {
     let all = targets()?;
     let chosen = if args.targets.is_empty() {
@@ -122,12 +136,8 @@ pub fn run(
                     };
                     let outcome =
                         fuzz_one(&bin_dir, &t, budget, corpus).unwrap_or_else(|e| Outcome {
-                            target: t.clone(),
-                            runs: 0,
-                            cov: 0,
-                            features: 0,
-                            elapsed: Duration::ZERO,
                             failure: Some(format!("could not run: {e:#}")),
+                            ..Outcome::new(&t)
                         });
                     results.lock().expect("results").push(outcome);
                 }
@@ -237,14 +247,7 @@ fn fuzz_one(bin_dir: &Path, target: &str, budget: Duration, corpus: Corpus) -> R
         format!("-artifact_prefix={}/", artifacts.display()),
         "-print_final_stats=1".to_owned(),
     ];
-    let mut outcome = Outcome {
-        target: target.to_owned(),
-        runs: 0,
-        cov: 0,
-        features: 0,
-        elapsed: Duration::ZERO,
-        failure: None,
-    };
+    let mut outcome = Outcome::new(target);
 
     // 1. Every committed input once, file by file, so a failure names its input.
     let files = committed_files(&inputs)?;

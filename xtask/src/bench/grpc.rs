@@ -15,7 +15,10 @@ use super::{
     agent::Agent,
     load::Throughput,
     receiver::{KIND_CLIENT, KIND_SERVER, Receiver},
-    report::{Figure, busy_cpus, cpus, median, print_other_work, print_table, save, unix_time},
+    report::{
+        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, save,
+        unix_time,
+    },
     settle,
 };
 use crate::util::{self, step};
@@ -182,14 +185,10 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             median(&coverage) * 100.0,
             99.9,
             "%",
-            format!(
-                "SERVER spans with grpc-status 0 / calls; per round {}; losses {}",
-                coverage
-                    .iter()
-                    .map(|c| format!("{:.3}%", c * 100.0))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                all_losses.join(" | ")
+            coverage_note(
+                "SERVER spans with grpc-status 0 / calls",
+                &coverage,
+                &all_losses,
             ),
         ),
         Figure::max(

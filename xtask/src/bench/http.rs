@@ -15,7 +15,10 @@ use super::{
     pipeline::pipeline,
     receiver::Receiver,
     recording::{RECORDING, record, recording_decodes},
-    report::{Figure, busy_cpus, cpus, median, print_other_work, print_table, save, unix_time},
+    report::{
+        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, save,
+        unix_time,
+    },
     settle,
 };
 use crate::util::{self, step};
@@ -238,15 +241,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             median(&coverage) * 100.0,
             99.9,
             "%",
-            format!(
-                "server spans / requests; per round {}; losses {}",
-                coverage
-                    .iter()
-                    .map(|c| format!("{:.3}%", c * 100.0))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                all_losses.join(" | ")
-            ),
+            coverage_note("server spans / requests", &coverage, &all_losses),
         ),
         Figure::max(
             "agent CPU per request",

@@ -154,6 +154,20 @@ pub(super) fn print_table(figures: &[Figure]) {
     }
 }
 
+/// The note of a coverage figure: what is counted, each round's coverage, and each round's
+/// losses.
+pub(super) fn coverage_note(counted: &str, coverage: &[f64], losses: &[String]) -> String {
+    let rounds: Vec<String> = coverage
+        .iter()
+        .map(|c| format!("{:.3}%", c * 100.0))
+        .collect();
+    format!(
+        "{counted}; per round {}; losses {}",
+        rounds.join(" "),
+        losses.join(" | ")
+    )
+}
+
 pub(super) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
