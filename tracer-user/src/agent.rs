@@ -1,5 +1,5 @@
-//! The agent's main loop: ring buffer → span assembler → exporter, periodic expiry and counters,
-//! clean shutdown on SIGINT/SIGTERM.
+//! The agent's main loop: ring buffer → span assembler → span pipeline (stages, then the
+//! exporter), periodic expiry and counters, clean shutdown on SIGINT/SIGTERM.
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -19,6 +19,7 @@ use crate::{
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
+    pipeline::{Pipeline, RedactOptions},
     process::{self, ProcessTable},
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
@@ -54,23 +55,22 @@ pub async fn run(
     let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
     tracing::info!("exporting spans to {}", exporter.description());
 
-    let options = SpanOptions {
-        redact_query: !cli.keep_query_values,
-        ..SpanOptions::default()
-    };
+    let mut pipeline = Pipeline::new(
+        RedactOptions {
+            query_values: !cli.keep_query_values,
+        },
+        spans,
+    );
     let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
-        options,
+        SpanOptions::default(),
         cli.table_limits(),
     )
     .with_parent_resolver(parents);
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
-    };
-    let mut emit = |span| {
-        spans.send(span);
     };
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -90,17 +90,18 @@ pub async fn run(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let inner = guard.get_inner_mut();
-                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut emit);
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut emit);
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
                 if capture.tls_loaded {
                     tls.process(capture.ebpf_mut());
                 }
             }
             _ = tick.tick() => {
-                assembler.tick(Clock::monotonic_now(), &mut emit);
+                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(s));
+                pipeline.tick(unix_now_ns());
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
                     log_stats("periodic", &capture, &assembler, &tls, &export_stats);
@@ -117,14 +118,14 @@ pub async fn run(
         &mut recorder,
         &mut assembler,
         &mut tls,
-        &mut emit,
+        &mut |s| pipeline.on_span(s),
     );
     log_stats("final", &capture, &assembler, &tls, &export_stats);
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
     tracing::info!("detached all programs");
-    drop(spans);
+    drop(pipeline);
     exporter.shutdown().await;
     let e = export_stats.snapshot();
     tracing::info!(
@@ -134,6 +135,12 @@ pub async fn run(
         "export finished"
     );
     Ok(())
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Decodes every record waiting in the ring buffer (once) and hands it to the TLS attacher

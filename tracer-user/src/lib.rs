@@ -2,8 +2,10 @@
 //! and exports them. The modules follow the data flow:
 //!
 //! `capture` (kernel programs, ring buffer) → `conn` (connection table, reassembly) →
-//! `protocol` (HTTP parsers, request/response pairing) → `trace` (spans) → `export`.
-//! `span` is the span model `trace`, `process` and `export` share; `process` supplies
+//! `protocol` (HTTP parsers, request/response pairing) → `trace` (spans) → `pipeline` (stages
+//! every finished span passes: redaction, ..., sinks) → `export`.
+//! `span` is the span model `trace`, `process` and `export` share, `metric` the metric model
+//! producers and exporters share; `process` supplies
 //! per-process resource attributes; `cli` the command line; `key_value_list` parses the
 //! `key=value` lists of the OTel SDK variables.
 
@@ -14,6 +16,8 @@ pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod key_value_list;
+pub mod metric;
+pub mod pipeline;
 pub mod process;
 pub use tracer_protocol as protocol;
 pub mod span;

@@ -120,6 +120,32 @@ impl Span {
     }
 }
 
+/// A plain SERVER span of service `svc` (pid 1) for unit tests of later stages: ids 1,
+/// no parent, 1 ms long, no attributes. Tests set what they look at.
+#[cfg(test)]
+pub fn test_span() -> Span {
+    Span {
+        trace_id: [1; 16],
+        span_id: [1; 8],
+        parent_span_id: None,
+        trace_state: None,
+        flags: 1,
+        name: "GET /".into(),
+        kind: SpanKind::Server,
+        start_unix_ns: 1_700_000_000_000_000_000,
+        end_unix_ns: 1_700_000_000_001_000_000,
+        attributes: Vec::new(),
+        status: StatusCode::Unset,
+        status_message: None,
+        resource: Arc::new(Resource {
+            pid: 1,
+            attributes: vec![("service.name".into(), "svc".into())],
+        }),
+        events: Vec::new(),
+        dropped_events: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::truncate_value;

@@ -15,17 +15,15 @@
 //! runtime, `tx.send(span)` from anywhere (clone it freely), and at exit
 //! `handle.shutdown().await` (final flush, bounded by `--otlp-timeout`).
 
+mod batch;
 mod config;
 mod console;
 mod otlp;
-mod pipeline;
 mod transport;
 
+pub use batch::{ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config};
 pub use config::{Compression, ExportArgs, ExportConfig, ExporterKind, Protocol, Target};
 pub use otlp::{SCOPE_NAME, SCOPE_VERSION, export_request};
-pub use pipeline::{
-    ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config,
-};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! Turning protocol exchanges into spans: the semantic conventions per protocol (`http`,
-//! `grpc` on top of it), the route heuristic, query redaction, ids, the W3C/B3 context of
+//! `grpc` on top of it), the route heuristic, ids, the W3C/B3 context of
 //! incoming requests, and resolving each span's parent.
 
 pub mod clock;
@@ -8,7 +8,6 @@ mod grpc;
 pub mod http;
 pub mod ids;
 pub mod parent;
-pub mod redact;
 pub mod route;
 pub mod span_context;
 

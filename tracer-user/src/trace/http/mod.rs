@@ -14,9 +14,9 @@
 //!   address (remote for CLIENT, local for SERVER) for `server.address`/`server.port`. When
 //!   the host comes from a target or `Host` without a port, the port is the scheme's default
 //!   (80/443), as RFC 9110 defines; the connection's port is used only with its address.
-//! - `url.query` keeps parameter names and replaces each value with `REDACTED` unless
-//!   [`SpanOptions::redact_query`] is false ([`super::redact`]). A parameter without `=` is
-//!   kept as it is.
+//! - `url.query` and `url.full` carry the query as the request sent it: redacting its values
+//!   is policy, done by the span pipeline's redaction stage (`crate::pipeline::redact`).
+//!   Credentials in the target (`user:password@`) are never copied: the conventions forbid it.
 //! - An exchange without a response gets status Error, message "no response" and
 //!   `error.type=no_response`. Otherwise SERVER spans are Error for 5xx, CLIENT spans for 4xx
 //!   and 5xx, with `error.type` the status code.
@@ -32,7 +32,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use self::target::{Target, default_port, parse_target, split_host_port};
-use super::redact::{REDACTED_USERINFO, redact_query};
 use super::route::route_of;
 use super::{Clock, SpanContext, grpc};
 use crate::conn::ConnMeta;
@@ -45,8 +44,6 @@ const MAX_METHOD_LEN: usize = 64;
 /// How exchanges become spans (agent configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpanOptions {
-    /// Replace each query parameter's value with `REDACTED` in `url.query` and `url.full`.
-    pub redact_query: bool,
     /// `url.scheme` (and the scheme of `url.full`, and the default port) when the request
     /// target does not name one. "http" until TLS capture exists.
     pub scheme: &'static str,
@@ -54,10 +51,7 @@ pub struct SpanOptions {
 
 impl Default for SpanOptions {
     fn default() -> Self {
-        Self {
-            redact_query: true,
-            scheme: "http",
-        }
+        Self { scheme: "http" }
     }
 }
 
@@ -171,31 +165,18 @@ fn push_url_and_server<'a>(
         None => Cow::Borrowed(opts.scheme),
     };
     attrs.push(("url.scheme", scheme.as_ref().into()));
-    let query = target.query.filter(|q| !q.is_empty()).map(|q| {
-        if opts.redact_query {
-            redact_query(q)
-        } else {
-            Cow::Borrowed(q)
-        }
-    });
+    let query = target.query.filter(|q| !q.is_empty());
     if let Some(path) = target.path {
         attrs.push(("url.path", path.into()));
     }
-    if let Some(q) = &query {
-        attrs.push(("url.query", q.as_ref().into()));
+    if let Some(q) = query {
+        attrs.push(("url.query", q.into()));
     }
     let (host, port) = server_address(target, &req.headers, conn, kind, &scheme);
     if kind == SpanKind::Client
         && let Some(path) = target.path
     {
-        let full = url_full(
-            &scheme,
-            target.userinfo,
-            &host,
-            port,
-            path,
-            query.as_deref(),
-        );
+        let full = url_full(&scheme, target.userinfo, &host, port, path, query);
         attrs.push(("url.full", full.into()));
     }
     let route = target.path.map(route_of);
@@ -233,6 +214,10 @@ fn server_address<'a>(
     };
     (Cow::Owned(ip_string(conn_server.ip())), conn_server.port())
 }
+
+/// What `url.full` carries in place of a request target's `user:password@` (always: the
+/// conventions forbid exporting credentials).
+pub const REDACTED_USERINFO: &str = "REDACTED:REDACTED@";
 
 /// `scheme://[REDACTED:REDACTED@]host[:port]/path[?query]`, the port only when it is not
 /// the scheme's default, an IPv6 host in brackets.
