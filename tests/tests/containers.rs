@@ -26,7 +26,13 @@ fn spans_of_containers_carry_their_container_id_and_service_name() {
     let port = free_port();
     let server = Container::run(
         &image,
-        &[("OTEL_SERVICE_NAME", "shop-frontend")],
+        &[
+            ("OTEL_SERVICE_NAME", "shop-frontend"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=not-this-one,deployment.environment=e2e,container.id=forged",
+            ),
+        ],
         &[
             "python3",
             "-m",
@@ -85,7 +91,10 @@ fn spans_of_containers_carry_their_container_id_and_service_name() {
     // The server in its container: its id, and the name from the container's environment.
     for s in &servers {
         assert_eq!(s.res("container.id"), server_id.as_str(), "{s:#}");
+        // OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES, whose other entries are kept
+        // (but never over the observed container.id).
         assert_eq!(s.res("service.name"), "shop-frontend", "{s:#}");
+        assert_eq!(s.res("deployment.environment"), "e2e", "{s:#}");
         // The executable as the container sees it.
         assert_eq!(
             s.res("process.executable.path"),

@@ -197,6 +197,11 @@ mod tests {
                 info(Some(ID), None),
             ),
             (
+                "a podman pod's container, systemd manager (the pod's slice is not a container)",
+                "0::/machine.slice/machine-libpod_pod_9ec39b91f3d70e1beff50a308f77067065ea6be0d91a3378375056cd4422cf3d.slice/libpod-076fe917390d823e7882b64d95110bcbcc14641d2e764b32791bc1145d53e4f4.scope/container\n",
+                info(Some(ID), None),
+            ),
+            (
                 "containerd CRI, systemd driver, cgroup v2",
                 "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b7632a2_a56e_4278_987a_22de18008dbe.slice/cri-containerd-d52db56a9c80d536a91354c0951c061187ca46249e64865a12703003d8f42366.scope\n",
                 info(
