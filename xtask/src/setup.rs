@@ -32,6 +32,8 @@ const TEST_PACKAGES: &[&str] = &[
     "protoc-gen-go",
     "protoc-gen-go-grpc",
     "nghttp2-client",
+    // The DNAT tests' Service rules (tests/tests/dnat.rs).
+    "iptables",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
