@@ -114,7 +114,7 @@ impl std::error::Error for NatError {}
 pub trait NatLookup: Send {
     /// For the connection a server sees as `remote → local`: the (client address, address
     /// the client dialled) when NAT rewrote either, `Ok(None)` when the addresses are the
-    /// client's own.
+    /// client's own (also when conntrack does not track the connection: then nothing NAT-ed it).
     fn client_view(
         &mut self,
         local: SocketAddr,
@@ -460,8 +460,12 @@ impl NatLookup for Conntrack {
             src: local,
             dst: remote,
         };
-        let entry = self.lookup(server_view)?;
-        client_view_of(&entry, server_view)
+        match self.lookup(server_view) {
+            Ok(entry) => client_view_of(&entry, server_view),
+            // NAT works on conntrack entries: an untracked connection was not rewritten.
+            Err(NatError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
