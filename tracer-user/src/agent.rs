@@ -18,6 +18,7 @@ use crate::{
     assemble::SpanAssembler,
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
+    conn::nat::Conntrack,
     export::{self, ExportStats},
     pipeline::{Pipeline, RedactOptions},
     process::{self, ProcessTable},
@@ -67,7 +68,7 @@ pub async fn run(
         SpanOptions::default(),
         cli.table_limits(),
     )
-    .with_parent_resolver(parents);
+    .with_parent_resolver(nat_lookups(&cli, parents));
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -217,6 +218,30 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     records
 }
 
+/// The resolver with conntrack lookups when they are on and the kernel answers them (one line
+/// says which).
+fn nat_lookups(cli: &Cli, parents: ParentResolver) -> ParentResolver {
+    if !cli.nat_lookup {
+        return parents;
+    }
+    match Conntrack::open(NAT_LOOKUP_TIMEOUT) {
+        Ok(ct) => {
+            tracing::info!("NAT lookups through conntrack on (links through Service IPs)");
+            parents.with_nat(Box::new(ct))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "NAT lookups off: conntrack netlink unusable ({e}; needs CAP_NET_ADMIN); \
+                 same-node links through Service IPs are missing"
+            );
+            parents
+        }
+    }
+}
+
+/// The kernel answers a conntrack GET within its `send`: this only bounds a misbehaving one.
+const NAT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(5);
+
 /// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
 /// not zero) and, beside it, the same counters under the same names as one JSON object
 /// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
@@ -266,6 +291,10 @@ fn log_stats(
         ("links_injected", links.injected),
         ("links_injected_unlinked", links.injected_unlinked),
         ("address_linked", links.address_linked),
+        ("nat_lookups", links.nat_lookups),
+        ("nat_resolved", links.nat_resolved),
+        ("nat_lookup_failed", links.nat_lookup_failed),
+        ("nat_linked", links.nat_linked),
         ("tls_files_attached", tls.files_attached),
         ("tls_attach_failed", tls.attach_failed),
         ("tls_unsupported", tls.unsupported),

@@ -163,8 +163,13 @@ impl SpanAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::nat::{NatError, NatLookup};
     use crate::trace::{
         AttrValue, IdGenerator, SpanKind, context::hex, parent::MULTIPLEXED_TTL_NS,
+    };
+    use std::{
+        net::SocketAddr,
+        sync::atomic::{AtomicUsize, Ordering},
     };
     use tracer_common::{
         AF_INET, CloseEvent, ConnAddr, DataHeader, Direction, EventKind, ProcessEvent, Role,
@@ -189,17 +194,22 @@ mod tests {
 
     impl T {
         fn new() -> Self {
+            Self::with(|p| p)
+        }
+
+        /// With the parent resolver `f` makes of the test's own.
+        fn with(f: impl FnOnce(ParentResolver) -> ParentResolver) -> Self {
             let s = SpanAssembler::new(
                 ProcessTable::new(Some("h".into()), vec![]),
                 Clock::with_offset(0),
                 SpanOptions::default(),
                 TableLimits::default(),
             )
-            .with_parent_resolver(ParentResolver::with_ids(
+            .with_parent_resolver(f(ParentResolver::with_ids(
                 16,
                 7,
                 IdGenerator::from_seed(3),
-            ));
+            )));
             Self {
                 s,
                 pos: Default::default(),
@@ -337,6 +347,82 @@ mod tests {
         t.answer(11, 8, 1_020);
         let server = t.take(SpanKind::Server);
         assert_eq!((server.parent_span_id, source(&server)), (None, "none"));
+    }
+
+    /// What conntrack answers for one server connection (the kernel side is tested in
+    /// `conn::nat` on its real replies and end to end in tests/tests/dnat.rs).
+    struct OneEntry {
+        answer: Result<Option<(SocketAddr, SocketAddr)>, NatError>,
+        asked: Arc<AtomicUsize>,
+    }
+
+    impl NatLookup for OneEntry {
+        fn client_view(
+            &mut self,
+            local: SocketAddr,
+            remote: SocketAddr,
+        ) -> Result<Option<(SocketAddr, SocketAddr)>, NatError> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            assert_eq!((local.port(), remote.port()), (8080, 40000));
+            self.answer.clone()
+        }
+    }
+
+    #[test]
+    fn a_caller_that_dialled_a_service_ip_is_found_through_conntrack() {
+        let lo = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        // The client dialled port 80 (a Service), DNAT sent it to 8080.
+        let run = |answer| {
+            let asked = Arc::new(AtomicUsize::new(0));
+            let nat = OneEntry {
+                answer,
+                asked: asked.clone(),
+            };
+            let mut t = T::with(|p| p.with_nat(Box::new(nat)));
+            t.client_remote_port = 80;
+            let req = b"GET /in HTTP/1.1\r\nHost: a\r\n\r\n";
+            let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            // Two requests on one keep-alive connection: one lookup.
+            for ts in [1_000, 2_000] {
+                t.data(10, Role::Client, Direction::Egress, 9, ts, req);
+                t.serve(11, 8, ts + 10, "");
+                t.answer(11, 8, ts + 20);
+                t.data(10, Role::Client, Direction::Ingress, 9, ts + 30, resp);
+            }
+            (t, asked.load(Ordering::Relaxed))
+        };
+        let (mut t, asked) = run(Ok(Some((lo(40000), lo(80)))));
+        assert_eq!(asked, 1);
+        for _ in 0..2 {
+            let client = t.take(SpanKind::Client);
+            let server = t.take(SpanKind::Server);
+            assert_eq!(server.parent_span_id, Some(client.span_id));
+            assert_eq!(source(&server), "address");
+        }
+        let st = t.s.parent_stats();
+        assert_eq!(
+            (
+                st.nat_lookups,
+                st.nat_resolved,
+                st.nat_linked,
+                st.address_linked
+            ),
+            (1, 1, 2, 2)
+        );
+
+        // No answer, no NAT, or NAT to an address no caller dialled: no link.
+        for (answer, failed) in [
+            (Err(NatError::Timeout), 1),
+            (Ok(None), 0),
+            (Ok(Some((lo(40000), lo(81)))), 0),
+        ] {
+            let (mut t, asked) = run(answer);
+            assert_eq!(asked, 1);
+            let server = t.take(SpanKind::Server);
+            assert_eq!((server.parent_span_id, source(&server)), (None, "none"));
+            let st = t.s.parent_stats();
+            assert_eq!((st.nat_lookup_failed, st.nat_linked), (failed, 0));
+        }
     }
 
     #[test]

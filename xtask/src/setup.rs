@@ -36,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "mmdebstrap",
+    // The DNAT tests' Service rules (tests/tests/dnat.rs).
+    "iptables",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[

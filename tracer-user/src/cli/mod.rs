@@ -110,6 +110,20 @@ pub struct Cli {
     )]
     pub inject_traceparent: InjectMode,
 
+    /// Link a SERVER span to the same-node CLIENT span that dialled a Service virtual IP
+    /// (kube-proxy DNAT, masquerading): a server request without a caller asks the kernel's
+    /// connection tracking (netlink, needs CAP_NET_ADMIN) once per connection how its client
+    /// addressed it. `off`: no lookups.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        env = "TRACER_NAT_LOOKUP"
+    )]
+    pub nat_lookup: bool,
+
     /// The node's cgroup v2 root, where injection attaches its sock_ops program (default: the
     /// cgroup v2 mount this process sees). In a container with its own cgroup namespace, mount
     /// the host's /sys/fs/cgroup and name it here, or only the container's own sockets are seen.

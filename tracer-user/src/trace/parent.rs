@@ -41,6 +41,12 @@
 //! - connections and requests the parser dropped: their state ends at the next completion on
 //!   the same connection, or the connection's close or expiry.
 //!
+//! **Through NAT.** A client that dialled a Service virtual IP (kube-proxy DNAT, maybe with
+//! masquerading) sees other addresses than the pod that answers. A SERVER request that finds
+//! no caller by its own addresses asks the kernel's connection tracking once per connection
+//! ([`crate::conn::nat`]) how its client addressed it, and looks the caller up by those. A
+//! failed lookup is counted and gives no link, never a guessed one.
+//!
 //! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
 //! not tracked (counted in [`ParentStats::refused_full`]) and their thread is marked multiplexed.
 use std::{
@@ -50,7 +56,7 @@ use std::{
 
 use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
 use super::{IdGenerator, SpanContext};
-use crate::conn::ConnMeta;
+use crate::conn::{ConnMeta, nat::NatLookup};
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
 use crate::span::{SpanId, TraceId};
 use tracer_common::{SpanCtx, propagation::server_ids};
@@ -80,6 +86,14 @@ pub struct ParentStats {
     pub injected_unlinked: u64,
     /// SERVER spans linked to a CLIENT span on this node by the connection's addresses.
     pub address_linked: u64,
+    /// Connections whose conntrack entry was looked up (a server request without a caller).
+    pub nat_lookups: u64,
+    /// Of those, entries that showed NAT (the client dialled another address).
+    pub nat_resolved: u64,
+    /// Lookups without an answer (no entry, error, timeout): no link through NAT.
+    pub nat_lookup_failed: u64,
+    /// Of `address_linked`, links found through a NAT-resolved address.
+    pub nat_linked: u64,
 }
 
 /// An open server request.
@@ -147,6 +161,10 @@ pub struct ParentResolver {
     callers: HashMap<AddrKey, Caller>,
     caller_order: VecDeque<(AddrKey, u64)>,
     scratch: Vec<u64>,
+    /// Conntrack lookups, when on.
+    nat: Option<Box<dyn NatLookup>>,
+    /// Per server connection looked up: the (client, dialled) addresses when NAT rewrote them.
+    nat_views: HashMap<u64, Option<(SocketAddr, SocketAddr)>>,
 }
 
 impl Default for ParentResolver {
@@ -178,7 +196,15 @@ impl ParentResolver {
             client_count: 0,
             callers: HashMap::new(),
             caller_order: VecDeque::new(),
+            nat: None,
+            nat_views: HashMap::new(),
         }
+    }
+
+    /// Links SERVER requests whose client dialled a NAT-ed address (see the module docs).
+    pub fn with_nat(mut self, nat: Box<dyn NatLookup>) -> Self {
+        self.nat = Some(nat);
+        self
     }
 
     pub fn stats(&self) -> ParentStats {
@@ -279,20 +305,70 @@ impl ParentResolver {
             .filter(|c| c.start_ns <= server_start_ns)
     }
 
+    /// The same-node caller of a server request: by the server's view of the addresses, else
+    /// (NAT lookups on) by its client's view, looked up once per connection.
+    fn find_caller(&mut self, conn_id: u64, key: &AddrKey, start_ns: u64) -> Option<Caller> {
+        if let Some(c) = self.caller(key, start_ns) {
+            return Some(c.clone());
+        }
+        let (client, dialled) = self.nat_view(conn_id, key)?;
+        let c = self.caller(&(client, dialled, key.2), start_ns)?.clone();
+        self.stats.nat_linked += 1;
+        Some(c)
+    }
+
+    /// How the client of server connection `conn_id` (seen as `key`) addressed it, when NAT
+    /// rewrote that: asked of the kernel the first time only.
+    fn nat_view(&mut self, conn_id: u64, key: &AddrKey) -> Option<(SocketAddr, SocketAddr)> {
+        if let Some(view) = self.nat_views.get(&conn_id) {
+            return *view;
+        }
+        let nat = self.nat.as_mut()?;
+        if self.nat_views.len() >= self.cap {
+            self.stats.refused_full += 1;
+            return None;
+        }
+        self.stats.nat_lookups += 1;
+        let (remote, local) = (key.0, key.1);
+        let view = match nat.client_view(local, remote) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::debug!(%local, %remote, "conntrack lookup: {e}");
+                self.stats.nat_lookup_failed += 1;
+                None
+            }
+        };
+        if view.is_some() {
+            self.stats.nat_resolved += 1;
+        }
+        self.nat_views.insert(conn_id, view);
+        view
+    }
+
     /// A SERVER context without a header-given parent becomes the child of its same-node
     /// caller, when there is one.
-    fn link_by_address(&mut self, ctx: &mut SpanContext, key: &AddrKey, start_ns: u64) {
+    fn link_by_address(
+        &mut self,
+        ctx: &mut SpanContext,
+        conn_id: u64,
+        key: &AddrKey,
+        start_ns: u64,
+    ) {
         if ctx.source != ParentSource::None {
             return;
         }
-        if let Some(c) = self.caller(key, start_ns) {
-            ctx.trace_id = c.trace_id;
-            ctx.parent_span_id = Some(c.span_id);
-            ctx.flags = c.flags;
-            ctx.trace_state = c.trace_state.clone();
-            ctx.source = ParentSource::Address;
-            self.stats.address_linked += 1;
+        if let Some(c) = self.find_caller(conn_id, key, start_ns) {
+            self.adopt(ctx, c);
         }
+    }
+
+    fn adopt(&mut self, ctx: &mut SpanContext, c: Caller) {
+        ctx.trace_id = c.trace_id;
+        ctx.parent_span_id = Some(c.span_id);
+        ctx.flags = c.flags;
+        ctx.trace_state = c.trace_state;
+        ctx.source = ParentSource::Address;
+        self.stats.address_linked += 1;
     }
 
     /// A request the process received: its head was just parsed.
@@ -311,7 +387,13 @@ impl ParentResolver {
         }
         let addr_key = (conn.remote, conn.local, start.head_position);
         let mut ctx = self.server_context(conn.conn_id, start.head_position, head);
-        self.link_by_address(&mut ctx, &addr_key, start.start_ns);
+        // By address only: the caller's event may not be read yet (NAT lookups, which cannot
+        // tell that, wait for `resolve_late`).
+        if ctx.source == ParentSource::None
+            && let Some(c) = self.caller(&addr_key, start.start_ns).cloned()
+        {
+            self.adopt(&mut ctx, c);
+        }
         let st = self.tids.entry(start.tid).or_insert(TidState {
             open: 0,
             last: (0, 0),
@@ -355,7 +437,8 @@ impl ParentResolver {
         if o.frozen || o.source != ParentSource::None {
             return;
         }
-        let Some(c) = self.caller(&o.addr_key, o.start_ns).cloned() else {
+        let (key, start_ns) = (o.addr_key, o.start_ns);
+        let Some(c) = self.find_caller(conn_id, &key, start_ns) else {
             return;
         };
         if let Some(o) = self
@@ -434,6 +517,7 @@ impl ParentResolver {
         if let Some(q) = self.clients.remove(&conn_id) {
             self.client_count -= q.len();
         }
+        self.nat_views.remove(&conn_id);
     }
 
     /// Periodic clean-up: forgets connections `alive` denies, and idle multiplexed threads.
@@ -443,6 +527,7 @@ impl ParentResolver {
             self.conns
                 .keys()
                 .chain(self.clients.keys())
+                .chain(self.nat_views.keys())
                 .copied()
                 .filter(|id| !alive(*id)),
         );
@@ -509,7 +594,7 @@ impl ParentResolver {
                         let mut ctx =
                             self.server_context(conn.conn_id, ex.head_position, &ex.request);
                         let key = (conn.remote, conn.local, ex.head_position);
-                        self.link_by_address(&mut ctx, &key, ex.start_ns);
+                        self.link_by_address(&mut ctx, conn.conn_id, &key, ex.start_ns);
                         ctx
                     }
                 };
