@@ -20,7 +20,10 @@ use crate::{
     cli::Cli,
     export::{self, ExportStats},
     pipeline::{Pipeline, RedactOptions},
-    process::{self, ProcessTable},
+    process::{
+        self, ProcessTable,
+        kubernetes::{self, PeerNames},
+    },
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
 };
@@ -61,8 +64,11 @@ pub async fn run(
         },
         spans,
     );
+    let processes = ProcessTable::new(None, process::resource_attributes_from_env());
+    let kube = kubernetes::start(&cli.kubernetes, processes.host_name()).await?;
+    let peers = PeerNames::new(kube.clone());
     let mut assembler = SpanAssembler::new(
-        ProcessTable::new(None, process::resource_attributes_from_env()),
+        processes.with_kubernetes(kube.clone()),
         Clock::measure(),
         SpanOptions::default(),
         cli.table_limits(),
@@ -90,21 +96,21 @@ pub async fn run(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let inner = guard.get_inner_mut();
-                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
                 if capture.tls_loaded {
                     tls.process(capture.ebpf_mut());
                 }
             }
             _ = tick.tick() => {
-                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(s));
+                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
                 pipeline.tick(unix_now_ns());
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
+                    log_stats("periodic", &capture, &assembler, &tls, &export_stats, kube.as_deref());
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -118,9 +124,16 @@ pub async fn run(
         &mut recorder,
         &mut assembler,
         &mut tls,
-        &mut |s| pipeline.on_span(s),
+        &mut |s| pipeline.on_span(peers.apply(s)),
     );
-    log_stats("final", &capture, &assembler, &tls, &export_stats);
+    log_stats(
+        "final",
+        &capture,
+        &assembler,
+        &tls,
+        &export_stats,
+        kube.as_deref(),
+    );
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -226,6 +239,7 @@ fn log_stats(
     assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
+    kube: Option<&kubernetes::Store>,
 ) {
     let drops = capture.drops();
     let injection = capture.injecting.then(|| capture.inject_counts());
@@ -275,6 +289,12 @@ fn log_stats(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
+    // The Kubernetes watcher's, when it runs.
+    let kube_counters = kube.map(|k| kubernetes::counters(&k.stats));
+    let counters: Vec<(&str, u64)> = counters
+        .into_iter()
+        .chain(kube_counters.into_iter().flatten())
+        .collect();
 
     let human_drops = match &drops {
         Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
@@ -288,7 +308,7 @@ fn log_stats(
     tracing::info!(
         "{when} counters; kernel drops: {}; injection: {human_injection} {}",
         human_drops.as_deref().unwrap_or("none"),
-        name_values(counters)
+        name_values(counters.iter().copied())
     );
 
     // Counters that could not be read, and injection's when it is off, are `null`.

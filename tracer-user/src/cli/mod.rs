@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
+    process::kubernetes::KubeArgs,
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -123,6 +124,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub kubernetes: KubeArgs,
 }
 
 const AFTER_HELP: &str = "\

@@ -34,6 +34,7 @@
 //! The parts: `table` (the pid cache), `proc_info` (procfs reads), `otel_env` (the process's
 //! OTel variables), `resource` (building a resource, with the precedence above).
 
+pub mod kubernetes;
 mod otel_env;
 mod proc_info;
 mod resource;

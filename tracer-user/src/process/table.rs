@@ -2,8 +2,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::kubernetes::{ResourceJoin, Store};
 use super::proc_info::read_proc;
-use super::resource::{UNKNOWN_SERVICE, build_resource, minimal_resource, system_host_name};
+use super::resource::{
+    UNKNOWN_SERVICE, build_resource, minimal_resource, service_name_from_environment,
+    system_host_name,
+};
 use crate::span::{AttrValue, Resource};
 
 /// Cached processes at most, by default; the oldest entry is evicted beyond.
@@ -34,6 +38,8 @@ pub struct ProcessTable {
     host_name: Option<String>,
     extra: Vec<(String, String)>,
     stats: ProcessStats,
+    /// Kubernetes metadata joined into the resources of processes in pods, when watched.
+    kube: Option<ResourceJoin>,
 }
 
 impl ProcessTable {
@@ -53,7 +59,15 @@ impl ProcessTable {
             host_name,
             extra,
             stats: ProcessStats::default(),
+            kube: None,
         }
+    }
+
+    /// Joins the pod metadata of `store` (when there is one) into the resources of processes
+    /// in containers (see `kubernetes::ResourceJoin`).
+    pub fn with_kubernetes(mut self, store: Option<Arc<Store>>) -> Self {
+        self.kube = store.map(ResourceJoin::new);
+        self
     }
 
     /// Changes the cap on cached entries (at least 1).
@@ -69,7 +83,10 @@ impl ProcessTable {
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
         self.stats.lookups += 1;
         if let Some((r, _)) = self.entries.get(&pid) {
-            return Arc::clone(r);
+            return match &mut self.kube {
+                Some(kube) => kube.current(pid, r),
+                None => Arc::clone(r),
+            };
         }
         self.stats.misses += 1;
         match read_proc(pid) {
@@ -86,7 +103,10 @@ impl ProcessTable {
                 if !(info.exe.is_some() && info.cmdline.is_empty()) {
                     self.insert(pid, Arc::clone(&r));
                 }
-                r
+                match &mut self.kube {
+                    Some(kube) => kube.on_built(r, service_name_from_environment(&info)),
+                    None => r,
+                }
             }
             None => {
                 self.stats.exited += 1;
@@ -128,12 +148,19 @@ impl ProcessTable {
 
     /// The process called execve: its metadata changed; the next look-up reads procfs again.
     pub fn on_exec(&mut self, pid: u32) {
-        self.entries.remove(&pid);
+        self.forget(pid);
     }
 
     /// The process exited: forget it.
     pub fn on_exit(&mut self, pid: u32) {
+        self.forget(pid);
+    }
+
+    fn forget(&mut self, pid: u32) {
         self.entries.remove(&pid);
+        if let Some(kube) = &mut self.kube {
+            kube.forget(pid);
+        }
     }
 
     /// Cached processes.
@@ -180,7 +207,7 @@ impl ProcessTable {
                 .get(&pid)
                 .is_some_and(|(_, g)| *g == generation)
             {
-                self.entries.remove(&pid);
+                self.forget(pid);
                 self.stats.evictions += 1;
                 return true;
             }
