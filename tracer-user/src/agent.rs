@@ -289,12 +289,9 @@ fn log_stats(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
-    // The Kubernetes watcher's, when it runs.
+    // The Kubernetes watcher's, when it runs (their JSON on a line of their own).
     let kube_counters = kube.map(|k| kubernetes::counters(&k.stats));
-    let counters: Vec<(&str, u64)> = counters
-        .into_iter()
-        .chain(kube_counters.into_iter().flatten())
-        .collect();
+    let human_kube = kube_counters.map_or_else(String::new, |c| format!(" {}", name_values(c)));
 
     let human_drops = match &drops {
         Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
@@ -306,9 +303,9 @@ fn log_stats(
         Some(Err(e)) => format!("unavailable ({e})"),
     };
     tracing::info!(
-        "{when} counters; kernel drops: {}; injection: {human_injection} {}",
+        "{when} counters; kernel drops: {}; injection: {human_injection} {}{human_kube}",
         human_drops.as_deref().unwrap_or("none"),
-        name_values(counters.iter().copied())
+        name_values(counters)
     );
 
     // Counters that could not be read, and injection's when it is off, are `null`.
@@ -323,6 +320,9 @@ fn log_stats(
         ),
     ]));
     tracing::info!("{when} stats {stats}");
+    if let Some(c) = kube_counters {
+        tracing::info!("{when} kubernetes stats {}", json_object(c));
+    }
 }
 
 /// `name=value name=value ...`

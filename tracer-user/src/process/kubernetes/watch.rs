@@ -88,6 +88,12 @@ async fn watch<K>(
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(e) => e,
+            // The history the watch resumed from is compacted (routine on a real cluster):
+            // the watcher re-lists, counted in `relists`.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::debug!("Kubernetes {what} watch expired (410 Gone): re-listing");
+                continue;
+            }
             Err(e) => {
                 store.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                 if failing {
@@ -101,31 +107,38 @@ async fn watch<K>(
                 continue;
             }
         };
-        if failing {
+        // `Init` comes before the list request: only what follows shows the server answered.
+        if failing && !matches!(event, watcher::Event::Init) {
             failing = false;
             tracing::info!("Kubernetes {what} watch resumed");
         }
-        store.stats.events.fetch_add(1, Ordering::Relaxed);
         match event {
-            watcher::Event::Init => {
-                lists += 1;
-                if lists > 1 {
-                    store.stats.relists.fetch_add(1, Ordering::Relaxed);
-                }
-                listing = Some(Vec::new());
-            }
+            watcher::Event::Init => listing = Some(Vec::new()),
             watcher::Event::InitApply(obj) => listing.get_or_insert_default().push(obj),
             // The store is replaced only once the list is complete: until then spans keep
             // the metadata known before.
             watcher::Event::InitDone => {
                 let all = listing.take().unwrap_or_default();
+                lists += 1;
                 if lists == 1 {
                     tracing::info!("Kubernetes {what}: {} listed", all.len());
+                } else {
+                    store.stats.relists.fetch_add(1, Ordering::Relaxed);
                 }
+                store
+                    .stats
+                    .events
+                    .fetch_add(all.len() as u64, Ordering::Relaxed);
                 apply(Change::Listed(all));
             }
-            watcher::Event::Apply(obj) => apply(Change::Applied(obj)),
-            watcher::Event::Delete(obj) => apply(Change::Deleted(obj)),
+            watcher::Event::Apply(obj) => {
+                store.stats.events.fetch_add(1, Ordering::Relaxed);
+                apply(Change::Applied(obj));
+            }
+            watcher::Event::Delete(obj) => {
+                store.stats.events.fetch_add(1, Ordering::Relaxed);
+                apply(Change::Deleted(obj));
+            }
         }
     }
 }
