@@ -284,7 +284,8 @@ mod tests {
         };
         let ann = "resource.opentelemetry.io/service.name";
         // (annotations, labels, owner, expected service.name): first match wins.
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], &Owner, &str)] = &[
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs<'_>, Pairs<'_>, &Owner, &str)] = &[
             (
                 &[(ann, "from-annotation")],
                 &[(LABEL_INSTANCE, "i"), (LABEL_NAME, "n")],
