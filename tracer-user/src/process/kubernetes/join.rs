@@ -1,16 +1,18 @@
 //! A process's resource joined with its pod's metadata. The process table keeps the resource
-//! procfs gave (with the `container.id` / `k8s.pod.uid` the cgroup named); this keeps, per
-//! process in a container, the joined one, and joins again when the store changed, so a
-//! process seen before its pod event gets the metadata on its later spans.
+//! procfs gave and the container id / pod UID its cgroup named; this keeps, per process in a
+//! container, the joined one, and joins again when the store changed, so a process seen
+//! before its pod event gets the metadata on its later spans (spans already sent keep theirs).
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::store::{PodMeta, Store};
+use crate::process::container::ContainerInfo;
 use crate::span::{AttrValue, Resource};
 
 #[derive(Debug)]
 struct Joined {
     base: Arc<Resource>,
+    container: ContainerInfo,
     /// `service.name` came from the process's own environment: it stays.
     service_from_env: bool,
     pod: Option<Arc<PodMeta>>,
@@ -34,21 +36,24 @@ impl ResourceJoin {
         }
     }
 
-    /// A resource just built from procfs: joined with its pod when it names a container or
-    /// a pod (else returned as is, and not tracked).
-    pub fn on_built(&mut self, base: Arc<Resource>, service_from_env: bool) -> Arc<Resource> {
-        if container_id(&base).is_none() && pod_uid(&base).is_none() {
+    /// A resource just built from procfs: joined with its pod when the process is in a
+    /// container or pod (else returned as is, and not tracked).
+    pub fn on_built(
+        &mut self,
+        base: Arc<Resource>,
+        service_from_env: bool,
+        container: &ContainerInfo,
+    ) -> Arc<Resource> {
+        if container.is_empty() {
             return base;
         }
-        let pod = self.store.pod_of(container_id(&base), pod_uid(&base));
-        let joined = match &pod {
-            Some(p) => Arc::new(join(&base, service_from_env, p)),
-            None => Arc::clone(&base),
-        };
+        let pod = pod_of(&self.store, container);
+        let joined = joined(&base, service_from_env, pod.as_deref(), container);
         self.procs.insert(
             base.pid,
             Joined {
                 base,
+                container: container.clone(),
                 service_from_env,
                 pod,
                 joined: Arc::clone(&joined),
@@ -79,44 +84,41 @@ impl ResourceJoin {
 
     fn rejoin_all(&mut self) {
         for j in self.procs.values_mut() {
-            let pod = self.store.pod_of(container_id(&j.base), pod_uid(&j.base));
-            let same = match (&pod, &j.pod) {
-                (Some(a), Some(b)) => a == b,
-                (None, None) => true,
-                _ => false,
-            };
-            if same {
+            let pod = pod_of(&self.store, &j.container);
+            if pod == j.pod {
                 continue;
             }
-            // Spans already sent keep the old resource; later ones get this one.
-            j.joined = match &pod {
-                Some(p) => Arc::new(join(&j.base, j.service_from_env, p)),
-                None => Arc::clone(&j.base),
-            };
+            j.joined = joined(&j.base, j.service_from_env, pod.as_deref(), &j.container);
             j.pod = pod;
         }
     }
 }
 
-fn str_attr<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
-    r.attributes.iter().find_map(|(k, v)| match v {
-        AttrValue::Str(s) if k == key && !s.is_empty() => Some(s.as_str()),
-        _ => None,
-    })
+fn pod_of(store: &Store, container: &ContainerInfo) -> Option<Arc<PodMeta>> {
+    store.pod_of(container.id.as_deref(), container.pod_uid.as_deref())
 }
 
-fn container_id(r: &Resource) -> Option<&str> {
-    str_attr(r, "container.id")
-}
-
-fn pod_uid(r: &Resource) -> Option<&str> {
-    str_attr(r, "k8s.pod.uid")
+fn joined(
+    base: &Arc<Resource>,
+    service_from_env: bool,
+    pod: Option<&PodMeta>,
+    container: &ContainerInfo,
+) -> Arc<Resource> {
+    match pod {
+        Some(p) => Arc::new(join(base, service_from_env, p, container.id.as_deref())),
+        None => Arc::clone(base),
+    }
 }
 
 /// The process's resource with its pod's attributes. What the process's environment (and the
 /// agent's own `OTEL_RESOURCE_ATTRIBUTES`) set stays; `service.name` becomes the pod's unless
 /// the environment named it.
-pub fn join(base: &Resource, service_from_env: bool, pod: &PodMeta) -> Resource {
+pub fn join(
+    base: &Resource,
+    service_from_env: bool,
+    pod: &PodMeta,
+    container_id: Option<&str>,
+) -> Resource {
     let mut attrs = base.attributes.clone();
     if !service_from_env {
         for (k, v) in &mut attrs {
@@ -125,7 +127,7 @@ pub fn join(base: &Resource, service_from_env: bool, pod: &PodMeta) -> Resource 
             }
         }
     }
-    let container_name = container_id(base).and_then(|id| pod.container_name(id));
+    let container_name = container_id.and_then(|id| pod.container_name(id));
     let mut add = |key: &str, value: &str| {
         if !attrs.iter().any(|(k, _)| k == key) {
             attrs.push((key.to_owned(), value.into()));
@@ -138,6 +140,9 @@ pub fn join(base: &Resource, service_from_env: bool, pod: &PodMeta) -> Resource 
     add("k8s.namespace.name", &pod.namespace);
     add("k8s.pod.name", &pod.name);
     add("k8s.pod.uid", &pod.uid);
+    if let Some(id) = container_id {
+        add("container.id", id);
+    }
     if let Some(c) = container_name {
         add("k8s.container.name", c);
         // The conventions' instance id for a pod's container.
@@ -178,14 +183,24 @@ mod tests {
         Arc::new(Resource { pid, attributes })
     }
 
+    fn in_container(id: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: Some(id.into()),
+            pod_uid: None,
+        }
+    }
+
     fn get<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
-        str_attr(r, key)
+        r.attributes.iter().find_map(|(k, v)| match v {
+            AttrValue::Str(s) if k == key => Some(s.as_str()),
+            _ => None,
+        })
     }
 
     #[test]
     fn joined_attributes() {
         let p = pod("checkout-6d5f7c9b8-x", "u1", "c1", "10.1.0.5");
-        let r = join(&base(7, Some("c1"), "python3"), false, &p);
+        let r = join(&base(7, Some("c1"), "python3"), false, &p, Some("c1"));
         for (k, v) in [
             ("service.name", "checkout"),
             ("service.namespace", "shop"),
@@ -205,7 +220,7 @@ mod tests {
             assert_eq!(get(&r, k), Some(v), "{k}");
         }
         // The environment's service.name stays.
-        let r = join(&base(7, Some("c1"), "from-env"), true, &p);
+        let r = join(&base(7, Some("c1"), "from-env"), true, &p, Some("c1"));
         assert_eq!(r.service_name(), "from-env");
         // No key twice.
         let mut keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k.as_str()).collect();
@@ -220,7 +235,7 @@ mod tests {
         let store = Arc::new(Store::default());
         let mut j = ResourceJoin::new(Arc::clone(&store));
         let b = base(7, Some("c1"), "python3");
-        let first = j.on_built(Arc::clone(&b), false);
+        let first = j.on_built(Arc::clone(&b), false, &in_container("c1"));
         assert_eq!(first.service_name(), "python3");
         assert!(Arc::ptr_eq(&j.current(7, &b), &first));
         store.apply_pod(pod("checkout-6d5f7c9b8-x", "u1", "c1", "10.1.0.5"));
@@ -234,7 +249,19 @@ mod tests {
         assert_eq!(j.current(7, &b).service_name(), "python3");
         // Host processes are not tracked.
         let host = base(8, None, "nginx");
-        assert!(Arc::ptr_eq(&j.on_built(Arc::clone(&host), false), &host));
+        assert!(Arc::ptr_eq(
+            &j.on_built(Arc::clone(&host), false, &ContainerInfo::default()),
+            &host
+        ));
+        // A process known by its pod UID only (no container id in its cgroup).
+        let uid_only = ContainerInfo {
+            id: None,
+            pod_uid: Some("u2".into()),
+        };
+        let r = j.on_built(base(9, None, "sh"), false, &uid_only);
+        assert_eq!(r.service_name(), "checkout");
+        assert_eq!(get(&r, "k8s.pod.name"), Some("other"));
+        assert_eq!(get(&r, "k8s.container.name"), None);
         assert!(Arc::ptr_eq(&j.current(8, &host), &host));
         j.forget(7);
         assert!(Arc::ptr_eq(&j.current(7, &b), &b));
