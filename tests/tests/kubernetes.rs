@@ -12,6 +12,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use test_kit::{Container, base_image};
 use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -409,4 +410,232 @@ fn without_a_cluster_the_agent_is_as_before() {
             .all(|k| !k.starts_with("kube")),
         "{stats}"
     );
+}
+
+/// Python's HTTP server in a podman container (host network) on `port`, with `env`.
+fn server_container(image: &str, port: u16, env: &[(&str, &str)]) -> Container {
+    let c = Container::run(
+        image,
+        env,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    )
+    .unwrap();
+    wait_port(port, WAIT).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs().unwrap()));
+    c
+}
+
+/// The SERVER spans of requests to `port` so far.
+fn server_spans(sc: &Scenario, port: u16) -> Vec<Value> {
+    sc.receiver()
+        .spans()
+        .into_iter()
+        .filter(|s| s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(port))
+        .collect()
+}
+
+/// Requests `port` until a SERVER span whose resource satisfies `pred` arrives; returns it.
+fn request_until(sc: &Scenario, port: u16, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(WAIT, || {
+        curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/")]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        server_spans(sc, port).into_iter().rev().find(|s| pred(s))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no span of port {port} with {what}: {:#?}\n{}",
+            server_spans(sc, port).last(),
+            summary(&sc.log())
+        )
+    })
+}
+
+/// Real containers (podman) in pods the fake API server describes, with the containers' real
+/// ids: every span carries the pod, namespace, owner and the `service.name` of each
+/// precedence rule; a process seen before its pod gets the metadata on later spans; after a
+/// dropped watch and a 410 re-list, a changed label still reaches the spans.
+#[test]
+fn spans_of_pod_containers_carry_kubernetes_metadata() {
+    require_root();
+    let image = base_image().unwrap();
+    let kube = FakeKube::start();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let env_named = [("OTEL_SERVICE_NAME", "from-env")];
+    let servers: Vec<Container> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| server_container(&image, *port, if i == 0 { &env_named } else { &[] }))
+        .collect();
+    let uid = |i: usize| format!("7c0f9d2e-0000-4000-8000-00000000000{i}");
+    let instance = "app.kubernetes.io/instance";
+    let name = "app.kubernetes.io/name";
+    let annotation = "resource.opentelemetry.io/service.name";
+    // (pod name, owner, labels, annotations, expected service.name, owner attributes)
+    let pods: Vec<(
+        &str,
+        Option<(&str, &str)>,
+        Value,
+        Value,
+        &str,
+        Vec<(&str, &str)>,
+    )> = vec![
+        // 1. The container's own OTEL_SERVICE_NAME.
+        (
+            "envpod",
+            None,
+            json!({instance: "i", name: "n"}),
+            json!({annotation: "a"}),
+            "from-env",
+            vec![],
+        ),
+        // 2. The pod annotation (and other resource annotations become attributes).
+        (
+            "backup-29412345-abcde",
+            Some(("Job", "backup-29412345")),
+            json!({instance: "i", name: "n"}),
+            json!({annotation: "annotated", "resource.opentelemetry.io/team": "payments",
+                   "resource.opentelemetry.io/service.namespace": "retail"}),
+            "annotated",
+            vec![
+                ("k8s.job.name", "backup-29412345"),
+                ("k8s.cronjob.name", "backup"),
+            ],
+        ),
+        // 3. app.kubernetes.io/instance, over app.kubernetes.io/name.
+        (
+            "db-0",
+            Some(("StatefulSet", "db")),
+            json!({instance: "inst-x", name: "name-x", "app.kubernetes.io/version": "1.4.2"}),
+            json!({}),
+            "inst-x",
+            vec![("k8s.statefulset.name", "db")],
+        ),
+        // 4. app.kubernetes.io/name.
+        (
+            "agent-7xk2p",
+            Some(("DaemonSet", "agent")),
+            json!({name: "name-y"}),
+            json!({}),
+            "name-y",
+            vec![("k8s.daemonset.name", "agent")],
+        ),
+        // 5. The owner: the Deployment behind the ReplicaSet.
+        (
+            "checkout-6d5f7c9b8-x2x9k",
+            Some(("ReplicaSet", "checkout-6d5f7c9b8")),
+            json!({"pod-template-hash": "6d5f7c9b8"}),
+            json!({}),
+            "checkout",
+            vec![
+                ("k8s.replicaset.name", "checkout-6d5f7c9b8"),
+                ("k8s.deployment.name", "checkout"),
+            ],
+        ),
+        // 6. The pod's name (this one is announced after its process is seen).
+        ("lonely", None, json!({}), json!({}), "lonely", vec![]),
+    ];
+    let pod_json = |i: usize| {
+        let (pod_name, owner, labels, annotations, _, _) = &pods[i];
+        pod(
+            pod_name,
+            &uid(i),
+            *owner,
+            labels.clone(),
+            annotations.clone(),
+            &servers[i].id,
+            &format!("127.0.1.{i}"),
+        )
+    };
+    for i in 0..5 {
+        kube.put("pods", &pod_json(i));
+    }
+    // Each container maps its own libssl: detaching the TLS probes from all takes a while.
+    let sc = kube
+        .agent(&ports)
+        .stop_within(Duration::from_secs(90))
+        .start()
+        .unwrap();
+    kube.wait_watches("pods", 1);
+
+    // 6 first, before its pod exists: the process is in a container, not yet in a pod.
+    let before = request_until(&sc, ports[5], "container.id", |s| {
+        s.res("container.id").is_string()
+    });
+    assert_eq!(before.res("container.id"), servers[5].id.as_str());
+    assert!(before.res("k8s.pod.name").is_null(), "{before:#}");
+    assert_eq!(before.res("service.name"), "python3.11", "{before:#}");
+    kube.put("pods", &pod_json(5));
+
+    for (i, (pod_name, _, _, _, service, owner_attrs)) in pods.iter().enumerate() {
+        let s = request_until(&sc, ports[i], "k8s.pod.name", |s| {
+            s.res("k8s.pod.name").is_string()
+        });
+        let ctx = format!("pod {pod_name}: {s:#}");
+        assert_eq!(s.res("service.name"), *service, "{ctx}");
+        assert_eq!(s.res("k8s.pod.name"), *pod_name, "{ctx}");
+        assert_eq!(s.res("k8s.pod.uid"), uid(i).as_str(), "{ctx}");
+        assert_eq!(s.res("k8s.namespace.name"), "shop", "{ctx}");
+        assert_eq!(s.res("k8s.node.name"), NODE, "{ctx}");
+        assert_eq!(s.res("k8s.container.name"), "app", "{ctx}");
+        assert_eq!(s.res("container.id"), servers[i].id.as_str(), "{ctx}");
+        assert_eq!(
+            s.res("service.instance.id"),
+            format!("shop.{pod_name}.app").as_str(),
+            "{ctx}"
+        );
+        for (k, v) in owner_attrs {
+            assert_eq!(s.res(k), *v, "{k} {ctx}");
+        }
+        let owner_keys = [
+            "k8s.replicaset.name",
+            "k8s.deployment.name",
+            "k8s.statefulset.name",
+            "k8s.daemonset.name",
+            "k8s.job.name",
+            "k8s.cronjob.name",
+        ];
+        for k in owner_keys
+            .iter()
+            .filter(|k| !owner_attrs.iter().any(|(ok, _)| ok == *k))
+        {
+            assert!(s.res(k).is_null(), "{k} {ctx}");
+        }
+        let namespace = if i == 1 { "retail" } else { "shop" };
+        assert_eq!(s.res("service.namespace"), namespace, "{ctx}");
+        if i == 1 {
+            assert_eq!(s.res("team"), "payments", "{ctx}");
+        }
+        if i == 2 {
+            assert_eq!(s.res("service.version"), "1.4.2", "{ctx}");
+        }
+    }
+    // The span sent before the pod was known is not rewritten.
+    assert!(
+        server_spans(&sc, ports[5])
+            .iter()
+            .any(|s| s.res("k8s.pod.name").is_null())
+    );
+
+    // A dropped watch connection, then a 410 re-list; a label changed meanwhile arrives.
+    kube.post("/fake/drop", &json!({}));
+    kube.wait_watches("pods", 2);
+    kube.post("/fake/expire", &json!({}));
+    let mut changed = pod_json(2);
+    changed["metadata"]["labels"][instance] = json!("inst-z");
+    kube.put("pods", &changed);
+    let s = request_until(&sc, ports[2], "service.name inst-z", |s| {
+        s.res("service.name") == "inst-z"
+    });
+    assert_eq!(s.res("k8s.statefulset.name"), "db");
+    let done = sc.stop().unwrap();
+    let stats = final_stats(&done.log);
+    assert!(stats["kube_relists"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["kube_pods"], 6, "{stats}");
+    drop(servers);
 }
