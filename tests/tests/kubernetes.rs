@@ -18,6 +18,9 @@ use tracer_tests::*;
 const WAIT: Duration = Duration::from_secs(20);
 const NODE: &str = "node-1";
 const TOKEN: &str = "fake-token";
+/// Each container of the podman test maps its own libssl, and every agent running meanwhile
+/// attaches TLS probes to all of them: detaching them all at exit takes a while.
+const STOP_WITHIN: Duration = Duration::from_secs(90);
 
 /// The fake API server and a kubeconfig naming it (plain http, a bearer token).
 struct FakeKube {
@@ -61,6 +64,7 @@ impl FakeKube {
         Scenario::ports(ports)
             .args(&["--kubernetes", "on", "--node-name", NODE])
             .env("KUBECONFIG", self.kubeconfig().to_str().unwrap())
+            .stop_within(STOP_WITHIN)
     }
 
     /// POSTs to the fake's control API; returns the status code and body.
@@ -358,6 +362,7 @@ fn without_a_cluster_the_agent_is_as_before() {
     let (server, port) = test_http_server().unwrap();
     let sc = Scenario::ports(&[port])
         .env("KUBERNETES_SERVICE_HOST", "")
+        .stop_within(STOP_WITHIN)
         .start()
         .unwrap();
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/")]).unwrap();
@@ -456,6 +461,16 @@ fn request_until(sc: &Scenario, port: u16, what: &str, pred: impl Fn(&Value) -> 
     })
 }
 
+/// (pod name, owner, labels, annotations, expected service.name, owner attributes)
+type PodCase = (
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    Value,
+    Value,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
 /// Real containers (podman) in pods the fake API server describes, with the containers' real
 /// ids: every span carries the pod, namespace, owner and the `service.name` of each
 /// precedence rule; a process seen before its pod gets the metadata on later spans; after a
@@ -476,15 +491,7 @@ fn spans_of_pod_containers_carry_kubernetes_metadata() {
     let instance = "app.kubernetes.io/instance";
     let name = "app.kubernetes.io/name";
     let annotation = "resource.opentelemetry.io/service.name";
-    // (pod name, owner, labels, annotations, expected service.name, owner attributes)
-    let pods: Vec<(
-        &str,
-        Option<(&str, &str)>,
-        Value,
-        Value,
-        &str,
-        Vec<(&str, &str)>,
-    )> = vec![
+    let pods: Vec<PodCase> = vec![
         // 1. The container's own OTEL_SERVICE_NAME.
         (
             "envpod",
@@ -555,12 +562,7 @@ fn spans_of_pod_containers_carry_kubernetes_metadata() {
     for i in 0..5 {
         kube.put("pods", &pod_json(i));
     }
-    // Each container maps its own libssl: detaching the TLS probes from all takes a while.
-    let sc = kube
-        .agent(&ports)
-        .stop_within(Duration::from_secs(90))
-        .start()
-        .unwrap();
+    let sc = kube.agent(&ports).start().unwrap();
     kube.wait_watches("pods", 1);
 
     // 6 first, before its pod exists: the process is in a container, not yet in a pod.

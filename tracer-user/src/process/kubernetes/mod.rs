@@ -27,6 +27,9 @@ pub use store::{KubeStats, Store};
 
 /// The service-account token a pod's containers get.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+/// How long start-up waits for the API server to name this node (without `NODE_NAME`).
+const NODE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether to watch the Kubernetes API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,7 +56,8 @@ pub struct KubeArgs {
     pub mode: KubeMode,
 
     /// This node's name, whose pods are watched (the DaemonSet sets `NODE_NAME` from
-    /// `spec.nodeName`). Default: the host name.
+    /// `spec.nodeName`). Default: the node of the agent's own pod (asked once), else the
+    /// host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
 }
@@ -70,8 +74,28 @@ pub fn counters(stats: &KubeStats) -> [(&'static str, u64); 5] {
     ]
 }
 
+/// The node of the agent's own pod (`HOSTNAME` in the service account's namespace), asked
+/// once; `None` outside a pod or when the API server cannot say (e.g. a host-network pod,
+/// whose host name is the node's: the caller then uses it).
+async fn own_node(client: &kube::Client) -> Option<String> {
+    let namespace = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok()?;
+    let pod_name = std::env::var("HOSTNAME").ok()?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace.trim());
+    match tokio::time::timeout(NODE_LOOKUP_TIMEOUT, pods.get(&pod_name)).await {
+        Ok(Ok(pod)) => pod.spec.and_then(|s| s.node_name),
+        Ok(Err(e)) => {
+            tracing::info!(
+                "the agent's own pod {pod_name} not found ({e}): node name from the host name"
+            );
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 fn in_pod() -> bool {
-    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty())
         && Path::new(SERVICE_ACCOUNT_TOKEN).exists()
 }
 
@@ -95,14 +119,17 @@ pub async fn start(args: &KubeArgs, host_name: Option<&str>) -> anyhow::Result<O
             .await
             .context("--kubernetes on: no in-cluster configuration and no usable kubeconfig")?,
     };
-    let node = args
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| host_name.map(str::to_owned))
-        .context("no node name: set NODE_NAME (the downward API's spec.nodeName) or --node-name")?;
     let api = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("Kubernetes API client")?;
+    let node = match args.node_name.clone().filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => own_node(&client)
+            .await
+            .or_else(|| host_name.map(str::to_owned))
+            .context(
+                "no node name: set NODE_NAME (the downward API's spec.nodeName) or --node-name",
+            )?,
+    };
     let store = Arc::new(Store::default());
     watch::spawn(client, &node, Arc::clone(&store));
     tracing::info!(
