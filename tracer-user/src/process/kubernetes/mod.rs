@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 
 pub use join::ResourceJoin;
-pub use naming::RESOURCE_ANNOTATION_PREFIX;
 pub use peer::{PEER_NAME_KEY, PeerNames};
 pub use store::{KubeStats, Store};
 
