@@ -21,7 +21,10 @@ use crate::{
     conn::nat::Conntrack,
     export::{self, ExportStats},
     pipeline::{Pipeline, RedactOptions},
-    process::{self, ProcessTable},
+    process::{
+        self, ProcessTable,
+        kubernetes::{self, PeerNames},
+    },
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
 };
@@ -62,8 +65,11 @@ pub async fn run(
         },
         spans,
     );
+    let processes = ProcessTable::new(None, process::resource_attributes_from_env());
+    let kube = kubernetes::start(&cli.kubernetes, processes.host_name()).await?;
+    let peers = PeerNames::new(kube.clone());
     let mut assembler = SpanAssembler::new(
-        ProcessTable::new(None, process::resource_attributes_from_env()),
+        processes.with_kubernetes(kube.clone()),
         Clock::measure(),
         SpanOptions::default(),
         cli.table_limits(),
@@ -91,21 +97,21 @@ pub async fn run(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let inner = guard.get_inner_mut();
-                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
                 if capture.tls_loaded {
                     tls.process(capture.ebpf_mut());
                 }
             }
             _ = tick.tick() => {
-                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(s));
+                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
                 pipeline.tick(unix_now_ns());
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
+                    log_stats("periodic", &capture, &assembler, &tls, &export_stats, kube.as_deref());
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -119,9 +125,16 @@ pub async fn run(
         &mut recorder,
         &mut assembler,
         &mut tls,
-        &mut |s| pipeline.on_span(s),
+        &mut |s| pipeline.on_span(peers.apply(s)),
     );
-    log_stats("final", &capture, &assembler, &tls, &export_stats);
+    log_stats(
+        "final",
+        &capture,
+        &assembler,
+        &tls,
+        &export_stats,
+        kube.as_deref(),
+    );
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -251,6 +264,7 @@ fn log_stats(
     assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
+    kube: Option<&kubernetes::Store>,
 ) {
     let drops = capture.drops();
     let injection = capture.injecting.then(|| capture.inject_counts());
@@ -304,6 +318,9 @@ fn log_stats(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
+    // The Kubernetes watcher's, when it runs (their JSON on a line of their own).
+    let kube_counters = kube.map(|k| kubernetes::counters(&k.stats));
+    let human_kube = kube_counters.map_or_else(String::new, |c| format!(" {}", name_values(c)));
 
     let human_drops = match &drops {
         Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
@@ -315,7 +332,7 @@ fn log_stats(
         Some(Err(e)) => format!("unavailable ({e})"),
     };
     tracing::info!(
-        "{when} counters; kernel drops: {}; injection: {human_injection} {}",
+        "{when} counters; kernel drops: {}; injection: {human_injection} {}{human_kube}",
         human_drops.as_deref().unwrap_or("none"),
         name_values(counters)
     );
@@ -332,6 +349,9 @@ fn log_stats(
         ),
     ]));
     tracing::info!("{when} stats {stats}");
+    if let Some(c) = kube_counters {
+        tracing::info!("{when} kubernetes stats {}", json_object(c));
+    }
 }
 
 /// `name=value name=value ...`

@@ -54,6 +54,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
         "opentelemetry-propagator-b3",
     ),
     ("google.protobuf", "protobuf"),
+    // The fake Kubernetes API server validates its Pods against the official schemas.
+    ("kubernetes_validate", "kubernetes-validate"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

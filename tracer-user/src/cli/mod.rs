@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
+    process::kubernetes::KubeArgs,
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -137,6 +138,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub kubernetes: KubeArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -149,12 +153,14 @@ Examples:
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 
 impl Cli {
-    /// The log filter in force: `--log` / `TRACER_LOG`, else `RUST_LOG`, else `info`.
+    /// The log filter in force: `--log` / `TRACER_LOG`, else `RUST_LOG`, else `info`
+    /// (without the Kubernetes client's own lines: one per failed request; the watcher
+    /// reports an outage once).
     pub fn log_filter(&self) -> String {
         self.log
             .clone()
             .or_else(|| std::env::var("RUST_LOG").ok())
-            .unwrap_or_else(|| "info".to_owned())
+            .unwrap_or_else(|| "info,kube_client=off,kube_runtime=off".to_owned())
     }
 
     /// What to capture: the command line's choices, with what was found out before the agent

@@ -40,6 +40,7 @@
 //! (building a resource, with the precedence above).
 
 mod container;
+pub mod kubernetes;
 mod otel_env;
 mod proc_info;
 mod resource;

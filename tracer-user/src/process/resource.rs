@@ -61,15 +61,7 @@ pub(super) fn build_resource(
 
     let exe_name = info.exe.as_deref().map(basename).and_then(non_empty);
     let executable_name = exe_name.or_else(|| info.comm.as_deref().and_then(non_empty));
-    let service = env
-        .service_name
-        .as_deref()
-        .and_then(non_empty)
-        .or_else(|| {
-            own.iter()
-                .find(|(k, _)| k == "service.name")
-                .and_then(|(_, v)| non_empty(v))
-        })
+    let service = env_service_name(env.service_name.as_deref(), &own)
         .or(executable_name)
         .unwrap_or(UNKNOWN_SERVICE);
 
@@ -94,6 +86,29 @@ pub(super) fn build_resource(
         pid,
         attributes: attrs,
     }
+}
+
+/// `OTEL_SERVICE_NAME`, else `service.name` of `OTEL_RESOURCE_ATTRIBUTES`.
+fn env_service_name<'a>(
+    service_name: Option<&'a str>,
+    own: &'a [(String, String)],
+) -> Option<&'a str> {
+    service_name.and_then(non_empty).or_else(|| {
+        own.iter()
+            .find(|(k, _)| k == "service.name")
+            .and_then(|(_, v)| non_empty(v))
+    })
+}
+
+/// Whether the process's environment names its service (which then wins over Kubernetes).
+pub(super) fn service_name_from_environment(info: &ProcInfo) -> bool {
+    let env = parse_environ(&info.environ);
+    let own = env
+        .resource_attributes
+        .as_deref()
+        .and_then(parse_resource_attributes)
+        .unwrap_or_default();
+    env_service_name(env.service_name.as_deref(), &own).is_some()
 }
 
 pub(super) fn minimal_resource(

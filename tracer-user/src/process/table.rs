@@ -3,8 +3,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::container::ContainerInfo;
+use super::kubernetes::{ResourceJoin, Store};
 use super::proc_info::read_proc;
-use super::resource::{UNKNOWN_SERVICE, build_resource, minimal_resource, system_host_name};
+use super::resource::{
+    UNKNOWN_SERVICE, build_resource, minimal_resource, service_name_from_environment,
+    system_host_name,
+};
 use crate::span::{AttrValue, Resource};
 
 /// Cached processes at most, by default; the oldest entry is evicted beyond.
@@ -43,6 +47,8 @@ pub struct ProcessTable {
     host_name: Option<String>,
     extra: Vec<(String, String)>,
     stats: ProcessStats,
+    /// Kubernetes metadata joined into the resources of processes in pods, when watched.
+    kube: Option<ResourceJoin>,
 }
 
 impl ProcessTable {
@@ -62,7 +68,15 @@ impl ProcessTable {
             host_name,
             extra,
             stats: ProcessStats::default(),
+            kube: None,
         }
+    }
+
+    /// Joins the pod metadata of `store` (when there is one) into the resources of processes
+    /// in containers (see `kubernetes::ResourceJoin`).
+    pub fn with_kubernetes(mut self, store: Option<Arc<Store>>) -> Self {
+        self.kube = store.map(ResourceJoin::new);
+        self
     }
 
     /// Changes the cap on cached entries (at least 1).
@@ -78,7 +92,10 @@ impl ProcessTable {
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
         self.stats.lookups += 1;
         if let Some(e) = self.entries.get(&pid) {
-            return Arc::clone(&e.resource);
+            return match &mut self.kube {
+                Some(kube) => kube.current(pid, &e.resource),
+                None => Arc::clone(&e.resource),
+            };
         }
         self.stats.misses += 1;
         match read_proc(pid) {
@@ -92,10 +109,18 @@ impl ProcessTable {
                 // A user process (it has an exe) with an empty command line is in the middle of
                 // execve (the new image is mapped, its arguments and environment not yet):
                 // answer but do not cache, so the next look-up sees the finished process.
+                let joined = match &mut self.kube {
+                    Some(kube) => kube.on_built(
+                        Arc::clone(&r),
+                        service_name_from_environment(&info),
+                        &info.container,
+                    ),
+                    None => Arc::clone(&r),
+                };
                 if !(info.exe.is_some() && info.cmdline.is_empty()) {
-                    self.insert(pid, Arc::clone(&r), info.container);
+                    self.insert(pid, r, info.container);
                 }
-                r
+                joined
             }
             None => {
                 self.stats.exited += 1;
@@ -137,12 +162,19 @@ impl ProcessTable {
 
     /// The process called execve: its metadata changed; the next look-up reads procfs again.
     pub fn on_exec(&mut self, pid: u32) {
-        self.entries.remove(&pid);
+        self.forget(pid);
     }
 
     /// The process exited: forget it.
     pub fn on_exit(&mut self, pid: u32) {
+        self.forget(pid);
+    }
+
+    fn forget(&mut self, pid: u32) {
         self.entries.remove(&pid);
+        if let Some(kube) = &mut self.kube {
+            kube.forget(pid);
+        }
     }
 
     /// Cached processes.
@@ -213,7 +245,7 @@ impl ProcessTable {
                 .get(&pid)
                 .is_some_and(|e| e.generation == generation)
             {
-                self.entries.remove(&pid);
+                self.forget(pid);
                 self.stats.evictions += 1;
                 return true;
             }
