@@ -15,10 +15,16 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
+    agent_counters::{AgentCounters, CounterReadings},
     assemble::SpanAssembler,
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
-    export::{self, ExportStats},
+    export::{
+        self, ExportStats,
+        otlp_metrics::{self, MetricsExportStats},
+        prometheus,
+    },
+    metric::MetricSources,
     pipeline::{Pipeline, RedactOptions},
     process::{self, ProcessTable},
     span::Span,
@@ -33,6 +39,14 @@ pub async fn run(
     offsets: Option<KernelOffsets>,
     features: Option<Features>,
 ) -> Result<()> {
+    // Bind the metrics port first: a port in use is one clear error before anything loads.
+    let metrics_config = cli.metrics.resolve(&cli.export)?;
+    let prometheus_listeners = metrics_config
+        .prometheus
+        .as_ref()
+        .map(prometheus::bind)
+        .transpose()?;
+    let start_unix_ns = unix_now_ns();
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
     let parents = ParentResolver::default();
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
@@ -68,6 +82,25 @@ pub async fn run(
         cli.table_limits(),
     )
     .with_parent_resolver(parents);
+    let agent_counters = Arc::new(AgentCounters::new(start_unix_ns));
+    let metrics_export_stats = Arc::new(MetricsExportStats::new(start_unix_ns));
+    let metric_sources: MetricSources = vec![agent_counters.clone(), metrics_export_stats.clone()];
+    let prometheus_endpoint = match prometheus_listeners {
+        Some(l) => {
+            let endpoint = prometheus::serve(l, metric_sources.clone())?;
+            tracing::info!("serving metrics at {}", endpoint.url());
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let otlp_metrics = match metrics_config.otlp {
+        Some(cfg) => {
+            let handle = otlp_metrics::spawn(cfg, metric_sources, metrics_export_stats)?;
+            tracing::info!("exporting metrics to {}", handle.description());
+            Some(handle)
+        }
+        None => None,
+    };
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -101,10 +134,13 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(s));
-                pipeline.tick(unix_now_ns());
+                let now = unix_now_ns();
+                pipeline.tick(now);
+                let readings = read_counters(&capture, &assembler, &tls, &export_stats);
+                agent_counters.publish(&readings, now);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
+                    log_stats("periodic", &readings);
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -120,7 +156,9 @@ pub async fn run(
         &mut tls,
         &mut |s| pipeline.on_span(s),
     );
-    log_stats("final", &capture, &assembler, &tls, &export_stats);
+    let readings = read_counters(&capture, &assembler, &tls, &export_stats);
+    agent_counters.publish(&readings, unix_now_ns());
+    log_stats("final", &readings);
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -134,6 +172,12 @@ pub async fn run(
         dropped_queue_full = e.spans_dropped_queue_full,
         "export finished"
     );
+    if let Some(m) = otlp_metrics {
+        m.shutdown().await;
+    }
+    if let Some(p) = prometheus_endpoint {
+        p.shutdown().await;
+    }
     Ok(())
 }
 
@@ -217,18 +261,14 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     records
 }
 
-/// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
-/// not zero) and, beside it, the same counters under the same names as one JSON object
-/// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
-fn log_stats(
-    when: &str,
+/// Every counter of the agent, read once per tick: logged by [`log_stats`] and published as
+/// metrics (`agent_counters`, where each name needs its metric description).
+fn read_counters(
     capture: &Capture,
     assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
-) {
-    let drops = capture.drops();
-    let injection = capture.injecting.then(|| capture.inject_counts());
+) -> CounterReadings {
     let ev = assembler.stats();
     let conns = assembler.conns.stats();
     let parse = assembler.conns.parse_stats();
@@ -236,7 +276,7 @@ fn log_stats(
     let ex = export.snapshot();
     let links = assembler.parent_stats();
     let tls = tls.stats();
-    let counters = [
+    let counters = vec![
         ("events", ev.events),
         ("data_events", ev.data_events),
         ("malformed", ev.malformed),
@@ -275,6 +315,24 @@ fn log_stats(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
+    CounterReadings {
+        counters,
+        kernel_drops: capture.drops().map_err(|e| e.to_string()),
+        injection: capture
+            .injecting
+            .then(|| capture.inject_counts().map_err(|e| e.to_string())),
+    }
+}
+
+/// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
+/// not zero) and, beside it, the same counters under the same names as one JSON object
+/// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
+fn log_stats(when: &str, readings: &CounterReadings) {
+    let CounterReadings {
+        counters,
+        kernel_drops: drops,
+        injection,
+    } = readings;
 
     let human_drops = match &drops {
         Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
@@ -288,7 +346,7 @@ fn log_stats(
     tracing::info!(
         "{when} counters; kernel drops: {}; injection: {human_injection} {}",
         human_drops.as_deref().unwrap_or("none"),
-        name_values(counters)
+        name_values(counters.iter().copied())
     );
 
     // Counters that could not be read, and injection's when it is off, are `null`.

@@ -18,7 +18,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// curl (libssl), `openssl` for their certificate, `node` (OpenSSL inside the binary) and Go
 /// (crypto/tls; the test builds its own server and client). The HTTP/2 and gRPC tests build
 /// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
-/// drive many streams with h2load (nghttp2-client).
+/// drive many streams with h2load (nghttp2-client). The metrics tests scrape the agent with a
+/// real Prometheus server.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -32,6 +33,7 @@ const TEST_PACKAGES: &[&str] = &[
     "protoc-gen-go",
     "protoc-gen-go-grpc",
     "nghttp2-client",
+    "prometheus",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -48,6 +50,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
         "opentelemetry-propagator-b3",
     ),
     ("google.protobuf", "protobuf"),
+    // The metrics tests parse the agent's /metrics with the official Prometheus parsers.
+    ("prometheus_client", "prometheus-client"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

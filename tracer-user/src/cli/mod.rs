@@ -8,7 +8,7 @@ use tracer_common::{KernelOffsets, MAX_CAPTURE};
 use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
-    export::ExportArgs,
+    export::{ExportArgs, MetricsArgs},
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -123,6 +123,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 const AFTER_HELP: &str = "\
