@@ -59,6 +59,7 @@ pub async fn run(
         RedactOptions {
             query_values: !cli.keep_query_values,
         },
+        &cli.metrics.options()?,
         spans,
     );
     let mut assembler = SpanAssembler::new(

@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
+    pipeline::MetricsArgs,
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -123,6 +124,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 const AFTER_HELP: &str = "\
