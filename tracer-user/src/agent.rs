@@ -40,7 +40,7 @@ pub async fn run(
     features: Option<Features>,
 ) -> Result<()> {
     // Bind the metrics port first: a port in use is one clear error before anything loads.
-    let metrics_config = cli.metrics.resolve(&cli.export)?;
+    let metrics_config = cli.metrics_export.resolve(&cli.export)?;
     let prometheus_listeners = metrics_config
         .prometheus
         .as_ref()
@@ -73,6 +73,7 @@ pub async fn run(
         RedactOptions {
             query_values: !cli.keep_query_values,
         },
+        &cli.metrics.options()?,
         spans,
     );
     let mut assembler = SpanAssembler::new(
@@ -84,7 +85,10 @@ pub async fn run(
     .with_parent_resolver(parents);
     let agent_counters = Arc::new(AgentCounters::new(start_unix_ns));
     let metrics_export_stats = Arc::new(MetricsExportStats::new(start_unix_ns));
-    let metric_sources: MetricSources = vec![agent_counters.clone(), metrics_export_stats.clone()];
+    // What every metric reader exports: span metrics (unless off), then the agent's own.
+    let mut metric_sources: MetricSources = pipeline.metric_source().into_iter().collect();
+    metric_sources.push(agent_counters.clone());
+    metric_sources.push(metrics_export_stats.clone());
     let prometheus_endpoint = match prometheus_listeners {
         Some(l) => {
             let endpoint = prometheus::serve(l, metric_sources.clone())?;

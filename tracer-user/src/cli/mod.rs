@@ -8,7 +8,8 @@ use tracer_common::{KernelOffsets, MAX_CAPTURE};
 use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
-    export::{ExportArgs, MetricsArgs},
+    export::{ExportArgs, MetricsExportArgs},
+    pipeline::MetricsArgs,
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -126,6 +127,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub metrics_export: MetricsExportArgs,
 }
 
 const AFTER_HELP: &str = "\

@@ -27,7 +27,7 @@ pub enum MetricsExporterKind {
 // doc comment into the command's `about`.)
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = HEADING)]
-pub struct MetricsArgs {
+pub struct MetricsExportArgs {
     /// Metric exporters, comma-separated: `prometheus`, `otlp`, `none` (e.g.
     /// `prometheus,otlp`). Default: prometheus.
     #[arg(
@@ -82,6 +82,7 @@ pub struct MetricsArgs {
     pub otlp_metrics_timeout: Option<u64>,
 
     /// Metrics-specific compression (`gzip` or `none`); wins over --otlp-compression.
+    /// Default: none.
     #[arg(
         long,
         env = "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
@@ -133,7 +134,7 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-impl MetricsArgs {
+impl MetricsExportArgs {
     /// Applies defaults and the OTel precedence rules (metrics-specific over the generic
     /// `OTEL_EXPORTER_OTLP_*` of `export`).
     pub fn resolve(&self, export: &ExportArgs) -> anyhow::Result<MetricsConfig> {
@@ -247,7 +248,7 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        metrics: MetricsArgs,
+        metrics: MetricsExportArgs,
     }
 
     /// The generic OTLP options, as a struct: the traces' tests set their variables

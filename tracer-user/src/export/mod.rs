@@ -30,7 +30,7 @@ mod transport;
 pub use batch::{ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config};
 pub use config::{Compression, ExportArgs, ExportConfig, ExporterKind, Protocol, Target};
 pub use metrics_config::{
-    MetricsArgs, MetricsConfig, MetricsExporterKind, OtlpMetricsConfig, PrometheusAddr,
+    MetricsConfig, MetricsExportArgs, MetricsExporterKind, OtlpMetricsConfig, PrometheusAddr,
 };
 pub use otlp::{SCOPE_NAME, SCOPE_VERSION, export_request};
 
