@@ -25,6 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 def make_handler(downstream):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Head and body are two writes: without TCP_NODELAY each keep-alive request waits
+        # for the client's delayed ACK (40 ms).
+        disable_nagle_algorithm = True
 
         def reply(self, code, body=b"ok"):
             self.send_response(code)

@@ -315,3 +315,97 @@ fn prometheus_port_taken_is_one_error_line() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `i` as a path word of letters `g`..`z`: no digit, no hex run, shorter than a token, so the
+/// route heuristic keeps every one distinct.
+fn word(mut i: usize) -> String {
+    let mut w = String::new();
+    for _ in 0..4 {
+        w.push(char::from(b'g' + (i % 20) as u8));
+        i /= 20;
+    }
+    w
+}
+
+/// 10,000 distinct unparameterisable paths: the server duration histogram holds the cap
+/// (2000) series, the rest go to the overflow series (`otel_metric_overflow="true"`) and are
+/// counted (`tracer_metrics_overflow_total`); the agent's memory stays bounded.
+#[test]
+fn cardinality_stays_at_the_cap() {
+    const PATHS: usize = 10_000;
+    const CAP: usize = 2000;
+    let (_svc, port) = red_service("svc-many", None);
+    let (args, addr) = prometheus_endpoint();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sc = Scenario::ports(&[port])
+        .args(&args)
+        .env("OTEL_METRICS_EXPORTER", "prometheus")
+        .no_export()
+        .start()
+        .unwrap();
+    // One keep-alive connection, one request per path.
+    let paths: Vec<String> = (0..PATHS).map(|i| format!("/page/{}", word(i))).collect();
+    let script = format!(
+        "import http.client, sys\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n\
+         for p in sys.stdin.read().split():\n    \
+             c.request('GET', p); c.getresponse().read()\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(paths.join("\n").as_bytes()).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+
+    let url = format!("http://{addr}/metrics");
+    let sample = |page: &str, prefix: &str| -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let svc = "service_name=\"svc-many\"";
+    // The overflow series stands for every label set beyond the cap: no identity either.
+    let overflow_count =
+        "http_server_request_duration_seconds_count{otel_metric_overflow=\"true\"} ";
+    let page = wait_for(WAIT, || {
+        let page = scrape(&url, false).ok()?;
+        let overflowed = sample(
+            &page,
+            "tracer_metrics_overflow_total{metric=\"http.server.request.duration\"} ",
+        )?;
+        (overflowed >= (PATHS - CAP) as f64).then_some(page)
+    })
+    .unwrap_or_else(|| scrape(&url, false).unwrap());
+    let series = sample(
+        &page,
+        "tracer_metrics_series{metric=\"http.server.request.duration\"} ",
+    );
+    let overflowed = sample(
+        &page,
+        "tracer_metrics_overflow_total{metric=\"http.server.request.duration\"} ",
+    );
+    let log = summary(&sc.log());
+    assert_eq!(series, Some(CAP as f64), "{log}");
+    assert_eq!(overflowed, Some((PATHS - CAP) as f64), "{log}");
+    assert_eq!(
+        sample(&page, overflow_count),
+        Some((PATHS - CAP) as f64),
+        "the overflow series counts the rest"
+    );
+    let routes = page
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{") && l.contains(svc))
+        .count();
+    assert_eq!(routes, CAP, "the cap's series of svc-many");
+    // The page still parses at this size.
+    parse_with_python(&page, false).unwrap();
+    let rss_mib = rss_kib(sc.agent.proc.pid()) / 1024;
+    assert!(rss_mib < 256, "agent RSS {rss_mib} MiB after {PATHS} paths");
+    sc.stop().unwrap();
+}
