@@ -73,16 +73,39 @@ pub fn bind(addr: &PrometheusAddr) -> anyhow::Result<PrometheusListeners> {
         .collect();
     addrs.dedup();
     let mut listeners = Vec::with_capacity(addrs.len());
+    let mut unavailable = None;
     for a in addrs {
-        let l = std::net::TcpListener::bind(a).with_context(|| {
+        let cannot_listen = || {
+            let target = if a.to_string() == shown {
+                shown.clone()
+            } else {
+                format!("{shown} ({a})")
+            };
             format!(
-                "cannot listen for Prometheus scrapes on {a} ({shown}; choose another with \
+                "cannot listen for Prometheus scrapes on {target} (another port: \
                  --prometheus-port / OTEL_EXPORTER_PROMETHEUS_PORT)"
             )
-        })?;
-        l.set_nonblocking(true)
-            .context("Prometheus endpoint: non-blocking socket")?;
-        listeners.push(l);
+        };
+        match std::net::TcpListener::bind(a) {
+            Ok(l) => {
+                l.set_nonblocking(true)
+                    .context("Prometheus endpoint: non-blocking socket")?;
+                listeners.push(l);
+            }
+            // A port in use is always an error; an address this machine lacks (`localhost`
+            // → `::1` with IPv6 off) only if no other address of the name works.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(anyhow::Error::new(e).context(cannot_listen()));
+            }
+            Err(e) => {
+                unavailable.get_or_insert_with(|| anyhow::Error::new(e).context(cannot_listen()));
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(
+            unavailable.unwrap_or_else(|| anyhow::anyhow!("{shown}: no address to listen on"))
+        );
     }
     Ok(PrometheusListeners { listeners, shown })
 }
