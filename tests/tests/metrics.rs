@@ -409,3 +409,51 @@ fn cardinality_stays_at_the_cap() {
     assert!(rss_mib < 256, "agent RSS {rss_mib} MiB after {PATHS} paths");
     sc.stop().unwrap();
 }
+
+/// OTLP metrics to an endpoint nobody listens on: failed exports are counted
+/// (`tracer_metrics_export_failed_total` on the Prometheus page) and warned about once, not
+/// once per export; the agent keeps running and stops cleanly.
+#[test]
+fn otlp_metrics_failures_are_counted_and_warned_once() {
+    let (_svc, port) = red_service("svc-dead", None);
+    let (args, addr) = prometheus_endpoint();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let sc = Scenario::ports(&[port])
+        .args(&args)
+        .env("OTEL_METRICS_EXPORTER", "prometheus,otlp")
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &dead)
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_METRIC_EXPORT_TIMEOUT", "400")
+        .no_export()
+        .start()
+        .unwrap();
+    get(port, "/fast", 2);
+    let url = format!("http://{addr}/metrics");
+    let failed = wait_for(WAIT, || {
+        let page = scrape(&url, false).ok()?;
+        let n: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("tracer_metrics_export_failed_total "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (n >= 3.0).then_some(n)
+    });
+    assert!(
+        failed.is_some(),
+        "failed exports counted\n{}",
+        summary(&sc.log())
+    );
+    let done = sc.stop().unwrap();
+    let warnings = done
+        .log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("metric export"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "at most one warning per 30 s (and the final export's): {}",
+        done.summary()
+    );
+}
