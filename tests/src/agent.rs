@@ -29,6 +29,11 @@ impl Agent {
                 cmd.env_remove(k);
             }
         }
+        // Parallel agents would all claim the default Prometheus port: metrics export is off
+        // unless the test asks for it (its env, or a --metrics-exporter flag, which wins).
+        if !env.iter().any(|(k, _)| *k == "OTEL_METRICS_EXPORTER") {
+            cmd.env("OTEL_METRICS_EXPORTER", "none");
+        }
         let proc = Proc::spawn("tracer", &mut cmd)?;
         proc.wait_line("tracing; stop with", Duration::from_secs(30))?;
         Ok(Self { proc })

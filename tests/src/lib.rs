@@ -6,6 +6,7 @@ pub mod counters;
 pub mod peers;
 pub mod privilege;
 pub mod procs;
+pub mod prometheus;
 pub mod receiver;
 pub mod scenario;
 

@@ -1,5 +1,6 @@
 //! The OTLP receiver (tests/receiver/otlp_receiver.py): decodes what the agent exports with the
-//! official OpenTelemetry protobuf definitions and writes one JSON line per span.
+//! official OpenTelemetry protobuf definitions and writes one JSON line per span and per
+//! metric data point.
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
@@ -12,6 +13,7 @@ pub struct Receiver {
     pub grpc_port: u16,
     pub http_port: u16,
     out: PathBuf,
+    metrics_out: PathBuf,
     _dir: TempDir,
 }
 
@@ -19,6 +21,7 @@ impl Receiver {
     pub fn start(extra_args: &[&str]) -> Result<Self> {
         let dir = TempDir::new("receiver");
         let out = dir.path().join("spans.jsonl");
+        let metrics_out = dir.path().join("metrics.jsonl");
         let script = workspace_root().join("tests/receiver/otlp_receiver.py");
         let proc = Proc::spawn(
             "otlp receiver",
@@ -26,6 +29,8 @@ impl Receiver {
                 .arg(script)
                 .args(["--grpc-port", "0", "--http-port", "0", "--out"])
                 .arg(&out)
+                .arg("--metrics-out")
+                .arg(&metrics_out)
                 .args(extra_args),
         )?;
         let ready = proc.wait_line("READY", Duration::from_secs(20))?;
@@ -41,6 +46,7 @@ impl Receiver {
             http_port: port("http=")?,
             proc,
             out,
+            metrics_out,
             _dir: dir,
         })
     }
@@ -60,6 +66,34 @@ impl Receiver {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Every metric data point received so far (see the receiver's docs for the fields:
+    /// `name`, `type`, `resource`, `attributes`, `value` or `count`/`bucket_counts`/
+    /// `exemplars`, ...).
+    pub fn metric_points(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.metrics_out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until some data point matches `pred`; returns every matching one.
+    pub fn wait_metric_points(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        wait_for(timeout, || {
+            let matching: Vec<Value> = self
+                .metric_points()
+                .into_iter()
+                .filter(|p| pred(p))
+                .collect();
+            (!matching.is_empty()).then_some(matching)
+        })
+        .unwrap_or_default()
     }
 
     /// Waits until `pred` holds for at least `n` spans; returns all spans matching `pred`.

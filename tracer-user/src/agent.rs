@@ -15,11 +15,17 @@ use tokio::{
 use tracer_common::KernelOffsets;
 
 use crate::{
+    agent_counters::{AgentCounters, CounterReadings},
     assemble::SpanAssembler,
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     conn::nat::Conntrack,
-    export::{self, ExportStats},
+    export::{
+        self, ExportStats,
+        otlp_metrics::{self, MetricsExportStats},
+        prometheus,
+    },
+    metric::MetricSources,
     pipeline::{Pipeline, RedactOptions},
     process::{
         self, ProcessTable,
@@ -37,6 +43,14 @@ pub async fn run(
     offsets: Option<KernelOffsets>,
     features: Option<Features>,
 ) -> Result<()> {
+    // Bind the metrics port first: a port in use is one clear error before anything loads.
+    let metrics_config = cli.metrics_export.resolve(&cli.export)?;
+    let prometheus_listeners = metrics_config
+        .prometheus
+        .as_ref()
+        .map(prometheus::bind)
+        .transpose()?;
+    let start_unix_ns = unix_now_ns();
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
     let parents = ParentResolver::default();
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
@@ -63,6 +77,7 @@ pub async fn run(
         RedactOptions {
             query_values: !cli.keep_query_values,
         },
+        &cli.metrics.options()?,
         spans,
     );
     let processes = ProcessTable::new(None, process::resource_attributes_from_env());
@@ -75,6 +90,28 @@ pub async fn run(
         cli.table_limits(),
     )
     .with_parent_resolver(nat_lookups(&cli, parents));
+    let agent_counters = Arc::new(AgentCounters::new(start_unix_ns));
+    let metrics_export_stats = Arc::new(MetricsExportStats::new(start_unix_ns));
+    // What every metric reader exports: span metrics (unless off), then the agent's own.
+    let mut metric_sources: MetricSources = pipeline.metric_source().into_iter().collect();
+    metric_sources.push(agent_counters.clone());
+    metric_sources.push(metrics_export_stats.clone());
+    let prometheus_endpoint = match prometheus_listeners {
+        Some(l) => {
+            let endpoint = prometheus::serve(l, metric_sources.clone())?;
+            tracing::info!("serving metrics at {}", endpoint.url());
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let otlp_metrics = match metrics_config.otlp {
+        Some(cfg) => {
+            let handle = otlp_metrics::spawn(cfg, metric_sources, metrics_export_stats)?;
+            tracing::info!("exporting metrics to {}", handle.description());
+            Some(handle)
+        }
+        None => None,
+    };
     let mut recorder = match &cli.record_events {
         Some(path) => Some(Recorder::create(path)?),
         None => None,
@@ -108,10 +145,13 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
-                pipeline.tick(unix_now_ns());
+                let now = unix_now_ns();
+                pipeline.tick(now);
+                let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref());
+                agent_counters.publish(&readings, now);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &assembler, &tls, &export_stats, kube.as_deref());
+                    log_stats("periodic", &readings);
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -127,14 +167,9 @@ pub async fn run(
         &mut tls,
         &mut |s| pipeline.on_span(peers.apply(s)),
     );
-    log_stats(
-        "final",
-        &capture,
-        &assembler,
-        &tls,
-        &export_stats,
-        kube.as_deref(),
-    );
+    let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref());
+    agent_counters.publish(&readings, unix_now_ns());
+    log_stats("final", &readings);
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -148,6 +183,12 @@ pub async fn run(
         dropped_queue_full = e.spans_dropped_queue_full,
         "export finished"
     );
+    if let Some(m) = otlp_metrics {
+        m.shutdown().await;
+    }
+    if let Some(p) = prometheus_endpoint {
+        p.shutdown().await;
+    }
     Ok(())
 }
 
@@ -255,19 +296,15 @@ fn nat_lookups(cli: &Cli, parents: ParentResolver) -> ParentResolver {
 /// The kernel answers a conntrack GET within its `send`: this only bounds a misbehaving one.
 const NAT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(5);
 
-/// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
-/// not zero) and, beside it, the same counters under the same names as one JSON object
-/// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
-fn log_stats(
-    when: &str,
+/// Every counter of the agent, read once per tick: logged by [`log_stats`] and published as
+/// metrics (`agent_counters`, where each name needs its metric description).
+fn read_counters(
     capture: &Capture,
     assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
     kube: Option<&kubernetes::Store>,
-) {
-    let drops = capture.drops();
-    let injection = capture.injecting.then(|| capture.inject_counts());
+) -> CounterReadings {
     let ev = assembler.stats();
     let conns = assembler.conns.stats();
     let parse = assembler.conns.parse_stats();
@@ -275,7 +312,7 @@ fn log_stats(
     let ex = export.snapshot();
     let links = assembler.parent_stats();
     let tls = tls.stats();
-    let counters = [
+    let counters = vec![
         ("events", ev.events),
         ("data_events", ev.data_events),
         ("malformed", ev.malformed),
@@ -318,9 +355,30 @@ fn log_stats(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
+    CounterReadings {
+        counters,
+        kube: kube.map(|k| kubernetes::counters(&k.stats)),
+        kernel_drops: capture.drops().map_err(|e| e.to_string()),
+        injection: capture
+            .injecting
+            .then(|| capture.inject_counts().map_err(|e| e.to_string())),
+    }
+}
+
+/// Logs every counter twice: the human line (`{when} counters; ...`, kernel drops only where
+/// not zero) and, beside it, the same counters under the same names as one JSON object
+/// (`{when} stats {...}`) for scripts and tests (see the README's counters section).
+fn log_stats(when: &str, readings: &CounterReadings) {
+    let CounterReadings {
+        counters,
+        kernel_drops: drops,
+        injection,
+        kube,
+    } = readings;
     // The Kubernetes watcher's, when it runs (their JSON on a line of their own).
-    let kube_counters = kube.map(|k| kubernetes::counters(&k.stats));
-    let human_kube = kube_counters.map_or_else(String::new, |c| format!(" {}", name_values(c)));
+    let human_kube = kube.map_or_else(String::new, |c| {
+        format!(" {}", name_values(c.iter().copied()))
+    });
 
     let human_drops = match &drops {
         Ok(d) => Some(name_values(d.iter().filter(|(_, v)| **v > 0))).filter(|s| !s.is_empty()),
@@ -334,7 +392,7 @@ fn log_stats(
     tracing::info!(
         "{when} counters; kernel drops: {}; injection: {human_injection} {}{human_kube}",
         human_drops.as_deref().unwrap_or("none"),
-        name_values(counters)
+        name_values(counters.iter().copied())
     );
 
     // Counters that could not be read, and injection's when it is off, are `null`.
@@ -349,8 +407,8 @@ fn log_stats(
         ),
     ]));
     tracing::info!("{when} stats {stats}");
-    if let Some(c) = kube_counters {
-        tracing::info!("{when} kubernetes stats {}", json_object(c));
+    if let Some(c) = kube {
+        tracing::info!("{when} kubernetes stats {}", json_object(c.iter().copied()));
     }
 }
 

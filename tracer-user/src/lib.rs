@@ -10,6 +10,7 @@
 //! `key=value` lists of the OTel SDK variables.
 
 pub mod agent;
+pub mod agent_counters;
 pub mod assemble;
 pub mod capture;
 pub mod cli;

@@ -20,6 +20,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
 /// drive many streams with h2load (nghttp2-client). The container tests run podman (with runc:
 /// crun refuses this machine's hybrid cgroup layout) on an image they build with mmdebstrap.
+/// The metrics tests scrape the agent with a real Prometheus server.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -38,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "mmdebstrap",
     // The DNAT tests' Service rules (tests/tests/dnat.rs).
     "iptables",
+    "prometheus",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -56,6 +58,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
     ("google.protobuf", "protobuf"),
     // The fake Kubernetes API server validates its Pods against the official schemas.
     ("kubernetes_validate", "kubernetes-validate"),
+    // The metrics tests parse the agent's /metrics with the official Prometheus parsers.
+    ("prometheus_client", "prometheus-client"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -8,7 +8,8 @@ use tracer_common::{KernelOffsets, MAX_CAPTURE};
 use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
-    export::ExportArgs,
+    export::{ExportArgs, MetricsExportArgs},
+    pipeline::MetricsArgs,
     process::kubernetes::KubeArgs,
 };
 
@@ -141,6 +142,12 @@ pub struct Cli {
 
     #[command(flatten)]
     pub kubernetes: KubeArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub metrics_export: MetricsExportArgs,
 }
 
 const AFTER_HELP: &str = "\

@@ -14,15 +14,24 @@
 //! Use: `let (tx, handle) = export::spawn(&args.export, stats.clone())?;` inside the tokio
 //! runtime, `tx.send(span)` from anywhere (clone it freely), and at exit
 //! `handle.shutdown().await` (final flush, bounded by `--otlp-timeout`).
+//!
+//! Metrics go out beside spans: `prometheus` serves `GET /metrics`, `otlp_metrics` pushes
+//! them over the same transports (`metrics_config`: `OTEL_METRICS_EXPORTER`, ...).
 
 mod batch;
 mod config;
 mod console;
+mod metrics_config;
 mod otlp;
+pub mod otlp_metrics;
+pub mod prometheus;
 mod transport;
 
 pub use batch::{ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config};
 pub use config::{Compression, ExportArgs, ExportConfig, ExporterKind, Protocol, Target};
+pub use metrics_config::{
+    MetricsConfig, MetricsExportArgs, MetricsExporterKind, OtlpMetricsConfig, PrometheusAddr,
+};
 pub use otlp::{SCOPE_NAME, SCOPE_VERSION, export_request};
 
 #[cfg(test)]
