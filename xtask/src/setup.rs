@@ -32,6 +32,13 @@ const TEST_PACKAGES: &[&str] = &[
     "protoc-gen-go",
     "protoc-gen-go-grpc",
     "nghttp2-client",
+    // The image and chart tests (tests/tests/image.rs, chart.rs): podman with runc (crun
+    // refuses hybrid cgroup layouts), mmdebstrap for the server container's base, unzip for
+    // the helm package.
+    "podman",
+    "runc",
+    "mmdebstrap",
+    "unzip",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -48,6 +55,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
         "opentelemetry-propagator-b3",
     ),
     ("google.protobuf", "protobuf"),
+    // The chart test validates the rendered manifests against the official schemas.
+    ("kubernetes_validate", "kubernetes-validate"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -62,6 +71,7 @@ pub fn run(test_deps: bool) -> Result<()> {
     bpf_linker()?;
     if test_deps {
         python_modules()?;
+        crate::kube_tools::install()?;
     }
     tracefs()?;
     Ok(())
