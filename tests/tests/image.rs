@@ -337,8 +337,8 @@ fn agent_image_traces_a_container_with_the_charts_security_context() {
     let spans = receiver.wait_spans(2, Duration::from_secs(20), |s| {
         s.attr_str("url.path") == "/checkout"
     });
-    let server_span = spans.iter().find(|s| s.kind() == "SERVER");
-    let client_span = spans.iter().find(|s| s.kind() == "CLIENT");
+    let server_span = spans.iter().find(|s| s.kind() == "SPAN_KIND_SERVER");
+    let client_span = spans.iter().find(|s| s.kind() == "SPAN_KIND_CLIENT");
     let (Some(server_span), Some(client_span)) = (server_span, client_span) else {
         panic!(
             "a SERVER and a CLIENT span for /checkout: {spans:#?}\n{}",
