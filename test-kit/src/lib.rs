@@ -1,6 +1,8 @@
 //! What the end-to-end tests and `cargo xtask bench` both need to drive real programs: child
 //! processes that are stopped on every path and whose output is collected line by line, free
-//! ports and waiting for them, scratch directories, a private nginx, and the common clients.
+//! ports and waiting for them, scratch directories, a private nginx, the common clients, and
+//! podman containers from an image built from Debian packages.
+pub mod container;
 pub mod net;
 pub mod nginx;
 pub mod peers;
@@ -12,6 +14,7 @@ pub mod workspace;
 #[cfg(feature = "bpf")]
 pub mod bpf;
 
+pub use container::{BASE_PACKAGES, Container, base_image, image};
 pub use net::{free_port, raw_server, read_head, reset, wait_port};
 pub use nginx::{nginx, start_nginx};
 pub use peers::{curl, python_http_server};

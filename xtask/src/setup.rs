@@ -18,7 +18,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// curl (libssl), `openssl` for their certificate, `node` (OpenSSL inside the binary) and Go
 /// (crypto/tls; the test builds its own server and client). The HTTP/2 and gRPC tests build
 /// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
-/// drive many streams with h2load (nghttp2-client).
+/// drive many streams with h2load (nghttp2-client). The container tests run podman (with runc:
+/// crun refuses this machine's hybrid cgroup layout) on an image they build with mmdebstrap.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",

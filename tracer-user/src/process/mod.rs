@@ -10,13 +10,17 @@
 //!   `process.executable.path`, `process.command_line` (arguments joined by spaces, at most
 //!   [`MAX_COMMAND_LINE_BYTES`]), `host.name`, `telemetry.sdk.name=tracer`,
 //!   `telemetry.sdk.version` (this crate's version).
+//! - `container.id` for a process in a container (from `/proc/PID/cgroup`, see `container`;
+//!   [`ProcessTable::container`] also gives the pod UID). A containerised process's
+//!   environment and executable are its own, as seen from the host (see `proc_info`), so the
+//!   container's `OTEL_SERVICE_NAME` names it.
 //! - Every other `OTEL_RESOURCE_ATTRIBUTES` entry of the process, then the agent's own
 //!   (`extra`) entries.
 //!
 //! Precedence: for any key, the process's own environment wins over the agent's `extra`,
 //! which wins over what the tracer detected (`host.name`). The keys the tracer observes about
 //! the process itself (`process.pid`, `process.executable.*`, `process.command_line`,
-//! `telemetry.sdk.*`) are never overridden. `service.name` from `extra` is ignored: the
+//! `container.id`, `telemetry.sdk.*`) are never overridden. `service.name` from `extra` is ignored: the
 //! agent's own service name must not rename the processes it traces.
 //!
 //! `OTEL_RESOURCE_ATTRIBUTES` is parsed as the OTel spec says ([`crate::key_value_list`]):
@@ -31,9 +35,11 @@
 //! [`ProcessStats::exited`]. Unreadable parts of a live process (permissions, kernel
 //! threads, zombies) are simply left out.
 //!
-//! The parts: `table` (the pid cache), `proc_info` (procfs reads), `otel_env` (the process's
-//! OTel variables), `resource` (building a resource, with the precedence above).
+//! The parts: `table` (the pid cache), `proc_info` (procfs reads), `container` (container id
+//! and pod UID from cgroup paths), `otel_env` (the process's OTel variables), `resource`
+//! (building a resource, with the precedence above).
 
+mod container;
 mod otel_env;
 mod proc_info;
 mod resource;
@@ -41,6 +47,9 @@ mod table;
 #[cfg(test)]
 mod test_support;
 
+pub use container::{
+    ContainerInfo, MAX_CGROUP_BYTES, MAX_CGROUP_LINE_BYTES, MAX_CGROUP_LINES, parse_cgroup,
+};
 pub use otel_env::{parse_resource_attributes, resource_attributes_from_env};
 pub use proc_info::MAX_ENVIRON_BYTES;
 pub use resource::{MAX_COMMAND_LINE_BYTES, SDK_NAME, UNKNOWN_SERVICE};

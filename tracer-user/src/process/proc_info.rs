@@ -1,9 +1,16 @@
-//! What procfs says about a process (`/proc/PID/{exe,comm,cmdline,environ}`), raw and with
-//! bounded reads.
+//! What procfs says about a process (`/proc/PID/{exe,comm,cmdline,environ,cgroup}`), raw and
+//! with bounded reads.
+//!
+//! A process in a container is read from the host the same way: `environ` is the process's own
+//! memory (the container's variables, e.g. `podman run -e`), and the kernel resolves the `exe`
+//! link within the process's own mount namespace (`/usr/bin/python3.11`, the path inside the
+//! container), so its name is the container's executable. Only opening the file itself would
+//! need `/proc/PID/root` (as the TLS capture does).
 use std::io::Read;
 
 use procfs::process::Process;
 
+use super::container::{ContainerInfo, MAX_CGROUP_BYTES, parse_cgroup};
 use super::resource::MAX_COMMAND_LINE_BYTES;
 
 /// Bytes of `/proc/PID/environ` read at most.
@@ -20,6 +27,8 @@ pub(super) struct ProcInfo {
     pub(super) cmdline: Vec<u8>,
     /// `/proc/PID/environ`: NUL-separated `K=V` (whole entries only, bounded).
     pub(super) environ: Vec<u8>,
+    /// The container and pod, from `/proc/PID/cgroup` (empty for a host process).
+    pub(super) container: ContainerInfo,
 }
 
 /// Reads what can be read; `None` when the process has no `/proc` entry (exited) or vanished
@@ -48,11 +57,15 @@ pub(super) fn read_proc(pid: u32) -> Option<ProcInfo> {
         let keep = environ.iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
         environ.truncate(keep);
     }
+    let container = read_bounded(&p, "cgroup", MAX_CGROUP_BYTES)
+        .map(|text| parse_cgroup(&text))
+        .unwrap_or_default();
     Some(ProcInfo {
         exe,
         comm,
         cmdline,
         environ,
+        container,
     })
 }
 

@@ -18,6 +18,7 @@ const OBSERVED_KEYS: &[&str] = &[
     "process.executable.name",
     "process.executable.path",
     "process.command_line",
+    "container.id",
     "telemetry.sdk.name",
     "telemetry.sdk.version",
 ];
@@ -84,6 +85,9 @@ pub(super) fn build_resource(
     let cmd = command_line(&info.cmdline);
     if !cmd.is_empty() {
         attrs.push(("process.command_line".into(), cmd.into()));
+    }
+    if let Some(id) = &info.container.id {
+        attrs.push(("container.id".into(), id.as_str().into()));
     }
     add_common(&mut attrs, &own, host_name, extra);
     Resource {
@@ -326,6 +330,33 @@ mod tests {
             .as_deref(),
             Some("pod-7")
         );
+    }
+
+    #[test]
+    fn container_id_of_a_containerised_process() {
+        let id = "076fe917390d823e7882b64d95110bcbcc14641d2e764b32791bc1145d53e4f4";
+        let mut i = info(
+            Some("/usr/bin/python3.11"),
+            Some("python3"),
+            b"python3\0-m\0http.server\0",
+            b"OTEL_SERVICE_NAME=shop\0OTEL_RESOURCE_ATTRIBUTES=container.id=forged,team=a\0",
+        );
+        i.container.id = Some(id.into());
+        i.container.pod_uid = Some("0b7632a2-a56e-4278-987a-22de18008dbe".into());
+        let r = build_resource(9, &i, Some("node-1"), &[]);
+        // The container's own OTEL_SERVICE_NAME names it; the id observed is never overridden.
+        assert_eq!(r.service_name(), "shop");
+        assert_eq!(s(&r, "container.id").as_deref(), Some(id));
+        assert_eq!(keys(&r).iter().filter(|k| **k == "container.id").count(), 1);
+        assert_eq!(s(&r, "team").as_deref(), Some("a"));
+        // Without OTEL_SERVICE_NAME: the executable's name, as for a host process.
+        i.environ.clear();
+        let r = build_resource(9, &i, None, &[]);
+        assert_eq!(r.service_name(), "python3.11");
+        assert_eq!(s(&r, "container.id").as_deref(), Some(id));
+        // A host process has none.
+        let r = build_resource(9, &info(Some("/bin/app"), None, b"", b""), None, &[]);
+        assert_eq!(attr(&r, "container.id"), None);
     }
 
     #[test]

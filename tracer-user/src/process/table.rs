@@ -2,6 +2,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::container::ContainerInfo;
 use super::proc_info::read_proc;
 use super::resource::{UNKNOWN_SERVICE, build_resource, minimal_resource, system_host_name};
 use crate::span::{AttrValue, Resource};
@@ -22,11 +23,19 @@ pub struct ProcessStats {
     pub evictions: u64,
 }
 
+/// What is cached about one process.
+#[derive(Debug)]
+struct Entry {
+    resource: Arc<Resource>,
+    container: ContainerInfo,
+    /// Insertion generation (see `ProcessTable::order`).
+    generation: u64,
+}
+
 /// Cache of resources per pid.
 #[derive(Debug)]
 pub struct ProcessTable {
-    /// pid → (resource, insertion generation).
-    entries: HashMap<u32, (Arc<Resource>, u64)>,
+    entries: HashMap<u32, Entry>,
     /// Insertion order; entries whose generation no longer matches are stale and skipped.
     order: VecDeque<(u32, u64)>,
     next_gen: u64,
@@ -68,8 +77,8 @@ impl ProcessTable {
     /// The resource of `pid`, from the cache or read from procfs now.
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
         self.stats.lookups += 1;
-        if let Some((r, _)) = self.entries.get(&pid) {
-            return Arc::clone(r);
+        if let Some(e) = self.entries.get(&pid) {
+            return Arc::clone(&e.resource);
         }
         self.stats.misses += 1;
         match read_proc(pid) {
@@ -84,7 +93,7 @@ impl ProcessTable {
                 // execve (the new image is mapped, its arguments and environment not yet):
                 // answer but do not cache, so the next look-up sees the finished process.
                 if !(info.exe.is_some() && info.cmdline.is_empty()) {
-                    self.insert(pid, Arc::clone(&r));
+                    self.insert(pid, Arc::clone(&r), info.container);
                 }
                 r
             }
@@ -122,7 +131,7 @@ impl ProcessTable {
             .attributes
             .insert(2, ("process.executable.name".into(), AttrValue::Str(name)));
         let named = Arc::new(named);
-        self.insert(pid, Arc::clone(&named));
+        self.insert(pid, Arc::clone(&named), ContainerInfo::default());
         named
     }
 
@@ -149,12 +158,29 @@ impl ProcessTable {
         self.stats
     }
 
+    /// The container and pod of a cached process, as its `/proc/PID/cgroup` said when its
+    /// resource was built (by [`ProcessTable::resource`]; the cache is not filled here).
+    /// `None` for a pid not cached; an empty [`ContainerInfo`] for a host process or one that
+    /// was gone before it could be read. For joining other metadata (e.g. Kubernetes pods) to
+    /// processes by container id or pod UID.
+    pub fn container(&self, pid: u32) -> Option<&ContainerInfo> {
+        self.entries.get(&pid).map(|e| &e.container)
+    }
+
+    /// Every cached process in a container or pod, with its [`ContainerInfo`] (any order).
+    pub fn containers(&self) -> impl Iterator<Item = (u32, &ContainerInfo)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.container.is_empty())
+            .map(|(pid, e)| (*pid, &e.container))
+    }
+
     /// The `host.name` given to every resource.
     pub fn host_name(&self) -> Option<&str> {
         self.host_name.as_deref()
     }
 
-    fn insert(&mut self, pid: u32, resource: Arc<Resource>) {
+    fn insert(&mut self, pid: u32, resource: Arc<Resource>, container: ContainerInfo) {
         while self.entries.len() >= self.max_entries {
             if !self.evict_oldest() {
                 break;
@@ -162,13 +188,20 @@ impl ProcessTable {
         }
         let generation = self.next_gen;
         self.next_gen += 1;
-        self.entries.insert(pid, (resource, generation));
+        self.entries.insert(
+            pid,
+            Entry {
+                resource,
+                container,
+                generation,
+            },
+        );
         self.order.push_back((pid, generation));
         // Entries removed by exec/exit leave stale order records: compact now and then.
         if self.order.len() > 2 * self.max_entries + 64 {
             let entries = &self.entries;
             self.order
-                .retain(|(p, g)| entries.get(p).is_some_and(|(_, eg)| eg == g));
+                .retain(|(p, g)| entries.get(p).is_some_and(|e| e.generation == *g));
         }
     }
 
@@ -178,7 +211,7 @@ impl ProcessTable {
             if self
                 .entries
                 .get(&pid)
-                .is_some_and(|(_, g)| *g == generation)
+                .is_some_and(|e| e.generation == generation)
             {
                 self.entries.remove(&pid);
                 self.stats.evictions += 1;
@@ -224,36 +257,54 @@ mod tests {
     fn eviction_of_oldest() {
         let mut t = ProcessTable::new(Some("h".into()), vec![]).with_max_entries(3);
         for pid in 1..=3 {
-            t.insert(pid, fake(pid));
+            t.insert(pid, fake(pid), ContainerInfo::default());
         }
         assert_eq!(t.len(), 3);
-        t.insert(4, fake(4));
+        t.insert(4, fake(4), ContainerInfo::default());
         assert_eq!(t.len(), 3);
         assert!(!t.entries.contains_key(&1));
         assert_eq!(t.stats().evictions, 1);
         // A removed entry leaves a stale record that eviction skips.
         t.on_exit(2);
-        t.insert(5, fake(5));
+        t.insert(5, fake(5), ContainerInfo::default());
         assert_eq!(t.len(), 3);
-        t.insert(6, fake(6));
+        t.insert(6, fake(6), ContainerInfo::default());
         assert!(!t.entries.contains_key(&3));
         assert!(
             t.entries.contains_key(&4) && t.entries.contains_key(&5) && t.entries.contains_key(&6)
         );
         // Re-inserting after exec makes the entry young again.
         t.on_exec(4);
-        t.insert(4, fake(4));
-        t.insert(7, fake(7));
+        t.insert(4, fake(4), ContainerInfo::default());
+        t.insert(7, fake(7), ContainerInfo::default());
         assert!(!t.entries.contains_key(&5));
         assert!(t.entries.contains_key(&4));
         assert_eq!(t.len(), 3);
     }
 
     #[test]
+    fn container_of_cached_processes() {
+        let mut t = ProcessTable::new(Some("h".into()), vec![]);
+        let pod = ContainerInfo {
+            id: Some("9ec39b91f3d70e1beff50a308f77067065ea6be0d91a3378375056cd4422cf3d".into()),
+            pod_uid: Some("0b7632a2-a56e-4278-987a-22de18008dbe".into()),
+        };
+        t.insert(1, fake(1), pod.clone());
+        t.insert(2, fake(2), ContainerInfo::default());
+        assert_eq!(t.container(1), Some(&pod));
+        assert_eq!(t.container(2), Some(&ContainerInfo::default()));
+        assert_eq!(t.container(3), None);
+        assert_eq!(t.containers().collect::<Vec<_>>(), vec![(1, &pod)]);
+        t.on_exec(1);
+        assert_eq!(t.container(1), None);
+        assert_eq!(t.containers().count(), 0);
+    }
+
+    #[test]
     fn order_stays_bounded() {
         let mut t = ProcessTable::new(None, vec![]).with_max_entries(4);
         for pid in 0..10_000 {
-            t.insert(pid, fake(pid));
+            t.insert(pid, fake(pid), ContainerInfo::default());
             if pid % 2 == 0 {
                 t.on_exit(pid);
             }
@@ -306,6 +357,11 @@ mod tests {
             s(&r, "host.name"),
             system_host_name().filter(|h| !h.is_empty())
         );
+        // This test's own cgroup, parsed (a host process: no container.id; in a container: its id).
+        let cgroup = std::fs::read("/proc/self/cgroup").unwrap();
+        let container = crate::process::parse_cgroup(&cgroup);
+        assert_eq!(t.container(me), Some(&container));
+        assert_eq!(s(&r, "container.id"), container.id);
         // Cached.
         let again = t.resource(me);
         assert!(Arc::ptr_eq(&r, &again));

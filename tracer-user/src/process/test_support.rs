@@ -25,6 +25,7 @@ pub(super) fn info(
         comm: comm.map(Into::into),
         cmdline: cmdline.to_vec(),
         environ: environ.to_vec(),
+        container: Default::default(),
     }
 }
 
