@@ -18,6 +18,7 @@ use std::{
 };
 
 use deploy::*;
+use test_kit::{Container, base_image};
 use tracer_tests::*;
 
 /// The agent's image holding the binary under test.
@@ -225,90 +226,26 @@ fn podman(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A Python HTTP server in its own container (the test's Debian image), removed on drop.
-struct ServerContainer {
-    id: String,
-}
-
-impl ServerContainer {
-    fn start(port: u16, service_name: &str) -> Self {
-        let image = server_image();
-        let out = podman(&[
-            "--runtime",
-            "runc",
-            "run",
-            "--detach",
-            "--network",
-            "host",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--env",
-            &format!("OTEL_SERVICE_NAME={service_name}"),
-            &image,
+#[test]
+fn agent_image_traces_a_container_with_the_charts_security_context() {
+    require_root();
+    let receiver = Receiver::start(&[]).unwrap();
+    let port = free_port();
+    // Python's HTTP server in its own container (test-kit's image of Debian packages).
+    let server = Container::run(
+        &base_image().unwrap(),
+        &[("OTEL_SERVICE_NAME", "shop-frontend")],
+        &[
             "python3",
             "-m",
             "http.server",
             "--bind",
             "127.0.0.1",
             &port.to_string(),
-        ]);
-        let id = out.trim().to_owned();
-        assert_eq!(id.len(), 64, "podman run printed {out:?}");
-        wait_port(port, Duration::from_secs(20)).unwrap();
-        Self { id }
-    }
-}
-
-impl Drop for ServerContainer {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "--force", "--time", "0", &self.id])
-            .output();
-    }
-}
-
-/// Debian bookworm's python3 as an image: mmdebstrap once (cached under target/), then
-/// `podman import`.
-fn server_image() -> String {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let tag = "localhost/tracer-image-test-python:bookworm".to_owned();
-        if Command::new("podman")
-            .args(["image", "exists", &tag])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return tag;
-        }
-        let dir = workspace_root().join("target/test-images");
-        std::fs::create_dir_all(&dir).unwrap();
-        let tar = dir.join("tracer-image-test-python.tar");
-        if !tar.is_file() {
-            let partial = dir.join("tracer-image-test-python.partial.tar");
-            let status = Command::new("mmdebstrap")
-                .args(["--variant=essential", "--quiet", "--include=python3"])
-                .arg("bookworm")
-                .arg(&partial)
-                .arg("deb http://deb.debian.org/debian bookworm main")
-                .status()
-                .expect("mmdebstrap (`cargo xtask setup --test-deps`)");
-            assert!(status.success(), "mmdebstrap failed");
-            std::fs::rename(&partial, &tar).unwrap();
-        }
-        podman(&["import", "--quiet", &tar.to_string_lossy(), &tag]);
-        tag
-    })
-    .clone()
-}
-
-#[test]
-fn agent_image_traces_a_container_with_the_charts_security_context() {
-    require_root();
-    let receiver = Receiver::start(&[]).unwrap();
-    let port = free_port();
-    let server = ServerContainer::start(port, "shop-frontend");
+        ],
+    )
+    .unwrap();
+    wait_port(port, Duration::from_secs(30)).unwrap();
     let agent = AgentRun::from_chart()
         .exporting_to(&receiver)
         .args(&["--port", &port.to_string()])
