@@ -15,14 +15,18 @@ pub fn check() -> Result<()> {
     let caps = effective_caps();
     let missing = missing_caps(caps);
     if !missing.is_empty() {
-        let hint = if euid != 0 {
-            "try `sudo tracer` or `cargo xtask run`"
-        } else {
-            "in a container add them (the Helm chart's `capabilities` value) or run it privileged"
-        };
+        let needed = "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN (which the TLS \
+                      probes need too)";
+        if euid != 0 {
+            bail!(
+                "tracer must run as root (or with {needed}; it lacks {}): try `sudo tracer` or \
+                 `cargo xtask run`",
+                missing.join(", ")
+            );
+        }
         bail!(
-            "tracer lacks {}: it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN \
-             (which the TLS probes need too); {hint}",
+            "tracer lacks {}: it needs {needed}; in a container add them (the Helm chart's \
+             `capabilities` value) or run it privileged",
             missing.join(", ")
         );
     }
