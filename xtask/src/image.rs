@@ -30,7 +30,10 @@ pub struct Args {
 pub fn command(args: Args) -> Result<()> {
     let binary = match args.binary {
         Some(b) => b,
-        None => crate::build_agent()?,
+        None => {
+            crate::setup::run(false)?;
+            crate::build_agent()?
+        }
     };
     let tag = match args.tag {
         Some(t) => t,
