@@ -19,7 +19,7 @@ use crate::{
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
-    pipeline::{Pipeline, RedactOptions},
+    pipeline::{Pipeline, SamplingStats},
     process::{self, ProcessTable},
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
@@ -34,7 +34,8 @@ pub async fn run(
     features: Option<Features>,
 ) -> Result<()> {
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
-    let parents = ParentResolver::default();
+    let sampling = cli.sampling.options();
+    let parents = ParentResolver::default().with_head_sampler(sampling.head);
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
@@ -55,16 +56,25 @@ pub async fn run(
     let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
     tracing::info!("exporting spans to {}", exporter.description());
 
-    let mut pipeline = Pipeline::new(
-        RedactOptions {
-            query_values: !cli.keep_query_values,
-        },
-        spans,
+    let redact = cli
+        .span_data
+        .redact_options(!cli.keep_query_values)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (request_headers, response_headers, warnings) = cli.span_data.captured_headers();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        sampler = ?sampling.head.kind,
+        ratio = sampling.head.ratio,
+        tail_policies = sampling.policies.any(),
+        "head sampling"
     );
+    let mut pipeline = Pipeline::new(redact, sampling, spans);
     let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
-        SpanOptions::default(),
+        SpanOptions::default().with_headers(&request_headers, &response_headers),
         cli.table_limits(),
     )
     .with_parent_resolver(parents);
@@ -104,7 +114,7 @@ pub async fn run(
                 pipeline.tick(unix_now_ns());
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    log_stats("periodic", &capture, &assembler, &tls, &export_stats);
+                    log_stats("periodic", &capture, &assembler, &tls, &export_stats, &pipeline.sampling_stats());
                 }
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -120,7 +130,15 @@ pub async fn run(
         &mut tls,
         &mut |s| pipeline.on_span(s),
     );
-    log_stats("final", &capture, &assembler, &tls, &export_stats);
+    pipeline.finish();
+    log_stats(
+        "final",
+        &capture,
+        &assembler,
+        &tls,
+        &export_stats,
+        &pipeline.sampling_stats(),
+    );
     tls.detach_all(capture.ebpf_mut());
     drop(ring);
     drop(capture);
@@ -226,6 +244,7 @@ fn log_stats(
     assembler: &SpanAssembler,
     tls: &TlsAttacher,
     export: &ExportStats,
+    sampling: &SamplingStats,
 ) {
     let drops = capture.drops();
     let injection = capture.injecting.then(|| capture.inject_counts());
@@ -285,9 +304,11 @@ fn log_stats(
         Some(Ok(c)) => name_values(c),
         Some(Err(e)) => format!("unavailable ({e})"),
     };
+    let sampling = sampling.named();
     tracing::info!(
-        "{when} counters; kernel drops: {}; injection: {human_injection} {}",
+        "{when} counters; kernel drops: {}; injection: {human_injection}; sampling: {} {}",
         human_drops.as_deref().unwrap_or("none"),
+        name_values(sampling.iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k, v))),
         name_values(counters)
     );
 
@@ -300,6 +321,10 @@ fn log_stats(
         (
             "injection",
             nested(injection.as_ref().and_then(|r| r.as_ref().ok())),
+        ),
+        (
+            "sampling",
+            json_object(sampling.iter().map(|(k, v)| (k, v))),
         ),
     ]));
     tracing::info!("{when} stats {stats}");

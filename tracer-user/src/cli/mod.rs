@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
+    pipeline::{redact::SpanDataArgs, sample::SamplingArgs},
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -123,6 +124,12 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub span_data: SpanDataArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -166,6 +173,7 @@ impl Cli {
             inject: self.inject_traceparent,
             cgroup_root: self.cgroup_root.clone(),
             ctx_key,
+            head_rule: self.sampling.options().head.rule(),
             features,
         })
     }

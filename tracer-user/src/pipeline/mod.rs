@@ -3,7 +3,7 @@
 //! knows nothing of the others):
 //!
 //! ```text
-//! span assembler ──▶ redact ──▶ (metrics: sees every span) ──▶ (sample) ──▶ sinks
+//! span assembler ──▶ redact ──▶ (metrics: sees every span) ──▶ sample ──▶ sinks
 //!                                                                         console | OTLP traces
 //! ```
 //!
@@ -11,23 +11,28 @@
 //! it removes. The sinks' queue is where spans may be dropped (full queue, counted); every
 //! stage before it sees every span.
 pub mod redact;
+pub mod sample;
+pub mod scrub;
 
 use crate::export::SpanSender;
 use crate::span::Span;
 
 pub use redact::{RedactOptions, Redactor};
+pub use sample::{Sampler, SamplingOptions, SamplingStats};
 
 /// The stages, built once at start-up.
 pub struct Pipeline {
     redact: Redactor,
+    sample: Sampler,
     traces: SpanSender,
 }
 
 impl Pipeline {
     /// `traces`: the trace sink (console or OTLP, chosen by the export configuration).
-    pub fn new(redact: RedactOptions, traces: SpanSender) -> Self {
+    pub fn new(redact: RedactOptions, sampling: SamplingOptions, traces: SpanSender) -> Self {
         Self {
             redact: Redactor::new(redact),
+            sample: Sampler::new(sampling),
             traces,
         }
     }
@@ -35,10 +40,32 @@ impl Pipeline {
     /// Runs one finished span through every stage.
     pub fn on_span(&mut self, mut span: Span) {
         self.redact.on_span(&mut span);
-        self.traces.send(span);
+        // The sampler comes after the metrics stage (metrics count every request): when both
+        // are merged, metrics go between redact and sample.
+        let traces = &mut self.traces;
+        self.sample.on_span(span, unix_now_ns, &mut |s| {
+            traces.send(s);
+        });
     }
 
     /// Periodic work of the stages (expiry, flushing held state); `now_unix_ns` is wall-clock
     /// time. Called about once a second.
-    pub fn tick(&mut self, _now_unix_ns: u64) {}
+    pub fn tick(&mut self, now_unix_ns: u64) {
+        self.sample.tick(now_unix_ns);
+    }
+
+    /// At shutdown, before the last counters: decides what the stages still hold.
+    pub fn finish(&mut self) {
+        self.sample.finish();
+    }
+
+    pub fn sampling_stats(&self) -> SamplingStats {
+        self.sample.stats()
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
