@@ -64,6 +64,13 @@ pub async fn run(
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // The parsers keep only the headers the tracer uses: these too.
+    let captured: Vec<String> = request_headers
+        .iter()
+        .chain(&response_headers)
+        .cloned()
+        .collect();
+    tracer_protocol::headers::keep_also(&captured);
     tracing::info!(
         sampler = ?sampling.head.kind,
         ratio = sampling.head.ratio,

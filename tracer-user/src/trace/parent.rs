@@ -640,6 +640,17 @@ impl ParentResolver {
                 o.trace_state.clone(),
             )
         });
+        // Context the application put in the request names our span: the head sampler
+        // treats it as the parent (parent-based samplers follow it, as the callee will).
+        let outgoing = match outgoing {
+            Extracted::Context(mut r) => {
+                (r.flags, r.trace_state) =
+                    self.head
+                        .decide(&r.trace_id, Some(r.flags), r.trace_state.take());
+                Extracted::Context(r)
+            }
+            other => other,
+        };
         let ctx = match (outgoing, serving) {
             (Extracted::Context(r), Some(srv))
                 if !(r.trace_id == srv.0 && srv.3 == Some(r.span_id)) =>
