@@ -77,7 +77,7 @@ pub async fn run(
         tail_policies = sampling.policies.any(),
         "head sampling"
     );
-    let mut pipeline = Pipeline::new(redact, sampling, spans);
+    let mut pipeline = Pipeline::new(redact, &cli.metrics.options()?, sampling, spans);
     let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),

@@ -9,7 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
-    pipeline::{redact::SpanDataArgs, sample::SamplingArgs},
+    pipeline::{MetricsArgs, redact::SpanDataArgs, sample::SamplingArgs},
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -130,6 +130,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub span_data: SpanDataArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 const AFTER_HELP: &str = "\

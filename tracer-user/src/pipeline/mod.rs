@@ -10,38 +10,58 @@
 //! Redaction comes first so that nothing later (metric labels, sinks, the console) sees what
 //! it removes. The sinks' queue is where spans may be dropped (full queue, counted); every
 //! stage before it sees every span.
+pub mod metrics;
 pub mod redact;
 pub mod sample;
 pub mod scrub;
 
+use std::sync::Arc;
+
 use crate::export::SpanSender;
+use crate::metric::MetricSource;
 use crate::span::Span;
 
+pub use metrics::{MetricsArgs, MetricsOptions, SpanMetrics};
 pub use redact::{RedactOptions, Redactor};
 pub use sample::{Sampler, SamplingOptions, SamplingStats};
 
 /// The stages, built once at start-up.
 pub struct Pipeline {
     redact: Redactor,
+    /// `None` when span metrics are off.
+    metrics: Option<SpanMetrics>,
     sample: Sampler,
     traces: SpanSender,
 }
 
 impl Pipeline {
     /// `traces`: the trace sink (console or OTLP, chosen by the export configuration).
-    pub fn new(redact: RedactOptions, sampling: SamplingOptions, traces: SpanSender) -> Self {
+    pub fn new(
+        redact: RedactOptions,
+        metrics: &MetricsOptions,
+        sampling: SamplingOptions,
+        traces: SpanSender,
+    ) -> Self {
         Self {
             redact: Redactor::new(redact),
+            metrics: metrics.enabled.then(|| SpanMetrics::new(metrics)),
             sample: Sampler::new(sampling),
             traces,
         }
     }
 
+    /// The span metrics, for the metric readers; `None` when they are off.
+    pub fn metric_source(&self) -> Option<Arc<dyn MetricSource>> {
+        self.metrics.as_ref().map(SpanMetrics::source)
+    }
+
     /// Runs one finished span through every stage.
     pub fn on_span(&mut self, mut span: Span) {
         self.redact.on_span(&mut span);
-        // The sampler comes after the metrics stage (metrics count every request): when both
-        // are merged, metrics go between redact and sample.
+        // Metrics before sampling: they count every request, sampled or not.
+        if let Some(m) = &mut self.metrics {
+            m.on_span(&span);
+        }
         let traces = &mut self.traces;
         self.sample.on_span(span, unix_now_ns, &mut |s| {
             traces.send(s);
@@ -51,6 +71,9 @@ impl Pipeline {
     /// Periodic work of the stages (expiry, flushing held state); `now_unix_ns` is wall-clock
     /// time. Called about once a second.
     pub fn tick(&mut self, now_unix_ns: u64) {
+        if let Some(m) = &mut self.metrics {
+            m.tick(now_unix_ns);
+        }
         self.sample.tick(now_unix_ns);
     }
 

@@ -1,0 +1,308 @@
+//! The service graph, in Tempo's metric names (which Grafana's service-graph view reads): one
+//! edge per CLIENT span, `client` = its service, `server` = the service of the SERVER span
+//! whose parent it is (same trace), or, when no such span is traced on this node, its peer's
+//! name (`service.peer.name`, else `server.address`).
+//!
+//! Pairing: the server span usually finishes first and waits here for its client span; a
+//! client span that finds no server waits for one (the pair wait, 2 s by default) and then
+//! counts with its peer's name. Only server spans whose parent may be a same-node client
+//! (`tracer.parent.source` `address`, `w3c` or `b3`) wait; a server span whose client never
+//! comes (it ran on another node) is not an edge here: it expires, counted. Both waiting
+//! tables are bounded: a client span that finds its table full counts at once with its peer's
+//! name; a server span that does is dropped, counted.
+use std::{collections::HashMap, sync::Arc};
+
+use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, SpanRef};
+use super::{Unmatched, span_ref};
+use crate::metric::{MetricData, MetricFamily};
+use crate::span::{AttrValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+
+const NAMES: KeyNames = KeyNames {
+    identity: &[],
+    labels: &["client", "server"],
+};
+
+/// Held spans per table, at most.
+pub const HELD_CAP: usize = 16384;
+
+/// The four families of the graph.
+pub struct GraphMetrics {
+    bounds: Arc<[f64]>,
+    total: SeriesTable<Count>,
+    failed: SeriesTable<Count>,
+    server_seconds: SeriesTable<Histogram>,
+    client_seconds: SeriesTable<Histogram>,
+}
+
+/// One side of an edge: its duration, the span, and whether it failed.
+#[derive(Clone, Copy)]
+struct Side {
+    seconds: f64,
+    span: SpanRef,
+    error: bool,
+}
+
+impl Side {
+    fn of(span: &Span) -> Self {
+        Self {
+            seconds: super::red::seconds(span),
+            span: span_ref(span),
+            error: span.status == StatusCode::Error,
+        }
+    }
+}
+
+impl GraphMetrics {
+    pub fn new(bounds: Arc<[f64]>, cap: usize) -> Self {
+        Self {
+            bounds,
+            total: SeriesTable::new(NAMES, cap),
+            failed: SeriesTable::new(NAMES, cap),
+            server_seconds: SeriesTable::new(NAMES, cap),
+            client_seconds: SeriesTable::new(NAMES, cap),
+        }
+    }
+
+    fn edge(&mut self, now: u64, client: &str, server: &str, c: Side, s: Option<Side>) {
+        let mut key = Key::new();
+        key.str(Some(client)).str(Some(server));
+        self.total.get(&key, now, Count::default).0 += 1;
+        if c.error || s.is_some_and(|s| s.error) {
+            self.failed.get(&key, now, Count::default).0 += 1;
+        }
+        let bounds = &self.bounds;
+        self.client_seconds
+            .get(&key, now, || Histogram::new(bounds))
+            .observe(bounds, c.seconds, c.span);
+        if let Some(s) = s {
+            self.server_seconds
+                .get(&key, now, || Histogram::new(bounds))
+                .observe(bounds, s.seconds, s.span);
+        }
+    }
+
+    pub fn expire(&mut self, now: u64, idle_ns: u64) {
+        self.total.expire(now, idle_ns);
+        self.failed.expire(now, idle_ns);
+        self.server_seconds.expire(now, idle_ns);
+        self.client_seconds.expire(now, idle_ns);
+    }
+
+    pub fn stats(&self) -> impl Iterator<Item = (&'static str, usize, u64)> + '_ {
+        [
+            (TOTAL, self.total.series_count(), self.total.overflowed()),
+            (FAILED, self.failed.series_count(), self.failed.overflowed()),
+            (
+                SERVER_SECONDS,
+                self.server_seconds.series_count(),
+                self.server_seconds.overflowed(),
+            ),
+            (
+                CLIENT_SECONDS,
+                self.client_seconds.series_count(),
+                self.client_seconds.overflowed(),
+            ),
+        ]
+        .into_iter()
+    }
+
+    pub fn collect(&self, now: u64, out: &mut Vec<MetricFamily>) {
+        out.push(MetricFamily {
+            name: TOTAL,
+            description: "Requests between two services (client span and server span, or the client's peer).",
+            unit: "",
+            data: MetricData::Counter(self.total.points(now)),
+        });
+        out.push(MetricFamily {
+            name: FAILED,
+            description: "Requests between two services that failed on either side.",
+            unit: "",
+            data: MetricData::Counter(self.failed.points(now)),
+        });
+        for (name, description, table) in [
+            (
+                SERVER_SECONDS,
+                "Duration of the requests between two services as the server saw it.",
+                &self.server_seconds,
+            ),
+            (
+                CLIENT_SECONDS,
+                "Duration of the requests between two services as the client saw it.",
+                &self.client_seconds,
+            ),
+        ] {
+            out.push(MetricFamily {
+                name,
+                description,
+                // Tempo's names carry their unit already.
+                unit: "",
+                data: MetricData::Histogram {
+                    bounds: self.bounds.clone(),
+                    points: table.points(now),
+                },
+            });
+        }
+    }
+}
+
+const TOTAL: &str = "traces_service_graph_request_total";
+const FAILED: &str = "traces_service_graph_request_failed_total";
+const SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
+const CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+
+struct HeldServer {
+    resource: Arc<Resource>,
+    side: Side,
+    held_at: u64,
+}
+
+struct HeldClient {
+    resource: Arc<Resource>,
+    /// Recycled through `ServiceGraph::free_peers`.
+    peer: String,
+    side: Side,
+    held_at: u64,
+}
+
+type SpanKey = (TraceId, SpanId);
+
+/// The pairing state (owned by the stage, outside the metrics' lock).
+pub struct ServiceGraph {
+    wait_ns: u64,
+    cap: usize,
+    /// Server spans by (trace, their parent = the client's span id).
+    servers: HashMap<SpanKey, HeldServer>,
+    /// Client spans by (trace, span id).
+    clients: HashMap<SpanKey, HeldClient>,
+    free_peers: Vec<String>,
+}
+
+impl ServiceGraph {
+    pub fn new(wait_ns: u64, cap: usize) -> Self {
+        Self {
+            wait_ns,
+            cap,
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            free_peers: Vec::new(),
+        }
+    }
+
+    pub fn on_span(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+        match span.kind {
+            SpanKind::Server => self.on_server(span, now, m, u),
+            SpanKind::Client => self.on_client(span, now, m),
+        }
+    }
+
+    fn on_server(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+        let Some(parent) = span.parent_span_id else {
+            return;
+        };
+        let may_be_local = matches!(
+            span.attr("tracer.parent.source"),
+            Some(AttrValue::Str(s)) if matches!(s.as_str(), "address" | "w3c" | "b3")
+        );
+        if !may_be_local {
+            return;
+        }
+        let key = (span.trace_id, parent);
+        if let Some(client) = self.clients.remove(&key) {
+            m.edge(
+                now,
+                client.resource.service_name(),
+                span.resource.service_name(),
+                client.side,
+                Some(Side::of(span)),
+            );
+            self.recycle(client.peer);
+        } else if self.servers.len() < self.cap {
+            self.servers.insert(
+                key,
+                HeldServer {
+                    resource: span.resource.clone(),
+                    side: Side::of(span),
+                    held_at: now,
+                },
+            );
+        } else {
+            u.graph_servers_full += 1;
+        }
+    }
+
+    fn on_client(&mut self, span: &Span, now: u64, m: &mut GraphMetrics) {
+        let key = (span.trace_id, span.span_id);
+        let client = span.resource.service_name();
+        if let Some(server) = self.servers.remove(&key) {
+            m.edge(
+                now,
+                client,
+                server.resource.service_name(),
+                Side::of(span),
+                Some(server.side),
+            );
+        } else if self.clients.len() < self.cap {
+            let mut peer = self.free_peers.pop().unwrap_or_default();
+            peer.push_str(peer_name(span));
+            self.clients.insert(
+                key,
+                HeldClient {
+                    resource: span.resource.clone(),
+                    peer,
+                    side: Side::of(span),
+                    held_at: now,
+                },
+            );
+        } else {
+            m.edge(now, client, peer_name(span), Side::of(span), None);
+        }
+    }
+
+    /// Client spans that waited long enough count with their peer's name; server spans that
+    /// did are dropped (their client is on another node).
+    pub fn tick(&mut self, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+        let wait = self.wait_ns;
+        let expired = |held_at: u64| now.saturating_sub(held_at) > wait;
+        let before = self.servers.len();
+        self.servers.retain(|_, s| !expired(s.held_at));
+        u.graph_servers_expired += (before - self.servers.len()) as u64;
+        let free = &mut self.free_peers;
+        self.clients.retain(|_, c| {
+            if !expired(c.held_at) {
+                return true;
+            }
+            m.edge(now, c.resource.service_name(), &c.peer, c.side, None);
+            let mut peer = std::mem::take(&mut c.peer);
+            if free.len() < FREE_PEERS {
+                peer.clear();
+                free.push(peer);
+            }
+            false
+        });
+    }
+
+    fn recycle(&mut self, mut peer: String) {
+        if self.free_peers.len() < FREE_PEERS {
+            peer.clear();
+            self.free_peers.push(peer);
+        }
+    }
+
+    /// Spans waiting now: (servers, clients).
+    pub fn held(&self) -> (usize, usize) {
+        (self.servers.len(), self.clients.len())
+    }
+}
+
+/// Peer name buffers kept for reuse, at most.
+const FREE_PEERS: usize = 1024;
+
+/// The server a CLIENT span names: `service.peer.name`, else `server.address`.
+fn peer_name(span: &Span) -> &str {
+    for key in ["service.peer.name", "server.address"] {
+        if let Some(AttrValue::Str(s)) = span.attr(key) {
+            return s;
+        }
+    }
+    "unknown"
+}
