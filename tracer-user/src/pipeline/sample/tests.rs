@@ -189,3 +189,64 @@ fn stats_are_named() {
     assert!(names.contains(&"dropped_spans_overflow".to_owned()));
     assert_eq!(names.len(), 16);
 }
+
+/// The whole pipeline at ratio 0.25: the metrics stage counts all 2,000 requests, the trace
+/// sink gets only the sampled ones (exactly those the trace ids predict).
+#[tokio::test]
+async fn metrics_count_every_request_the_sink_only_the_sampled() {
+    use crate::metric::{MetricData, MetricSource};
+    use crate::pipeline::{MetricsOptions, Pipeline, RedactOptions};
+    use clap::Parser;
+    use std::sync::Arc;
+
+    let cli = crate::cli::Cli::try_parse_from(["tracer", "--traces-exporter", "none"]).unwrap();
+    let stats = Arc::new(crate::export::ExportStats::default());
+    let (sender, _handle) = crate::export::spawn(&cli.export, stats.clone()).unwrap();
+    let head = HeadSampler::new(SamplerKind::TraceIdRatio, 0.25);
+    let mut pipeline = Pipeline::new(
+        RedactOptions::default(),
+        &MetricsOptions::default(),
+        SamplingOptions {
+            head,
+            ..SamplingOptions::default()
+        },
+        sender,
+    );
+    let mut ids = crate::trace::IdGenerator::from_seed(7);
+    let mut predicted = 0;
+    for _ in 0..2000 {
+        let mut s = test_span();
+        s.trace_id = ids.trace_id();
+        s.attributes = vec![
+            ("http.request.method", "GET".into()),
+            ("http.route", "/".into()),
+            ("http.response.status_code", 200i64.into()),
+        ];
+        (s.flags, s.trace_state) = head.decide(&s.trace_id, None, None);
+        predicted += u64::from(tracer_common::sampling::keeps(
+            &s.trace_id,
+            head.rule().threshold,
+        ));
+        pipeline.on_span(s);
+    }
+    pipeline.finish();
+    let mut families = Vec::new();
+    pipeline
+        .metric_source()
+        .expect("metrics on")
+        .collect(&mut families);
+    let counted: u64 = families
+        .iter()
+        .filter(|f| f.name == "http.server.request.duration")
+        .flat_map(|f| match &f.data {
+            MetricData::Histogram { points, .. } => points.iter().map(|p| p.count).collect(),
+            _ => Vec::new(),
+        })
+        .sum();
+    assert_eq!(counted, 2000, "metrics see every request");
+    assert_eq!(stats.snapshot().spans_enqueued, predicted);
+    assert!((400..600).contains(&predicted), "{predicted}");
+    let st = pipeline.sampling_stats();
+    assert_eq!(st.traces_kept[0], predicted);
+    assert_eq!(st.traces_dropped[0], 2000 - predicted);
+}
