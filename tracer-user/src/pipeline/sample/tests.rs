@@ -194,7 +194,7 @@ fn stats_are_named() {
 /// sink gets only the sampled ones (exactly those the trace ids predict).
 #[tokio::test]
 async fn metrics_count_every_request_the_sink_only_the_sampled() {
-    use crate::metric::{MetricData, MetricSource};
+    use crate::metric::MetricData;
     use crate::pipeline::{MetricsOptions, Pipeline, RedactOptions};
     use clap::Parser;
     use std::sync::Arc;
