@@ -197,7 +197,7 @@ fn map_pieces<'a>(
     let mut out: Option<String> = None;
     let mut at = 0;
     for (i, piece) in text.split(sep).enumerate() {
-        let replaced = f(piece);
+        let replaced = f(piece).filter(|r| r != piece);
         match (&mut out, replaced) {
             (None, None) => {}
             (None, Some(r)) => {
@@ -321,7 +321,8 @@ fn secret_name(name: &str) -> bool {
 pub fn scrub_command_line(cmd: &str) -> Cow<'_, str> {
     let mut mask_next = false;
     map_pieces(cmd, ' ', |arg| {
-        if std::mem::take(&mut mask_next) && !arg.is_empty() {
+        if mask_next && !arg.is_empty() {
+            mask_next = false;
             return Some(Cow::Borrowed(MASK));
         }
         if let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
