@@ -14,7 +14,9 @@
 //!
 //! `process.command_line`: the value after a secret-looking flag (`--password x`,
 //! `--token=x`, `--api-key x`, `-p`-style flags are not guessed) and the value of a
-//! secret-looking `NAME=value` (`AWS_SECRET_ACCESS_KEY=…`, `DB_PASSWORD=…`) become `REDACTED`.
+//! secret-looking `NAME=value` (`AWS_SECRET_ACCESS_KEY=…`, `DB_PASSWORD=…`) become `REDACTED`;
+//! URL arguments are scrubbed as `url.full`, and an argument that is itself one of the above
+//! becomes its placeholder.
 //!
 //! Self-contained (std only): the `scrub` fuzz target compiles this file on its own.
 use std::borrow::Cow;
@@ -344,7 +346,13 @@ pub fn scrub_command_line(cmd: &str) -> Cow<'_, str> {
             {
                 Some(Cow::Owned(format!("{name}={MASK}")))
             }
-            _ => None,
+            // A URL argument (`curl https://…/users/bob@example.com`), or one that is itself
+            // sensitive, as in a path.
+            _ if arg.contains("://") => match scrub_url(arg) {
+                Cow::Owned(u) => Some(Cow::Owned(u)),
+                Cow::Borrowed(_) => None,
+            },
+            _ => placeholder(arg),
         }
     })
 }
@@ -426,6 +434,10 @@ mod tests {
             "app --password REDACTED --port 80 --api-key=REDACTED DB_PASSWORD=REDACTED AWS_SECRET_ACCESS_KEY=REDACTED"
         );
         assert_eq!(scrub_command_line("x --token=t"), "x --token=REDACTED");
+        assert_eq!(
+            scrub_command_line("curl -s http://h:1/u/bob@example.com bob@example.com"),
+            "curl -s http://h:1/u/{email} {email}"
+        );
         for keep in [
             "python3 server.py 8080",
             "app --key-file /etc/k.pem --tokenizer bpe",
