@@ -334,6 +334,14 @@ pub fn scrub_command_line(cmd: &str) -> Cow<'_, str> {
                     return Some(Cow::Owned(format!("{}{MASK}", &arg[..keep])));
                 }
                 None if flag.len() > 1 && secret_name(flag) => mask_next = true,
+                Some((_, value)) if value.contains("://") => {
+                    if let Cow::Owned(u) = scrub_url(value) {
+                        return Some(Cow::Owned(format!(
+                            "{}={u}",
+                            &arg[..arg.len() - value.len() - 1]
+                        )));
+                    }
+                }
                 _ => {}
             }
             return None;
@@ -437,6 +445,10 @@ mod tests {
         assert_eq!(
             scrub_command_line("curl -s http://h:1/u/bob@example.com bob@example.com"),
             "curl -s http://h:1/u/{email} {email}"
+        );
+        assert_eq!(
+            scrub_command_line("app --url=http://h/u/bob@example.com"),
+            "app --url=http://h/u/{email}"
         );
         for keep in [
             "python3 server.py 8080",

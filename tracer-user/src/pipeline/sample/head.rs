@@ -176,4 +176,35 @@ mod tests {
         }
         assert!((9_000..11_000).contains(&kept), "{kept}");
     }
+
+    /// The agent's contexts carry the decision: a SERVER span of a new trace (its trace id
+    /// derived as the kernel derives it) is sampled exactly when the kernel's rule says so, and
+    /// one continuing an unsampled caller stays unsampled under a parent-based sampler.
+    #[test]
+    fn the_parent_resolver_decides_as_the_kernel() {
+        use crate::protocol::RequestHead;
+        use crate::trace::{IdGenerator, ParentResolver};
+        let h = HeadSampler::new(SamplerKind::ParentbasedTraceIdRatio, 0.25);
+        let parents =
+            ParentResolver::with_ids(16, 42, IdGenerator::from_seed(1)).with_head_sampler(h);
+        let plain = RequestHead::default();
+        let mut sampled = 0;
+        for position in 0..2000 {
+            let ctx = parents.server_context(7, position * 100, &plain);
+            let (kernel_trace, _) = tracer_common::propagation::server_ids(42, 7, position * 100);
+            assert_eq!(ctx.trace_id, kernel_trace);
+            assert_eq!(ctx.flags, h.rule().flags(&kernel_trace, None));
+            if ctx.flags == 1 {
+                sampled += 1;
+                assert_eq!(ctx.trace_state.as_deref(), Some("ot=th:c"));
+            }
+        }
+        assert!((400..600).contains(&sampled), "{sampled}");
+        let mut unsampled = RequestHead::default();
+        unsampled.headers.push((
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into(),
+        ));
+        assert_eq!(parents.server_context(7, 0, &unsampled).flags, 0);
+    }
 }
