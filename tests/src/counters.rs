@@ -54,6 +54,31 @@ pub struct Counters {
     pub kernel_drops: KernelDrops,
     /// `None` when injection is off (or its counters could not be read).
     pub injection: Option<Injection>,
+    pub sampling: Sampling,
+}
+
+/// The sampling stage's counters (`tracer::pipeline::SamplingStats::named`): traces and spans
+/// kept per reason (head, error, slow, attribute) and dropped per reason (unsampled, overflow),
+/// late spans, and what is held now.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    pub kept_traces_head: u64,
+    pub kept_spans_head: u64,
+    pub kept_traces_error: u64,
+    pub kept_spans_error: u64,
+    pub kept_traces_slow: u64,
+    pub kept_spans_slow: u64,
+    pub kept_traces_attribute: u64,
+    pub kept_spans_attribute: u64,
+    pub dropped_traces_unsampled: u64,
+    pub dropped_spans_unsampled: u64,
+    pub dropped_traces_overflow: u64,
+    pub dropped_spans_overflow: u64,
+    pub late_spans_kept: u64,
+    pub late_spans_dropped: u64,
+    pub held_traces: u64,
+    pub held_bytes: u64,
 }
 
 /// Kernel-side drops by cause (`tracer_common::DropCause`).

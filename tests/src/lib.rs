@@ -11,7 +11,7 @@ pub mod receiver;
 pub mod scenario;
 
 pub use agent::{Agent, log_line, rss_kib, summary};
-pub use counters::{Counters, ExportTotals, Injection, KernelDrops};
+pub use counters::{Counters, ExportTotals, Injection, KernelDrops, Sampling};
 pub use peers::{Certs, grpcpeer};
 pub use privilege::require_root;
 pub use procs::*;

@@ -23,9 +23,26 @@ pub struct Config {
     /// Events are committed without waking the agent until this many bytes wait in the ring
     /// buffer (the agent also drains it on a short timer): one wakeup per batch, not per event.
     pub wakeup_bytes: u32,
-    pub _pad2: u32,
+    /// Non-zero: the sampled flag of incoming context is followed
+    /// ([`crate::sampling::HeadRule::follow_parent`]).
+    pub sampling_follow_parent: u8,
+    pub _pad2: [u8; 3],
     /// Random per-agent key of [`crate::propagation::server_ids`].
     pub ctx_key: u64,
+    /// The head sampler's threshold ([`crate::sampling::HeadRule::threshold`]): decides the
+    /// sampled flag of the `traceparent` the kernel injects.
+    pub sampling_threshold: u64,
+}
+
+impl Config {
+    /// The head sampling rule the agent configured.
+    #[inline(always)]
+    pub fn head_rule(&self) -> crate::sampling::HeadRule {
+        crate::sampling::HeadRule {
+            threshold: self.sampling_threshold,
+            follow_parent: self.sampling_follow_parent != 0,
+        }
+    }
 }
 
 /// `Config::inject`: only sockets whose file is non-blocking (event loops: a spurious EAGAIN

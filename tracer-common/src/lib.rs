@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod names;
 pub mod propagation;
+pub mod sampling;
 pub mod tail_call;
 
 pub use classify::{Protocol, classify};

@@ -278,15 +278,17 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
     // SAFETY: as above.
     let data = unsafe { (*res).data.as_ptr() };
     let (mut trace_id, span_id) = server_ids(config().ctx_key, conn_id, position);
-    let mut flags = 1u8;
-    let mut adopted = false;
+    let mut parent_flags = None;
     if tp_at != 0
         && let Some((t, _, f)) = incoming_traceparent(data, n, tp_at as usize)
     {
         trace_id = t;
-        flags = f;
-        adopted = true;
+        parent_flags = Some(f);
     }
+    let adopted = parent_flags.is_some();
+    // The head sampler's decision, as the agent takes it (`tracer_common::sampling`): the
+    // requests this one causes carry it downstream.
+    let flags = config().head_rule().flags(&trace_id, parent_flags);
     let mut multiplexed = 0;
     // SAFETY: this thread's entry, which only this thread writes; read at once.
     if let Some(prev) = unsafe { THREAD_CTX.get(pid_tgid) } {
@@ -443,7 +445,6 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
             return 0;
         }
         let mut ctx = SpanCtx {
-            flags: 1,
             state: CtxState::Injected as u8,
             ..SpanCtx::default()
         };
@@ -462,7 +463,11 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
                 ctx.parent_id = t.span_id;
                 ctx.flags = t.flags;
             }
-            _ => random_bytes(&mut ctx.trace_id),
+            _ => {
+                // A new trace: the head sampler decides its flag from the trace id alone.
+                random_bytes(&mut ctx.trace_id);
+                ctx.flags = config().head_rule().flags(&ctx.trace_id, None);
+            }
         }
         (*inflight).ctx = ctx;
         (*inflight).inject_at = line_end as u16;

@@ -21,8 +21,10 @@ pub static CONFIG: Config = Config {
     filter_cgroups: 0,
     inject: 0,
     wakeup_bytes: 0,
-    _pad2: 0,
+    sampling_follow_parent: 1,
+    _pad2: [0; 3],
     ctx_key: 0,
+    sampling_threshold: 0,
 };
 
 /// Kernel struct offsets from the running kernel's BTF, written by the agent before load.

@@ -51,11 +51,31 @@ pub fn kept_name(name: &[u8], version: Version) -> bool {
     }
 }
 
+/// More names kept, set once at start-up by the agent (`--capture-request-header` ...), lower
+/// case.
+static ALSO_KEPT: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Keeps these headers too (lower-case names), for every parser of the process. Only the first
+/// call counts; returns whether it did.
+pub fn keep_also(names: &[String]) -> bool {
+    ALSO_KEPT
+        .set(
+            names
+                .iter()
+                .map(|n| n.to_ascii_lowercase().into_bytes())
+                .collect(),
+        )
+        .is_ok()
+}
+
 #[inline(always)]
 fn kept_in(name: &[u8], only_here: &[&[u8]], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
     let listed = |list: &[&[u8]]| list.iter().any(|k| k.len() == name.len() && same(name, k));
     listed(&KEPT)
         || listed(only_here)
+        || ALSO_KEPT
+            .get()
+            .is_some_and(|also| also.iter().any(|k| k.len() == name.len() && same(name, k)))
         || (name.len() > B3_PREFIX.len()
             && name.len() <= MAX_KEPT_NAME
             && same(&name[..B3_PREFIX.len()], B3_PREFIX)

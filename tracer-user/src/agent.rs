@@ -26,7 +26,7 @@ use crate::{
         prometheus,
     },
     metric::MetricSources,
-    pipeline::{Pipeline, RedactOptions},
+    pipeline::{Pipeline, SamplingStats},
     process::{
         self, ProcessTable,
         kubernetes::{self, PeerNames},
@@ -52,7 +52,8 @@ pub async fn run(
         .transpose()?;
     let start_unix_ns = unix_now_ns();
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
-    let parents = ParentResolver::default();
+    let sampling = cli.sampling.options();
+    let parents = ParentResolver::default().with_head_sampler(sampling.head);
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
@@ -73,20 +74,35 @@ pub async fn run(
     let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
     tracing::info!("exporting spans to {}", exporter.description());
 
-    let mut pipeline = Pipeline::new(
-        RedactOptions {
-            query_values: !cli.keep_query_values,
-        },
-        &cli.metrics.options()?,
-        spans,
+    let redact = cli
+        .span_data
+        .redact_options(!cli.keep_query_values)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (request_headers, response_headers, warnings) = cli.span_data.captured_headers();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    // The parsers keep only the headers the tracer uses: these too.
+    let captured: Vec<String> = request_headers
+        .iter()
+        .chain(&response_headers)
+        .cloned()
+        .collect();
+    tracer_protocol::headers::keep_also(&captured);
+    tracing::info!(
+        sampler = ?sampling.head.kind,
+        ratio = sampling.head.ratio,
+        tail_policies = sampling.policies.any(),
+        "head sampling"
     );
+    let mut pipeline = Pipeline::new(redact, &cli.metrics.options()?, sampling, spans);
     let processes = ProcessTable::new(None, process::resource_attributes_from_env());
     let kube = kubernetes::start(&cli.kubernetes, processes.host_name()).await?;
     let peers = PeerNames::new(kube.clone());
     let mut assembler = SpanAssembler::new(
         processes.with_kubernetes(kube.clone()),
         Clock::measure(),
-        SpanOptions::default(),
+        SpanOptions::default().with_headers(&request_headers, &response_headers),
         cli.table_limits(),
     )
     .with_parent_resolver(nat_lookups(&cli, parents));
@@ -147,7 +163,7 @@ pub async fn run(
                 assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
                 let now = unix_now_ns();
                 pipeline.tick(now);
-                let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref());
+                let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref(), pipeline.sampling_stats());
                 agent_counters.publish(&readings, now);
                 if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
@@ -167,7 +183,16 @@ pub async fn run(
         &mut tls,
         &mut |s| pipeline.on_span(peers.apply(s)),
     );
-    let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref());
+    // Held traces are decided now (the final counters count them).
+    pipeline.finish();
+    let readings = read_counters(
+        &capture,
+        &assembler,
+        &tls,
+        &export_stats,
+        kube.as_deref(),
+        pipeline.sampling_stats(),
+    );
     agent_counters.publish(&readings, unix_now_ns());
     log_stats("final", &readings);
     tls.detach_all(capture.ebpf_mut());
@@ -304,6 +329,7 @@ fn read_counters(
     tls: &TlsAttacher,
     export: &ExportStats,
     kube: Option<&kubernetes::Store>,
+    sampling: SamplingStats,
 ) -> CounterReadings {
     let ev = assembler.stats();
     let conns = assembler.conns.stats();
@@ -358,6 +384,7 @@ fn read_counters(
     CounterReadings {
         counters,
         kube: kube.map(|k| kubernetes::counters(&k.stats)),
+        sampling,
         kernel_drops: capture.drops().map_err(|e| e.to_string()),
         injection: capture
             .injecting
@@ -374,6 +401,7 @@ fn log_stats(when: &str, readings: &CounterReadings) {
         kernel_drops: drops,
         injection,
         kube,
+        sampling,
     } = readings;
     // The Kubernetes watcher's, when it runs (their JSON on a line of their own).
     let human_kube = kube.map_or_else(String::new, |c| {
@@ -389,9 +417,11 @@ fn log_stats(when: &str, readings: &CounterReadings) {
         Some(Ok(c)) => name_values(c),
         Some(Err(e)) => format!("unavailable ({e})"),
     };
+    let sampling = sampling.named();
     tracing::info!(
-        "{when} counters; kernel drops: {}; injection: {human_injection} {}{human_kube}",
+        "{when} counters; kernel drops: {}; injection: {human_injection}; sampling: {} {}{human_kube}",
         human_drops.as_deref().unwrap_or("none"),
+        name_values(sampling.iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k, v))),
         name_values(counters.iter().copied())
     );
 
@@ -404,6 +434,10 @@ fn log_stats(when: &str, readings: &CounterReadings) {
         (
             "injection",
             nested(injection.as_ref().and_then(|r| r.as_ref().ok())),
+        ),
+        (
+            "sampling",
+            json_object(sampling.iter().map(|(k, v)| (k, v))),
         ),
     ]));
     tracing::info!("{when} stats {stats}");

@@ -6,11 +6,15 @@
 //! Names: `tracer.<log name>` (Prometheus `tracer_<log name>_total` for counters, without
 //! `_total` for the gauges `conns_open`, `links_open`, `queue_len`, `tls_files_attached`);
 //! the kernel's drop counters are one family `tracer.kernel.drops` with a `cause` label,
-//! traceparent injection's one family `tracer.injection.events` with an `event` label.
+//! traceparent injection's one family `tracer.injection.events` with an `event` label, the
+//! samplers' decisions `tracer.sampling.traces` / `tracer.sampling.spans` with `decision`
+//! (`kept`, `dropped`) and `reason` labels.
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::metric::{MetricData, MetricFamily, MetricSource, NumberPoint};
+use crate::pipeline::SamplingStats;
+use crate::pipeline::sample::{DropReason, KeepReason};
 
 /// Every counter of one tick, as the log line shows them.
 pub struct CounterReadings {
@@ -22,6 +26,8 @@ pub struct CounterReadings {
     pub injection: Option<Result<BTreeMap<&'static str, u64>, String>>,
     /// The Kubernetes watcher's counters; `None` when it does not run.
     pub kube: Option<[(&'static str, u64); 5]>,
+    /// The samplers' decisions.
+    pub sampling: SamplingStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,8 +417,71 @@ impl AgentCounters {
                 data: MetricData::Counter(labelled("event", injection)),
             });
         }
+        families.extend(sampling_families(&readings.sampling, point));
         *self.families.lock().unwrap_or_else(|e| e.into_inner()) = families;
     }
+}
+
+/// The samplers' decisions as two labelled counters (traces, spans), the late spans as one,
+/// and what the tail sampler holds as gauges.
+fn sampling_families(
+    s: &SamplingStats,
+    point: impl Fn(crate::metric::Labels, u64) -> NumberPoint,
+) -> Vec<MetricFamily> {
+    let decided = |kept: &[u64; 4], dropped: &[u64; 2]| -> Vec<NumberPoint> {
+        let kept = KeepReason::ALL
+            .iter()
+            .map(|r| ("kept", r.name(), kept[*r as usize]));
+        let dropped = DropReason::ALL
+            .iter()
+            .map(|r| ("dropped", r.name(), dropped[*r as usize]));
+        kept.chain(dropped)
+            .map(|(d, r, v)| {
+                point(
+                    vec![("decision", d.to_owned()), ("reason", r.to_owned())],
+                    v,
+                )
+            })
+            .collect()
+    };
+    vec![
+        MetricFamily {
+            name: "tracer.sampling.traces",
+            description: "Traces decided by the samplers, by decision and reason.",
+            unit: "{trace}",
+            data: MetricData::Counter(decided(&s.traces_kept, &s.traces_dropped)),
+        },
+        MetricFamily {
+            name: "tracer.sampling.spans",
+            description: "Spans kept or dropped by the samplers, by decision and reason.",
+            unit: "{span}",
+            data: MetricData::Counter(decided(&s.spans_kept, &s.spans_dropped)),
+        },
+        MetricFamily {
+            name: "tracer.sampling.late_spans",
+            description: "Spans that arrived after their trace's tail decision and followed it.",
+            unit: "{span}",
+            data: MetricData::Counter(vec![
+                point(vec![("decision", "kept".to_owned())], s.late_spans_kept),
+                point(
+                    vec![("decision", "dropped".to_owned())],
+                    s.late_spans_dropped,
+                ),
+            ]),
+        },
+        MetricFamily {
+            name: "tracer.sampling.held_traces",
+            description: "Traces the tail sampler holds, waiting for their decision.",
+            unit: "{trace}",
+            data: MetricData::Gauge(vec![point(Vec::new(), s.held_traces)]),
+        },
+        MetricFamily {
+            name: "tracer.sampling.held",
+            description: "Bytes of the spans the tail sampler holds.",
+            unit: "By",
+            data: MetricData::Gauge(vec![point(Vec::new(), s.held_bytes)]),
+        },
+    ]
 }
 
 impl MetricSource for AgentCounters {
@@ -461,6 +530,10 @@ mod tests {
                     ("kube_relists", 1),
                     ("kube_watch_errors", 0),
                 ]),
+                sampling: SamplingStats {
+                    traces_kept: [3, 1, 0, 0],
+                    ..SamplingStats::default()
+                },
             },
             2,
         );
@@ -475,6 +548,8 @@ mod tests {
             "tracer_kernel_drops_total{cause=\"ringbuf_full\"} 2\n",
             "# TYPE tracer_kube_pods gauge\ntracer_kube_pods 4\n",
             "tracer_kube_relists_total 1\n",
+            "tracer_sampling_traces_total{decision=\"kept\",reason=\"head\"} 3\n",
+            "tracer_sampling_held_bytes 0\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }

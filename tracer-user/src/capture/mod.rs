@@ -53,6 +53,8 @@ pub struct CaptureOptions {
     /// Key of the server span id derivation shared with the kernel
     /// ([`tracer_common::propagation::server_ids`]).
     pub ctx_key: u64,
+    /// The head sampler's rule: the sampled flag of the `traceparent` the kernel injects.
+    pub head_rule: tracer_common::sampling::HeadRule,
     /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
     /// during `Capture::load`.
     pub features: Option<Features>,
@@ -82,6 +84,7 @@ impl Default for CaptureOptions {
             inject: InjectMode::Off,
             cgroup_root: None,
             ctx_key: 0,
+            head_rule: tracer_common::sampling::HeadRule::ALWAYS_ON,
             features: None,
         }
     }
@@ -278,8 +281,10 @@ impl Capture {
             filter_cgroups: u8::from(!opts.cgroups.is_empty()),
             inject: 0,
             wakeup_bytes: 0,
-            _pad2: 0,
+            sampling_follow_parent: u8::from(opts.head_rule.follow_parent),
+            _pad2: [0; 3],
             ctx_key: opts.ctx_key,
+            sampling_threshold: opts.head_rule.threshold,
         };
         let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
         // Wake the agent when an eighth of the ring is used (it drains every DRAIN_INTERVAL

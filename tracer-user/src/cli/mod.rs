@@ -9,7 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::{ExportArgs, MetricsExportArgs},
-    pipeline::MetricsArgs,
+    pipeline::{MetricsArgs, redact::SpanDataArgs, sample::SamplingArgs},
     process::kubernetes::KubeArgs,
 };
 
@@ -144,6 +144,12 @@ pub struct Cli {
     pub kubernetes: KubeArgs,
 
     #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub span_data: SpanDataArgs,
+
+    #[command(flatten)]
     pub metrics: MetricsArgs,
 
     #[command(flatten)]
@@ -193,6 +199,7 @@ impl Cli {
             inject: self.inject_traceparent,
             cgroup_root: self.cgroup_root.clone(),
             ctx_key,
+            head_rule: self.sampling.options().head.rule(),
             features,
         })
     }

@@ -3,7 +3,7 @@
 //! knows nothing of the others):
 //!
 //! ```text
-//! span assembler ──▶ redact ──▶ (metrics: sees every span) ──▶ (sample) ──▶ sinks
+//! span assembler ──▶ redact ──▶ (metrics: sees every span) ──▶ sample ──▶ sinks
 //!                                                                         console | OTLP traces
 //! ```
 //!
@@ -12,6 +12,8 @@
 //! stage before it sees every span.
 pub mod metrics;
 pub mod redact;
+pub mod sample;
+pub mod scrub;
 
 use std::sync::Arc;
 
@@ -21,21 +23,29 @@ use crate::span::Span;
 
 pub use metrics::{MetricsArgs, MetricsOptions, SpanMetrics};
 pub use redact::{RedactOptions, Redactor};
+pub use sample::{Sampler, SamplingOptions, SamplingStats};
 
 /// The stages, built once at start-up.
 pub struct Pipeline {
     redact: Redactor,
     /// `None` when span metrics are off.
     metrics: Option<SpanMetrics>,
+    sample: Sampler,
     traces: SpanSender,
 }
 
 impl Pipeline {
     /// `traces`: the trace sink (console or OTLP, chosen by the export configuration).
-    pub fn new(redact: RedactOptions, metrics: &MetricsOptions, traces: SpanSender) -> Self {
+    pub fn new(
+        redact: RedactOptions,
+        metrics: &MetricsOptions,
+        sampling: SamplingOptions,
+        traces: SpanSender,
+    ) -> Self {
         Self {
             redact: Redactor::new(redact),
             metrics: metrics.enabled.then(|| SpanMetrics::new(metrics)),
+            sample: Sampler::new(sampling),
             traces,
         }
     }
@@ -48,10 +58,14 @@ impl Pipeline {
     /// Runs one finished span through every stage.
     pub fn on_span(&mut self, mut span: Span) {
         self.redact.on_span(&mut span);
+        // Metrics before sampling: they count every request, sampled or not.
         if let Some(m) = &mut self.metrics {
             m.on_span(&span);
         }
-        self.traces.send(span);
+        let traces = &mut self.traces;
+        self.sample.on_span(span, unix_now_ns, &mut |s| {
+            traces.send(s);
+        });
     }
 
     /// Periodic work of the stages (expiry, flushing held state); `now_unix_ns` is wall-clock
@@ -60,5 +74,21 @@ impl Pipeline {
         if let Some(m) = &mut self.metrics {
             m.tick(now_unix_ns);
         }
+        self.sample.tick(now_unix_ns);
     }
+
+    /// At shutdown, before the last counters: decides what the stages still hold.
+    pub fn finish(&mut self) {
+        self.sample.finish();
+    }
+
+    pub fn sampling_stats(&self) -> SamplingStats {
+        self.sample.stats()
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

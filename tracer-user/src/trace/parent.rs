@@ -54,9 +54,10 @@ use std::{
     net::SocketAddr,
 };
 
-use super::context::{Extracted, FLAG_SAMPLED, ParentSource, extract};
+use super::context::{Extracted, ParentSource, extract};
 use super::{IdGenerator, SpanContext};
 use crate::conn::{ConnMeta, nat::NatLookup};
+use crate::pipeline::sample::HeadSampler;
 use crate::protocol::{Direction, HttpExchange, RequestHead, http1::RequestStart};
 use crate::span::{SpanId, TraceId};
 use tracer_common::{SpanCtx, propagation::server_ids};
@@ -147,6 +148,9 @@ struct TidState {
 pub struct ParentResolver {
     key: u64,
     ids: IdGenerator,
+    /// Decides the sampled flag (and `ot=th`) of the contexts created here, as the kernel
+    /// does for those it creates.
+    head: HeadSampler,
     cap: usize,
     conns: HashMap<u64, VecDeque<Open>>,
     tids: HashMap<u32, TidState>,
@@ -186,6 +190,7 @@ impl ParentResolver {
         Self {
             key,
             ids,
+            head: HeadSampler::default(),
             cap: cap.max(1),
             conns: HashMap::new(),
             tids: HashMap::new(),
@@ -204,6 +209,12 @@ impl ParentResolver {
     /// Links SERVER requests whose client dialled a NAT-ed address (see the module docs).
     pub fn with_nat(mut self, nat: Box<dyn NatLookup>) -> Self {
         self.nat = Some(nat);
+        self
+    }
+
+    /// The head sampler deciding new contexts (the kernel must be given the same rule).
+    pub fn with_head_sampler(mut self, head: HeadSampler) -> Self {
+        self.head = head;
         self
     }
 
@@ -231,18 +242,30 @@ impl ParentResolver {
         let (trace_id, span_id) = server_ids(self.key, conn_id, head_position);
         let headers = head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         match extract(headers) {
-            Extracted::Context(remote) => SpanContext::child_of_remote(remote, span_id),
-            other => SpanContext {
-                trace_id,
-                span_id,
-                parent_span_id: None,
-                flags: match other {
-                    Extracted::SamplingOnly(f) => f,
-                    _ => FLAG_SAMPLED,
-                },
-                trace_state: None,
-                source: ParentSource::None,
-            },
+            Extracted::Context(remote) => {
+                let parent_flags = remote.flags;
+                let mut ctx = SpanContext::child_of_remote(remote, span_id);
+                (ctx.flags, ctx.trace_state) =
+                    self.head
+                        .decide(&ctx.trace_id, Some(parent_flags), ctx.trace_state.take());
+                ctx
+            }
+            other => {
+                // A sampling-only header (`b3: 0`) is an upstream decision, as a parent's is.
+                let parent_flags = match other {
+                    Extracted::SamplingOnly(f) => Some(f),
+                    _ => None,
+                };
+                let (flags, trace_state) = self.head.decide(&trace_id, parent_flags, None);
+                SpanContext {
+                    trace_id,
+                    span_id,
+                    parent_span_id: None,
+                    flags,
+                    trace_state,
+                    source: ParentSource::None,
+                }
+            }
         }
     }
 
@@ -651,7 +674,8 @@ impl ParentResolver {
             (Some(p), Some((trace, span, state))) if p == span && trace == injected.trace_id => {
                 (Some(p), state)
             }
-            (None, _) => (None, None),
+            // A new trace the kernel decided (with the same rule): its threshold, if any.
+            (None, _) => (None, self.head.decide(&injected.trace_id, None, None).1),
             _ => {
                 self.stats.injected_unlinked += 1;
                 (None, None)
@@ -701,6 +725,17 @@ impl ParentResolver {
                 o.trace_state.clone(),
             )
         });
+        // Context the application put in the request names our span: the head sampler
+        // treats it as the parent (parent-based samplers follow it, as the callee will).
+        let outgoing = match outgoing {
+            Extracted::Context(mut r) => {
+                (r.flags, r.trace_state) =
+                    self.head
+                        .decide(&r.trace_id, Some(r.flags), r.trace_state.take());
+                Extracted::Context(r)
+            }
+            other => other,
+        };
         let ctx = match (outgoing, serving) {
             (Extracted::Context(r), Some(srv))
                 if !(r.trace_id == srv.0 && srv.3 == Some(r.span_id)) =>
@@ -741,9 +776,12 @@ impl ParentResolver {
             },
             (other, None) => {
                 let mut root = SpanContext::root(&mut self.ids);
-                if let Extracted::SamplingOnly(f) = other {
-                    root.flags = f;
-                }
+                let parent_flags = match other {
+                    Extracted::SamplingOnly(f) => Some(f),
+                    _ => None,
+                };
+                (root.flags, root.trace_state) =
+                    self.head.decide(&root.trace_id, parent_flags, None);
                 root
             }
         };

@@ -41,17 +41,58 @@ use crate::span::{Attributes, Resource, Span, SpanKind, StatusCode, truncate_val
 /// `http.request.method_original` is cut to this many bytes.
 const MAX_METHOD_LEN: usize = 64;
 
+/// A captured header's attribute is cut to this many bytes.
+const MAX_HEADER_VALUE_LEN: usize = 1024;
+
 /// How exchanges become spans (agent configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpanOptions {
     /// `url.scheme` (and the scheme of `url.full`, and the default port) when the request
     /// target does not name one. "http" until TLS capture exists.
     pub scheme: &'static str,
+    /// Request headers copied into `http.request.header.<name>` attributes.
+    pub request_headers: Vec<CapturedHeader>,
+    /// Response headers copied into `http.response.header.<name>` attributes.
+    pub response_headers: Vec<CapturedHeader>,
 }
 
 impl Default for SpanOptions {
     fn default() -> Self {
-        Self { scheme: "http" }
+        Self {
+            scheme: "http",
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+/// A header to capture (`--capture-request-header`, `--capture-response-header`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedHeader {
+    /// Lower case.
+    pub name: String,
+    /// `http.request.header.<name>` / `http.response.header.<name>`.
+    pub key: &'static str,
+}
+
+impl SpanOptions {
+    /// Captures these headers (lower-case names, sensitive ones already filtered out). The
+    /// attribute keys live as long as the agent (made once, at start-up).
+    pub fn with_headers(self, request: &[String], response: &[String]) -> Self {
+        let captured = |prefix: &str, names: &[String]| -> Vec<CapturedHeader> {
+            names
+                .iter()
+                .map(|n| CapturedHeader {
+                    name: n.to_ascii_lowercase(),
+                    key: Box::leak(format!("{prefix}{}", n.to_ascii_lowercase()).into_boxed_str()),
+                })
+                .collect()
+        };
+        Self {
+            request_headers: captured("http.request.header.", request),
+            response_headers: captured("http.response.header.", response),
+            ..self
+        }
     }
 }
 
@@ -85,7 +126,11 @@ pub fn span_from_exchange(
     let route = push_url_and_server(&mut attrs, &target, req, conn, kind, opts);
     push_peer(&mut attrs, conn, kind);
     push_request_details(&mut attrs, ex);
+    push_headers(&mut attrs, &opts.request_headers, &req.headers);
     let mut status = response_status(&mut attrs, ex, kind);
+    if let Some(resp) = &ex.response {
+        push_headers(&mut attrs, &opts.response_headers, &resp.headers);
+    }
     let rpc_name = if grpc::is_grpc(ex) {
         grpc::push_call(&mut attrs, &mut status, ex, target.path, kind)
     } else {
@@ -349,6 +394,30 @@ pub(super) fn header<'a>(headers: &'a HeaderList, name: &str) -> Option<&'a str>
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// The captured headers present in `headers`: one string attribute each, the values of
+/// repeated lines joined by `, ` (as HTTP itself may combine them; the span model has no array
+/// values), cut to [`MAX_HEADER_VALUE_LEN`].
+fn push_headers(attrs: &mut Attributes, captured: &[CapturedHeader], headers: &HeaderList) {
+    for c in captured {
+        let mut value: Option<String> = None;
+        for (_, v) in headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(&c.name))
+        {
+            match &mut value {
+                None => value = Some(v.clone()),
+                Some(all) => {
+                    all.push_str(", ");
+                    all.push_str(v);
+                }
+            }
+        }
+        if let Some(v) = value {
+            attrs.push((c.key, truncate_value(&v, MAX_HEADER_VALUE_LEN).into()));
+        }
+    }
 }
 
 /// The message declared a body (even an empty one).

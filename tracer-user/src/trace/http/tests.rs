@@ -184,7 +184,10 @@ fn no_or_empty_query() {
 
 #[test]
 fn scheme_from_options() {
-    let opts = SpanOptions { scheme: "https" };
+    let opts = SpanOptions {
+        scheme: "https",
+        ..SpanOptions::default()
+    };
     let sp = build_opts(
         &with_host(exchange(CLIENT, "GET", "/x", Some(200)), "api.example.com"),
         &opts,
