@@ -19,10 +19,11 @@ use crate::{
     capture::{Capture, DRAIN_INTERVAL, events::decode, features::Features, tls::TlsAttacher},
     cli::Cli,
     export::{self, ExportStats},
-    pipeline::{Pipeline, RedactOptions},
+    pipeline::{Pipeline, RecentTraces, RedactOptions},
     process::{self, ProcessTable},
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
+    ui::{self, RecentStore},
 };
 
 /// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed
@@ -35,6 +36,10 @@ pub async fn run(
 ) -> Result<()> {
     // The kernel derives SERVER span ids with the same key (see `tracer_common::propagation`).
     let parents = ParentResolver::default();
+    // Before loading anything: a taken address is a quick, clear failure.
+    let recent = Arc::new(RecentStore::new(cli.ui.limits(), unix_now_ns()));
+    // No metric source yet: the service map comes from the store's own span pairs.
+    let ui = ui::start(&cli.ui, recent.clone(), Vec::new())?;
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
@@ -61,6 +66,14 @@ pub async fn run(
         },
         spans,
     );
+    if let Some(ui) = &ui {
+        pipeline = pipeline.with_recent(RecentTraces::new(recent));
+        tracing::info!(
+            "node-local view: {} (in a terminal: tracer top --connect {})",
+            ui.url(),
+            ui.addr
+        );
+    }
     let mut assembler = SpanAssembler::new(
         ProcessTable::new(None, process::resource_attributes_from_env()),
         Clock::measure(),
@@ -126,6 +139,9 @@ pub async fn run(
     drop(capture);
     tracing::info!("detached all programs");
     drop(pipeline);
+    if let Some(ui) = ui {
+        ui.stop();
+    }
     exporter.shutdown().await;
     let e = export_stats.snapshot();
     tracing::info!(

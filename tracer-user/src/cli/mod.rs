@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureOptions, InjectMode, features::Features},
     conn::TableLimits,
     export::ExportArgs,
+    ui::{UiArgs, top::TopArgs},
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -123,6 +124,20 @@ pub struct Cli {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub ui: UiArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// With no command, `tracer` runs the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// A terminal view of a running agent's node-local view (its --ui-listen address): routes
+    /// by p99, the slowest recent requests, a trace's waterfall. Needs no privileges.
+    Top(TopArgs),
 }
 
 const AFTER_HELP: &str = "\
@@ -131,6 +146,9 @@ Examples:
   tracer --port 8080                              only connections to or from port 8080
   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 tracer      export over OTLP/gRPC
   tracer --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
+  tracer top                                      the running agent's view, in the terminal
+
+The node-local view of recent requests and traces: http://127.0.0.1:9400/ (--ui-listen).
 
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 
