@@ -18,7 +18,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// curl (libssl), `openssl` for their certificate, `node` (OpenSSL inside the binary) and Go
 /// (crypto/tls; the test builds its own server and client). The HTTP/2 and gRPC tests build
 /// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
-/// drive many streams with h2load (nghttp2-client).
+/// drive many streams with h2load (nghttp2-client). The node-local view's test (tests/tests/ui.rs)
+/// opens the page in headless Chromium and runs `tracer top` in tmux.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -32,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "protoc-gen-go",
     "protoc-gen-go-grpc",
     "nghttp2-client",
+    "chromium-headless-shell",
+    "tmux",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[

@@ -343,6 +343,8 @@ pub fn trace_json(trace_id: &TraceId, spans: Vec<StoredSpan>) -> Value {
     for s in critical_path(&nodes) {
         sections[s.span].push((s.start, s.end));
     }
+    // The walk goes back in time; a reader reads forwards.
+    sections.iter_mut().for_each(|s| s.sort_unstable());
     let t0 = spans.iter().map(|s| s.start_unix_ns).min().unwrap_or(0);
     let t1 = spans.iter().map(|s| s.end_unix_ns).max().unwrap_or(0);
     let rel_ms = |t: u64| t.saturating_sub(t0) as f64 / 1e6;

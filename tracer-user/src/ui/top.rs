@@ -487,7 +487,7 @@ impl App {
         let label_width = 48usize;
         let dur_width = 10usize;
         let bar_width = (area.width as usize)
-            .saturating_sub(label_width + dur_width + 6)
+            .saturating_sub(label_width + dur_width + 20)
             .max(10);
         let mut lines = vec![Line::from(Span::styled(
             format!(

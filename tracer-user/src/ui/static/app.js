@@ -92,7 +92,7 @@ async function loadRoutes() {
   renderRoutes();
 }
 function sparkline(values) {
-  const w = 120, h = 22, max = Math.max(1, ...values);
+  const w = 90, h = 22, max = Math.max(1, ...values);
   const step = values.length > 1 ? w / (values.length - 1) : w;
   const pts = values.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - (v / max) * (h - 4)).toFixed(1)}`);
   return svg("svg", { class: "spark", width: w, height: h, viewBox: `0 0 ${w} ${h}` },
@@ -183,7 +183,13 @@ async function startLive() {
   const first = await api("/api/spans?limit=" + LIVE_ROWS);
   state.live = first;
   renderLive();
-  if (!window.EventSource) return;
+  // `#live=off`: the list as loaded, no stream (headless browsers whose virtual time waits
+  // for every open request, such as the tests' Chromium, need it).
+  if (!window.EventSource || new URLSearchParams(location.hash.slice(1)).get("live") === "off") {
+    document.getElementById("live-state").textContent = "stream off";
+    document.getElementById("pause").hidden = true;
+    return;
+  }
   const es = new EventSource("/api/stream");
   es.addEventListener("span", (e) => {
     const s = JSON.parse(e.data);
@@ -221,7 +227,7 @@ function renderMap(edges) {
   }
   const cols = {};
   for (const n of names) (cols[layer[n]] = cols[layer[n]] || []).push(n);
-  const nw = 150, nh = 40, gapX = 120, gapY = 26, pad = 16;
+  const nw = 150, nh = 40, gapX = 190, gapY = 30, pad = 16;
   const ncols = Math.max(...Object.keys(cols).map(Number)) + 1;
   const rowsMax = Math.max(...Object.values(cols).map((c) => c.length));
   const W = pad * 2 + ncols * nw + (ncols - 1) * gapX, H = pad * 2 + rowsMax * nh + (rowsMax - 1) * gapY;
@@ -240,7 +246,7 @@ function renderMap(edges) {
     const bad = e.failed > 0;
     out.append(svg("g", { class: "edge" + (bad ? " bad" : ""), "data-client": e.client, "data-server": e.server },
       svg("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2 - 2},${y2}`, "marker-end": "url(#arrow)" }),
-      svg("text", { x: mx, y: (y1 + y2) / 2 - 6, "text-anchor": "middle", text: `${fmtRate(e.rate)} req/s · ${e.error_pct.toFixed(1)} % err` })));
+      svg("text", { x: mx, y: (y1 + y2) / 2 - 9, "text-anchor": "middle", text: `${fmtRate(e.rate)} req/s · ${e.error_pct.toFixed(1)} % err` })));
   }
   for (const n of names) {
     const p = pos[n];
@@ -295,13 +301,13 @@ async function showTrace(id) {
   const total = Math.max(t.duration_ms, 1e-6);
   const crit = t.spans.filter((s) => s.critical).length;
   const errors = t.spans.filter((s) => s.error).length;
-  document.getElementById("trace-meta").replaceChildren(
+  document.getElementById("trace-meta").replaceChildren(...[
     el("span", {}, "started ", el("b", { text: new Date(t.start_unix_ms).toLocaleString() })),
     el("span", {}, "duration ", el("b", { text: fmtMs(t.duration_ms) })),
     el("span", {}, el("b", { text: t.spans.length }), " spans on this node"),
     el("span", {}, el("b", { text: crit }), " on the critical path"),
     errors ? el("span", { class: "errtext", text: errors + " with errors" }) : null,
-  );
+  ].filter(Boolean));
   const pct = (ms) => (100 * ms / total).toFixed(3) + "%";
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => el("span", { class: "tick", style: `left:${f * 100}%`, text: fmtMs(f * total) }));
   const rows = [el("div", { class: "wf-axis" }, el("div", { class: "wf-label", text: "service · span" }), el("div", { class: "ticks" }, ticks), el("div", { class: "wf-dur", text: "duration" }))];
@@ -348,13 +354,16 @@ function showSpan(s, i) {
     el("h3", {}, el("span", { class: "svc", text: s.service }), " ", kindTag(s.kind), " ", el("span", { class: "mono", text: s.name })),
     el("p", {}, "parent found by ", el("span", { class: "source", "data-parent-source": s.parent_source, text: s.parent_source || "?" }),
       " — ", SOURCES[s.parent_source] || ""),
-    el("table", {},
-      kv("span id", s.span_id), kv("parent span id", s.parent_span_id || "(none)"),
-      kv("start", "+" + fmtMs(s.start_ms)), kv("duration", fmtMs(s.duration_ms)),
-      s.error ? kv("status", "ERROR" + (s.status_message ? ": " + s.status_message : ""), "bad") : null,
-      kv("critical path", s.critical ? s.critical_sections.map(([a, b]) => `+${fmtMs(a)} … +${fmtMs(b)}`).join(", ") : "no"),
-      ...s.attributes.map(([k, v]) => kv(k, v)),
-      ...s.resource.map(([k, v]) => kv("resource " + k, v))),
+    el("div", { class: "detail-cols" },
+      el("table", {},
+        kv("span id", s.span_id), kv("parent span id", s.parent_span_id || "(none)"),
+        kv("start", "+" + fmtMs(s.start_ms)), kv("duration", fmtMs(s.duration_ms)),
+        s.error ? kv("status", "ERROR" + (s.status_message ? ": " + s.status_message : ""), "bad") : null,
+        kv("critical path", s.critical ? s.critical_sections.map(([a, b]) => `+${fmtMs(a)} … +${fmtMs(b)}`).join(", ") : "no"),
+        ...s.attributes.map(([k, v]) => kv(k, v))),
+      el("table", {},
+        el("tr", {}, el("td", { colspan: 2, class: "group", text: "process (resource)" })),
+        ...s.resource.map(([k, v]) => kv(k, v)))),
   );
 }
 
