@@ -309,7 +309,7 @@ async function showTrace(id) {
     errors ? el("span", { class: "errtext", text: errors + " with errors" }) : null,
   ].filter(Boolean));
   const pct = (ms) => (100 * ms / total).toFixed(3) + "%";
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => el("span", { class: "tick", style: `left:${f * 100}%`, text: fmtMs(f * total) }));
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => el("span", { class: "tick", style: `left:${f * 100}%`, text: f ? fmtMs(f * total) : "0" }));
   const rows = [el("div", { class: "wf-axis" }, el("div", { class: "wf-label", text: "service · span" }), el("div", { class: "ticks" }, ticks), el("div", { class: "wf-dur", text: "duration" }))];
   const byId = Object.fromEntries(t.spans.map((s) => [s.span_id, s]));
   t.spans.forEach((s, i) => {
