@@ -238,39 +238,44 @@ async fn stats(
     Ok(Json(state.store.stats()).into_response())
 }
 
+/// One service's totals over a window (`/api/services`).
+#[derive(Default, serde::Serialize)]
+struct ServiceRow {
+    service: String,
+    routes: usize,
+    server_requests: u64,
+    server_errors: u64,
+    client_requests: u64,
+    client_errors: u64,
+    /// Incoming requests per second.
+    rate: f64,
+}
+
 async fn services(
     State(state): State<Arc<UiState>>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     only(&params, &["window"])?;
     let window = window(&params)?;
-    let mut by_service: Vec<(String, Value)> = Vec::new();
+    let mut by_service: std::collections::BTreeMap<String, ServiceRow> = Default::default();
     for r in state.store.routes(now_unix_ns(), window, None) {
-        let at = match by_service.iter().position(|(s, _)| *s == r.service) {
-            Some(i) => i,
-            None => {
-                by_service.push((
-                    r.service.clone(),
-                    json!({"service": r.service, "routes": 0, "server_requests": 0,
-                           "server_errors": 0, "client_requests": 0, "client_errors": 0,
-                           "rate": 0.0}),
-                ));
-                by_service.len() - 1
-            }
-        };
-        let v = &mut by_service[at].1;
-        let add = |v: &mut Value, key: &str, n: f64| {
-            v[key] = json!(v[key].as_f64().unwrap_or(0.0) + n);
-        };
-        add(v, "routes", 1.0);
-        add(v, &format!("{}_requests", r.kind), r.count as f64);
-        add(v, &format!("{}_errors", r.kind), r.errors as f64);
+        let row = by_service
+            .entry(r.service.clone())
+            .or_insert_with(|| ServiceRow {
+                service: r.service.clone(),
+                ..ServiceRow::default()
+            });
+        row.routes += 1;
         if r.kind == "server" {
-            add(v, "rate", r.rate);
+            row.server_requests += r.count;
+            row.server_errors += r.errors;
+            row.rate += r.rate;
+        } else {
+            row.client_requests += r.count;
+            row.client_errors += r.errors;
         }
     }
-    by_service.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Json(by_service.into_iter().map(|(_, v)| v).collect::<Vec<_>>()).into_response())
+    Ok(Json(by_service.into_values().collect::<Vec<_>>()).into_response())
 }
 
 async fn routes(

@@ -409,9 +409,9 @@ impl RecentStore {
                 }
             }
         }
-        rows.sort_by(|a, b| (a.kind, &a.service, &a.route).cmp(&(b.kind, &b.service, &b.route)));
-        // Servers first: "server" sorts after "client".
-        rows.sort_by_key(|r| r.kind != "server");
+        // Servers first, then by service and route.
+        let key = |r: &RouteRow| (r.kind != "server", r.service.clone(), r.route.clone());
+        rows.sort_by_cached_key(key);
         rows
     }
 

@@ -69,7 +69,12 @@ fn malformed_queries_get_400_with_the_reason() {
 #[test]
 fn a_trace_is_served_in_tree_order_with_its_critical_path() {
     let (ui, store) = server(StoreLimits::default());
-    let t0 = test_span().start_unix_ns;
+    // Now, so that the windows ending now hold these spans.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        - 200_000_000;
     // Arrival order is the kernel's: the innermost span finishes first.
     for (id, parent, kind, svc, start, end) in [
         (3u8, Some(2u8), SpanKind::Server, "backend", 20, 80),
@@ -118,6 +123,33 @@ fn a_trace_is_served_in_tree_order_with_its_critical_path() {
         spans[2]["critical_sections"],
         serde_json::json!([[20.0, 80.0]])
     );
+
+    // The same spans per service, and the proxy → backend edge they make.
+    let (status, body) = get(ui.addr, "/api/services");
+    assert_eq!(status, 200, "{body}");
+    let services: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = |name: &str| {
+        let s = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == name)
+            .unwrap_or_else(|| panic!("{name}: {services}"));
+        (
+            s["routes"].clone(),
+            s["server_requests"].clone(),
+            s["client_requests"].clone(),
+        )
+    };
+    // Two rows for the proxy: its server route and its client route.
+    assert_eq!(row("proxy"), (2.into(), 1.into(), 1.into()));
+    assert_eq!(row("backend"), (1.into(), 1.into(), 0.into()));
+    let (_, body) = get(ui.addr, "/api/service-map");
+    let map: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(map["source"], "spans", "{map}");
+    assert_eq!(map["edges"][0]["client"], "proxy", "{map}");
+    assert_eq!(map["edges"][0]["server"], "backend", "{map}");
+    assert_eq!(map["edges"][0]["count"], 1, "{map}");
 }
 
 #[test]
