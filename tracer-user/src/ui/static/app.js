@@ -191,11 +191,18 @@ async function startLive() {
     return;
   }
   const es = new EventSource("/api/stream");
-  es.addEventListener("span", (e) => {
-    const s = JSON.parse(e.data);
-    if (state.paused) { state.pending.unshift(s); state.pending.length = Math.min(state.pending.length, LIVE_ROWS); updatePause(); }
-    else addLive([s]);
-  });
+  // Events are batched and drawn at most ~4 times a second, however busy the node.
+  let batch = [];
+  es.addEventListener("span", (e) => { batch.unshift(JSON.parse(e.data)); });
+  setInterval(() => {
+    if (!batch.length) return;
+    const spans = batch.slice(0, LIVE_ROWS);
+    batch = [];
+    if (state.paused) {
+      state.pending = spans.concat(state.pending).slice(0, LIVE_ROWS);
+      updatePause();
+    } else addLive(spans);
+  }, 250);
 }
 function updatePause() {
   const pill = document.getElementById("live-state");
