@@ -1,7 +1,8 @@
 //! Privileged end-to-end: the node-local view of a running agent while real traffic flows
 //! (curl → a Python frontend → a Python backend, and an error request), read as a user reads
-//! it: the page in headless Chromium (its DOM after the scripts ran, and a screenshot) and
-//! `tracer top` in a real terminal (tmux). Nothing is faked.
+//! it: the page in headless Chromium (its DOM after the scripts ran, screenshots, and its live
+//! list driven over the DevTools protocol by tests/src/browser_live.py) and `tracer top` in a
+//! real terminal (tmux). Nothing is faked.
 use std::{
     path::PathBuf,
     process::Command,
@@ -375,6 +376,27 @@ fn the_page_and_tracer_top_show_routes_traces_and_errors() {
         stream.stdout()
     );
     drop(stream);
+
+    // The page's own live list, in a browser driven over the DevTools protocol: a request
+    // appears while the page is open; while paused it waits, and shows on resuming.
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg("python3")
+        .arg(workspace_root().join("tests/src/browser_live.py"))
+        .arg(format!("http://{ui}/"))
+        .arg(format!("http://127.0.0.1:{frontend_port}/api/seen-live"))
+        .arg(format!(
+            "http://127.0.0.1:{frontend_port}/api/seen-after-pause"
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("LIVE OK"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{said}");
 
     sc.stop().unwrap();
     drop((frontend, backend));
