@@ -89,6 +89,19 @@ fn attr<'a>(tag: &'a str, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// Every byte but ASCII letters and digits as %XX (a URL fragment's parameter value).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn python_service(name: &str, script: &str, args: &[String]) -> Proc {
     let p = Proc::spawn(
         name,
@@ -242,6 +255,19 @@ fn the_page_and_tracer_top_show_routes_traces_and_errors() {
         1,
         "{html}"
     );
+
+    // A route's row opens its slowest stored traces: all five, slowest first.
+    let key = serde_json::json!([
+        frontend_in["service"],
+        frontend_in["kind"],
+        frontend_in["route"]
+    ]);
+    let html = dom(
+        &ui,
+        &format!("#live=off&route={}", percent_encode(&key.to_string())),
+    );
+    let listed = tags(&html, "tr", "class=\"clickable\" data-trace-id=");
+    assert_eq!(listed.len() as u64, REQUESTS, "{html}");
 
     // One request's trace: curl → frontend → frontend's call → backend, nested, all critical.
     let traces = api(
