@@ -60,7 +60,14 @@ pub fn run(args: &TopArgs) -> ExitCode {
         client,
         Duration::from_secs_f64(args.interval.clamp(0.2, 60.0)),
     );
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            ratatui::restore();
+            eprintln!("tracer top: needs a terminal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = app.run(&mut terminal);
     ratatui::restore();
     match result {
