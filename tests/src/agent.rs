@@ -29,10 +29,15 @@ impl Agent {
                 cmd.env_remove(k);
             }
         }
-        // Parallel agents would all claim the default Prometheus port: metrics export is off
-        // unless the test asks for it (its env, or a --metrics-exporter flag, which wins).
-        if !env.iter().any(|(k, _)| *k == "OTEL_METRICS_EXPORTER") {
-            cmd.env("OTEL_METRICS_EXPORTER", "none");
+        // Parallel agents would all claim the default Prometheus port and the node-local
+        // view's: both are off unless the test asks for them (its env, or a flag, which wins).
+        for (var, off) in [
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("TRACER_UI_LISTEN", "off"),
+        ] {
+            if !env.iter().any(|(k, _)| *k == var) {
+                cmd.env(var, off);
+            }
         }
         let proc = Proc::spawn("tracer", &mut cmd)?;
         proc.wait_line("tracing; stop with", Duration::from_secs(30))?;

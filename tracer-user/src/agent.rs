@@ -26,13 +26,14 @@ use crate::{
         prometheus,
     },
     metric::MetricSources,
-    pipeline::{Pipeline, SamplingStats},
+    pipeline::{Pipeline, RecentTraces, SamplingStats},
     process::{
         self, ProcessTable,
         kubernetes::{self, PeerNames},
     },
     span::Span,
     trace::{Clock, ParentResolver, SpanOptions},
+    ui::{self, RecentStore},
 };
 
 /// Runs the agent. `offsets` and `features`: kernel struct offsets and kernel features computed
@@ -112,6 +113,17 @@ pub async fn run(
     let mut metric_sources: MetricSources = pipeline.metric_source().into_iter().collect();
     metric_sources.push(agent_counters.clone());
     metric_sources.push(metrics_export_stats.clone());
+    // The node-local view: its service map reads the span metrics' service graph.
+    let recent = Arc::new(RecentStore::new(cli.ui.limits(), unix_now_ns()));
+    let ui = ui::start(&cli.ui, recent.clone(), metric_sources.clone())?;
+    if let Some(ui) = &ui {
+        pipeline = pipeline.with_recent(RecentTraces::new(recent));
+        tracing::info!(
+            "node-local view: {} (in a terminal: tracer top --connect {})",
+            ui.url(),
+            ui.addr
+        );
+    }
     let prometheus_endpoint = match prometheus_listeners {
         Some(l) => {
             let endpoint = prometheus::serve(l, metric_sources.clone())?;
@@ -200,6 +212,9 @@ pub async fn run(
     drop(capture);
     tracing::info!("detached all programs");
     drop(pipeline);
+    if let Some(ui) = ui {
+        ui.stop();
+    }
     exporter.shutdown().await;
     let e = export_stats.snapshot();
     tracing::info!(

@@ -7,7 +7,7 @@
 //! `span` is the span model `trace`, `process` and `export` share, `metric` the metric model
 //! producers and exporters share; `process` supplies
 //! per-process resource attributes; `cli` the command line; `key_value_list` parses the
-//! `key=value` lists of the OTel SDK variables.
+//! `key=value` lists of the OTel SDK variables; `ui` the node-local view (page, API, `tracer top`).
 
 pub mod agent;
 pub mod agent_counters;
@@ -23,3 +23,4 @@ pub mod process;
 pub use tracer_protocol as protocol;
 pub mod span;
 pub mod trace;
+pub mod ui;

@@ -1,7 +1,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use tracer::cli::Cli;
+use tracer::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 /// The per-event path allocates small, short-lived objects (heads, attributes, protobuf
@@ -11,6 +11,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Top(args)) = &cli.command {
+        // A client of a running agent: no programs, no privileges, no agent logging.
+        return tracer::ui::top::run(args);
+    }
     let filter = cli.log_filter();
     let (filter, bad_filter) = match EnvFilter::try_new(&filter) {
         Ok(f) => (f, None),

@@ -88,6 +88,7 @@ fn main() -> Result<()> {
             util::ensure_root()?;
             setup::run(false)?;
             let bin = build_agent()?;
+            util::step(ui_url(&args));
             util::exec(&bin, &args)
         }
         Task::Test {
@@ -117,6 +118,29 @@ fn main() -> Result<()> {
             util::ensure_root()?;
             image::command(args)
         }
+    }
+}
+
+/// Where the agent's node-local view will be (`--ui-listen`, `TRACER_UI_LISTEN`, or its
+/// default); the agent logs the address it got too.
+fn ui_url(args: &[String]) -> String {
+    let flag = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--ui-listen") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(v) => v.strip_prefix('=').map(str::to_owned),
+            None => None,
+        });
+    let listen = flag
+        .or_else(|| std::env::var("TRACER_UI_LISTEN").ok())
+        .unwrap_or_else(|| "127.0.0.1:9400".to_owned());
+    if listen.eq_ignore_ascii_case("off") {
+        "node-local view: off (--ui-listen off)".to_owned()
+    } else {
+        format!(
+            "node-local view: http://{listen}/ (in a terminal: target/release/tracer top --connect {listen})"
+        )
     }
 }
 

@@ -20,7 +20,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// a grpc-go peer (tests/servers/grpcpeer) from Debian's Go packages and protoc plugins, and
 /// drive many streams with h2load (nghttp2-client). The container tests run podman (with runc:
 /// crun refuses this machine's hybrid cgroup layout) on an image they build with mmdebstrap.
-/// The metrics tests scrape the agent with a real Prometheus server.
+/// The metrics tests scrape the agent with a real Prometheus server. The node-local view's
+/// test (tests/tests/ui.rs) opens the page in headless Chromium and runs `tracer top` in tmux.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -45,6 +46,8 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // helm and kubectl come zipped inside an npm package (xtask/src/kube_tools.rs).
     "unzip",
+    "chromium-headless-shell",
+    "tmux",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[

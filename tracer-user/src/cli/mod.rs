@@ -11,6 +11,7 @@ use crate::{
     export::{ExportArgs, MetricsExportArgs},
     pipeline::{MetricsArgs, redact::SpanDataArgs, sample::SamplingArgs},
     process::kubernetes::KubeArgs,
+    ui::{UiArgs, top::TopArgs},
 };
 
 /// eBPF-based distributed tracer: sees every HTTP request on this node, in any language,
@@ -154,6 +155,20 @@ pub struct Cli {
 
     #[command(flatten)]
     pub metrics_export: MetricsExportArgs,
+
+    #[command(flatten)]
+    pub ui: UiArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// With no command, `tracer` runs the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// A terminal view of a running agent's node-local view (its --ui-listen address): routes
+    /// by p99, the slowest recent requests, a trace's waterfall. Needs no privileges.
+    Top(TopArgs),
 }
 
 const AFTER_HELP: &str = "\
@@ -162,6 +177,9 @@ Examples:
   tracer --port 8080                              only connections to or from port 8080
   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 tracer      export over OTLP/gRPC
   tracer --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
+  tracer top                                      the running agent's view, in the terminal
+
+The node-local view of recent requests and traces: http://127.0.0.1:9400/ (--ui-listen).
 
 Stops cleanly (flushing spans, detaching every program) on SIGINT or SIGTERM.";
 

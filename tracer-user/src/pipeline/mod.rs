@@ -3,14 +3,17 @@
 //! knows nothing of the others):
 //!
 //! ```text
-//! span assembler ──▶ redact ──▶ (metrics: sees every span) ──▶ sample ──▶ sinks
-//!                                                                         console | OTLP traces
+//! span assembler ──▶ redact ──▶ metrics ──▶ recent ──▶ sample ──▶ sinks
+//!                                                                console | OTLP traces
 //! ```
+//!
+//! `recent` feeds the node-local view's store (`ui`), before any sampling.
 //!
 //! Redaction comes first so that nothing later (metric labels, sinks, the console) sees what
 //! it removes. The sinks' queue is where spans may be dropped (full queue, counted); every
 //! stage before it sees every span.
 pub mod metrics;
+pub mod recent;
 pub mod redact;
 pub mod sample;
 pub mod scrub;
@@ -22,6 +25,7 @@ use crate::metric::MetricSource;
 use crate::span::Span;
 
 pub use metrics::{MetricsArgs, MetricsOptions, SpanMetrics};
+pub use recent::RecentTraces;
 pub use redact::{RedactOptions, Redactor};
 pub use sample::{Sampler, SamplingOptions, SamplingStats};
 
@@ -30,6 +34,8 @@ pub struct Pipeline {
     redact: Redactor,
     /// `None` when span metrics are off.
     metrics: Option<SpanMetrics>,
+    /// `None` when the node-local view is off.
+    recent: Option<RecentTraces>,
     sample: Sampler,
     traces: SpanSender,
 }
@@ -45,6 +51,7 @@ impl Pipeline {
         Self {
             redact: Redactor::new(redact),
             metrics: metrics.enabled.then(|| SpanMetrics::new(metrics)),
+            recent: None,
             sample: Sampler::new(sampling),
             traces,
         }
@@ -55,12 +62,22 @@ impl Pipeline {
         self.metrics.as_ref().map(SpanMetrics::source)
     }
 
+    /// Adds the recent-traces stage (the node-local view is on).
+    pub fn with_recent(mut self, recent: RecentTraces) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
     /// Runs one finished span through every stage.
     pub fn on_span(&mut self, mut span: Span) {
         self.redact.on_span(&mut span);
-        // Metrics before sampling: they count every request, sampled or not.
+        // Metrics and the node-local view before sampling: they see every request, sampled
+        // or not.
         if let Some(m) = &mut self.metrics {
             m.on_span(&span);
+        }
+        if let Some(recent) = self.recent.as_mut() {
+            recent.on_span(&span);
         }
         let traces = &mut self.traces;
         self.sample.on_span(span, unix_now_ns, &mut |s| {
@@ -73,6 +90,9 @@ impl Pipeline {
     pub fn tick(&mut self, now_unix_ns: u64) {
         if let Some(m) = &mut self.metrics {
             m.tick(now_unix_ns);
+        }
+        if let Some(recent) = self.recent.as_mut() {
+            recent.tick(now_unix_ns);
         }
         self.sample.tick(now_unix_ns);
     }

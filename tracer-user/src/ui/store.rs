@@ -1,0 +1,842 @@
+//! The store of recent traces behind the node-local view: every span the pipeline hands it,
+//! grouped by trace, bounded by span count and by (estimated) bytes. When over a bound the
+//! oldest trace (by its first span's arrival) goes, all its spans together, and is counted.
+//! Beside the spans it keeps per-route request windows (rate, errors, latency quantiles), the
+//! client → server edges it sees on this node, and the live subscribers' queues.
+//!
+//! Writers: the pipeline stage, on the agent's event loop: one short lock per span, no
+//! waiting on readers' work (a subscriber whose queue is full is dropped, never waited for).
+//! Readers: the API handlers, which copy what they answer while holding the lock.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::span::{AttrValue, Attributes, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+
+use super::window::{self, CountRing, LatencyRing, Window};
+
+/// Bounds of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    pub max_spans: usize,
+    pub max_bytes: usize,
+    /// Distinct (service, kind, route) windows kept, and client → server edges; beyond it
+    /// new ones are not tracked (counted).
+    pub max_routes: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_spans: 20_000,
+            max_bytes: 32 << 20,
+            max_routes: 1_000,
+        }
+    }
+}
+
+/// What the view keeps of a span.
+#[derive(Clone, Debug)]
+pub struct StoredSpan {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub error: bool,
+    pub status_message: Option<String>,
+    pub resource: Arc<Resource>,
+    pub attributes: Attributes,
+    /// Arrival order in the store.
+    pub seq: u64,
+}
+
+impl StoredSpan {
+    pub fn from_span(span: &Span) -> Self {
+        Self {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            name: span.name.clone(),
+            kind: span.kind,
+            start_unix_ns: span.start_unix_ns,
+            end_unix_ns: span.end_unix_ns,
+            error: span.status == StatusCode::Error,
+            status_message: span.status_message.clone(),
+            resource: span.resource.clone(),
+            attributes: span.attributes.clone(),
+            seq: 0,
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        self.resource.service_name()
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// What the span costs the store (its own size and what it owns; the shared resource not).
+    fn bytes(&self) -> usize {
+        let values: usize = self
+            .attributes
+            .iter()
+            .map(|(_, v)| match v {
+                AttrValue::Str(s) => s.capacity(),
+                _ => 0,
+            })
+            .sum();
+        size_of::<Self>()
+            + self.name.capacity()
+            + self.status_message.as_ref().map_or(0, String::capacity)
+            + self.attributes.capacity() * size_of::<(&str, AttrValue)>()
+            + values
+    }
+
+    /// The one-line summary the request lists and the live stream show.
+    pub fn summary(&self) -> SpanSummary {
+        let str_attr = |k| match self.attr(k) {
+            Some(AttrValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        SpanSummary {
+            trace_id: hex(&self.trace_id),
+            span_id: hex(&self.span_id),
+            service: self.service().to_owned(),
+            kind: kind_name(self.kind),
+            name: self.name.clone(),
+            method: str_attr("http.request.method"),
+            route: str_attr("http.route").or_else(|| str_attr("rpc.method")),
+            status_code: match self
+                .attr("http.response.status_code")
+                .or_else(|| self.attr("rpc.grpc.status_code"))
+            {
+                Some(AttrValue::Int(c)) => Some(*c),
+                _ => None,
+            },
+            error: self.error,
+            duration_ms: self.duration_ns() as f64 / 1e6,
+            start_unix_ms: self.start_unix_ns as f64 / 1e6,
+        }
+    }
+}
+
+/// A span as a list row (JSON).
+#[derive(Clone, Debug, Serialize)]
+pub struct SpanSummary {
+    pub trace_id: String,
+    pub span_id: String,
+    pub service: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub method: Option<String>,
+    pub route: Option<String>,
+    pub status_code: Option<i64>,
+    pub error: bool,
+    pub duration_ms: f64,
+    pub start_unix_ms: f64,
+}
+
+pub fn kind_name(kind: SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Server => "server",
+        SpanKind::Client => "client",
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Which spans a list shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpanFilter {
+    pub service: Option<String>,
+    /// The span name (`GET /users/{id}`): the route key of the routes table.
+    pub route: Option<String>,
+    pub kind: Option<SpanKind>,
+    pub min_duration_ns: u64,
+    /// `Some(true)`: errors only; `Some(false)`: successes only.
+    pub error: Option<bool>,
+    pub since_unix_ns: Option<u64>,
+    pub until_unix_ns: Option<u64>,
+}
+
+impl SpanFilter {
+    fn matches(&self, s: &StoredSpan) -> bool {
+        self.service.as_deref().is_none_or(|v| v == s.service())
+            && self.route.as_deref().is_none_or(|v| v == s.name)
+            && self.kind.is_none_or(|k| k == s.kind)
+            && s.duration_ns() >= self.min_duration_ns
+            && self.error.is_none_or(|e| e == s.error)
+            && self.since_unix_ns.is_none_or(|t| s.end_unix_ns >= t)
+            && self.until_unix_ns.is_none_or(|t| s.start_unix_ns <= t)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Newest (latest end) first.
+    Recent,
+    /// Longest first.
+    Slowest,
+}
+
+/// The store's own counters (JSON at `/api/stats`).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct StoreStats {
+    pub spans: usize,
+    pub traces: usize,
+    pub bytes: usize,
+    pub max_spans: usize,
+    pub max_bytes: usize,
+    pub spans_seen: u64,
+    pub traces_evicted: u64,
+    pub spans_evicted: u64,
+    pub routes: usize,
+    pub routes_over_limit: u64,
+    pub live_clients: usize,
+    pub live_clients_dropped: u64,
+}
+
+/// One row of the routes table.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RouteRow {
+    pub service: String,
+    pub kind: &'static str,
+    pub route: String,
+    pub count: u64,
+    pub errors: u64,
+    pub rate: f64,
+    pub error_pct: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Requests per 10 s over the last 5 minutes, oldest first.
+    pub spark: Vec<u32>,
+}
+
+/// A client → server edge seen on this node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EdgeRow {
+    pub client: String,
+    pub server: String,
+    pub count: u64,
+    pub failed: u64,
+    pub rate: f64,
+    pub error_pct: f64,
+}
+
+struct Trace {
+    spans: Vec<StoredSpan>,
+    bytes: usize,
+}
+
+/// Route windows by service, then route, then kind (looked up by `&str`: no key allocation
+/// per span).
+type Routes = HashMap<String, HashMap<String, [Option<LatencyRing>; 2]>>;
+type Edges = HashMap<String, HashMap<String, CountRing>>;
+
+struct Inner {
+    limits: StoreLimits,
+    traces: HashMap<TraceId, Trace>,
+    /// Traces by first arrival, oldest first (each trace once).
+    order: VecDeque<TraceId>,
+    routes: Routes,
+    edges: Edges,
+    subscribers: Vec<mpsc::Sender<Arc<str>>>,
+    stats: StoreStats,
+    next_seq: u64,
+    started_unix_ns: u64,
+}
+
+pub struct RecentStore {
+    inner: Mutex<Inner>,
+    /// Whether any live subscriber exists (the writer builds live events only then).
+    live: AtomicBool,
+}
+
+impl RecentStore {
+    pub fn new(limits: StoreLimits, now_unix_ns: u64) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                limits,
+                traces: HashMap::new(),
+                order: VecDeque::new(),
+                routes: HashMap::new(),
+                edges: HashMap::new(),
+                subscribers: Vec::new(),
+                stats: StoreStats {
+                    max_spans: limits.max_spans,
+                    max_bytes: limits.max_bytes,
+                    ..StoreStats::default()
+                },
+                next_seq: 0,
+                started_unix_ns: now_unix_ns,
+            }),
+            live: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves consistent-enough data to show.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds one span (the pipeline stage's work).
+    pub fn insert(&self, mut span: StoredSpan) {
+        let live_event = self
+            .live
+            .load(Ordering::Relaxed)
+            .then(|| serde_json::to_string(&span.summary()).ok())
+            .flatten()
+            .map(Arc::<str>::from);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        span.seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.stats.spans_seen += 1;
+        inner.record_route(&span);
+        inner.record_edge(&span);
+        if let Some(event) = live_event {
+            inner.publish(event);
+            self.live
+                .store(!inner.subscribers.is_empty(), Ordering::Relaxed);
+        }
+        inner.add(span);
+    }
+
+    /// A live feed of span summaries (JSON). At most `capacity` events wait for the reader; a
+    /// reader that falls further behind is dropped (its receiver ends) and counted.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Arc<str>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let mut inner = self.lock();
+        inner.subscribers.push(tx);
+        inner.stats.live_clients = inner.subscribers.len();
+        self.live.store(true, Ordering::Relaxed);
+        rx
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let mut inner = self.lock();
+        inner.subscribers.retain(|s| !s.is_closed());
+        inner.stats.live_clients = inner.subscribers.len();
+        inner.stats
+    }
+
+    /// Forgets route and edge windows without data in the last 5 minutes.
+    pub fn tick(&self, now_unix_ns: u64) {
+        let now = window::bucket_of(now_unix_ns / 1_000_000_000);
+        let stale = |ring: &CountRing| {
+            ring.last_bucket()
+                .is_none_or(|b| b + (window::BUCKETS as u64) <= now)
+        };
+        let mut inner = self.lock();
+        for routes in inner.routes.values_mut() {
+            for kinds in routes.values_mut() {
+                for k in kinds.iter_mut() {
+                    if k.as_ref().is_some_and(|r| stale(r.counts())) {
+                        *k = None;
+                    }
+                }
+            }
+            routes.retain(|_, kinds| kinds.iter().any(Option::is_some));
+        }
+        inner.routes.retain(|_, r| !r.is_empty());
+        for servers in inner.edges.values_mut() {
+            servers.retain(|_, ring| !stale(ring));
+        }
+        inner.edges.retain(|_, s| !s.is_empty());
+        inner.stats.routes = count_routes(&inner.routes);
+        inner.subscribers.retain(|s| !s.is_closed());
+        inner.stats.live_clients = inner.subscribers.len();
+    }
+
+    /// The routes table over `window` ending now.
+    pub fn routes(&self, now_unix_ns: u64, window: Window, service: Option<&str>) -> Vec<RouteRow> {
+        let inner = self.lock();
+        let now = window::bucket_of(now_unix_ns / 1_000_000_000);
+        let secs = inner.covered_secs(now_unix_ns, window);
+        let mut rows = Vec::new();
+        for (svc, routes) in &inner.routes {
+            if service.is_some_and(|s| s != svc) {
+                continue;
+            }
+            for (route, kinds) in routes {
+                for (kind, ring) in [SpanKind::Server, SpanKind::Client]
+                    .into_iter()
+                    .zip(kinds.iter())
+                {
+                    let Some(ring) = ring else { continue };
+                    let s = ring.summary(now, window);
+                    if s.count == 0 {
+                        continue;
+                    }
+                    rows.push(RouteRow {
+                        service: svc.clone(),
+                        kind: kind_name(kind),
+                        route: route.clone(),
+                        count: s.count,
+                        errors: s.errors,
+                        rate: s.count as f64 / secs,
+                        error_pct: 100.0 * s.errors as f64 / s.count as f64,
+                        p50_ms: s.p50_ns as f64 / 1e6,
+                        p95_ms: s.p95_ns as f64 / 1e6,
+                        p99_ms: s.p99_ns as f64 / 1e6,
+                        spark: ring.counts().series(now),
+                    });
+                }
+            }
+        }
+        // Servers first, then by service and route.
+        let key = |r: &RouteRow| (r.kind != "server", r.service.clone(), r.route.clone());
+        rows.sort_by_cached_key(key);
+        rows
+    }
+
+    /// The client → server edges over `window`, from the span pairs this store saw.
+    pub fn edges(&self, now_unix_ns: u64, window: Window) -> Vec<EdgeRow> {
+        let inner = self.lock();
+        let now = window::bucket_of(now_unix_ns / 1_000_000_000);
+        let secs = inner.covered_secs(now_unix_ns, window);
+        let mut rows = Vec::new();
+        for (client, servers) in &inner.edges {
+            for (server, ring) in servers {
+                let (count, failed) = ring.totals(now, window);
+                if count == 0 {
+                    continue;
+                }
+                rows.push(EdgeRow {
+                    client: client.clone(),
+                    server: server.clone(),
+                    count,
+                    failed,
+                    rate: count as f64 / secs,
+                    error_pct: 100.0 * failed as f64 / count as f64,
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.client, &a.server).cmp(&(&b.client, &b.server)));
+        rows
+    }
+
+    /// Spans matching `filter`, in `order`, at most `limit`; with `one_per_trace` only the
+    /// longest matching span of each trace.
+    pub fn spans(
+        &self,
+        filter: &SpanFilter,
+        order: Order,
+        limit: usize,
+        one_per_trace: bool,
+    ) -> Vec<SpanSummary> {
+        let inner = self.lock();
+        let mut hits: Vec<&StoredSpan> = Vec::new();
+        for trace in inner.traces.values() {
+            let matching = trace.spans.iter().filter(|s| filter.matches(s));
+            if one_per_trace {
+                hits.extend(matching.max_by_key(|s| (s.duration_ns(), s.seq)));
+            } else {
+                hits.extend(matching);
+            }
+        }
+        match order {
+            Order::Recent => {
+                hits.sort_unstable_by_key(|s| std::cmp::Reverse((s.end_unix_ns, s.seq)))
+            }
+            Order::Slowest => {
+                hits.sort_unstable_by_key(|s| std::cmp::Reverse((s.duration_ns(), s.seq)))
+            }
+        }
+        hits.into_iter()
+            .take(limit)
+            .map(StoredSpan::summary)
+            .collect()
+    }
+
+    /// Every stored span of a trace, in arrival order.
+    pub fn trace(&self, id: &TraceId) -> Option<Vec<StoredSpan>> {
+        self.lock().traces.get(id).map(|t| t.spans.clone())
+    }
+}
+
+fn count_routes(routes: &Routes) -> usize {
+    routes
+        .values()
+        .flat_map(|r| r.values())
+        .map(|k| k.iter().filter(|r| r.is_some()).count())
+        .sum()
+}
+
+fn kind_index(kind: SpanKind) -> usize {
+    match kind {
+        SpanKind::Server => 0,
+        SpanKind::Client => 1,
+    }
+}
+
+impl Inner {
+    /// Seconds of data a window holds: the window, or less while the store is younger.
+    fn covered_secs(&self, now_unix_ns: u64, window: Window) -> f64 {
+        let age = now_unix_ns.saturating_sub(self.started_unix_ns) as f64 / 1e9;
+        age.clamp(1.0, window.secs() as f64)
+    }
+
+    fn record_route(&mut self, span: &StoredSpan) {
+        let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
+        let kind = kind_index(span.kind);
+        if let Some(ring) = self
+            .routes
+            .get_mut(span.service())
+            .and_then(|r| r.get_mut(span.name.as_str()))
+            .and_then(|k| k[kind].as_mut())
+        {
+            ring.record(bucket, span.duration_ns(), span.error);
+            return;
+        }
+        if self.stats.routes >= self.limits.max_routes {
+            self.stats.routes_over_limit += 1;
+            return;
+        }
+        self.stats.routes += 1;
+        let ring = self
+            .routes
+            .entry(span.service().to_owned())
+            .or_default()
+            .entry(span.name.clone())
+            .or_default()[kind]
+            .get_or_insert_with(LatencyRing::default);
+        ring.record(bucket, span.duration_ns(), span.error);
+    }
+
+    /// A CLIENT span and the SERVER span it called, both on this node, make one edge: counted
+    /// when the second of the two arrives.
+    fn record_edge(&mut self, span: &StoredSpan) {
+        let Some(trace) = self.traces.get(&span.trace_id) else {
+            return;
+        };
+        let peer = match span.kind {
+            SpanKind::Client => trace
+                .spans
+                .iter()
+                .find(|s| s.kind == SpanKind::Server && s.parent_span_id == Some(span.span_id)),
+            SpanKind::Server => trace
+                .spans
+                .iter()
+                .find(|s| s.kind == SpanKind::Client && Some(s.span_id) == span.parent_span_id),
+        };
+        let Some(peer) = peer else { return };
+        let (client, server) = match span.kind {
+            SpanKind::Client => (span, peer),
+            SpanKind::Server => (peer, span),
+        };
+        let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
+        let error = client.error || server.error;
+        if let Some(ring) = self
+            .edges
+            .get_mut(client.service())
+            .and_then(|s| s.get_mut(server.service()))
+        {
+            ring.add(bucket, error);
+            return;
+        }
+        let edges: usize = self.edges.values().map(HashMap::len).sum();
+        if edges >= self.limits.max_routes {
+            self.stats.routes_over_limit += 1;
+            return;
+        }
+        let (c, s) = (client.service().to_owned(), server.service().to_owned());
+        self.edges
+            .entry(c)
+            .or_default()
+            .entry(s)
+            .or_default()
+            .add(bucket, error);
+    }
+
+    /// Queues `event` for every subscriber; one whose queue is full is dropped (counted), one
+    /// that went away is forgotten.
+    fn publish(&mut self, event: Arc<str>) {
+        let mut dropped = 0;
+        self.subscribers
+            .retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        self.stats.live_clients_dropped += dropped;
+        self.stats.live_clients = self.subscribers.len();
+    }
+
+    fn add(&mut self, span: StoredSpan) {
+        let bytes = span.bytes();
+        let id = span.trace_id;
+        let trace = self.traces.entry(id).or_insert_with(|| {
+            self.order.push_back(id);
+            Trace {
+                spans: Vec::new(),
+                bytes: 0,
+            }
+        });
+        trace.spans.push(span);
+        trace.bytes += bytes;
+        self.stats.spans += 1;
+        self.stats.bytes += bytes;
+        while self.stats.spans > self.limits.max_spans || self.stats.bytes > self.limits.max_bytes {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(t) = self.traces.remove(&oldest) {
+                self.stats.spans -= t.spans.len();
+                self.stats.bytes -= t.bytes;
+                self.stats.traces_evicted += 1;
+                self.stats.spans_evicted += t.spans.len() as u64;
+            }
+        }
+        self.stats.traces = self.traces.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::test_span;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn span(trace: u32, id: u8, parent: Option<u8>, kind: SpanKind, service: &str) -> Span {
+        let mut s = test_span();
+        s.trace_id[..4].copy_from_slice(&trace.to_le_bytes());
+        s.span_id = [id; 8];
+        s.parent_span_id = parent.map(|p| [p; 8]);
+        s.kind = kind;
+        s.resource = Arc::new(Resource {
+            pid: 1,
+            attributes: vec![("service.name".into(), service.into())],
+        });
+        s
+    }
+
+    fn store(max_spans: usize) -> RecentStore {
+        RecentStore::new(
+            StoreLimits {
+                max_spans,
+                max_bytes: usize::MAX,
+                max_routes: 100,
+            },
+            test_span().start_unix_ns,
+        )
+    }
+
+    #[test]
+    fn oldest_traces_go_first_with_all_their_spans() {
+        let store = store(5);
+        for trace in 0..3u32 {
+            store.insert(StoredSpan::from_span(&span(
+                trace,
+                1,
+                None,
+                SpanKind::Server,
+                "a",
+            )));
+            store.insert(StoredSpan::from_span(&span(
+                trace,
+                2,
+                Some(1),
+                SpanKind::Client,
+                "a",
+            )));
+        }
+        let stats = store.stats();
+        // 6 spans > 5: trace 0 (2 spans) went, whole.
+        assert_eq!((stats.spans, stats.traces), (4, 2));
+        assert_eq!((stats.traces_evicted, stats.spans_evicted), (1, 2));
+        let id = |t: u32| span(t, 1, None, SpanKind::Server, "a").trace_id;
+        assert!(store.trace(&id(0)).is_none());
+        assert_eq!(store.trace(&id(1)).unwrap().len(), 2);
+        assert_eq!(store.trace(&id(2)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ten_thousand_traces_a_second_keep_both_bounds() {
+        let store = RecentStore::new(
+            StoreLimits {
+                max_spans: 5_000,
+                max_bytes: 2 << 20,
+                max_routes: 100,
+            },
+            test_span().start_unix_ns,
+        );
+        let base = test_span().start_unix_ns;
+        let mut max_seen = (0, 0);
+        // 10 s of 10k traces/s, three spans each (curl → proxy → backend), synthetic times.
+        for i in 0..100_000u32 {
+            let t = base + u64::from(i) * 100_000;
+            let mut spans = [
+                span(i, 3, Some(2), SpanKind::Server, "backend"),
+                span(i, 2, Some(1), SpanKind::Client, "proxy"),
+                span(i, 1, None, SpanKind::Server, "proxy"),
+            ];
+            for (k, s) in spans.iter_mut().enumerate() {
+                s.start_unix_ns = t + 10_000 * (2 - k as u64);
+                s.end_unix_ns = t + 90_000 - 10_000 * (2 - k as u64);
+                s.attributes
+                    .push(("url.path", format!("/items/{i}").into()));
+                store.insert(StoredSpan::from_span(s));
+            }
+            let st = store.stats();
+            max_seen = (max_seen.0.max(st.spans), max_seen.1.max(st.bytes));
+        }
+        let st = store.stats();
+        assert!(max_seen.0 <= 5_000 && max_seen.1 <= 2 << 20, "{max_seen:?}");
+        assert_eq!(st.spans_seen, 300_000);
+        assert_eq!(st.spans + st.spans_evicted as usize, 300_000);
+        assert!(st.traces_evicted > 90_000, "{st:?}");
+        // Every trace left is whole.
+        assert_eq!(st.spans, st.traces * 3, "{st:?}");
+        // The windows saw every span: 1 min of the last 10 s.
+        let now = base + 10 * SEC;
+        let routes = store.routes(now, Window::OneMinute, None);
+        let total: u64 = routes.iter().map(|r| r.count).sum();
+        assert_eq!(total, 300_000);
+        let edges = store.edges(now, Window::OneMinute);
+        assert_eq!(edges.len(), 1, "{edges:?}");
+        assert_eq!(
+            (
+                edges[0].client.as_str(),
+                edges[0].server.as_str(),
+                edges[0].count
+            ),
+            ("proxy", "backend", 100_000)
+        );
+    }
+
+    #[test]
+    fn routes_have_red_per_service_kind_and_name() {
+        let store = store(100);
+        for i in 0..10u8 {
+            let mut s = span(u32::from(i), 1, None, SpanKind::Server, "web");
+            s.name = "GET /users/{id}".into();
+            s.end_unix_ns = s.start_unix_ns + u64::from(i + 1) * 1_000_000;
+            if i == 9 {
+                s.status = StatusCode::Error;
+            }
+            store.insert(StoredSpan::from_span(&s));
+        }
+        let now = test_span().start_unix_ns + 30 * SEC;
+        let rows = store.routes(now, Window::OneMinute, None);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.service.as_str(), r.kind, r.route.as_str()),
+            ("web", "server", "GET /users/{id}")
+        );
+        assert_eq!((r.count, r.errors, r.error_pct), (10, 1, 10.0));
+        assert!((r.rate - 10.0 / 30.0).abs() < 1e-9, "{}", r.rate);
+        assert!(r.p50_ms > 4.0 && r.p50_ms < 6.0, "{}", r.p50_ms);
+        assert!(r.p99_ms > 8.5 && r.p99_ms < 11.0, "{}", r.p99_ms);
+        // Later than 5 minutes: gone from the table, and forgotten by the tick.
+        assert!(
+            store
+                .routes(now + 400 * SEC, Window::FiveMinutes, None)
+                .is_empty()
+        );
+        store.tick(now + 400 * SEC);
+        assert_eq!(store.stats().routes, 0);
+    }
+
+    #[test]
+    fn lists_filter_order_and_keep_one_span_per_trace() {
+        let store = store(100);
+        for i in 0..5u32 {
+            let mut s = span(i, 1, None, SpanKind::Server, "web");
+            s.end_unix_ns = s.start_unix_ns + u64::from(i + 1) * 1_000_000;
+            store.insert(StoredSpan::from_span(&s));
+            let mut c = span(i, 2, Some(1), SpanKind::Client, "web");
+            c.end_unix_ns = c.start_unix_ns + 500_000;
+            store.insert(StoredSpan::from_span(&c));
+        }
+        let all = SpanFilter::default();
+        assert_eq!(store.spans(&all, Order::Recent, 100, false).len(), 10);
+        let slowest = store.spans(&all, Order::Slowest, 2, true);
+        assert_eq!(slowest.len(), 2);
+        assert_eq!(slowest[0].duration_ms, 5.0);
+        assert_eq!(slowest[1].duration_ms, 4.0);
+        let filter = SpanFilter {
+            min_duration_ns: 3_000_000,
+            kind: Some(SpanKind::Server),
+            ..SpanFilter::default()
+        };
+        assert_eq!(store.spans(&filter, Order::Recent, 100, false).len(), 3);
+        let errors = SpanFilter {
+            error: Some(true),
+            ..SpanFilter::default()
+        };
+        assert!(store.spans(&errors, Order::Recent, 100, false).is_empty());
+    }
+
+    #[test]
+    fn a_full_live_queue_drops_its_subscriber_without_waiting() {
+        let store = store(1000);
+        let mut slow = store.subscribe(8);
+        let mut fast = store.subscribe(1000);
+        for i in 0..100u32 {
+            store.insert(StoredSpan::from_span(&span(
+                i,
+                1,
+                None,
+                SpanKind::Server,
+                "a",
+            )));
+        }
+        let st = store.stats();
+        assert_eq!((st.live_clients, st.live_clients_dropped), (1, 1));
+        // The slow one gets what was queued, then its stream ends.
+        let mut got = 0;
+        while slow.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 8);
+        assert!(slow.is_closed());
+        let mut got = 0;
+        while let Ok(event) = fast.try_recv() {
+            assert!(event.contains("\"service\":\"a\""), "{event}");
+            got += 1;
+        }
+        assert_eq!(got, 100);
+        // A reader that went away is forgotten, not counted as dropped.
+        drop(fast);
+        store.insert(StoredSpan::from_span(&span(
+            999,
+            1,
+            None,
+            SpanKind::Server,
+            "a",
+        )));
+        let st = store.stats();
+        assert_eq!((st.live_clients, st.live_clients_dropped), (0, 1));
+    }
+}
