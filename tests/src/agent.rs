@@ -14,6 +14,14 @@ pub struct Agent {
     pub proc: Proc,
 }
 
+/// The agent's listening endpoints off (metrics on 9464, the node-local view on 9400), for a
+/// test that starts the binary itself: parallel agents would all claim the default ports.
+/// The `--prometheus-*` / `--ui-listen` flags still win over these variables.
+pub fn without_endpoints(cmd: &mut Command) -> &mut Command {
+    cmd.env("OTEL_METRICS_EXPORTER", "none")
+        .env("TRACER_UI_LISTEN", "off")
+}
+
 impl Agent {
     /// Starts the agent and waits until its programs are attached.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {

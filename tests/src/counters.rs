@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     /// A `final stats` line as the agent logged it.
-    const LINE: &str = r#"2026-12-01T09:33:31.411722Z  INFO tracer::agent: final stats {"events":240,"data_events":0,"malformed":0,"spans":0,"conns_open":0,"conns_opened":0,"conns_expired":0,"conns_refused_full":0,"gaps":0,"gap_bytes":0,"invalid_messages":0,"dropped_messages":0,"unmatched_responses":0,"unanswered_requests":0,"h2_desyncs":0,"h2_invalid":0,"h2_dropped_blocks":0,"h2_oversized_frames":0,"h2_skipped_gaps":0,"h2_streams_over_limit":0,"h2_streams_reset":0,"h2_unknown_fields":0,"links_open":0,"links_linked":0,"links_ambiguous":0,"links_refused_full":0,"links_injected":0,"links_injected_unlinked":0,"address_linked":0,"nat_lookups":0,"nat_resolved":0,"nat_lookup_failed":0,"nat_linked":0,"tls_files_attached":1,"tls_attach_failed":0,"tls_unsupported":0,"tls_detached":0,"exported":0,"export_failed":0,"export_queue_full":0,"queue_len":0,"kernel_drops":{"conn_map_full":0,"copy_failed":0,"inflight_map_full":0,"not_http_conns":0,"ringbuf_full":0,"stale_conn_replaced":2,"tls_no_socket":0,"truncated_calls":0},"injection":{"inject_done":0,"inject_failed":0,"inject_skipped_has_context":0,"inject_skipped_head_incomplete":0,"inject_skipped_pipelined":0,"server_requests_seen_by_kernel":0}}"#;
+    const LINE: &str = r#"2026-12-01T09:33:31.411722Z  INFO tracer::agent: final stats {"events":240,"data_events":0,"malformed":0,"spans":0,"conns_open":0,"conns_opened":0,"conns_expired":0,"conns_refused_full":0,"gaps":0,"gap_bytes":0,"invalid_messages":0,"dropped_messages":0,"unmatched_responses":0,"unanswered_requests":0,"h2_desyncs":0,"h2_invalid":0,"h2_dropped_blocks":0,"h2_oversized_frames":0,"h2_skipped_gaps":0,"h2_streams_over_limit":0,"h2_streams_reset":0,"h2_unknown_fields":0,"links_open":0,"links_linked":0,"links_ambiguous":0,"links_refused_full":0,"links_injected":0,"links_injected_unlinked":0,"address_linked":0,"nat_lookups":0,"nat_resolved":0,"nat_lookup_failed":0,"nat_linked":0,"tls_files_attached":1,"tls_attach_failed":0,"tls_unsupported":0,"tls_detached":0,"exported":0,"export_failed":0,"export_queue_full":0,"queue_len":0,"kernel_drops":{"conn_map_full":0,"copy_failed":0,"inflight_map_full":0,"not_http_conns":0,"ringbuf_full":0,"stale_conn_replaced":2,"tls_no_socket":0,"truncated_calls":0},"injection":{"inject_done":0,"inject_failed":0,"inject_skipped_has_context":0,"inject_skipped_head_incomplete":0,"inject_skipped_pipelined":0,"server_requests_seen_by_kernel":0},"sampling":{"kept_traces_head":3,"kept_spans_head":6,"kept_traces_error":0,"kept_spans_error":0,"kept_traces_slow":0,"kept_spans_slow":0,"kept_traces_attribute":0,"kept_spans_attribute":0,"dropped_traces_unsampled":0,"dropped_spans_unsampled":0,"dropped_traces_overflow":0,"dropped_spans_overflow":0,"late_spans_kept":0,"late_spans_dropped":0,"held_traces":0,"held_bytes":0}}"#;
 
     #[test]
     fn the_agents_line_parses() {
@@ -184,6 +184,7 @@ mod tests {
         assert_eq!(c.events, 240);
         assert_eq!(c.kernel_drops.stale_conn_replaced, 2);
         assert_eq!(c.injection().inject_done, 0);
+        assert_eq!(c.sampling.kept_traces_head, 3);
     }
 
     #[test]
@@ -210,15 +211,19 @@ mod tests {
 
     #[test]
     fn injection_off_is_none_and_unreadable_kernel_drops_fail() {
-        let start = LINE.find("\"injection\":").unwrap();
-        let off = format!("{}\"injection\":null}}", &LINE[..start]);
-        assert!(Counters::final_in(&off).unwrap().injection.is_none());
-        let start = LINE.find("\"kernel_drops\":").unwrap();
-        let unreadable = format!(
-            "{}\"kernel_drops\":null,\"injection\":null}}",
-            &LINE[..start]
+        // `key`'s object replaced by `null`, the rest of the line kept.
+        let nulled = |key: &str| {
+            let start = LINE.find(&format!("\"{key}\":{{")).unwrap();
+            let end = start + LINE[start..].find('}').unwrap() + 1;
+            format!("{}\"{key}\":null{}", &LINE[..start], &LINE[end..])
+        };
+        assert!(
+            Counters::final_in(&nulled("injection"))
+                .unwrap()
+                .injection
+                .is_none()
         );
-        assert!(Counters::final_in(&unreadable).is_err());
+        assert!(Counters::final_in(&nulled("kernel_drops")).is_err());
     }
 
     #[test]

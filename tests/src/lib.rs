@@ -10,7 +10,7 @@ pub mod prometheus;
 pub mod receiver;
 pub mod scenario;
 
-pub use agent::{Agent, log_line, rss_kib, summary};
+pub use agent::{Agent, log_line, rss_kib, summary, without_endpoints};
 pub use counters::{Counters, ExportTotals, Injection, KernelDrops, Sampling};
 pub use peers::{Certs, grpcpeer};
 pub use privilege::require_root;

@@ -10,7 +10,7 @@ fn sigterm_detaches_everything_and_exits_zero() {
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",
-        Command::new(&bin).args(["--port", &free_port().to_string()]),
+        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
     )
     .unwrap();
     agent
@@ -59,7 +59,7 @@ fn sigint_also_stops_cleanly() {
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",
-        Command::new(&bin).args(["--port", &free_port().to_string()]),
+        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
     )
     .unwrap();
     agent
@@ -98,7 +98,7 @@ fn help_explains_every_option() {
 fn without_privileges_it_says_so_in_one_line() {
     require_root();
     // Drop to nobody: no CAP_BPF, no root.
-    let out = Command::new("setpriv")
+    let out = without_endpoints(&mut Command::new("setpriv"))
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -131,7 +131,7 @@ fn start_up_reports_kernel_features_in_one_line_and_keeps_tracepoints() {
     let bin = tracer_bin().unwrap();
     let mut agent = Proc::spawn(
         "tracer",
-        Command::new(&bin).args(["--port", &free_port().to_string()]),
+        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
     )
     .unwrap();
     agent

@@ -296,6 +296,7 @@ fn prometheus_port_taken_is_one_error_line() {
     let port = taken.local_addr().unwrap().port().to_string();
     let mut cmd = Command::new(tracer_bin().unwrap());
     cmd.args(["--prometheus-host", "127.0.0.1", "--prometheus-port", &port]);
+    cmd.env("TRACER_UI_LISTEN", "off");
     for (k, _) in std::env::vars() {
         if k.starts_with("OTEL_") {
             cmd.env_remove(k);
