@@ -10,18 +10,12 @@
 use std::sync::Arc;
 
 use super::series::{Histogram, KeyNames, SeriesTable, Value};
-use super::{IDENTITY, identity_key, span_ref};
+use super::{IDENTITY, Identity, identity_key, span_ref};
 use crate::metric::{MetricData, MetricFamily};
 use crate::span::{AttrValue, Span, SpanKind};
 
-const HTTP_SERVER: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "http.route",
-    "url.scheme",
-    "network.protocol.version",
-    "error.type",
-];
+/// HTTP client labels; the server's are the first six. [`http_slot`] maps a span attribute to
+/// its index.
 const HTTP_CLIENT: &[&str] = &[
     "http.request.method",
     "http.response.status_code",
@@ -32,13 +26,9 @@ const HTTP_CLIENT: &[&str] = &[
     "server.address",
     "server.port",
 ];
-const RPC_SERVER: &[&str] = &[
-    "rpc.system",
-    "rpc.service",
-    "rpc.method",
-    "rpc.grpc.status_code",
-    "error.type",
-];
+const HTTP_SERVER: &[&str] = HTTP_CLIENT.split_at(6).0;
+/// RPC client labels; the server's are the first five. [`rpc_slot`] maps a span attribute to
+/// its index.
 const RPC_CLIENT: &[&str] = &[
     "rpc.system",
     "rpc.service",
@@ -48,6 +38,34 @@ const RPC_CLIENT: &[&str] = &[
     "server.address",
     "server.port",
 ];
+const RPC_SERVER: &[&str] = RPC_CLIENT.split_at(5).0;
+
+fn http_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "http.request.method" => 0,
+        "http.response.status_code" => 1,
+        "http.route" => 2,
+        "url.scheme" => 3,
+        "network.protocol.version" => 4,
+        "error.type" => 5,
+        "server.address" => 6,
+        "server.port" => 7,
+        _ => return None,
+    })
+}
+
+fn rpc_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "rpc.system" => 0,
+        "rpc.service" => 1,
+        "rpc.method" => 2,
+        "rpc.grpc.status_code" => 3,
+        "error.type" => 4,
+        "server.address" => 5,
+        "server.port" => 6,
+        _ => return None,
+    })
+}
 
 /// The four duration histograms.
 pub struct Red {
@@ -103,26 +121,35 @@ impl Red {
         }
     }
 
-    pub fn record(&mut self, span: &Span, now: u64) {
-        let grpc = span.attr("rpc.system").is_some();
-        let (table, labels) = match (grpc, span.kind) {
-            (false, SpanKind::Server) => (&mut self.http_server, HTTP_SERVER),
-            (false, SpanKind::Client) => (&mut self.http_client, HTTP_CLIENT),
-            (true, SpanKind::Server) => (&mut self.rpc_server, RPC_SERVER),
-            (true, SpanKind::Client) => (&mut self.rpc_client, RPC_CLIENT),
-        };
-        let mut key = identity_key(span);
-        let mut values = [None; 8];
+    /// Observes `span`'s duration; `identity`: its resource's ([`super::identity_of`]).
+    pub fn record(&mut self, span: &Span, identity: &Identity<'_>, now: u64) {
+        // One pass over the attributes fills both label sets; the span's kind and whether it
+        // is a gRPC call pick one.
+        let mut http = [None; HTTP_CLIENT.len()];
+        let mut rpc = [None; RPC_CLIENT.len()];
+        let mut grpc = false;
         for (k, v) in &span.attributes {
-            if let Some(i) = labels.iter().position(|l| l == k) {
-                values[i] = match v {
-                    AttrValue::Str(s) => Some(Value::Str(s)),
-                    AttrValue::Int(n) => Some(Value::Int(*n)),
-                    AttrValue::Bool(_) => None,
-                };
+            let v = match v {
+                AttrValue::Str(s) => Value::Str(s),
+                AttrValue::Int(n) => Value::Int(*n),
+                AttrValue::Bool(_) => continue,
+            };
+            if let Some(i) = http_slot(k) {
+                http[i] = Some(v);
+            }
+            if let Some(i) = rpc_slot(k) {
+                rpc[i] = Some(v);
+                grpc |= i == 0;
             }
         }
-        for v in &values[..labels.len()] {
+        let (table, values) = match (grpc, span.kind) {
+            (false, SpanKind::Server) => (&mut self.http_server, &http[..HTTP_SERVER.len()]),
+            (false, SpanKind::Client) => (&mut self.http_client, &http[..]),
+            (true, SpanKind::Server) => (&mut self.rpc_server, &rpc[..RPC_SERVER.len()]),
+            (true, SpanKind::Client) => (&mut self.rpc_client, &rpc[..]),
+        };
+        let mut key = identity_key(identity);
+        for v in values {
             key.push(*v);
         }
         let bounds = &self.bounds;

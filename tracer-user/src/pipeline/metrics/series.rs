@@ -4,9 +4,9 @@
 //! new label set beyond that goes to the one overflow series (`otel.metric.overflow=true`,
 //! no other label, no identity: what the OpenTelemetry SDKs do) and is counted. A series that
 //! saw no observation for the idle time is dropped on expiry, which frees its place.
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::metric::{Exemplar, HistogramPoint, Identity, Labels, NumberPoint};
 use crate::span::{SpanId, TraceId};
@@ -218,7 +218,7 @@ struct Series<A> {
 pub struct SeriesTable<A> {
     names: KeyNames,
     cap: usize,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
     series: HashTable<Series<A>>,
     overflow: Option<Series<A>>,
     /// Observations that went to the overflow series.
@@ -230,7 +230,7 @@ impl<A: Aggregate> SeriesTable<A> {
         Self {
             names,
             cap,
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             series: HashTable::new(),
             overflow: None,
             overflowed: 0,

@@ -10,7 +10,9 @@
 //! comes (it ran on another node) is not an edge here: it expires, counted. Both waiting
 //! tables are bounded: a client span that finds its table full counts at once with its peer's
 //! name; a server span that does is dropped, counted.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, SpanRef};
 use super::{Unmatched, span_ref};

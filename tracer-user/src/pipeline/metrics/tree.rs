@@ -15,14 +15,16 @@
 //! Children finish before their parent in the normal case: they are held per parent until
 //! the parent arrives. A child arriving after its parent (a call left running) is not counted
 //! anywhere: it waits in vain and expires (counted). Bounded: at most `HELD_PARENTS` parents
-//! and `HELD_CHILDREN` children held, and `CHILDREN_PER_PARENT` per parent: a child beyond
-//! the last still counts in the fan-out but not in self time or retries; beyond the others it
-//! is dropped (counted).
-use std::{collections::HashMap, sync::Arc};
+//! and `HELD_CHILDREN` children held, and `CHILDREN_PER_PARENT` per parent. A child of a
+//! parent already held that finds no room counts in the fan-out only (not in self time or
+//! retries); a child of a new parent that finds the table full is dropped (counted).
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use super::red::label_value;
-use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, Value};
-use super::{IDENTITY, Unmatched, identity_key, span_ref};
+use super::series::{Count, Histogram, KeyNames, SeriesTable, Value};
+use super::{IDENTITY, Identity, Unmatched, identity_key, identity_of, span_ref};
 use crate::metric::{MetricData, MetricFamily};
 use crate::span::{AttrValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 
@@ -184,10 +186,17 @@ impl Tree {
         }
     }
 
-    pub fn on_span(&mut self, span: &Span, now: u64, m: &mut TreeMetrics, u: &mut Unmatched) {
+    pub fn on_span(
+        &mut self,
+        span: &Span,
+        identity: &Identity<'_>,
+        now: u64,
+        m: &mut TreeMetrics,
+        u: &mut Unmatched,
+    ) {
         match span.kind {
             SpanKind::Client => self.on_client(span, now, u),
-            SpanKind::Server => self.on_server(span, now, m),
+            SpanKind::Server => self.on_server(span, identity, now, m),
         }
     }
 
@@ -239,13 +248,13 @@ impl Tree {
         self.children += 1;
     }
 
-    fn on_server(&mut self, span: &Span, now: u64, m: &mut TreeMetrics) {
+    fn on_server(&mut self, span: &Span, identity: &Identity<'_>, now: u64, m: &mut TreeMetrics) {
         let mut held = self.parents.remove(&(span.trace_id, span.span_id));
         let extra = held.as_ref().map_or(0, |h| h.extra as usize);
         let children: &mut [Child] = held.as_mut().map_or(&mut [], |h| &mut h.children);
         let fanout = children.len() + extra;
 
-        let mut key = identity_key(span);
+        let mut key = identity_key(identity);
         key.push(label_value(span, "http.route"));
         let from = span_ref(span);
         let fb = &m.fanout_bounds;
@@ -265,10 +274,7 @@ impl Tree {
                 .any(|e| e.error && e.end <= c.start && e.same_call(c));
             if retry {
                 let [method, route, address] = c.parts();
-                let mut key = Key::new();
-                for v in c.resource_identity() {
-                    key.str(v);
-                }
+                let mut key = identity_key(&identity_of(&c.resource));
                 key.str(method)
                     .str(route)
                     .str(address)
@@ -312,12 +318,6 @@ impl Tree {
     /// Children held now.
     pub fn held(&self) -> usize {
         self.children
-    }
-}
-
-impl Child {
-    fn resource_identity(&self) -> [Option<&str>; 4] {
-        super::identity_of(&self.resource)
     }
 }
 
