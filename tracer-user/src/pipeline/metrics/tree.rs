@@ -57,9 +57,15 @@ const RETRIES: &str = "tracer.client.retries";
 pub struct TreeMetrics {
     duration_bounds: Arc<[f64]>,
     fanout_bounds: Arc<[f64]>,
-    fanout: SeriesTable<Histogram>,
-    self_time: SeriesTable<Histogram>,
+    /// Fan-out and self time have the same labels and are observed together: one series
+    /// table (one look-up per server span) holds both.
+    served: SeriesTable<Served>,
     retries: SeriesTable<Count>,
+}
+
+struct Served {
+    fanout: Histogram,
+    self_time: Histogram,
 }
 
 impl TreeMetrics {
@@ -67,25 +73,23 @@ impl TreeMetrics {
         Self {
             duration_bounds,
             fanout_bounds: FANOUT_BOUNDS.into(),
-            fanout: SeriesTable::new(SERVER_NAMES, cap),
-            self_time: SeriesTable::new(SERVER_NAMES, cap),
+            served: SeriesTable::new(SERVER_NAMES, cap),
             retries: SeriesTable::new(RETRY_NAMES, cap),
         }
     }
 
     pub fn expire(&mut self, now: u64, idle_ns: u64) {
-        self.fanout.expire(now, idle_ns);
-        self.self_time.expire(now, idle_ns);
+        self.served.expire(now, idle_ns);
         self.retries.expire(now, idle_ns);
     }
 
     pub fn stats(&self) -> impl Iterator<Item = (&'static str, usize, u64)> + '_ {
         [
-            (FANOUT, self.fanout.series_count(), self.fanout.overflowed()),
+            (FANOUT, self.served.series_count(), self.served.overflowed()),
             (
                 SELF_TIME,
-                self.self_time.series_count(),
-                self.self_time.overflowed(),
+                self.served.series_count(),
+                self.served.overflowed(),
             ),
             (
                 RETRIES,
@@ -103,7 +107,7 @@ impl TreeMetrics {
             unit: "{call}",
             data: MetricData::Histogram {
                 bounds: self.fanout_bounds.clone(),
-                points: self.fanout.points(now),
+                points: self.served.points_by(now, |s| Some(&s.fanout)),
             },
         });
         out.push(MetricFamily {
@@ -112,7 +116,7 @@ impl TreeMetrics {
             unit: "s",
             data: MetricData::Histogram {
                 bounds: self.duration_bounds.clone(),
-                points: self.self_time.points(now),
+                points: self.served.points_by(now, |s| Some(&s.self_time)),
             },
         });
         out.push(MetricFamily {
@@ -221,22 +225,23 @@ impl Tree {
             held.extra += 1;
             return;
         }
+        let (mut method, mut route, mut address, mut port) = ("", "", "", None);
+        for (k, v) in &span.attributes {
+            match (*k, v) {
+                ("http.request.method", AttrValue::Str(s)) => method = s,
+                ("http.route", AttrValue::Str(s)) => route = s,
+                ("server.address", AttrValue::Str(s)) => address = s,
+                ("server.port", AttrValue::Int(p)) => port = Some(*p),
+                _ => {}
+            }
+        }
         let mut text = self.free_text.pop().unwrap_or_default();
-        for (i, k) in ["http.request.method", "http.route", "server.address"]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, part) in [method, route, address].into_iter().enumerate() {
             if i > 0 {
                 text.push(SEP);
             }
-            if let Some(AttrValue::Str(s)) = span.attr(k) {
-                text.push_str(s);
-            }
+            text.push_str(part);
         }
-        let port = match span.attr("server.port") {
-            Some(AttrValue::Int(p)) => Some(*p),
-            _ => None,
-        };
         held.children.push(Child {
             start: span.start_unix_ns,
             end: span.end_unix_ns,
@@ -256,16 +261,15 @@ impl Tree {
 
         let mut key = identity_key(identity);
         key.push(label_value(span, "http.route"));
-        let from = span_ref(span);
-        let fb = &m.fanout_bounds;
-        m.fanout
-            .get(&key, now, || Histogram::new(fb))
-            .observe(fb, fanout as f64, from);
         let self_ns = self_time_ns(span, children, &mut self.intervals);
-        let db = &m.duration_bounds;
-        m.self_time
-            .get(&key, now, || Histogram::new(db))
-            .observe(db, self_ns as f64 * 1e-9, from);
+        let from = span_ref(span);
+        let (fb, db) = (&m.fanout_bounds, &m.duration_bounds);
+        let served = m.served.get(&key, now, || Served {
+            fanout: Histogram::new(fb),
+            self_time: Histogram::new(db),
+        });
+        served.fanout.observe(fb, fanout as f64, from);
+        served.self_time.observe(db, self_ns as f64 * 1e-9, from);
 
         children.sort_unstable_by_key(|c| c.start);
         for (i, c) in children.iter().enumerate() {
