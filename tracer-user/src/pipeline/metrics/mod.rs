@@ -22,7 +22,7 @@ use crate::metric::{MetricData, MetricFamily, MetricSource, NumberPoint};
 use crate::span::{AttrValue, Resource, Span};
 
 pub use options::{DEFAULT_DURATION_BOUNDS, MetricsArgs, MetricsOptions};
-use red::Red;
+use red::{Red, SpanAttrs};
 use series::{Key, SpanRef};
 use service_graph::{GraphMetrics, ServiceGraph};
 use tree::{Tree, TreeMetrics};
@@ -80,13 +80,20 @@ impl SpanMetrics {
             self.now
         };
         let identity = identity_of(&span.resource);
+        let attrs = SpanAttrs::of(span);
         let mut agg = self.shared.lock();
         let agg = &mut *agg;
-        agg.red.record(span, &identity, now);
+        agg.red.record(span, &attrs, &identity, now);
         self.graph
-            .on_span(span, now, &mut agg.graph, &mut agg.unmatched);
-        self.tree
-            .on_span(span, &identity, now, &mut agg.tree, &mut agg.unmatched);
+            .on_span(span, &attrs, now, &mut agg.graph, &mut agg.unmatched);
+        self.tree.on_span(
+            span,
+            &attrs,
+            &identity,
+            now,
+            &mut agg.tree,
+            &mut agg.unmatched,
+        );
     }
 
     /// Expires held spans and idle series.

@@ -14,8 +14,7 @@ use super::{IDENTITY, Identity, identity_key, span_ref};
 use crate::metric::{MetricData, MetricFamily};
 use crate::span::{AttrValue, Span, SpanKind};
 
-/// HTTP client labels; the server's are the first six. [`http_slot`] maps a span attribute to
-/// its index.
+/// HTTP client labels; the server's are the first six.
 const HTTP_CLIENT: &[&str] = &[
     "http.request.method",
     "http.response.status_code",
@@ -27,8 +26,7 @@ const HTTP_CLIENT: &[&str] = &[
     "server.port",
 ];
 const HTTP_SERVER: &[&str] = HTTP_CLIENT.split_at(6).0;
-/// RPC client labels; the server's are the first five. [`rpc_slot`] maps a span attribute to
-/// its index.
+/// RPC client labels; the server's are the first five.
 const RPC_CLIENT: &[&str] = &[
     "rpc.system",
     "rpc.service",
@@ -40,31 +38,80 @@ const RPC_CLIENT: &[&str] = &[
 ];
 const RPC_SERVER: &[&str] = RPC_CLIENT.split_at(5).0;
 
-fn http_slot(key: &str) -> Option<usize> {
-    Some(match key {
-        "http.request.method" => 0,
-        "http.response.status_code" => 1,
-        "http.route" => 2,
-        "url.scheme" => 3,
-        "network.protocol.version" => 4,
-        "error.type" => 5,
-        "server.address" => 6,
-        "server.port" => 7,
-        _ => return None,
-    })
+/// Indexes into [`SpanAttrs::http`] the other metrics read.
+pub const METHOD: usize = 0;
+pub const ROUTE: usize = 2;
+pub const ADDRESS: usize = 6;
+pub const PORT: usize = 7;
+
+/// The span attributes the metrics read, found in one pass over the span's.
+pub struct SpanAttrs<'a> {
+    /// In [`HTTP_CLIENT`] order.
+    pub http: [Option<Value<'a>>; HTTP_CLIENT.len()],
+    /// In [`RPC_CLIENT`] order.
+    pub rpc: [Option<Value<'a>>; RPC_CLIENT.len()],
+    /// The span has `rpc.system`: a gRPC call.
+    pub grpc: bool,
+    /// `tracer.parent.source`.
+    pub parent_source: Option<&'a str>,
 }
 
-fn rpc_slot(key: &str) -> Option<usize> {
-    Some(match key {
-        "rpc.system" => 0,
-        "rpc.service" => 1,
-        "rpc.method" => 2,
-        "rpc.grpc.status_code" => 3,
-        "error.type" => 4,
-        "server.address" => 5,
-        "server.port" => 6,
-        _ => return None,
-    })
+impl<'a> SpanAttrs<'a> {
+    pub fn of(span: &'a Span) -> Self {
+        let mut a = Self {
+            http: [None; HTTP_CLIENT.len()],
+            rpc: [None; RPC_CLIENT.len()],
+            grpc: false,
+            parent_source: None,
+        };
+        for (k, v) in &span.attributes {
+            let v = match v {
+                AttrValue::Str(s) => Value::Str(s),
+                AttrValue::Int(n) => Value::Int(*n),
+                AttrValue::Bool(_) => continue,
+            };
+            // Its index in the HTTP labels, in the RPC labels.
+            let (h, r) = match *k {
+                "http.request.method" => (Some(METHOD), None),
+                "http.response.status_code" => (Some(1), None),
+                "http.route" => (Some(ROUTE), None),
+                "url.scheme" => (Some(3), None),
+                "network.protocol.version" => (Some(4), None),
+                "error.type" => (Some(5), Some(4)),
+                "server.address" => (Some(ADDRESS), Some(5)),
+                "server.port" => (Some(PORT), Some(6)),
+                "rpc.system" => {
+                    a.grpc = true;
+                    (None, Some(0))
+                }
+                "rpc.service" => (None, Some(1)),
+                "rpc.method" => (None, Some(2)),
+                "rpc.grpc.status_code" => (None, Some(3)),
+                "tracer.parent.source" => {
+                    if let Value::Str(s) = v {
+                        a.parent_source = Some(s);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(h) = h {
+                a.http[h] = Some(v);
+            }
+            if let Some(r) = r {
+                a.rpc[r] = Some(v);
+            }
+        }
+        a
+    }
+
+    /// The HTTP label `i` if it is a string.
+    pub fn http_str(&self, i: usize) -> Option<&'a str> {
+        match self.http[i] {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// The four duration histograms.
@@ -122,27 +169,15 @@ impl Red {
     }
 
     /// Observes `span`'s duration; `identity`: its resource's ([`super::identity_of`]).
-    pub fn record(&mut self, span: &Span, identity: &Identity<'_>, now: u64) {
-        // One pass over the attributes fills both label sets; the span's kind and whether it
-        // is a gRPC call pick one.
-        let mut http = [None; HTTP_CLIENT.len()];
-        let mut rpc = [None; RPC_CLIENT.len()];
-        let mut grpc = false;
-        for (k, v) in &span.attributes {
-            let v = match v {
-                AttrValue::Str(s) => Value::Str(s),
-                AttrValue::Int(n) => Value::Int(*n),
-                AttrValue::Bool(_) => continue,
-            };
-            if let Some(i) = http_slot(k) {
-                http[i] = Some(v);
-            }
-            if let Some(i) = rpc_slot(k) {
-                rpc[i] = Some(v);
-                grpc |= i == 0;
-            }
-        }
-        let (table, values) = match (grpc, span.kind) {
+    pub fn record(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        identity: &Identity<'_>,
+        now: u64,
+    ) {
+        let (http, rpc) = (&attrs.http, &attrs.rpc);
+        let (table, values) = match (attrs.grpc, span.kind) {
             (false, SpanKind::Server) => (&mut self.http_server, &http[..HTTP_SERVER.len()]),
             (false, SpanKind::Client) => (&mut self.http_client, &http[..]),
             (true, SpanKind::Server) => (&mut self.rpc_server, &rpc[..RPC_SERVER.len()]),
@@ -209,13 +244,4 @@ impl Red {
 /// The span's duration in seconds.
 pub fn seconds(span: &Span) -> f64 {
     span.duration_ns() as f64 * 1e-9
-}
-
-/// `Some(v)` for a span attribute usable as a label value.
-pub fn label_value<'a>(span: &'a Span, key: &str) -> Option<Value<'a>> {
-    match span.attr(key)? {
-        AttrValue::Str(s) => Some(Value::Str(s)),
-        AttrValue::Int(n) => Some(Value::Int(*n)),
-        AttrValue::Bool(_) => None,
-    }
 }

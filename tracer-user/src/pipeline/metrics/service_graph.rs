@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::red::SpanAttrs;
 use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, SpanRef};
 use super::{Unmatched, span_ref};
 use crate::metric::{MetricData, MetricFamily};
@@ -184,21 +185,32 @@ impl ServiceGraph {
         }
     }
 
-    pub fn on_span(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+    pub fn on_span(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        now: u64,
+        m: &mut GraphMetrics,
+        u: &mut Unmatched,
+    ) {
         match span.kind {
-            SpanKind::Server => self.on_server(span, now, m, u),
+            SpanKind::Server => self.on_server(span, attrs, now, m, u),
             SpanKind::Client => self.on_client(span, now, m),
         }
     }
 
-    fn on_server(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+    fn on_server(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        now: u64,
+        m: &mut GraphMetrics,
+        u: &mut Unmatched,
+    ) {
         let Some(parent) = span.parent_span_id else {
             return;
         };
-        let may_be_local = matches!(
-            span.attr("tracer.parent.source"),
-            Some(AttrValue::Str(s)) if matches!(s.as_str(), "address" | "w3c" | "b3")
-        );
+        let may_be_local = matches!(attrs.parent_source, Some("address" | "w3c" | "b3"));
         if !may_be_local {
             return;
         }

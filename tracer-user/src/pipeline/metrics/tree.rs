@@ -22,11 +22,11 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use super::red::label_value;
+use super::red::{ADDRESS, METHOD, PORT, ROUTE, SpanAttrs};
 use super::series::{Count, Histogram, KeyNames, SeriesTable, Value};
 use super::{IDENTITY, Identity, Unmatched, identity_key, identity_of, span_ref};
 use crate::metric::{MetricData, MetricFamily};
-use crate::span::{AttrValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+use crate::span::{Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 /// Default buckets of `tracer.server.fanout`.
 pub const FANOUT_BOUNDS: &[f64] = &[
@@ -193,18 +193,19 @@ impl Tree {
     pub fn on_span(
         &mut self,
         span: &Span,
+        attrs: &SpanAttrs<'_>,
         identity: &Identity<'_>,
         now: u64,
         m: &mut TreeMetrics,
         u: &mut Unmatched,
     ) {
         match span.kind {
-            SpanKind::Client => self.on_client(span, now, u),
-            SpanKind::Server => self.on_server(span, identity, now, m),
+            SpanKind::Client => self.on_client(span, attrs, now, u),
+            SpanKind::Server => self.on_server(span, attrs, identity, now, m),
         }
     }
 
-    fn on_client(&mut self, span: &Span, now: u64, u: &mut Unmatched) {
+    fn on_client(&mut self, span: &Span, attrs: &SpanAttrs<'_>, now: u64, u: &mut Unmatched) {
         let Some(parent) = span.parent_span_id else {
             return;
         };
@@ -225,16 +226,12 @@ impl Tree {
             held.extra += 1;
             return;
         }
-        let (mut method, mut route, mut address, mut port) = ("", "", "", None);
-        for (k, v) in &span.attributes {
-            match (*k, v) {
-                ("http.request.method", AttrValue::Str(s)) => method = s,
-                ("http.route", AttrValue::Str(s)) => route = s,
-                ("server.address", AttrValue::Str(s)) => address = s,
-                ("server.port", AttrValue::Int(p)) => port = Some(*p),
-                _ => {}
-            }
-        }
+        let part = |i| attrs.http_str(i).unwrap_or_default();
+        let (method, route, address) = (part(METHOD), part(ROUTE), part(ADDRESS));
+        let port = match attrs.http[PORT] {
+            Some(Value::Int(p)) => Some(p),
+            _ => None,
+        };
         let mut text = self.free_text.pop().unwrap_or_default();
         for (i, part) in [method, route, address].into_iter().enumerate() {
             if i > 0 {
@@ -253,14 +250,21 @@ impl Tree {
         self.children += 1;
     }
 
-    fn on_server(&mut self, span: &Span, identity: &Identity<'_>, now: u64, m: &mut TreeMetrics) {
+    fn on_server(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        identity: &Identity<'_>,
+        now: u64,
+        m: &mut TreeMetrics,
+    ) {
         let mut held = self.parents.remove(&(span.trace_id, span.span_id));
         let extra = held.as_ref().map_or(0, |h| h.extra as usize);
         let children: &mut [Child] = held.as_mut().map_or(&mut [], |h| &mut h.children);
         let fanout = children.len() + extra;
 
         let mut key = identity_key(identity);
-        key.push(label_value(span, "http.route"));
+        key.push(attrs.http[ROUTE]);
         let self_ns = self_time_ns(span, children, &mut self.intervals);
         let from = span_ref(span);
         let (fb, db) = (&m.fanout_bounds, &m.duration_bounds);
