@@ -176,7 +176,12 @@ fn daemonset_runs_everywhere_with_least_privilege_by_default() {
     let docs = parse_yaml(&template(&[]));
     let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true);
-    assert!(pod["hostNetwork"].is_null(), "the pod network is enough");
+    // The node's network: conntrack lookups link calls through Service IPs there.
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    let own_network = parse_yaml(&template(&["hostNetwork=false"]));
+    let pod = &of_kind(&own_network, "DaemonSet")["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null() && pod["dnsPolicy"].is_null());
     assert_eq!(
         pod["tolerations"],
         serde_json::json!([{"operator": "Exists"}])

@@ -5,11 +5,17 @@
 //! encoding, as the OTLP exporters do). Throughput is in events (ring-buffer records) per
 //! second on one core.
 //!
-//! Two variants:
+//! Variants (group `pipeline`, throughput in events):
 //! - `replay`: every data and close event is attributed to this (live) process, so resource
 //!   look-ups hit the cache after the first one, as they do in the agent for live processes.
+//! - `replay_metrics`: the same with every span also through the span-metrics stage
+//!   (`pipeline::SpanMetrics`, default options) before encoding, as in the agent: its cost is
+//!   the difference to `replay`.
 //! - `replay_recorded_pids`: the pids as recorded. Those processes are gone at replay time, and
 //!   `ProcessTable` does not cache misses, so every span pays a failed procfs look-up.
+//!
+//! And the stage alone (group `span_metrics`, throughput in spans): `stage` runs the spans of
+//! one pass, built beforehand, through a fresh `SpanMetrics`: its cost per span.
 //!
 //! Run by `cargo xtask bench`, which reads the figures back from criterion's estimates and
 //! the `events per pass:` / `spans per pass:` lines printed here. A recording made before a
@@ -30,6 +36,7 @@ use tracer::{
     capture::events::{Event, decode},
     conn::TableLimits,
     export::export_request,
+    pipeline::{MetricsOptions, SpanMetrics},
     process::ProcessTable,
     span::Span,
     trace::{Clock, SpanOptions},
@@ -51,9 +58,13 @@ fn assembler() -> SpanAssembler {
     )
 }
 
-/// One pass: every record through the span assembler, spans encoded in batches. Returns the
-/// spans produced and the encoded bytes.
-fn replay(assembler: &mut SpanAssembler, records: &[Vec<u8>]) -> (u64, usize) {
+/// One pass: every record through the span assembler, each span through `metrics` if given,
+/// spans encoded in batches. Returns the spans produced and the encoded bytes.
+fn replay(
+    assembler: &mut SpanAssembler,
+    mut metrics: Option<&mut SpanMetrics>,
+    records: &[Vec<u8>],
+) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut spans = 0u64;
     let mut encoded = 0usize;
@@ -62,7 +73,12 @@ fn replay(assembler: &mut SpanAssembler, records: &[Vec<u8>]) -> (u64, usize) {
         encoded += black_box(export_request(batch.drain(..)).encode_to_vec()).len();
     };
     for record in records {
-        assembler.on_record(record, &mut |span| batch.push(span));
+        assembler.on_record(record, &mut |span| {
+            if let Some(m) = metrics.as_deref_mut() {
+                m.on_span(&span);
+            }
+            batch.push(span)
+        });
         if batch.len() >= BATCH {
             flush(&mut batch);
         }
@@ -71,6 +87,20 @@ fn replay(assembler: &mut SpanAssembler, records: &[Vec<u8>]) -> (u64, usize) {
         flush(&mut batch);
     }
     (spans, encoded)
+}
+
+fn stage() -> SpanMetrics {
+    SpanMetrics::new(&MetricsOptions::default())
+}
+
+/// The spans of one pass over `records`.
+fn spans_of(records: &[Vec<u8>]) -> Vec<Span> {
+    let mut a = assembler();
+    let mut spans = Vec::new();
+    for record in records {
+        a.on_record(record, &mut |span| spans.push(span));
+    }
+    spans
 }
 
 /// The records with data and close events attributed to `pid`.
@@ -97,7 +127,7 @@ fn main() {
         .collect();
     let live = with_pid(&recorded, std::process::id());
     let mut check = assembler();
-    let (spans, encoded) = replay(&mut check, &live);
+    let (spans, encoded) = replay(&mut check, None, &live);
     let malformed = check.stats().malformed;
     println!("events per pass: {}", recorded.len());
     println!("malformed per pass: {malformed}");
@@ -119,11 +149,35 @@ fn main() {
         .configure_from_args();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(recorded.len() as u64));
-    for (name, records) in [("replay", &live), ("replay_recorded_pids", &recorded)] {
+    for (name, records, metrics) in [
+        ("replay", &live, false),
+        ("replay_metrics", &live, true),
+        ("replay_recorded_pids", &recorded, false),
+    ] {
         group.bench_function(name, |b| {
-            b.iter_batched_ref(assembler, |s| replay(s, records), BatchSize::LargeInput)
+            b.iter_batched_ref(
+                || (assembler(), metrics.then(stage)),
+                |(a, m)| replay(a, m.as_mut(), records),
+                BatchSize::LargeInput,
+            )
         });
     }
+    group.finish();
+
+    let spans = spans_of(&live);
+    let mut group = c.benchmark_group("span_metrics");
+    group.throughput(Throughput::Elements(spans.len() as u64));
+    group.bench_function("stage", |b| {
+        b.iter_batched_ref(
+            stage,
+            |m| {
+                for s in &spans {
+                    m.on_span(black_box(s));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
     c.final_summary();
 }

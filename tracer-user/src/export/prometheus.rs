@@ -62,15 +62,12 @@ pub struct PrometheusListeners {
 
 pub fn bind(addr: &PrometheusAddr) -> anyhow::Result<PrometheusListeners> {
     let shown = format!("{}:{}", addr.host, addr.port);
-    let mut addrs: Vec<SocketAddr> = (addr.host.as_str(), addr.port)
-        .to_socket_addrs()
-        .with_context(|| {
-            format!(
-                "Prometheus endpoint {shown}: cannot resolve {:?}",
-                addr.host
-            )
-        })?
-        .collect();
+    let mut addrs = resolve(&addr.host, addr.port).with_context(|| {
+        format!(
+            "Prometheus endpoint {shown}: cannot resolve {:?}",
+            addr.host
+        )
+    })?;
     addrs.dedup();
     let mut listeners = Vec::with_capacity(addrs.len());
     let mut unavailable = None;
@@ -108,6 +105,19 @@ pub fn bind(addr: &PrometheusAddr) -> anyhow::Result<PrometheusListeners> {
         );
     }
     Ok(PrometheusListeners { listeners, shown })
+}
+
+/// The addresses of `host`. `localhost` is the loopback addresses without asking the
+/// resolver (RFC 6761): a minimal root file system (a `FROM scratch` image, an initramfs) may
+/// have no `/etc/hosts`, and the default endpoint must not depend on it.
+fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ]);
+    }
+    Ok((host, port).to_socket_addrs()?.collect())
 }
 
 /// The running endpoint.
@@ -495,6 +505,18 @@ mod tests {
             time_unix_ns: 2,
             value,
         }])
+    }
+
+    #[test]
+    fn localhost_is_loopback_without_the_resolver() {
+        let addrs = resolve("LocalHost", 9464).unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 9464)
+        );
+        assert_eq!(resolve("127.0.0.1", 1).unwrap().len(), 1);
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         .collect();
     let p50 = |v: &[Oha]| median(&v.iter().map(|o| o.p50_us).collect::<Vec<_>>());
     let p99 = |v: &[Oha]| median(&v.iter().map(|o| o.p99_us).collect::<Vec<_>>());
-    let figures = vec![
+    let mut figures = vec![
         Figure::min(
             "throughput traced/untraced",
             median(&ratios),
@@ -260,19 +260,8 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             "MiB",
             "VmHWM, highest over the traced rounds".into(),
         ),
-        Figure::min(
-            "pipeline replay",
-            pipeline.events_per_sec / 1e6,
-            1.0,
-            "M events/s",
-            format!(
-                "{} events, {} spans per pass, one core; as recorded (pids gone): {:.2} M events/s",
-                pipeline.events,
-                pipeline.spans,
-                pipeline.recorded_pids_events_per_sec / 1e6
-            ),
-        ),
     ];
+    figures.extend(pipeline.figures());
 
     let total = started.elapsed();
     print_table(&figures);
@@ -288,13 +277,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
         "throughput_rounds": tp_rounds,
         "latency_rounds": lat_rounds,
-        "pipeline": {
-            "events_per_pass": pipeline.events,
-            "spans_per_pass": pipeline.spans,
-            "events_per_sec": pipeline.events_per_sec,
-            "recorded_pids_events_per_sec": pipeline.recorded_pids_events_per_sec,
-            "recording": RECORDING,
-        },
+        "pipeline": pipeline.json(),
         "seconds": { "setup": setup_took.as_secs_f64(), "live": live_took.as_secs_f64(), "total": total.as_secs_f64() },
     });
     save(

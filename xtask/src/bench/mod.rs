@@ -10,7 +10,9 @@
 //!   window) and peak RSS (VmHWM).
 //! - Pipeline throughput without the kernel: the criterion benchmark `tracer-user/benches/
 //!   pipeline.rs` replays a recorded event stream through reassembly → parsing → spans →
-//!   OTLP encoding (`cargo xtask bench --record` re-records the stream from live traffic).
+//!   OTLP encoding (`cargo xtask bench --record` re-records the stream from live traffic),
+//!   with and without the span-metrics stage (its cost: at most 10 % of the replay's
+//!   throughput); `--replay-only` runs only this part.
 //!
 //! - gRPC (`--grpc`, instead of the above): the grpc-go peer (tests/servers/grpcpeer) serving
 //!   unary calls that `h2load` drives over h2c, untraced and traced rounds interleaved:
@@ -60,6 +62,11 @@ pub struct Args {
     /// live traffic, then stop.
     #[arg(long)]
     record: bool,
+    /// Only the pipeline replay (criterion, the committed recording, one core): its
+    /// throughput with the span-metrics stage on and off, and the stage's cost per span. No
+    /// live rounds: needs neither root nor nginx.
+    #[arg(long, conflicts_with_all = ["record", "tls", "grpc"])]
+    replay_only: bool,
     /// nginx serves HTTPS (self-signed certificate, HTTP/1.1) and wrk and oha connect over
     /// TLS: the cost of tracing through the TLS library probes.
     #[arg(long)]
@@ -77,6 +84,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.replay_only {
+        return pipeline::replay_only();
+    }
     let started = Instant::now();
     crate::setup::bench_deps()?;
     let tracer = crate::build_agent()?;

@@ -22,7 +22,7 @@ use crate::metric::{MetricData, MetricFamily, MetricSource, NumberPoint};
 use crate::span::{AttrValue, Resource, Span};
 
 pub use options::{DEFAULT_DURATION_BOUNDS, MetricsArgs, MetricsOptions};
-use red::Red;
+use red::{Red, SpanAttrs};
 use series::{Key, SpanRef};
 use service_graph::{GraphMetrics, ServiceGraph};
 use tree::{Tree, TreeMetrics};
@@ -41,7 +41,7 @@ pub struct SpanMetrics {
     graph: ServiceGraph,
     tree: Tree,
     idle_ns: u64,
-    /// Wall clock as the stage knows it: the latest tick or span end.
+    /// Wall clock at the latest tick (0 before the first one).
     now: u64,
 }
 
@@ -72,15 +72,28 @@ impl SpanMetrics {
     }
 
     pub fn on_span(&mut self, span: &Span) {
-        self.now = self.now.max(span.end_unix_ns);
-        let now = self.now;
+        // The tick's clock, not the span's: one span with a wrong end time must not age
+        // everything held. Before the first tick, the span's end is all there is.
+        let now = if self.now == 0 {
+            span.end_unix_ns
+        } else {
+            self.now
+        };
+        let identity = identity_of(&span.resource);
+        let attrs = SpanAttrs::of(span);
         let mut agg = self.shared.lock();
         let agg = &mut *agg;
-        agg.red.record(span, now);
+        agg.red.record(span, &attrs, &identity, now);
         self.graph
-            .on_span(span, now, &mut agg.graph, &mut agg.unmatched);
-        self.tree
-            .on_span(span, now, &mut agg.tree, &mut agg.unmatched);
+            .on_span(span, &attrs, now, &mut agg.graph, &mut agg.unmatched);
+        self.tree.on_span(
+            span,
+            &attrs,
+            &identity,
+            now,
+            &mut agg.tree,
+            &mut agg.unmatched,
+        );
     }
 
     /// Expires held spans and idle series.
@@ -218,27 +231,31 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The identity values of a resource, in [`IDENTITY`] order.
-fn identity_of(resource: &Resource) -> [Option<&str>; 4] {
+/// A resource's identity values, in [`IDENTITY`] order.
+type Identity<'a> = [Option<&'a str>; 4];
+
+/// The identity values of a resource (`service.name` as [`Resource::service_name`] has it).
+fn identity_of(resource: &Resource) -> Identity<'_> {
     let mut out = [None; 4];
-    out[0] = Some(resource.service_name());
     for (k, v) in &resource.attributes {
         let AttrValue::Str(s) = v else { continue };
         match k.as_str() {
+            "service.name" if out[0].is_none() => out[0] = Some(s.as_str()),
             "service.namespace" => out[1] = Some(s.as_str()),
             "k8s.namespace.name" => out[2] = Some(s.as_str()),
             "k8s.pod.name" => out[3] = Some(s.as_str()),
             _ => {}
         }
     }
+    out[0] = out[0].or(Some(resource.service_name()));
     out
 }
 
-/// A key holding the span's identity values, ready for its labels.
-fn identity_key(span: &Span) -> Key<'_> {
+/// A key holding `identity`, ready for the labels.
+fn identity_key<'a>(identity: &Identity<'a>) -> Key<'a> {
     let mut key = Key::new();
-    for v in identity_of(&span.resource) {
-        key.str(v);
+    for v in identity {
+        key.str(*v);
     }
     key
 }

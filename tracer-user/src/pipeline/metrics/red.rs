@@ -10,18 +10,11 @@
 use std::sync::Arc;
 
 use super::series::{Histogram, KeyNames, SeriesTable, Value};
-use super::{IDENTITY, identity_key, span_ref};
+use super::{IDENTITY, Identity, identity_key, span_ref};
 use crate::metric::{MetricData, MetricFamily};
 use crate::span::{AttrValue, Span, SpanKind};
 
-const HTTP_SERVER: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "http.route",
-    "url.scheme",
-    "network.protocol.version",
-    "error.type",
-];
+/// HTTP client labels; the server's are the first six.
 const HTTP_CLIENT: &[&str] = &[
     "http.request.method",
     "http.response.status_code",
@@ -32,13 +25,8 @@ const HTTP_CLIENT: &[&str] = &[
     "server.address",
     "server.port",
 ];
-const RPC_SERVER: &[&str] = &[
-    "rpc.system",
-    "rpc.service",
-    "rpc.method",
-    "rpc.grpc.status_code",
-    "error.type",
-];
+const HTTP_SERVER: &[&str] = HTTP_CLIENT.split_at(6).0;
+/// RPC client labels; the server's are the first five.
 const RPC_CLIENT: &[&str] = &[
     "rpc.system",
     "rpc.service",
@@ -48,6 +36,83 @@ const RPC_CLIENT: &[&str] = &[
     "server.address",
     "server.port",
 ];
+const RPC_SERVER: &[&str] = RPC_CLIENT.split_at(5).0;
+
+/// Indexes into [`SpanAttrs::http`] the other metrics read.
+pub const METHOD: usize = 0;
+pub const ROUTE: usize = 2;
+pub const ADDRESS: usize = 6;
+pub const PORT: usize = 7;
+
+/// The span attributes the metrics read, found in one pass over the span's.
+pub struct SpanAttrs<'a> {
+    /// In [`HTTP_CLIENT`] order.
+    pub http: [Option<Value<'a>>; HTTP_CLIENT.len()],
+    /// In [`RPC_CLIENT`] order.
+    pub rpc: [Option<Value<'a>>; RPC_CLIENT.len()],
+    /// The span has `rpc.system`: a gRPC call.
+    pub grpc: bool,
+    /// `tracer.parent.source`.
+    pub parent_source: Option<&'a str>,
+}
+
+impl<'a> SpanAttrs<'a> {
+    pub fn of(span: &'a Span) -> Self {
+        let mut a = Self {
+            http: [None; HTTP_CLIENT.len()],
+            rpc: [None; RPC_CLIENT.len()],
+            grpc: false,
+            parent_source: None,
+        };
+        for (k, v) in &span.attributes {
+            let v = match v {
+                AttrValue::Str(s) => Value::Str(s),
+                AttrValue::Int(n) => Value::Int(*n),
+                AttrValue::Bool(_) => continue,
+            };
+            // Its index in the HTTP labels, in the RPC labels.
+            let (h, r) = match *k {
+                "http.request.method" => (Some(METHOD), None),
+                "http.response.status_code" => (Some(1), None),
+                "http.route" => (Some(ROUTE), None),
+                "url.scheme" => (Some(3), None),
+                "network.protocol.version" => (Some(4), None),
+                "error.type" => (Some(5), Some(4)),
+                "server.address" => (Some(ADDRESS), Some(5)),
+                "server.port" => (Some(PORT), Some(6)),
+                "rpc.system" => {
+                    a.grpc = true;
+                    (None, Some(0))
+                }
+                "rpc.service" => (None, Some(1)),
+                "rpc.method" => (None, Some(2)),
+                "rpc.grpc.status_code" => (None, Some(3)),
+                "tracer.parent.source" => {
+                    if let Value::Str(s) = v {
+                        a.parent_source = Some(s);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(h) = h {
+                a.http[h] = Some(v);
+            }
+            if let Some(r) = r {
+                a.rpc[r] = Some(v);
+            }
+        }
+        a
+    }
+
+    /// The HTTP label `i` if it is a string.
+    pub fn http_str(&self, i: usize) -> Option<&'a str> {
+        match self.http[i] {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
 
 /// The four duration histograms.
 pub struct Red {
@@ -103,26 +168,23 @@ impl Red {
         }
     }
 
-    pub fn record(&mut self, span: &Span, now: u64) {
-        let grpc = span.attr("rpc.system").is_some();
-        let (table, labels) = match (grpc, span.kind) {
-            (false, SpanKind::Server) => (&mut self.http_server, HTTP_SERVER),
-            (false, SpanKind::Client) => (&mut self.http_client, HTTP_CLIENT),
-            (true, SpanKind::Server) => (&mut self.rpc_server, RPC_SERVER),
-            (true, SpanKind::Client) => (&mut self.rpc_client, RPC_CLIENT),
+    /// Observes `span`'s duration; `identity`: its resource's ([`super::identity_of`]).
+    pub fn record(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        identity: &Identity<'_>,
+        now: u64,
+    ) {
+        let (http, rpc) = (&attrs.http, &attrs.rpc);
+        let (table, values) = match (attrs.grpc, span.kind) {
+            (false, SpanKind::Server) => (&mut self.http_server, &http[..HTTP_SERVER.len()]),
+            (false, SpanKind::Client) => (&mut self.http_client, &http[..]),
+            (true, SpanKind::Server) => (&mut self.rpc_server, &rpc[..RPC_SERVER.len()]),
+            (true, SpanKind::Client) => (&mut self.rpc_client, &rpc[..]),
         };
-        let mut key = identity_key(span);
-        let mut values = [None; 8];
-        for (k, v) in &span.attributes {
-            if let Some(i) = labels.iter().position(|l| l == k) {
-                values[i] = match v {
-                    AttrValue::Str(s) => Some(Value::Str(s)),
-                    AttrValue::Int(n) => Some(Value::Int(*n)),
-                    AttrValue::Bool(_) => None,
-                };
-            }
-        }
-        for v in &values[..labels.len()] {
+        let mut key = identity_key(identity);
+        for v in values {
             key.push(*v);
         }
         let bounds = &self.bounds;
@@ -182,13 +244,4 @@ impl Red {
 /// The span's duration in seconds.
 pub fn seconds(span: &Span) -> f64 {
     span.duration_ns() as f64 * 1e-9
-}
-
-/// `Some(v)` for a span attribute usable as a label value.
-pub fn label_value<'a>(span: &'a Span, key: &str) -> Option<Value<'a>> {
-    match span.attr(key)? {
-        AttrValue::Str(s) => Some(Value::Str(s)),
-        AttrValue::Int(n) => Some(Value::Int(*n)),
-        AttrValue::Bool(_) => None,
-    }
 }

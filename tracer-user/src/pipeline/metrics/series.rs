@@ -4,9 +4,9 @@
 //! new label set beyond that goes to the one overflow series (`otel.metric.overflow=true`,
 //! no other label, no identity: what the OpenTelemetry SDKs do) and is counted. A series that
 //! saw no observation for the idle time is dropped on expiry, which frees its place.
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::metric::{Exemplar, HistogramPoint, Identity, Labels, NumberPoint};
 use crate::span::{SpanId, TraceId};
@@ -174,6 +174,11 @@ impl Histogram {
         }
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// Counts `value` in bucket `i` where `bounds[i-1] < value <= bounds[i]` (the last bucket:
     /// above every bound), and keeps `from` as that bucket's exemplar.
     pub fn observe(&mut self, bounds: &[f64], value: f64, from: SpanRef) {
@@ -218,19 +223,19 @@ struct Series<A> {
 pub struct SeriesTable<A> {
     names: KeyNames,
     cap: usize,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
     series: HashTable<Series<A>>,
     overflow: Option<Series<A>>,
     /// Observations that went to the overflow series.
     overflowed: u64,
 }
 
-impl<A: Aggregate> SeriesTable<A> {
+impl<A> SeriesTable<A> {
     pub fn new(names: KeyNames, cap: usize) -> Self {
         Self {
             names,
             cap,
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             series: HashTable::new(),
             overflow: None,
             overflowed: 0,
@@ -307,16 +312,27 @@ impl<A: Aggregate> SeriesTable<A> {
         self.overflowed
     }
 
-    /// A point per series (the overflow series last), taken at `now`.
-    pub fn points(&self, now: u64) -> Vec<A::Point> {
+    /// A point per series (the overflow series last), taken at `now`, of the part of each
+    /// series' aggregate that `part` picks (`None`: no point for that series).
+    pub fn points_by<B: Aggregate>(
+        &self,
+        now: u64,
+        part: impl Fn(&A) -> Option<&B>,
+    ) -> Vec<B::Point> {
         let mut out = Vec::with_capacity(self.series.len() + 1);
         for s in &self.series {
-            let (identity, labels) = self.labels(&s.key);
-            out.push(s.agg.point(identity, labels, s.start_ns, now));
+            if let Some(b) = part(&s.agg) {
+                let (identity, labels) = self.labels(&s.key);
+                out.push(b.point(identity, labels, s.start_ns, now));
+            }
         }
-        if let Some(s) = &self.overflow {
+        if let Some((s, b)) = self
+            .overflow
+            .as_ref()
+            .and_then(|s| part(&s.agg).map(|b| (s, b)))
+        {
             let labels = vec![(OVERFLOW_LABEL, "true".to_owned())];
-            out.push(s.agg.point(Vec::new(), labels, s.start_ns, now));
+            out.push(b.point(Vec::new(), labels, s.start_ns, now));
         }
         out
     }
@@ -334,6 +350,13 @@ impl<A: Aggregate> SeriesTable<A> {
             pairs(self.names.identity, id_values),
             pairs(self.names.labels, label_values),
         )
+    }
+}
+
+impl<A: Aggregate> SeriesTable<A> {
+    /// A point per series (the overflow series last), taken at `now`.
+    pub fn points(&self, now: u64) -> Vec<A::Point> {
+        self.points_by(now, |a| Some(a))
     }
 }
 

@@ -10,8 +10,11 @@
 //! comes (it ran on another node) is not an edge here: it expires, counted. Both waiting
 //! tables are bounded: a client span that finds its table full counts at once with its peer's
 //! name; a server span that does is dropped, counted.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
+use hashbrown::HashMap;
+
+use super::red::SpanAttrs;
 use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, SpanRef};
 use super::{Unmatched, span_ref};
 use crate::metric::{MetricData, MetricFamily};
@@ -28,10 +31,15 @@ pub const HELD_CAP: usize = 16384;
 /// The four families of the graph.
 pub struct GraphMetrics {
     bounds: Arc<[f64]>,
-    total: SeriesTable<Count>,
-    failed: SeriesTable<Count>,
-    server_seconds: SeriesTable<Histogram>,
-    client_seconds: SeriesTable<Histogram>,
+    /// The four families have the same labels: one table (one look-up per edge) holds all.
+    edges: SeriesTable<Edge>,
+}
+
+struct Edge {
+    total: Count,
+    failed: Count,
+    server_seconds: Histogram,
+    client_seconds: Histogram,
 }
 
 /// One side of an edge: its duration, the span, and whether it failed.
@@ -56,54 +64,39 @@ impl GraphMetrics {
     pub fn new(bounds: Arc<[f64]>, cap: usize) -> Self {
         Self {
             bounds,
-            total: SeriesTable::new(NAMES, cap),
-            failed: SeriesTable::new(NAMES, cap),
-            server_seconds: SeriesTable::new(NAMES, cap),
-            client_seconds: SeriesTable::new(NAMES, cap),
+            edges: SeriesTable::new(NAMES, cap),
         }
     }
 
     fn edge(&mut self, now: u64, client: &str, server: &str, c: Side, s: Option<Side>) {
         let mut key = Key::new();
         key.str(Some(client)).str(Some(server));
-        self.total.get(&key, now, Count::default).0 += 1;
-        if c.error || s.is_some_and(|s| s.error) {
-            self.failed.get(&key, now, Count::default).0 += 1;
-        }
         let bounds = &self.bounds;
-        self.client_seconds
-            .get(&key, now, || Histogram::new(bounds))
-            .observe(bounds, c.seconds, c.span);
+        let edge = self.edges.get(&key, now, || Edge {
+            total: Count::default(),
+            failed: Count::default(),
+            server_seconds: Histogram::new(bounds),
+            client_seconds: Histogram::new(bounds),
+        });
+        edge.total.0 += 1;
+        if c.error || s.is_some_and(|s| s.error) {
+            edge.failed.0 += 1;
+        }
+        edge.client_seconds.observe(bounds, c.seconds, c.span);
         if let Some(s) = s {
-            self.server_seconds
-                .get(&key, now, || Histogram::new(bounds))
-                .observe(bounds, s.seconds, s.span);
+            edge.server_seconds.observe(bounds, s.seconds, s.span);
         }
     }
 
     pub fn expire(&mut self, now: u64, idle_ns: u64) {
-        self.total.expire(now, idle_ns);
-        self.failed.expire(now, idle_ns);
-        self.server_seconds.expire(now, idle_ns);
-        self.client_seconds.expire(now, idle_ns);
+        self.edges.expire(now, idle_ns);
     }
 
     pub fn stats(&self) -> impl Iterator<Item = (&'static str, usize, u64)> + '_ {
-        [
-            (TOTAL, self.total.series_count(), self.total.overflowed()),
-            (FAILED, self.failed.series_count(), self.failed.overflowed()),
-            (
-                SERVER_SECONDS,
-                self.server_seconds.series_count(),
-                self.server_seconds.overflowed(),
-            ),
-            (
-                CLIENT_SECONDS,
-                self.client_seconds.series_count(),
-                self.client_seconds.overflowed(),
-            ),
-        ]
-        .into_iter()
+        let (len, overflowed) = (self.edges.series_count(), self.edges.overflowed());
+        [TOTAL, FAILED, SERVER_SECONDS, CLIENT_SECONDS]
+            .into_iter()
+            .map(move |name| (name, len, overflowed))
     }
 
     pub fn collect(&self, now: u64, out: &mut Vec<MetricFamily>) {
@@ -111,34 +104,38 @@ impl GraphMetrics {
             name: TOTAL,
             description: "Requests between two services (client span and server span, or the client's peer).",
             unit: "",
-            data: MetricData::Counter(self.total.points(now)),
+            data: MetricData::Counter(self.edges.points_by(now, |e| Some(&e.total))),
         });
         out.push(MetricFamily {
             name: FAILED,
             description: "Requests between two services that failed on either side.",
             unit: "",
-            data: MetricData::Counter(self.failed.points(now)),
+            data: MetricData::Counter(self.edges.points_by(now, |e| Some(&e.failed))),
         });
-        for (name, description, table) in [
+        type Side = fn(&Edge) -> &Histogram;
+        let sides: [(&'static str, &'static str, Side); 2] = [
             (
                 SERVER_SECONDS,
                 "Duration of the requests between two services as the server saw it.",
-                &self.server_seconds,
+                |e| &e.server_seconds,
             ),
             (
                 CLIENT_SECONDS,
                 "Duration of the requests between two services as the client saw it.",
-                &self.client_seconds,
+                |e| &e.client_seconds,
             ),
-        ] {
+        ];
+        for (name, description, side) in sides {
             out.push(MetricFamily {
                 name,
                 description,
-                // Tempo's names carry their unit already.
-                unit: "",
+                unit: "s",
                 data: MetricData::Histogram {
                     bounds: self.bounds.clone(),
-                    points: table.points(now),
+                    // An edge whose server side was never seen has no server-side point.
+                    points: self
+                        .edges
+                        .points_by(now, |e| Some(side(e)).filter(|h| h.count() > 0)),
                 },
             });
         }
@@ -188,21 +185,32 @@ impl ServiceGraph {
         }
     }
 
-    pub fn on_span(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+    pub fn on_span(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        now: u64,
+        m: &mut GraphMetrics,
+        u: &mut Unmatched,
+    ) {
         match span.kind {
-            SpanKind::Server => self.on_server(span, now, m, u),
+            SpanKind::Server => self.on_server(span, attrs, now, m, u),
             SpanKind::Client => self.on_client(span, now, m),
         }
     }
 
-    fn on_server(&mut self, span: &Span, now: u64, m: &mut GraphMetrics, u: &mut Unmatched) {
+    fn on_server(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        now: u64,
+        m: &mut GraphMetrics,
+        u: &mut Unmatched,
+    ) {
         let Some(parent) = span.parent_span_id else {
             return;
         };
-        let may_be_local = matches!(
-            span.attr("tracer.parent.source"),
-            Some(AttrValue::Str(s)) if matches!(s.as_str(), "address" | "w3c" | "b3")
-        );
+        let may_be_local = matches!(attrs.parent_source, Some("address" | "w3c" | "b3"));
         if !may_be_local {
             return;
         }

@@ -15,16 +15,18 @@
 //! Children finish before their parent in the normal case: they are held per parent until
 //! the parent arrives. A child arriving after its parent (a call left running) is not counted
 //! anywhere: it waits in vain and expires (counted). Bounded: at most `HELD_PARENTS` parents
-//! and `HELD_CHILDREN` children held, and `CHILDREN_PER_PARENT` per parent: a child beyond
-//! the last still counts in the fan-out but not in self time or retries; beyond the others it
-//! is dropped (counted).
-use std::{collections::HashMap, sync::Arc};
+//! and `HELD_CHILDREN` children held, and `CHILDREN_PER_PARENT` per parent. A child of a
+//! parent already held that finds no room counts in the fan-out only (not in self time or
+//! retries); a child of a new parent that finds the table full is dropped (counted).
+use std::sync::Arc;
 
-use super::red::label_value;
-use super::series::{Count, Histogram, Key, KeyNames, SeriesTable, Value};
-use super::{IDENTITY, Unmatched, identity_key, span_ref};
+use hashbrown::HashMap;
+
+use super::red::{ADDRESS, METHOD, PORT, ROUTE, SpanAttrs};
+use super::series::{Count, Histogram, KeyNames, SeriesTable, Value};
+use super::{IDENTITY, Identity, Unmatched, identity_key, identity_of, span_ref};
 use crate::metric::{MetricData, MetricFamily};
-use crate::span::{AttrValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+use crate::span::{Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 /// Default buckets of `tracer.server.fanout`.
 pub const FANOUT_BOUNDS: &[f64] = &[
@@ -55,9 +57,15 @@ const RETRIES: &str = "tracer.client.retries";
 pub struct TreeMetrics {
     duration_bounds: Arc<[f64]>,
     fanout_bounds: Arc<[f64]>,
-    fanout: SeriesTable<Histogram>,
-    self_time: SeriesTable<Histogram>,
+    /// Fan-out and self time have the same labels and are observed together: one series
+    /// table (one look-up per server span) holds both.
+    served: SeriesTable<Served>,
     retries: SeriesTable<Count>,
+}
+
+struct Served {
+    fanout: Histogram,
+    self_time: Histogram,
 }
 
 impl TreeMetrics {
@@ -65,25 +73,23 @@ impl TreeMetrics {
         Self {
             duration_bounds,
             fanout_bounds: FANOUT_BOUNDS.into(),
-            fanout: SeriesTable::new(SERVER_NAMES, cap),
-            self_time: SeriesTable::new(SERVER_NAMES, cap),
+            served: SeriesTable::new(SERVER_NAMES, cap),
             retries: SeriesTable::new(RETRY_NAMES, cap),
         }
     }
 
     pub fn expire(&mut self, now: u64, idle_ns: u64) {
-        self.fanout.expire(now, idle_ns);
-        self.self_time.expire(now, idle_ns);
+        self.served.expire(now, idle_ns);
         self.retries.expire(now, idle_ns);
     }
 
     pub fn stats(&self) -> impl Iterator<Item = (&'static str, usize, u64)> + '_ {
         [
-            (FANOUT, self.fanout.series_count(), self.fanout.overflowed()),
+            (FANOUT, self.served.series_count(), self.served.overflowed()),
             (
                 SELF_TIME,
-                self.self_time.series_count(),
-                self.self_time.overflowed(),
+                self.served.series_count(),
+                self.served.overflowed(),
             ),
             (
                 RETRIES,
@@ -101,7 +107,7 @@ impl TreeMetrics {
             unit: "{call}",
             data: MetricData::Histogram {
                 bounds: self.fanout_bounds.clone(),
-                points: self.fanout.points(now),
+                points: self.served.points_by(now, |s| Some(&s.fanout)),
             },
         });
         out.push(MetricFamily {
@@ -110,7 +116,7 @@ impl TreeMetrics {
             unit: "s",
             data: MetricData::Histogram {
                 bounds: self.duration_bounds.clone(),
-                points: self.self_time.points(now),
+                points: self.served.points_by(now, |s| Some(&s.self_time)),
             },
         });
         out.push(MetricFamily {
@@ -184,14 +190,22 @@ impl Tree {
         }
     }
 
-    pub fn on_span(&mut self, span: &Span, now: u64, m: &mut TreeMetrics, u: &mut Unmatched) {
+    pub fn on_span(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        identity: &Identity<'_>,
+        now: u64,
+        m: &mut TreeMetrics,
+        u: &mut Unmatched,
+    ) {
         match span.kind {
-            SpanKind::Client => self.on_client(span, now, u),
-            SpanKind::Server => self.on_server(span, now, m),
+            SpanKind::Client => self.on_client(span, attrs, now, u),
+            SpanKind::Server => self.on_server(span, attrs, identity, now, m),
         }
     }
 
-    fn on_client(&mut self, span: &Span, now: u64, u: &mut Unmatched) {
+    fn on_client(&mut self, span: &Span, attrs: &SpanAttrs<'_>, now: u64, u: &mut Unmatched) {
         let Some(parent) = span.parent_span_id else {
             return;
         };
@@ -212,22 +226,19 @@ impl Tree {
             held.extra += 1;
             return;
         }
+        let part = |i| attrs.http_str(i).unwrap_or_default();
+        let (method, route, address) = (part(METHOD), part(ROUTE), part(ADDRESS));
+        let port = match attrs.http[PORT] {
+            Some(Value::Int(p)) => Some(p),
+            _ => None,
+        };
         let mut text = self.free_text.pop().unwrap_or_default();
-        for (i, k) in ["http.request.method", "http.route", "server.address"]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, part) in [method, route, address].into_iter().enumerate() {
             if i > 0 {
                 text.push(SEP);
             }
-            if let Some(AttrValue::Str(s)) = span.attr(k) {
-                text.push_str(s);
-            }
+            text.push_str(part);
         }
-        let port = match span.attr("server.port") {
-            Some(AttrValue::Int(p)) => Some(*p),
-            _ => None,
-        };
         held.children.push(Child {
             start: span.start_unix_ns,
             end: span.end_unix_ns,
@@ -239,24 +250,30 @@ impl Tree {
         self.children += 1;
     }
 
-    fn on_server(&mut self, span: &Span, now: u64, m: &mut TreeMetrics) {
+    fn on_server(
+        &mut self,
+        span: &Span,
+        attrs: &SpanAttrs<'_>,
+        identity: &Identity<'_>,
+        now: u64,
+        m: &mut TreeMetrics,
+    ) {
         let mut held = self.parents.remove(&(span.trace_id, span.span_id));
         let extra = held.as_ref().map_or(0, |h| h.extra as usize);
         let children: &mut [Child] = held.as_mut().map_or(&mut [], |h| &mut h.children);
         let fanout = children.len() + extra;
 
-        let mut key = identity_key(span);
-        key.push(label_value(span, "http.route"));
-        let from = span_ref(span);
-        let fb = &m.fanout_bounds;
-        m.fanout
-            .get(&key, now, || Histogram::new(fb))
-            .observe(fb, fanout as f64, from);
+        let mut key = identity_key(identity);
+        key.push(attrs.http[ROUTE]);
         let self_ns = self_time_ns(span, children, &mut self.intervals);
-        let db = &m.duration_bounds;
-        m.self_time
-            .get(&key, now, || Histogram::new(db))
-            .observe(db, self_ns as f64 * 1e-9, from);
+        let from = span_ref(span);
+        let (fb, db) = (&m.fanout_bounds, &m.duration_bounds);
+        let served = m.served.get(&key, now, || Served {
+            fanout: Histogram::new(fb),
+            self_time: Histogram::new(db),
+        });
+        served.fanout.observe(fb, fanout as f64, from);
+        served.self_time.observe(db, self_ns as f64 * 1e-9, from);
 
         children.sort_unstable_by_key(|c| c.start);
         for (i, c) in children.iter().enumerate() {
@@ -265,10 +282,7 @@ impl Tree {
                 .any(|e| e.error && e.end <= c.start && e.same_call(c));
             if retry {
                 let [method, route, address] = c.parts();
-                let mut key = Key::new();
-                for v in c.resource_identity() {
-                    key.str(v);
-                }
+                let mut key = identity_key(&identity_of(&c.resource));
                 key.str(method)
                     .str(route)
                     .str(address)
@@ -312,12 +326,6 @@ impl Tree {
     /// Children held now.
     pub fn held(&self) -> usize {
         self.children
-    }
-}
-
-impl Child {
-    fn resource_identity(&self) -> [Option<&str>; 4] {
-        super::identity_of(&self.resource)
     }
 }
 
