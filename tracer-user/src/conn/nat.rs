@@ -218,7 +218,10 @@ pub fn parse_reply(msg: &[u8], seq: u32) -> Result<Option<Entry>, NatError> {
     match kind {
         NLMSG_ERROR => {
             let errno = body.get(..4).ok_or(NatError::Truncated)?;
-            let errno = -i32::from_ne_bytes(errno.try_into().unwrap_or_default());
+            // The kernel sends -errno; i32::MIN has no negation (found by fuzzing).
+            let errno = i32::from_ne_bytes(errno.try_into().unwrap_or_default())
+                .checked_neg()
+                .ok_or(NatError::Garbled("error code out of range"))?;
             Err(match errno {
                 libc::ENOENT => NatError::NotFound,
                 0 => NatError::Garbled("an acknowledgement instead of an entry"),
@@ -238,7 +241,11 @@ pub fn parse_reply(msg: &[u8], seq: u32) -> Result<Option<Entry>, NatError> {
                 }
             }
             match (orig, reply) {
-                (Some(orig), Some(reply)) => Ok(Some(Entry { orig, reply })),
+                // One connection, one address family (fuzzing found a reply mixing them).
+                (Some(orig), Some(reply)) if orig.src.is_ipv4() == reply.src.is_ipv4() => {
+                    Ok(Some(Entry { orig, reply }))
+                }
+                (Some(_), Some(_)) => Err(NatError::Garbled("tuples of two address families")),
                 _ => Err(NatError::Garbled("an entry without both tuples")),
             }
         }

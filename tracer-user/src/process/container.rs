@@ -146,10 +146,13 @@ fn pod_uid(s: &[u8]) -> Option<String> {
     match s.len() {
         32 if s.iter().all(hex) => Some(ascii(s)),
         36 => {
-            let uuid_shaped = s.iter().enumerate().all(|(i, b)| match i {
-                8 | 13 | 18 | 23 => matches!(b, b'-' | b'_'),
-                _ => hex(b),
-            });
+            // One separator throughout: `-` (cgroupfs) or `_` (systemd), never a mix.
+            let sep = s[8];
+            let uuid_shaped = matches!(sep, b'-' | b'_')
+                && s.iter().enumerate().all(|(i, b)| match i {
+                    8 | 13 | 18 | 23 => *b == sep,
+                    _ => hex(b),
+                });
             uuid_shaped.then(|| {
                 s.iter()
                     .map(|b| if *b == b'_' { '-' } else { char::from(*b) })
