@@ -265,6 +265,7 @@ fn span_ref(span: &Span) -> SpanRef {
         trace_id: span.trace_id,
         span_id: span.span_id,
         time_unix_ns: span.end_unix_ns,
+        sampled: span.flags & 1 != 0,
     }
 }
 

@@ -162,6 +162,9 @@ pub struct SpanRef {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub time_unix_ns: u64,
+    /// The span's sampled flag: only a sampled span (one the head sampler exports) may be an
+    /// exemplar, so that an exemplar always opens a trace the backend has.
+    pub sampled: bool,
 }
 
 impl Histogram {
@@ -180,12 +183,15 @@ impl Histogram {
     }
 
     /// Counts `value` in bucket `i` where `bounds[i-1] < value <= bounds[i]` (the last bucket:
-    /// above every bound), and keeps `from` as that bucket's exemplar.
+    /// above every bound), and keeps `from` as that bucket's exemplar when it is sampled.
     pub fn observe(&mut self, bounds: &[f64], value: f64, from: SpanRef) {
         let i = bounds.partition_point(|b| *b < value);
         self.count += 1;
         self.sum += value;
         self.buckets[i] += 1;
+        if !from.sampled {
+            return;
+        }
         self.exemplars[i] = Some(Exemplar {
             trace_id: from.trace_id,
             span_id: from.span_id,
@@ -436,6 +442,7 @@ mod tests {
             trace_id: [n; 16],
             span_id: [n; 8],
             time_unix_ns: u64::from(n),
+            sampled: n != 9,
         };
         for (i, v) in [0.0, 0.005, 0.0050001, 0.01, 0.025, 0.03, 7.0]
             .into_iter()
@@ -456,5 +463,10 @@ mod tests {
         assert_eq!(ex, vec![(1, 0.005), (3, 0.01), (4, 0.025), (6, 7.0)]);
         assert_eq!(p.exemplars[0].trace_id, [1; 16]);
         assert_eq!(p.exemplars[0].time_unix_ns, 1);
+        // An unsampled span counts but is no exemplar (its trace is not exported).
+        h.observe(&bounds, 7.5, at(9));
+        let p = h.point(vec![], vec![], 0, 1);
+        assert_eq!(p.bucket_counts, vec![2, 2, 1, 3]);
+        assert_eq!(p.exemplars.last().map(|e| e.span_id[0]), Some(6));
     }
 }
