@@ -8,16 +8,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::config::{ExportArgs, ExportConfig, Target};
+use super::retry::{INITIAL_BACKOFF, Jitter, MAX_BACKOFF, WarnThrottle};
 use super::transport::{ExportError, GrpcTransport, HttpTransport};
 use super::{console, otlp};
 use crate::span::Span;
-
-/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`], each delay jittered by
-/// ±50 %.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// At most one warning per this period for non-retryable failures.
-const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Export counters, shared with whoever reports them. All monotonic except `queue_len`.
 #[derive(Debug, Default)]
@@ -178,9 +172,8 @@ pub fn spawn_with_config(
         _shutdown_tx: shutdown_tx.clone(),
         healthy: true,
         failures_while_unhealthy: 0,
-        last_warn: None,
-        suppressed_warnings: 0,
-        rng: seed(),
+        warnings: WarnThrottle::default(),
+        jitter: Jitter::new(),
         description: description.clone(),
         cfg,
     };
@@ -215,18 +208,9 @@ struct Worker {
     cfg: ExportConfig,
     healthy: bool,
     failures_while_unhealthy: u64,
-    last_warn: Option<Instant>,
-    suppressed_warnings: u64,
-    rng: u64,
+    warnings: WarnThrottle,
+    jitter: Jitter,
     description: String,
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
 impl Worker {
@@ -345,7 +329,7 @@ impl Worker {
                     Err(e) => {
                         self.stats.export_errors.fetch_add(1, Relaxed);
                         self.stats.spans_failed.fetch_add(n, Relaxed);
-                        self.warn_limited(&format!("writing spans to stdout: {e}"));
+                        self.warnings.warn(&format!("writing spans to stdout: {e}"));
                     }
                 }
                 return;
@@ -387,7 +371,7 @@ impl Worker {
                             "{}: receiver rejected {rejected} of {n} spans: {}",
                             self.description, sent.message
                         );
-                        self.warn_limited(&msg);
+                        self.warnings.warn(&msg);
                     }
                     if !self.healthy {
                         tracing::info!(
@@ -408,7 +392,7 @@ impl Worker {
                             "{}: export failed, {n} spans dropped: {e}",
                             self.description
                         );
-                        self.warn_limited(&msg);
+                        self.warnings.warn(&msg);
                         return;
                     }
                     if self.healthy {
@@ -422,7 +406,10 @@ impl Worker {
                         tracing::debug!("span export to {} failed: {e}", self.description);
                     }
                     self.failures_while_unhealthy += 1;
-                    let wait = self.jitter(backoff).max(e.retry_after.unwrap_or_default());
+                    let wait = self
+                        .jitter
+                        .apply(backoff)
+                        .max(e.retry_after.unwrap_or_default());
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     let wake = Instant::now() + wait;
                     // Sleep, unless the (possibly shortened by shutdown) deadline comes first.
@@ -451,34 +438,5 @@ impl Worker {
     fn give_up(&mut self, n: u64, why: &str) {
         self.stats.spans_failed.fetch_add(n, Relaxed);
         tracing::debug!("{}: {why}, {n} spans dropped", self.description);
-    }
-
-    /// Logs a warning unless one was logged less than [`WARN_EVERY`] ago.
-    fn warn_limited(&mut self, msg: &str) {
-        let now = Instant::now();
-        if self
-            .last_warn
-            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
-        {
-            self.suppressed_warnings += 1;
-            return;
-        }
-        match std::mem::take(&mut self.suppressed_warnings) {
-            0 => tracing::warn!("{msg}"),
-            n => tracing::warn!("{msg} ({n} similar warnings suppressed)"),
-        }
-        self.last_warn = Some(now);
-    }
-
-    /// `d` × a uniform factor in [0.5, 1.5).
-    fn jitter(&mut self, d: Duration) -> Duration {
-        // xorshift64
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        let f = 0.5 + (x >> 11) as f64 / (1u64 << 53) as f64;
-        d.mul_f64(f)
     }
 }

@@ -25,6 +25,7 @@ mod metrics_config;
 mod otlp;
 pub mod otlp_metrics;
 pub mod prometheus;
+mod retry;
 mod transport;
 
 pub use batch::{ExportHandle, ExportStats, SpanSender, StatsSnapshot, spawn, spawn_with_config};

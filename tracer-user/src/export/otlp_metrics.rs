@@ -27,21 +27,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::metadata::MetadataMap;
 
 use super::config::{Compression, ExportConfig, Target};
 use super::metrics_config::OtlpMetricsConfig;
 use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
-use super::transport::{ExportError, HttpTransport, Sent};
+use super::retry::{INITIAL_BACKOFF, Jitter, MAX_BACKOFF, WarnThrottle};
+use super::transport::{ExportError, HttpTransport, Sent, grpc_channel, grpc_metadata};
 use crate::metric::{
     self, Exemplar, HistogramPoint, Identity, MetricData, MetricFamily, MetricSource,
     MetricSources, NumberPoint,
 };
 
-const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The resource of points without an identity (the agent's own counters).
 const AGENT_SERVICE_NAME: &str = "tracer";
 
@@ -174,9 +171,8 @@ pub fn spawn(
         shutdown: shutdown_rx,
         description: description.clone(),
         healthy: true,
-        last_warn: None,
-        suppressed: 0,
-        rng: seed(),
+        warnings: WarnThrottle::default(),
+        jitter: Jitter::new(),
         cfg,
     };
     Ok(OtlpMetricsHandle {
@@ -194,45 +190,16 @@ enum Backend {
     Http(HttpTransport),
 }
 
-/// The traces' gRPC endpoint settings (see `transport::GrpcTransport`) for the metrics
-/// service: lazy connection, timeouts, keep-alive, TLS with the Mozilla roots, gzip.
+/// The traces' channel (`transport::grpc_channel`) for the metrics service.
 fn grpc_client(url: &str, cfg: &ExportConfig) -> anyhow::Result<(GrpcClient, MetadataMap)> {
-    let mut ep = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("OTLP/gRPC metrics endpoint {url:?}"))?
-        .user_agent(concat!("tracer/", env!("CARGO_PKG_VERSION")))
-        .context("user agent")?
-        .connect_timeout(cfg.timeout)
-        .timeout(cfg.timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(cfg.timeout.min(Duration::from_secs(20)));
-    if url
-        .get(..8)
-        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
-    {
-        ep = ep
-            .tls_config(ClientTlsConfig::new().with_webpki_roots())
-            .context("OTLP/gRPC TLS")?;
-    }
-    let mut client = MetricsServiceClient::new(ep.connect_lazy())
+    let channel = grpc_channel(url, cfg).context("metrics")?;
+    let mut client = MetricsServiceClient::new(channel)
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(CompressionEncoding::Gzip);
     if cfg.compression == Compression::Gzip {
         client = client.send_compressed(CompressionEncoding::Gzip);
     }
-    let mut metadata = MetadataMap::new();
-    for (k, v) in &cfg.headers {
-        match (
-            k.parse::<AsciiMetadataKey>(),
-            v.parse::<AsciiMetadataValue>(),
-        ) {
-            (Ok(k), Ok(v)) => {
-                metadata.insert(k, v);
-            }
-            _ => tracing::warn!("OTLP/gRPC: header {k:?} is not valid gRPC metadata; ignored"),
-        }
-    }
-    Ok((client, metadata))
+    Ok((client, grpc_metadata(cfg)))
 }
 
 async fn grpc_send(
@@ -290,9 +257,8 @@ struct Worker {
     cfg: OtlpMetricsConfig,
     description: String,
     healthy: bool,
-    last_warn: Option<Instant>,
-    suppressed: u64,
-    rng: u64,
+    warnings: WarnThrottle,
+    jitter: Jitter,
 }
 
 impl Worker {
@@ -364,7 +330,7 @@ impl Worker {
                             "{}: receiver rejected {} of {points} metric points: {}",
                             self.description, sent.rejected, sent.message
                         );
-                        self.warn_limited(&msg);
+                        self.warnings.warn(&msg);
                     }
                     if !self.healthy {
                         tracing::info!("metric export to {} recovered", self.description);
@@ -376,12 +342,15 @@ impl Worker {
                 Err(e) => {
                     if self.healthy {
                         self.healthy = false;
-                        self.warn_limited(&format!(
+                        self.warnings.warn(&format!(
                             "metric export to {} failing: {e} (retrying)",
                             self.description
                         ));
                     }
-                    let wait = self.jitter(backoff).max(e.retry_after.unwrap_or_default());
+                    let wait = self
+                        .jitter
+                        .apply(backoff)
+                        .max(e.retry_after.unwrap_or_default());
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     let wake = Instant::now() + wait;
                     loop {
@@ -401,38 +370,8 @@ impl Worker {
     fn failed(&mut self, why: &str) {
         self.stats.failed.fetch_add(1, Relaxed);
         let msg = format!("{}: metric export failed: {why}", self.description);
-        self.warn_limited(&msg);
+        self.warnings.warn(&msg);
     }
-
-    fn warn_limited(&mut self, msg: &str) {
-        let now = Instant::now();
-        if self
-            .last_warn
-            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        match std::mem::take(&mut self.suppressed) {
-            0 => tracing::warn!("{msg}"),
-            n => tracing::warn!("{msg} ({n} similar warnings suppressed)"),
-        }
-        self.last_warn = Some(now);
-    }
-
-    /// `d` × a uniform factor in [0.5, 1.5) (xorshift64).
-    fn jitter(&mut self, d: Duration) -> Duration {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        d.mul_f64(0.5 + (x >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
-fn seed() -> u64 {
-    unix_now_ns() ^ (u64::from(std::process::id()) << 32) | 1
 }
 
 /// This machine's name, as traces' resources carry it (`host.name`).

@@ -82,6 +82,50 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The gRPC channel of both OTLP exporters (spans and metrics): connects lazily (on first
+/// export) and reconnects by itself; timeouts, keep-alive, TLS with the Mozilla roots for
+/// `https://`. Must be called inside a tokio runtime.
+pub fn grpc_channel(url: &str, cfg: &ExportConfig) -> anyhow::Result<Channel> {
+    let mut ep = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("OTLP/gRPC endpoint {url:?}"))?
+        .user_agent(USER_AGENT)
+        .context("user agent")?
+        .connect_timeout(cfg.timeout)
+        .timeout(cfg.timeout)
+        .tcp_nodelay(true)
+        // Notice dead connections (NAT/conntrack drops) while idle.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(cfg.timeout.min(Duration::from_secs(20)))
+        .keep_alive_while_idle(false);
+    if url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+    {
+        ep = ep
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .context("OTLP/gRPC TLS")?;
+    }
+    Ok(ep.connect_lazy())
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` as gRPC metadata; a header gRPC cannot carry is logged and
+/// left out.
+pub fn grpc_metadata(cfg: &ExportConfig) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    for (k, v) in &cfg.headers {
+        match (
+            k.parse::<AsciiMetadataKey>(),
+            v.parse::<AsciiMetadataValue>(),
+        ) {
+            (Ok(k), Ok(v)) => {
+                metadata.insert(k, v);
+            }
+            _ => tracing::warn!("OTLP/gRPC: header {k:?} is not valid gRPC metadata; ignored"),
+        }
+    }
+    metadata
+}
+
 pub struct GrpcTransport {
     client: TraceServiceClient<Channel>,
     metadata: MetadataMap,
@@ -91,45 +135,17 @@ impl GrpcTransport {
     /// Must be called inside a tokio runtime. Connects lazily (on first export), and
     /// reconnects by itself.
     pub fn new(url: &str, cfg: &ExportConfig) -> anyhow::Result<Self> {
-        let mut ep = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("OTLP/gRPC endpoint {url:?}"))?
-            .user_agent(USER_AGENT)
-            .context("user agent")?
-            .connect_timeout(cfg.timeout)
-            .timeout(cfg.timeout)
-            .tcp_nodelay(true)
-            // Notice dead connections (NAT/conntrack drops) while idle.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(cfg.timeout.min(Duration::from_secs(20)))
-            .keep_alive_while_idle(false);
-        if url
-            .get(..8)
-            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
-        {
-            ep = ep
-                .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                .context("OTLP/gRPC TLS")?;
-        }
-        let mut client = TraceServiceClient::new(ep.connect_lazy())
+        let mut client = TraceServiceClient::new(grpc_channel(url, cfg)?)
             .max_decoding_message_size(4 << 20)
-            .max_encoding_message_size(usize::MAX);
+            .max_encoding_message_size(usize::MAX)
+            .accept_compressed(CompressionEncoding::Gzip);
         if cfg.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-        client = client.accept_compressed(CompressionEncoding::Gzip);
-        let mut metadata = MetadataMap::new();
-        for (k, v) in &cfg.headers {
-            match (
-                k.parse::<AsciiMetadataKey>(),
-                v.parse::<AsciiMetadataValue>(),
-            ) {
-                (Ok(k), Ok(v)) => {
-                    metadata.insert(k, v);
-                }
-                _ => tracing::warn!("OTLP/gRPC: header {k:?} is not valid gRPC metadata; ignored"),
-            }
-        }
-        Ok(Self { client, metadata })
+        Ok(Self {
+            client,
+            metadata: grpc_metadata(cfg),
+        })
     }
 
     pub async fn send(
