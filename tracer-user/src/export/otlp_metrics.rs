@@ -33,7 +33,9 @@ use super::config::{Compression, ExportConfig, Target};
 use super::metrics_config::OtlpMetricsConfig;
 use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
 use super::retry::{INITIAL_BACKOFF, Jitter, MAX_BACKOFF, WarnThrottle};
-use super::transport::{ExportError, HttpTransport, Sent, grpc_channel, grpc_metadata};
+use super::transport::{
+    ExportError, HttpTransport, Sent, grpc_channel, grpc_metadata, grpc_retryable,
+};
 use crate::metric::{
     self, Exemplar, HistogramPoint, Identity, MetricData, MetricFamily, MetricSource,
     MetricSources, NumberPoint,
@@ -229,17 +231,7 @@ async fn grpc_send(
             None => Sent::default(),
         }),
         Ok(Err(status)) => {
-            use tonic::Code::*;
-            let retryable = matches!(
-                status.code(),
-                Cancelled
-                    | DeadlineExceeded
-                    | ResourceExhausted
-                    | Aborted
-                    | OutOfRange
-                    | Unavailable
-                    | DataLoss
-            );
+            let retryable = grpc_retryable(status.code());
             Err(error(
                 retryable,
                 format!("gRPC {:?}: {}", status.code(), status.message()),

@@ -126,6 +126,21 @@ pub fn grpc_metadata(cfg: &ExportConfig) -> MetadataMap {
     metadata
 }
 
+/// The gRPC status codes OTLP says to retry (OTLP specification, "Failures").
+pub fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+    )
+}
+
 pub struct GrpcTransport {
     client: TraceServiceClient<Channel>,
     metadata: MetadataMap,
@@ -163,17 +178,7 @@ impl GrpcTransport {
             )),
             Ok(Ok(resp)) => Ok(from_response(resp.into_inner())),
             Ok(Err(status)) => {
-                use tonic::Code::*;
-                let retryable = matches!(
-                    status.code(),
-                    Cancelled
-                        | DeadlineExceeded
-                        | ResourceExhausted
-                        | Aborted
-                        | OutOfRange
-                        | Unavailable
-                        | DataLoss
-                );
+                let retryable = grpc_retryable(status.code());
                 let mut message = format!("gRPC {:?}", status.code());
                 if !status.message().is_empty() {
                     message.push_str(": ");
