@@ -68,7 +68,7 @@ impl<'a> SpanAttrs<'a> {
             let v = match v {
                 AttrValue::Str(s) => Value::Str(s),
                 AttrValue::Int(n) => Value::Int(*n),
-                AttrValue::Bool(_) => continue,
+                AttrValue::Bool(_) | AttrValue::StrArray(_) => continue,
             };
             // Its index in the HTTP labels, in the RPC labels.
             let (h, r) = match *k {
