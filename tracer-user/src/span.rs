@@ -179,7 +179,17 @@ pub fn test_span() -> Span {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate_value;
+    use super::{AttrValue, truncate_value};
+
+    #[test]
+    fn string_arrays_expose_their_strings_and_their_size() {
+        let a = AttrValue::from(vec!["gold".to_owned(), "free".to_owned()]);
+        assert_eq!(a.strs(), ["gold", "free"]);
+        assert_eq!(AttrValue::from("x").strs(), ["x"]);
+        assert!(AttrValue::Int(1).strs().is_empty());
+        assert!(a.heap_bytes() >= 8 + 2 * std::mem::size_of::<String>());
+        assert_eq!(AttrValue::Bool(true).heap_bytes(), 0);
+    }
 
     #[test]
     fn truncation_cuts_at_char_boundaries() {
