@@ -102,8 +102,12 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     const N: usize = 2000;
     const P: f64 = 0.25;
     let (_echo, port) = echo_server();
+    let metrics_port = free_port();
     let sc = Scenario::ports(&[port])
         .args(&["--inject-traceparent", "all"])
+        .args(&["--prometheus-host", "127.0.0.1"])
+        .args(&["--prometheus-port", &metrics_port.to_string()])
+        .env("OTEL_METRICS_EXPORTER", "prometheus")
         .env("OTEL_TRACES_SAMPLER", "traceidratio")
         .env("OTEL_TRACES_SAMPLER_ARG", "0.25")
         .start()
@@ -137,7 +141,27 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
 
     // Both spans of every kept trace (the test's CLIENT span, the echo server's SERVER span).
     let spans = sc.receiver().wait_spans(2 * kept.len(), WAIT, |_| true);
+    // The RED histograms count every request, sampled or not: scraped from the agent.
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let counts = || -> Option<(f64, f64)> {
+        let page = tracer_tests::prometheus::scrape(&url, false).ok()?;
+        let families = tracer_tests::prometheus::parse_with_python(&page, false).ok()?;
+        Some((
+            red_count(&families, "http_server_request_duration_seconds"),
+            red_count(&families, "http_client_request_duration_seconds"),
+        ))
+    };
+    let want = N as f64;
+    let counted = wait_for(WAIT, || counts().filter(|c| c.0 >= want && c.1 >= want))
+        .or_else(counts)
+        .unwrap_or_else(|| panic!("no metrics page at {url}"));
     let out = sc.stop().unwrap();
+    assert_eq!(
+        counted,
+        (want, want),
+        "server and client request counts of /r/* (the exported traces: {})",
+        kept.len()
+    );
     let exported: BTreeSet<&str> = out.spans.iter().map(|s| s.trace_id()).collect();
     assert_eq!(
         exported,
@@ -164,10 +188,33 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     );
     assert_eq!((st.held_traces, st.held_bytes), (0, 0));
     println!(
-        "traceidratio 0.25: kept {} of {N} traces ({:.1} %), as predicted",
+        "traceidratio 0.25: kept {} of {N} traces ({:.1} %), as predicted; the RED histograms \
+         counted all {N} server and client requests",
         kept.len(),
         100.0 * kept.len() as f64 / N as f64
     );
+}
+
+/// The `_count` of histogram `family` summed over its series of the echo server: a SERVER
+/// series by its route (`/r/…`), a CLIENT one by its server address (the `Host` sent: `echo`).
+fn red_count(families: &[Value], family: &str) -> f64 {
+    families
+        .iter()
+        .filter(|f| f["name"] == family)
+        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
+        .filter(|s| {
+            let l = &s["labels"];
+            s["name"] == format!("{family}_count")
+                && if family.starts_with("http_server") {
+                    l["http_route"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("/r/"))
+                } else {
+                    l["server_address"] == "echo"
+                }
+        })
+        .map(|s| s["value"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 /// Request heads the in-test backend received.
@@ -295,7 +342,8 @@ fn slow_backend(mut s: TcpStream) {
 /// At ratio 0.01, curl → proxy → backend traces: each with a 5xx (an in-test backend answers
 /// 503), and each slower than the
 /// threshold, is kept with all four of its spans; fast ones are kept only as the ratio says.
-/// Then a late span of a dropped trace and of a kept one, and a header-attribute policy.
+/// Then a late span of a dropped trace and of a kept one, and a header-attribute policy (on a
+/// header sent on two lines: a two-element array).
 #[test]
 fn tail_policies_keep_error_and_slow_traces_whole() {
     require_root();
@@ -358,7 +406,12 @@ fn tail_policies_keep_error_and_slow_traces_whole() {
     let gold = trace_with(11, 5);
     get(
         format!("{direct}/tier"),
-        &[&tp(&gold), "X-Tier: gold", "Authorization: Bearer s3cr3t"],
+        &[
+            &tp(&gold),
+            "X-Tier: free",
+            "X-Tier: gold",
+            "Authorization: Bearer s3cr3t",
+        ],
     );
     sc.receiver().wait_spans(2, WAIT, |s| s.trace_id() == gold);
     std::thread::sleep(Duration::from_secs(2));
@@ -376,19 +429,21 @@ fn tail_policies_keep_error_and_slow_traces_whole() {
             .map(|s| s.trace_id())
             .collect();
         assert_eq!(ids.len(), want, "{what}: {ids:?}");
-        for id in ids {
+        for id in &ids {
             let spans = &traces[id];
             assert_eq!(spans.len(), 4, "{what} trace {id} whole: {spans:#?}");
             assert!(spans.iter().all(|s| s.trace_flags() == 1));
         }
+        // Those the head ratio kept anyway (1 % each) count as head, not as the policy's.
+        ids.iter().filter(|id| predicted(id, 0.01)).count() as u64
     };
     let server_pid = server.pid() as i64;
-    whole(
+    let errors_by_head = whole(
         &|s| s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("http.response.status_code") == 503,
         5,
         "5xx",
     );
-    whole(
+    let slow_by_head = whole(
         &|s| s.kind() == "SPAN_KIND_SERVER" && s.attr_str("url.path") == "/slow",
         3,
         "slow",
@@ -419,21 +474,27 @@ fn tail_policies_keep_error_and_slow_traces_whole() {
         .filter(|s| s.kind() == "SPAN_KIND_SERVER")
         .collect();
     assert_eq!(tier.len(), 1);
-    assert_eq!(tier[0].attr_str("http.request.header.x-tier"), "gold");
+    // A string array, one element per header line; the policy matched its second element.
+    assert_eq!(
+        tier[0].attr("http.request.header.x-tier"),
+        &serde_json::json!(["free", "gold"])
+    );
     assert_eq!(
         tier[0].attr("http.request.header.authorization"),
         &Value::Null
     );
+    let content_type = tier[0].attr("http.response.header.content-type");
     assert!(
-        tier[0]
-            .attr_str("http.response.header.content-type")
-            .starts_with("text/plain")
+        content_type.as_array().is_some_and(
+            |a| a.len() == 1 && a[0].as_str().is_some_and(|v| v.starts_with("text/plain"))
+        ),
+        "{content_type}"
     );
     assert!(out.log.contains("header `authorization` is not captured"));
 
     let st = &out.counters.sampling;
-    assert_eq!(st.kept_traces_error, 6, "{st:?}");
-    assert_eq!(st.kept_traces_slow, 3, "{st:?}");
+    assert_eq!(st.kept_traces_error, 6 - errors_by_head, "{st:?}");
+    assert_eq!(st.kept_traces_slow, 3 - slow_by_head, "{st:?}");
     assert_eq!(st.kept_traces_attribute, 1, "{st:?}");
     // The late spans: the dropped trace's second request (curl's span and the server's), the
     // kept one's (both, and the spans of each kept trace that came after its match).

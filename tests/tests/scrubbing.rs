@@ -179,12 +179,17 @@ fn pii_never_reaches_the_console_and_options_extend_or_disable_it() {
         "{all}"
     );
 
-    // --no-default-redaction: the built-ins are off (the test's own data, nothing real).
+    // --no-default-redaction: the built-ins are off (the test's own data, nothing real);
+    // a pattern still masks each element of a captured header sent on two lines.
     let sc = Scenario::ports(&[port])
         .args(&[
             "--no-default-redaction",
             "--redact-attribute",
             "user_agent.original",
+            "--capture-request-header",
+            "x-account",
+            "--redact-pattern",
+            "acct-[0-9]+",
         ])
         .start()
         .unwrap();
@@ -192,6 +197,10 @@ fn pii_never_reaches_the_console_and_options_extend_or_disable_it() {
         "-s",
         "-o",
         "/dev/null",
+        "-H",
+        "X-Account: acct-42",
+        "-H",
+        "X-Account: team-blue",
         &format!("http://127.0.0.1:{port}/pay/4111111111111111"),
     ])
     .unwrap();
@@ -201,6 +210,11 @@ fn pii_never_reaches_the_console_and_options_extend_or_disable_it() {
     assert_eq!(spans.len(), 2, "{spans:#?}");
     for s in &spans {
         assert_eq!(s.attr("user_agent.original"), &Value::Null, "{s:#}");
+        assert_eq!(
+            s.attr("http.request.header.x-account"),
+            &serde_json::json!(["REDACTED", "team-blue"]),
+            "{s:#}"
+        );
     }
     sc.stop().unwrap();
 }

@@ -17,6 +17,32 @@ pub enum AttrValue {
     Str(String),
     Int(i64),
     Bool(bool),
+    /// An array of strings (OTLP `ArrayValue`): e.g. a captured header, one element per
+    /// field line, as the semantic conventions define `http.request.header.<name>`.
+    StrArray(Vec<String>),
+}
+
+impl AttrValue {
+    /// The strings a string or string-array value holds (none for other values).
+    pub fn strs(&self) -> &[String] {
+        match self {
+            Self::Str(s) => std::slice::from_ref(s),
+            Self::StrArray(a) => a,
+            Self::Int(_) | Self::Bool(_) => &[],
+        }
+    }
+
+    /// Heap bytes the value owns (what a bounded store or buffer charges for it).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Str(s) => s.capacity(),
+            Self::StrArray(a) => {
+                a.capacity() * std::mem::size_of::<String>()
+                    + a.iter().map(String::capacity).sum::<usize>()
+            }
+            Self::Int(_) | Self::Bool(_) => 0,
+        }
+    }
 }
 
 impl From<String> for AttrValue {
@@ -27,6 +53,11 @@ impl From<String> for AttrValue {
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
         Self::Str(v.to_owned())
+    }
+}
+impl From<Vec<String>> for AttrValue {
+    fn from(v: Vec<String>) -> Self {
+        Self::StrArray(v)
     }
 }
 impl From<i64> for AttrValue {
@@ -148,7 +179,17 @@ pub fn test_span() -> Span {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate_value;
+    use super::{AttrValue, truncate_value};
+
+    #[test]
+    fn string_arrays_expose_their_strings_and_their_size() {
+        let a = AttrValue::from(vec!["gold".to_owned(), "free".to_owned()]);
+        assert_eq!(a.strs(), ["gold", "free"]);
+        assert_eq!(AttrValue::from("x").strs(), ["x"]);
+        assert!(AttrValue::Int(1).strs().is_empty());
+        assert!(a.heap_bytes() >= 8 + 2 * std::mem::size_of::<String>());
+        assert_eq!(AttrValue::Bool(true).heap_bytes(), 0);
+    }
 
     #[test]
     fn truncation_cuts_at_char_boundaries() {

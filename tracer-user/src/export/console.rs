@@ -21,6 +21,7 @@ fn push_attr(out: &mut String, v: Option<&AttrValue>) {
         Some(AttrValue::Bool(b)) => {
             let _ = write!(out, "{b}");
         }
+        Some(AttrValue::StrArray(a)) => out.push_str(&a.join(", ")),
         None => out.push('-'),
     }
 }

@@ -3,7 +3,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span as ProtoSpan, Status, span, status,
@@ -25,6 +27,14 @@ fn any_value(v: AttrValue) -> AnyValue {
             AttrValue::Str(s) => any_value::Value::StringValue(s),
             AttrValue::Int(i) => any_value::Value::IntValue(i),
             AttrValue::Bool(b) => any_value::Value::BoolValue(b),
+            AttrValue::StrArray(a) => any_value::Value::ArrayValue(ArrayValue {
+                values: a
+                    .into_iter()
+                    .map(|s| AnyValue {
+                        value: Some(any_value::Value::StringValue(s)),
+                    })
+                    .collect(),
+            }),
         }),
     }
 }
@@ -199,6 +209,10 @@ pub(crate) mod tests {
         s.kind = SpanKind::Server;
         s.status = StatusCode::Error;
         s.status_message = Some("boom".into());
+        s.attributes.push((
+            "http.request.header.x-tier",
+            vec!["gold".to_owned(), "silver".to_owned()].into(),
+        ));
         let p = proto_span(s);
         assert_eq!(p.trace_id, vec![7; 16]);
         assert_eq!(p.span_id, vec![7; 8]);
@@ -226,6 +240,17 @@ pub(crate) mod tests {
             Some(&IntValue(8080))
         );
         assert_eq!(attr(&p.attributes, "tracer.test"), Some(&BoolValue(true)));
+        let string = |s: &str| AnyValue {
+            value: Some(StringValue(s.into())),
+        };
+        assert_eq!(
+            attr(&p.attributes, "http.request.header.x-tier"),
+            Some(&any_value::Value::ArrayValue(
+                opentelemetry_proto::tonic::common::v1::ArrayValue {
+                    values: vec![string("gold"), string("silver")]
+                }
+            ))
+        );
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].name, "rpc.message");
         assert_eq!(p.events[0].time_unix_nano, 1_700_000_000_000_500_000);

@@ -105,15 +105,22 @@ impl Redactor {
                 .retain(|(k, _)| !o.drop_attributes.iter().any(|d| d == k));
         }
         for (key, value) in span.attributes.iter_mut() {
-            let AttrValue::Str(s) = value else { continue };
-            let mut changed = redact_attribute(o, key, s);
-            if let Some(p) = &o.patterns
-                && let Cow::Owned(m) = p.mask(changed.as_deref().unwrap_or(s))
-            {
-                changed = Some(m);
-            }
-            if let Some(c) = changed {
-                *s = c;
+            // A string array (a captured header) element by element.
+            let strings = match value {
+                AttrValue::Str(s) => std::slice::from_mut(s),
+                AttrValue::StrArray(a) => a.as_mut_slice(),
+                AttrValue::Int(_) | AttrValue::Bool(_) => continue,
+            };
+            for s in strings {
+                let mut changed = redact_attribute(o, key, s);
+                if let Some(p) = &o.patterns
+                    && let Cow::Owned(m) = p.mask(changed.as_deref().unwrap_or(s))
+                {
+                    changed = Some(m);
+                }
+                if let Some(c) = changed {
+                    *s = c;
+                }
             }
         }
         if o.builtin
@@ -275,7 +282,7 @@ pub const SENSITIVE_HEADERS: &[&str] = &[
 #[command(next_help_heading = "Span data: headers and redaction")]
 pub struct SpanDataArgs {
     /// Add the request header NAME to each HTTP span as `http.request.header.<name>` (lower
-    /// case; several lines of it joined by `, `). Repeatable. `Authorization`,
+    /// case; a string array, one element per line). Repeatable. `Authorization`,
     /// `Proxy-Authorization`, `Cookie` and `Set-Cookie` need --allow-sensitive-header too.
     #[arg(long, value_name = "NAME")]
     pub capture_request_header: Vec<String>,

@@ -431,6 +431,7 @@ fn attr_json(v: &AttrValue) -> Value {
         AttrValue::Str(s) => json!(s),
         AttrValue::Int(i) => json!(i),
         AttrValue::Bool(b) => json!(b),
+        AttrValue::StrArray(a) => json!(a),
     }
 }
 

@@ -2,7 +2,11 @@
 //! variable) and what they resolve to.
 use std::sync::Arc;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
+
+use super::IDENTITY;
+use super::red::{MAX_DIMENSIONS, fixed_labels};
+use super::series::OVERFLOW_LABEL;
 
 /// The semantic conventions' advice for duration histograms, in seconds.
 pub const DEFAULT_DURATION_BOUNDS: &[f64] = &[
@@ -48,6 +52,19 @@ pub struct MetricsArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000, env = "TRACER_SERVICE_GRAPH_WAIT_MS",
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub service_graph_wait_ms: u64,
+
+    /// Also label the request duration histograms with the span attribute ATTRIBUTE, e.g. a
+    /// captured header (`http.request.header.x-tier` with --capture-request-header x-tier).
+    /// Repeatable (or comma-separated), at most 4. Each multiplies the series: the
+    /// --metrics-max-series cap still bounds them. Prometheus shows the name with `_` for `.`
+    /// and `-` (`http_request_header_x_tier`).
+    #[arg(
+        long,
+        value_name = "ATTRIBUTE",
+        value_delimiter = ',',
+        env = "TRACER_METRICS_DIMENSIONS"
+    )]
+    pub metrics_dimension: Vec<String>,
 }
 
 /// What the stage does; [`MetricsArgs::options`] builds it.
@@ -60,6 +77,8 @@ pub struct MetricsOptions {
     pub pair_wait_ns: u64,
     /// How long children wait for their parent server span.
     pub children_wait_ns: u64,
+    /// Span attributes that label the request duration histograms too (`--metrics-dimension`).
+    pub dimensions: Vec<String>,
 }
 
 impl Default for MetricsOptions {
@@ -71,6 +90,7 @@ impl Default for MetricsOptions {
             duration_bounds: DEFAULT_DURATION_BOUNDS.into(),
             pair_wait_ns: 2_000_000_000,
             children_wait_ns: 60 * 1_000_000_000,
+            dimensions: Vec::new(),
         }
     }
 }
@@ -98,9 +118,41 @@ impl MetricsArgs {
             series_idle_ns: self.metrics_series_idle.saturating_mul(1_000_000_000),
             duration_bounds,
             pair_wait_ns: self.service_graph_wait_ms * 1_000_000,
+            dimensions: dimensions(&self.metrics_dimension)?,
             ..MetricsOptions::default()
         })
     }
+}
+
+/// The `--metrics-dimension`s, checked: at most [`MAX_DIMENSIONS`], none that is, or that
+/// Prometheus would show as, a label the metrics already have or another dimension.
+fn dimensions(names: &[String]) -> Result<Vec<String>> {
+    // Prometheus keeps letters, digits and `_`; the exporter makes every other character `_`.
+    let prometheus = |n: &str| -> String {
+        n.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let p = prometheus(name);
+        let same = |t: &str| prometheus(t) == p;
+        let taken = fixed_labels()
+            .chain(IDENTITY.iter().copied())
+            .chain([OVERFLOW_LABEL])
+            .any(same)
+            || out.iter().any(|t| same(t));
+        if taken {
+            bail!("--metrics-dimension {name}: the metrics already have this label");
+        }
+        out.push(name.to_owned());
+    }
+    ensure!(
+        out.len() <= MAX_DIMENSIONS,
+        "--metrics-dimension: at most {MAX_DIMENSIONS} dimensions, got {}",
+        out.len()
+    );
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -142,5 +194,37 @@ mod tests {
         assert!(e.to_string().contains("ascending"), "{e}");
         assert!(parse(&["--metrics-duration-buckets=-1"]).is_err());
         assert!(parse(&["--metrics-max-series=0"]).is_err());
+    }
+
+    #[test]
+    fn dimensions_are_checked() {
+        let o = parse(&[
+            "--metrics-dimension",
+            "http.request.header.x-tier",
+            "--metrics-dimension=deployment.environment, app.tenant",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.dimensions,
+            [
+                "http.request.header.x-tier",
+                "deployment.environment",
+                "app.tenant"
+            ]
+        );
+        assert!(parse(&[]).unwrap().dimensions.is_empty());
+        for taken in [
+            "http.route",
+            "http_route",
+            "service.name",
+            "otel.metric.overflow",
+            "rpc.method",
+            "a.b,a-b",
+        ] {
+            let e = parse(&["--metrics-dimension", taken]).unwrap_err();
+            assert!(e.to_string().contains("already have"), "{taken}: {e}");
+        }
+        let e = parse(&["--metrics-dimension=a,b,c,d,e"]).unwrap_err();
+        assert!(e.to_string().contains("at most 4"), "{e}");
     }
 }

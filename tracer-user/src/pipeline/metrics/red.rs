@@ -7,6 +7,11 @@
 //! `rpc.method`, `rpc.grpc.status_code`); the current RPC conventions renamed them
 //! (`rpc.system.name`, `rpc.method` = `service/method`, `rpc.response.status_code`), and the
 //! histograms follow the spans so that a metric and its exemplar's span agree.
+//!
+//! `--metrics-dimension ATTRIBUTE` adds span attributes as further labels of all four (after
+//! the conventions' labels; a span without the attribute has no such label). Their values are
+//! what redaction left (it runs first); the series cap bounds their cardinality as any
+//! label's.
 use std::sync::Arc;
 
 use super::series::{Histogram, KeyNames, SeriesTable, Value};
@@ -38,6 +43,14 @@ const RPC_CLIENT: &[&str] = &[
 ];
 const RPC_SERVER: &[&str] = RPC_CLIENT.split_at(5).0;
 
+/// Most `--metrics-dimension`s: each multiplies the series a route may have.
+pub const MAX_DIMENSIONS: usize = 4;
+
+/// The labels the histograms have without dimensions (a dimension must not repeat one).
+pub fn fixed_labels() -> impl Iterator<Item = &'static str> {
+    HTTP_CLIENT.iter().chain(RPC_CLIENT).copied()
+}
+
 /// Indexes into [`SpanAttrs::http`] the other metrics read.
 pub const METHOD: usize = 0;
 pub const ROUTE: usize = 2;
@@ -68,7 +81,7 @@ impl<'a> SpanAttrs<'a> {
             let v = match v {
                 AttrValue::Str(s) => Value::Str(s),
                 AttrValue::Int(n) => Value::Int(*n),
-                AttrValue::Bool(_) => continue,
+                AttrValue::Bool(_) | AttrValue::StrArray(_) => continue,
             };
             // Its index in the HTTP labels, in the RPC labels.
             let (h, r) = match *k {
@@ -117,6 +130,8 @@ impl<'a> SpanAttrs<'a> {
 /// The four duration histograms.
 pub struct Red {
     bounds: Arc<[f64]>,
+    /// `--metrics-dimension`s: the attributes labelling every histogram after its own labels.
+    dimensions: &'static [&'static str],
     http_server: SeriesTable<Histogram>,
     http_client: SeriesTable<Histogram>,
     rpc_server: SeriesTable<Histogram>,
@@ -149,8 +164,29 @@ const INSTRUMENTS: [Instrument; 4] = [
 ];
 
 impl Red {
+    /// Without dimensions. (The stage calls this until `metrics/mod.rs` passes
+    /// `options.dimensions` to [`Self::with_dimensions`]: a line of that file for the lead.)
     pub fn new(bounds: Arc<[f64]>, cap: usize) -> Self {
-        let table = |labels| {
+        Self::with_dimensions(bounds, cap, &[])
+    }
+
+    /// With the attributes `dimensions` as extra labels (at most [`MAX_DIMENSIONS`]; checked
+    /// by the options). Their names are made to live as long as the agent (once, at start-up).
+    pub fn with_dimensions(bounds: Arc<[f64]>, cap: usize, dimensions: &[String]) -> Self {
+        let dimensions: &'static [&'static str] = if dimensions.is_empty() {
+            &[]
+        } else {
+            let names = dimensions
+                .iter()
+                .map(|d| &*Box::leak(d.clone().into_boxed_str()));
+            Box::leak(names.collect())
+        };
+        let table = |fixed: &'static [&'static str]| {
+            let labels = if dimensions.is_empty() {
+                fixed
+            } else {
+                Box::leak(fixed.iter().chain(dimensions).copied().collect())
+            };
             SeriesTable::new(
                 KeyNames {
                     identity: IDENTITY,
@@ -161,6 +197,7 @@ impl Red {
         };
         Self {
             bounds,
+            dimensions,
             http_server: table(HTTP_SERVER),
             http_client: table(HTTP_CLIENT),
             rpc_server: table(RPC_SERVER),
@@ -183,9 +220,22 @@ impl Red {
             (true, SpanKind::Server) => (&mut self.rpc_server, &rpc[..RPC_SERVER.len()]),
             (true, SpanKind::Client) => (&mut self.rpc_client, &rpc[..]),
         };
+        // A string array of several elements is one label value, joined: the only case that
+        // allocates, and only when such a dimension is configured.
+        let mut joined: [String; MAX_DIMENSIONS] = Default::default();
+        for (d, j) in self.dimensions.iter().zip(&mut joined) {
+            if let Some(AttrValue::StrArray(a)) = span.attr(d)
+                && a.len() > 1
+            {
+                *j = a.join(",");
+            }
+        }
         let mut key = identity_key(identity);
         for v in values {
             key.push(*v);
+        }
+        for (d, j) in self.dimensions.iter().zip(&joined) {
+            key.push(span.attr(d).and_then(|v| dimension_value(v, j)));
         }
         let bounds = &self.bounds;
         table.get(&key, now, || Histogram::new(bounds)).observe(
@@ -239,6 +289,21 @@ impl Red {
             });
         }
     }
+}
+
+/// A dimension's label value: an attribute's own value, a boolean as `true`/`false`, a string
+/// array's one element, or `joined`, its elements joined by `,` (an empty array: no label).
+fn dimension_value<'a>(v: &'a AttrValue, joined: &'a str) -> Option<Value<'a>> {
+    Some(match v {
+        AttrValue::Str(s) => Value::Str(s),
+        AttrValue::Int(n) => Value::Int(*n),
+        AttrValue::Bool(b) => Value::Str(if *b { "true" } else { "false" }),
+        AttrValue::StrArray(a) => match a.as_slice() {
+            [] => return None,
+            [one] => Value::Str(one),
+            _ => Value::Str(joined),
+        },
+    })
 }
 
 /// The span's duration in seconds.

@@ -630,3 +630,100 @@ fn idle_series_expire_on_tick() {
     m.tick(T0 + 16_000 * MS);
     assert!(histograms(&collect(&m), "http.server.request.duration").is_empty());
 }
+
+/// `--metrics-dimension`s: the RED histograms get one more label per dimension, from the
+/// span's attribute (a string array as one value), bounded by the series cap.
+#[test]
+fn dimensions_label_the_red_histograms_within_the_cap() {
+    use super::red::Red;
+
+    let dims = [
+        "http.request.header.x-tier".to_owned(),
+        "app.beta".to_owned(),
+    ];
+    let mut red = Red::with_dimensions(DEFAULT_DURATION_BOUNDS.into(), 4, &dims);
+    let svc = resource("svc");
+    let tier = |values: &[&str]| -> AttrValue {
+        values
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let spans = [
+        with(
+            http_server(&svc, 1, "/a", 200),
+            &[("http.request.header.x-tier", tier(&["gold"]))],
+        ),
+        with(
+            http_server(&svc, 2, "/a", 200),
+            &[("http.request.header.x-tier", "gold".into())],
+        ),
+        with(
+            http_server(&svc, 3, "/a", 200),
+            &[
+                ("http.request.header.x-tier", tier(&["gold", "silver"])),
+                ("app.beta", true.into()),
+            ],
+        ),
+        http_server(&svc, 4, "/a", 200),
+        with(
+            http_client(&svc, 5, None, "/b"),
+            &[("http.request.header.x-tier", tier(&["free"]))],
+        ),
+        with(
+            http_server(&svc, 6, "/a", 200),
+            &[("http.request.header.x-tier", tier(&["new"]))],
+        ),
+        with(
+            http_server(&svc, 7, "/a", 200),
+            &[("http.request.header.x-tier", tier(&[]))],
+        ),
+        // Beyond the cap (4 series): the overflow series.
+        with(
+            http_server(&svc, 8, "/a", 200),
+            &[("http.request.header.x-tier", tier(&["more"]))],
+        ),
+    ];
+    for s in &spans {
+        let identity = identity_of(&s.resource);
+        red.record(s, &red::SpanAttrs::of(s), &identity, T0);
+    }
+    let mut families = Vec::new();
+    red.collect(T0, &mut families);
+    let server = histograms(&families, "http.server.request.duration");
+    let tier_of =
+        |p: &HistogramPoint| label(&p.labels, "http.request.header.x-tier").map(str::to_owned);
+    let gold = hist(server, &[("http.request.header.x-tier", "gold")]);
+    assert_eq!(gold.count, 2, "a one-element array is its element");
+    assert_eq!(label(&gold.labels, "http.route"), Some("/a"));
+    assert_eq!(label(&gold.labels, "app.beta"), None, "absent: no label");
+    let both = hist(server, &[("http.request.header.x-tier", "gold,silver")]);
+    assert_eq!(label(&both.labels, "app.beta"), Some("true"));
+    let none: Vec<_> = server
+        .iter()
+        .filter(|p| tier_of(p).is_none() && label(&p.labels, "http.route").is_some())
+        .collect();
+    assert_eq!(none.len(), 1, "no header, no label: {server:?}");
+    assert_eq!(none[0].count, 2, "an empty array is no value");
+    let client = histograms(&families, "http.client.request.duration");
+    assert_eq!(
+        client[0].labels.last(),
+        Some(&("http.request.header.x-tier", "free".to_owned())),
+        "the dimensions come after the conventions' labels"
+    );
+    let overflow = hist(server, &[("otel.metric.overflow", "true")]);
+    assert_eq!(overflow.count, 1);
+    let (name, series, overflowed) = red.stats().next().unwrap();
+    assert_eq!(
+        (name, series, overflowed),
+        ("http.server.request.duration", 4, 1)
+    );
+    // Prometheus: `.` and `-` become `_`.
+    let page =
+        crate::export::prometheus::encode(&families, crate::export::prometheus::Format::Classic);
+    assert!(
+        page.contains("http_request_header_x_tier=\"gold,silver\""),
+        "{page}"
+    );
+}

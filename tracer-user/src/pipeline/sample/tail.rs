@@ -46,9 +46,10 @@ impl DropReason {
     }
 }
 
-/// `--sampling-keep-attribute KEY=VALUE`: the value compared as the attribute's text (an
-/// integer or boolean attribute by its value; a string one also by each `, `-separated element,
-/// as captured headers join their values).
+/// `--sampling-keep-attribute KEY=VALUE`: the value compared as the attribute's text: a string
+/// attribute equal to it; a string array (a captured header) when any element equals it, or,
+/// for an element that is a comma-separated list (one header line may carry several values),
+/// any of its items; an integer or boolean attribute by its value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttributeMatch {
     pub key: String,
@@ -76,7 +77,10 @@ impl std::str::FromStr for AttributeMatch {
 impl AttributeMatch {
     fn matches(&self, v: &AttrValue) -> bool {
         match v {
-            AttrValue::Str(s) => s == &self.value || s.split(", ").any(|e| e == self.value),
+            AttrValue::Str(s) => *s == self.value,
+            AttrValue::StrArray(a) => a
+                .iter()
+                .any(|e| *e == self.value || e.split(',').any(|item| item.trim() == self.value)),
             AttrValue::Int(i) => self.int == Some(*i),
             AttrValue::Bool(b) => self.boolean == Some(*b),
         }
@@ -118,14 +122,7 @@ impl Policies {
 
 /// What a held span costs in memory, roughly: its struct, its strings and attribute slots.
 pub fn span_bytes(span: &Span) -> usize {
-    let strings: usize = span
-        .attributes
-        .iter()
-        .map(|(_, v)| match v {
-            AttrValue::Str(s) => s.len(),
-            _ => 0,
-        })
-        .sum();
+    let strings: usize = span.attributes.iter().map(|(_, v)| v.heap_bytes()).sum();
     std::mem::size_of::<Span>()
         + span.name.len()
         + span.trace_state.as_ref().map_or(0, String::len)
@@ -159,9 +156,30 @@ mod tests {
         assert_eq!(p.matches(&s), Some(KeepReason::Slow));
         s.end_unix_ns = s.start_unix_ns + 500_000_000;
         assert_eq!(p.matches(&s), None, "slower than, not as slow as");
-        s.attributes = vec![("http.request.header.x-tier", "silver, gold".into())];
+        let header = |values: &[&str]| -> AttrValue {
+            values
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .into()
+        };
+        for (values, kept) in [
+            (&["silver", "gold"][..], true),
+            (&["gold"], true),
+            (&["silver,gold"], true),
+            (&["silver, gold"], true),
+            (&["golden"], false),
+            (&["silver", "xgold"], false),
+            (&[], false),
+        ] {
+            s.attributes = vec![("http.request.header.x-tier", header(values))];
+            let want = kept.then_some(KeepReason::Attribute);
+            assert_eq!(p.matches(&s), want, "{values:?}");
+        }
+        // A plain string: the whole value.
+        s.attributes = vec![("http.request.header.x-tier", "gold".into())];
         assert_eq!(p.matches(&s), Some(KeepReason::Attribute));
-        s.attributes = vec![("http.request.header.x-tier", "golden".into())];
+        s.attributes = vec![("http.request.header.x-tier", "silver, gold".into())];
         assert_eq!(p.matches(&s), None);
         s.attributes = vec![("http.response.status_code", 418i64.into())];
         assert_eq!(p.matches(&s), Some(KeepReason::Attribute));

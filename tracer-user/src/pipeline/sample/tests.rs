@@ -168,7 +168,7 @@ fn slow_and_attribute_policies_keep() {
     slow.end_unix_ns = slow.start_unix_ns + S;
     r.push(slow, 0);
     let mut gold = span(2, 0);
-    gold.attributes = vec![("http.request.header.x-tier", "gold".into())];
+    gold.attributes = vec![("http.request.header.x-tier", vec!["gold".to_owned()].into())];
     r.push(gold, 0);
     r.push(span(3, 0), 0);
     assert_eq!(r.out.len(), 2);

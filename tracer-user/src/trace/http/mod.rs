@@ -36,13 +36,17 @@ use super::route::route_of;
 use super::{Clock, SpanContext, grpc};
 use crate::conn::ConnMeta;
 use crate::protocol::{Direction, HeaderList, HttpExchange, RequestHead};
-use crate::span::{Attributes, Resource, Span, SpanKind, StatusCode, truncate_value};
+use crate::span::{AttrValue, Attributes, Resource, Span, SpanKind, StatusCode, truncate_value};
 
 /// `http.request.method_original` is cut to this many bytes.
 const MAX_METHOD_LEN: usize = 64;
 
-/// A captured header's attribute is cut to this many bytes.
+/// A captured header's values are cut to this many bytes in all...
 const MAX_HEADER_VALUE_LEN: usize = 1024;
+/// ... and to this many values (field lines).
+const MAX_HEADER_VALUES: usize = 16;
+/// Span attribute: captured header values left out or cut short by those bounds.
+pub const HEADER_VALUES_CUT: &str = "tracer.http.header_values_cut";
 
 /// How exchanges become spans (agent configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -396,26 +400,39 @@ pub(super) fn header<'a>(headers: &'a HeaderList, name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
-/// The captured headers present in `headers`: one string attribute each, the values of
-/// repeated lines joined by `, ` (as HTTP itself may combine them; the span model has no array
-/// values), cut to [`MAX_HEADER_VALUE_LEN`].
+/// The captured headers present in `headers`: one string-array attribute each, an element per
+/// field line (the semantic conventions' form; a line's own commas are kept), at most
+/// [`MAX_HEADER_VALUES`] elements and [`MAX_HEADER_VALUE_LEN`] bytes in all per header. Values
+/// left out or cut short are counted in [`HEADER_VALUES_CUT`].
 fn push_headers(attrs: &mut Attributes, captured: &[CapturedHeader], headers: &HeaderList) {
+    let mut cut = 0i64;
     for c in captured {
-        let mut value: Option<String> = None;
+        let mut values: Vec<String> = Vec::new();
+        let mut budget = MAX_HEADER_VALUE_LEN;
         for (_, v) in headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(&c.name))
         {
-            match &mut value {
-                None => value = Some(v.clone()),
-                Some(all) => {
-                    all.push_str(", ");
-                    all.push_str(v);
-                }
+            if values.len() == MAX_HEADER_VALUES || budget == 0 {
+                cut += 1;
+                continue;
             }
+            let kept = truncate_value(v, budget);
+            if kept.len() < v.len() {
+                cut += 1;
+            }
+            budget -= kept.len();
+            values.push(kept.to_owned());
         }
-        if let Some(v) = value {
-            attrs.push((c.key, truncate_value(&v, MAX_HEADER_VALUE_LEN).into()));
+        if !values.is_empty() {
+            attrs.push((c.key, values.into()));
+        }
+    }
+    if cut > 0 {
+        let total = attrs.iter_mut().find(|(k, _)| *k == HEADER_VALUES_CUT);
+        match total {
+            Some((_, AttrValue::Int(n))) => *n += cut,
+            _ => attrs.push((HEADER_VALUES_CUT, cut.into())),
         }
     }
 }

@@ -593,3 +593,66 @@ fn ids_and_context() {
     assert_eq!(b.trace_state.as_deref(), Some("k=v"));
     assert_eq!(s(&b, "tracer.parent.source").as_deref(), Some("w3c"));
 }
+
+// ---- captured headers ----
+
+#[test]
+fn captured_headers_are_string_arrays_one_element_per_line() {
+    let opts = SpanOptions::default().with_headers(&["X-Tier".into()], &["x-release".into()]);
+    let mut ex = exchange(SERVER, "GET", "/", Some(200));
+    ex.request.headers.extend([
+        ("X-TIER".into(), "gold".into()),
+        ("x-other".into(), "no".into()),
+        ("x-tier".into(), "silver, bronze".into()),
+    ]);
+    ex.response
+        .as_mut()
+        .unwrap()
+        .headers
+        .push(("X-Release".into(), "v2".into()));
+    let sp = build_opts(&ex, &opts);
+    assert_eq!(
+        sp.attr("http.request.header.x-tier"),
+        Some(&AttrValue::StrArray(vec![
+            "gold".into(),
+            "silver, bronze".into()
+        ]))
+    );
+    assert_eq!(
+        sp.attr("http.response.header.x-release"),
+        Some(&AttrValue::StrArray(vec!["v2".into()]))
+    );
+    assert_eq!(sp.attr(HEADER_VALUES_CUT), None, "nothing cut");
+    // Absent headers add nothing.
+    let sp = build_opts(&exchange(SERVER, "GET", "/", Some(200)), &opts);
+    assert_eq!(sp.attr("http.request.header.x-tier"), None);
+}
+
+#[test]
+fn captured_header_values_are_bounded_and_the_cut_counted() {
+    let opts = SpanOptions::default().with_headers(&["x-many".into(), "x-long".into()], &[]);
+    let mut ex = exchange(SERVER, "GET", "/", Some(200));
+    for i in 0..MAX_HEADER_VALUES + 4 {
+        ex.request.headers.push(("x-many".into(), format!("v{i}")));
+    }
+    let long = "é".repeat(MAX_HEADER_VALUE_LEN);
+    ex.request.headers.push(("x-long".into(), long.clone()));
+    ex.request.headers.push(("x-long".into(), "after".into()));
+    let sp = build_opts(&ex, &opts);
+    let many = sp.attr("http.request.header.x-many").unwrap().strs();
+    assert_eq!(many.len(), MAX_HEADER_VALUES);
+    assert_eq!(
+        many[MAX_HEADER_VALUES - 1],
+        format!("v{}", MAX_HEADER_VALUES - 1)
+    );
+    let long_kept = sp.attr("http.request.header.x-long").unwrap().strs();
+    assert_eq!(long_kept.len(), 1, "the budget is spent by the first line");
+    assert_eq!(
+        long_kept[0].len(),
+        MAX_HEADER_VALUE_LEN,
+        "cut at a char boundary"
+    );
+    assert!(long.starts_with(&long_kept[0]));
+    // 4 lines left out, one cut short, one left out.
+    assert_eq!(sp.attr(HEADER_VALUES_CUT), Some(&AttrValue::Int(6)));
+}
