@@ -61,8 +61,8 @@ struct Echo {
 }
 
 impl Echo {
-    fn get(&mut self, path: &str) -> String {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: echo\r\n\r\n");
+    fn get(&mut self, path: &str, tier: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: echo\r\nX-Tier: {tier}\r\n\r\n");
         self.s.write_all(req.as_bytes()).unwrap();
         let mut chunk = [0u8; 16384];
         loop {
@@ -107,6 +107,8 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
         .args(&["--inject-traceparent", "all"])
         .args(&["--prometheus-host", "127.0.0.1"])
         .args(&["--prometheus-port", &metrics_port.to_string()])
+        .args(&["--capture-request-header", "x-tier"])
+        .env("TRACER_METRICS_DIMENSIONS", "http.request.header.x-tier")
         .env("OTEL_METRICS_EXPORTER", "prometheus")
         .env("OTEL_TRACES_SAMPLER", "traceidratio")
         .env("OTEL_TRACES_SAMPLER_ARG", "0.25")
@@ -122,7 +124,8 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     c.s.set_nodelay(true).unwrap();
     let mut decided: BTreeMap<String, bool> = BTreeMap::new();
     for i in 0..N {
-        let echoed = c.get(&format!("/r/{i}"));
+        let tier = if i % 4 == 0 { "gold" } else { "free" };
+        let echoed = c.get(&format!("/r/{i}"), tier);
         let (trace, flags) =
             injected(&echoed).unwrap_or_else(|| panic!("no traceparent: {echoed}"));
         // The decision travels: the kernel's flags are the prediction from the trace id.
@@ -143,12 +146,15 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     let spans = sc.receiver().wait_spans(2 * kept.len(), WAIT, |_| true);
     // The RED histograms count every request, sampled or not: scraped from the agent.
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let counts = || -> Option<(f64, f64)> {
+    let counts = || -> Option<(f64, f64, f64)> {
         let page = tracer_tests::prometheus::scrape(&url, false).ok()?;
         let families = tracer_tests::prometheus::parse_with_python(&page, false).ok()?;
+        let server = "http_server_request_duration_seconds";
         Some((
-            red_count(&families, "http_server_request_duration_seconds"),
-            red_count(&families, "http_client_request_duration_seconds"),
+            red_count(&families, server, None),
+            red_count(&families, "http_client_request_duration_seconds", None),
+            // --metrics-dimension http.request.header.x-tier: a label of its own.
+            red_count(&families, server, Some("gold")),
         ))
     };
     let want = N as f64;
@@ -158,8 +164,8 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     let out = sc.stop().unwrap();
     assert_eq!(
         counted,
-        (want, want),
-        "server and client request counts of /r/* (the exported traces: {})",
+        (want, want, want / 4.0),
+        "server, client and gold-tier server request counts of /r/* (the exported traces: {})",
         kept.len()
     );
     let exported: BTreeSet<&str> = out.spans.iter().map(|s| s.trace_id()).collect();
@@ -189,15 +195,17 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     assert_eq!((st.held_traces, st.held_bytes), (0, 0));
     println!(
         "traceidratio 0.25: kept {} of {N} traces ({:.1} %), as predicted; the RED histograms \
-         counted all {N} server and client requests",
+         counted all {N} server and client requests, {} of the gold tier",
         kept.len(),
-        100.0 * kept.len() as f64 / N as f64
+        100.0 * kept.len() as f64 / N as f64,
+        N / 4
     );
 }
 
 /// The `_count` of histogram `family` summed over its series of the echo server: a SERVER
-/// series by its route (`/r/…`), a CLIENT one by its server address (the `Host` sent: `echo`).
-fn red_count(families: &[Value], family: &str) -> f64 {
+/// series by its route (`/r/…`), a CLIENT one by its server address (the `Host` sent: `echo`);
+/// with `tier`, only the series of that `x-tier` header.
+fn red_count(families: &[Value], family: &str, tier: Option<&str>) -> f64 {
     families
         .iter()
         .filter(|f| f["name"] == family)
@@ -212,6 +220,7 @@ fn red_count(families: &[Value], family: &str) -> f64 {
                 } else {
                     l["server_address"] == "echo"
                 }
+                && tier.is_none_or(|t| l["http_request_header_x_tier"] == t)
         })
         .map(|s| s["value"].as_f64().unwrap_or(0.0))
         .sum()

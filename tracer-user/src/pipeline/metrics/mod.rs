@@ -52,7 +52,7 @@ impl SpanMetrics {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(Aggregates {
-                    red: Red::new(bounds.clone(), cap),
+                    red: Red::with_dimensions(bounds.clone(), cap, &options.dimensions),
                     graph: GraphMetrics::new(bounds.clone(), cap),
                     tree: TreeMetrics::new(bounds, cap),
                     unmatched: Unmatched::default(),

@@ -164,12 +164,6 @@ const INSTRUMENTS: [Instrument; 4] = [
 ];
 
 impl Red {
-    /// Without dimensions. (The stage calls this until `metrics/mod.rs` passes
-    /// `options.dimensions` to [`Self::with_dimensions`]: a line of that file for the lead.)
-    pub fn new(bounds: Arc<[f64]>, cap: usize) -> Self {
-        Self::with_dimensions(bounds, cap, &[])
-    }
-
     /// With the attributes `dimensions` as extra labels (at most [`MAX_DIMENSIONS`]; checked
     /// by the options). Their names are made to live as long as the agent (once, at start-up).
     pub fn with_dimensions(bounds: Arc<[f64]>, cap: usize, dimensions: &[String]) -> Self {

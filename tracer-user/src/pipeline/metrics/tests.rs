@@ -727,3 +727,34 @@ fn dimensions_label_the_red_histograms_within_the_cap() {
         "{page}"
     );
 }
+
+/// The stage labels with `--metrics-dimension`s what redaction left of them: it runs first.
+#[test]
+fn the_stage_labels_with_dimensions_after_redaction() {
+    use crate::pipeline::{RedactOptions, Redactor, redact::Patterns};
+
+    let mut redact = Redactor::new(RedactOptions {
+        patterns: Patterns::new(&["acct-[0-9]+".into()]).unwrap(),
+        ..RedactOptions::default()
+    });
+    let mut m = SpanMetrics::new(&MetricsOptions {
+        dimensions: vec!["http.request.header.x-account".into()],
+        ..MetricsOptions::default()
+    });
+    let svc = resource("svc");
+    let mut s = with(
+        http_server(&svc, 1, "/a", 200),
+        &[(
+            "http.request.header.x-account",
+            vec!["acct-42".to_owned()].into(),
+        )],
+    );
+    redact.on_span(&mut s);
+    m.on_span(&s);
+    let families = collect(&m);
+    let server = histograms(&families, "http.server.request.duration");
+    assert_eq!(
+        hist(server, &[("http.request.header.x-account", "REDACTED")]).count,
+        1
+    );
+}
