@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::{proc::run_bounded, workspace::workspace_root};
+use crate::{net::wait_port, proc::run_bounded, workspace::workspace_root};
 
 /// What the end-to-end tests run in containers: Python's HTTP server and curl.
 pub const BASE_PACKAGES: &[&str] = &["python3", "curl"];
@@ -35,6 +35,8 @@ const OWNER_LABEL: &str = "tracer.test.owner";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Any single podman command (run, inspect, rm, import).
 const PODMAN_TIMEOUT: Duration = Duration::from_secs(120);
+/// A server in a fresh container starts in a few seconds; generous for a loaded machine.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The image with [`BASE_PACKAGES`] (built the first time, then reused).
 pub fn base_image() -> Result<String> {
@@ -177,6 +179,30 @@ impl Container {
             "podman run printed {out:?}, not a container id"
         );
         Ok(Self { id })
+    }
+
+    /// Python's HTTP server (`python3 -m http.server`, threaded) in a container of `image` on
+    /// 127.0.0.1:`port` (host network), with `env`; returns once it accepts connections (the
+    /// error otherwise carries the container's output).
+    pub fn python_http_server(image: &str, port: u16, env: &[(&str, &str)]) -> Result<Self> {
+        let port_arg = port.to_string();
+        let server = Self::run(
+            image,
+            env,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port_arg,
+            ],
+        )?;
+        if let Err(e) = wait_port(port, SERVER_TIMEOUT) {
+            let logs = server.logs().unwrap_or_else(|e| format!("{e:#}"));
+            bail!("the container's HTTP server: {e:#}\n{logs}");
+        }
+        Ok(server)
     }
 
     /// A field of `podman inspect` (a Go template, e.g. `{{.State.Pid}}`), trimmed.

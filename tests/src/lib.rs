@@ -9,6 +9,7 @@ pub mod procs;
 pub mod prometheus;
 pub mod receiver;
 pub mod scenario;
+pub mod services;
 
 pub use agent::{Agent, log_line, rss_kib, summary, without_endpoints};
 pub use counters::{Counters, ExportTotals, Injection, KernelDrops, Sampling};
@@ -17,6 +18,7 @@ pub use privilege::require_root;
 pub use procs::*;
 pub use receiver::{Receiver, SpanJson, by_path};
 pub use scenario::{Outcome, Scenario, Setup};
+pub use services::{echo_server, proxy, python_service};
 
 use std::{process::Command, time::Duration};
 

@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::{Proc, TempDir, wait_for, workspace_root};
 
+/// How long [`Receiver::one_span`] waits for its span.
+const ONE_SPAN_WAIT: Duration = Duration::from_secs(20);
+
 pub struct Receiver {
     pub proc: Proc,
     pub grpc_port: u16,
@@ -108,6 +111,18 @@ impl Receiver {
             (matching.len() >= n).then_some(matching)
         })
         .unwrap_or_else(|| self.spans().into_iter().filter(|s| pred(s)).collect())
+    }
+
+    /// The one span of `kind` (`SPAN_KIND_SERVER`, …) for `url.path` `path` that process `pid`
+    /// made; panics (showing what matched) unless exactly one arrives within 20 s.
+    pub fn one_span(&self, kind: &str, path: &str, pid: u32) -> Value {
+        let spans = self.wait_spans(1, ONE_SPAN_WAIT, |s| {
+            s.kind() == kind
+                && s.attr_str("url.path") == path
+                && s.res("process.pid").as_i64() == Some(i64::from(pid))
+        });
+        assert_eq!(spans.len(), 1, "{kind} {path} of pid {pid}: {spans:#?}");
+        spans.into_iter().next().unwrap()
     }
 }
 

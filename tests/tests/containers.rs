@@ -24,8 +24,9 @@ fn spans_of_containers_carry_their_container_id_and_service_name() {
     require_root();
     let image = base_image().unwrap();
     let port = free_port();
-    let server = Container::run(
+    let server = Container::python_http_server(
         &image,
+        port,
         &[
             ("OTEL_SERVICE_NAME", "shop-frontend"),
             (
@@ -33,17 +34,8 @@ fn spans_of_containers_carry_their_container_id_and_service_name() {
                 "service.name=not-this-one,deployment.environment=e2e,container.id=forged",
             ),
         ],
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
     )
     .unwrap();
-    wait_port(port, WAIT).unwrap_or_else(|e| panic!("{e:#}\n{}", server.logs().unwrap()));
     let server_pid = server.pid().unwrap();
     let server_id = server.inspect("{{.Id}}").unwrap();
     assert_eq!(server_id, server.id);

@@ -199,17 +199,6 @@ impl Drop for NatRule {
     }
 }
 
-fn server_span(r: &Receiver, server: &Proc, path: &str) -> Value {
-    let pid = server.pid() as i64;
-    let spans = r.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_SERVER"
-            && s.res("process.pid").as_i64() == Some(pid)
-            && s.attr_str("url.path") == path
-    });
-    assert_eq!(spans.len(), 1, "{path}: {spans:#?}");
-    spans.into_iter().next().unwrap()
-}
-
 /// curl's CLIENT span for `path`.
 fn client_span(r: &Receiver, path: &str) -> Value {
     let spans = r.wait_spans(1, WAIT, |s| {
@@ -272,7 +261,7 @@ fn pod_to_service_ip_links_through_dnat_and_masquerade() {
     let c = client_span(r, "/via-service");
     assert_eq!(c.attr_str("network.peer.address"), vip, "{c:#}");
     assert_eq!(c.attr_i64("network.peer.port"), svc_port as i64);
-    let s = server_span(r, &server, "/via-service");
+    let s = r.one_span("SPAN_KIND_SERVER", "/via-service", server.pid());
     assert_eq!(s.attr_str("client.address"), client.v4, "{s:#}");
     assert_linked(&s, &c);
 
@@ -291,7 +280,7 @@ fn pod_to_service_ip_links_through_dnat_and_masquerade() {
     );
     client.curl(&format!("http://{vip}:{svc_port}/masqueraded"));
     let c = client_span(r, "/masqueraded");
-    let s = server_span(r, &server, "/masqueraded");
+    let s = r.one_span("SPAN_KIND_SERVER", "/masqueraded", server.pid());
     assert_eq!(s.attr_str("client.address"), server_pod.host_v4, "{s:#}");
     assert_linked(&s, &c);
     drop(masq);
@@ -299,7 +288,7 @@ fn pod_to_service_ip_links_through_dnat_and_masquerade() {
     // No NAT: linked by the addresses alone.
     client.curl(&format!("http://{}:{port}/direct", server_pod.v4));
     let c = client_span(r, "/direct");
-    let s = server_span(r, &server, "/direct");
+    let s = r.one_span("SPAN_KIND_SERVER", "/direct", server.pid());
     assert_linked(&s, &c);
 
     let done = sc.stop().unwrap();
@@ -337,7 +326,7 @@ fn host_to_ipv6_service_ip_links_through_dnat() {
     curl(&["-o", "/dev/null", &format!("http://[{vip}]:{svc_port}/v6")]).unwrap();
     let c = client_span(r, "/v6");
     assert_eq!(c.attr_str("network.peer.address"), vip, "{c:#}");
-    let s = server_span(r, &server, "/v6");
+    let s = r.one_span("SPAN_KIND_SERVER", "/v6", server.pid());
     assert_eq!(s.attr_str("client.address"), server_pod.host_v6, "{s:#}");
     assert_linked(&s, &c);
     let n = sc.stop().unwrap().counters;
@@ -362,7 +351,7 @@ fn without_nat_lookups_the_service_ip_call_is_not_linked() {
     let r = sc.receiver();
     client.curl(&format!("http://{vip}:{svc_port}/unlinked"));
     let c = client_span(r, "/unlinked");
-    let s = server_span(r, &server, "/unlinked");
+    let s = r.one_span("SPAN_KIND_SERVER", "/unlinked", server.pid());
     assert_eq!(s.parent_id(), "", "{s:#}");
     assert_ne!(s.trace_id(), c.trace_id());
     assert_eq!(s.attr_str("tracer.parent.source"), "none");

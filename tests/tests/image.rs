@@ -232,20 +232,12 @@ fn agent_image_traces_a_container_with_the_charts_security_context() {
     let receiver = Receiver::start(&[]).unwrap();
     let port = free_port();
     // Python's HTTP server in its own container (test-kit's image of Debian packages).
-    let server = Container::run(
+    let server = Container::python_http_server(
         &base_image().unwrap(),
+        port,
         &[("OTEL_SERVICE_NAME", "shop-frontend")],
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
     )
     .unwrap();
-    wait_port(port, Duration::from_secs(30)).unwrap();
     let agent = AgentRun::from_chart()
         .exporting_to(&receiver)
         .args(&["--port", &port.to_string()])

@@ -19,19 +19,6 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn echo_server() -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc::spawn(
-        "echo server",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/echo.py"))
-            .arg(port.to_string()),
-    )
-    .unwrap();
-    p.wait_line("READY", Duration::from_secs(10)).unwrap();
-    (p, port)
-}
-
 /// A client connection that reads echo responses (buffered: pipelined responses may arrive
 /// in one read).
 struct Conn {
@@ -149,20 +136,10 @@ fn post(path: &str, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (head, body.to_vec())
 }
 
-fn span_for(receiver: &Receiver, kind: &str, path: &str, pid: u32) -> Value {
-    let spans = receiver.wait_spans(1, WAIT, |s| {
-        s.kind() == kind
-            && s.attr_str("url.path") == path
-            && s.res("process.pid").as_i64() == Some(pid as i64)
-    });
-    assert_eq!(spans.len(), 1, "{kind} {path}: {spans:#?}");
-    spans.into_iter().next().unwrap()
-}
-
 #[test]
 fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     require_root();
-    let (server, port) = echo_server();
+    let (server, port) = echo_server().unwrap();
     // The test's own sockets are blocking: `all` lets them join the sockmap.
     let sc = Scenario::ports(&[port])
         .args(&["--inject-traceparent", "all"])
@@ -181,14 +158,14 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     assert_eq!(count(&echoed, b"traceparent"), 1);
 
     // The CLIENT span is the one the header names; the server's span is its child.
-    let client = span_for(receiver, "SPAN_KIND_CLIENT", "/plain", me);
+    let client = receiver.one_span("SPAN_KIND_CLIENT", "/plain", me);
     assert_eq!((client.trace_id(), client.span_id()), (&*trace, &*span));
     assert_eq!(
         client.attr("tracer.traceparent.injected"),
         &Value::Bool(true)
     );
     assert_eq!(client.parent_id(), "");
-    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/plain", server.pid());
+    let srv = receiver.one_span("SPAN_KIND_SERVER", "/plain", server.pid());
     assert_eq!((srv.trace_id(), srv.parent_id()), (&*trace, &*span));
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
 
@@ -253,7 +230,7 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
 #[test]
 fn without_injection_requests_are_byte_identical() {
     require_root();
-    let (server, port) = echo_server();
+    let (server, port) = echo_server().unwrap();
     let sc = Scenario::ports(&[port])
         .args(&["--inject-traceparent", "off"])
         .start()
@@ -272,9 +249,9 @@ fn without_injection_requests_are_byte_identical() {
     );
     // Nothing crossed the wire; both ends are on this node, so the server span still finds
     // the client span by the connection's addresses.
-    let client = span_for(receiver, "SPAN_KIND_CLIENT", "/off", me);
+    let client = receiver.one_span("SPAN_KIND_CLIENT", "/off", me);
     assert_eq!(client.attr("tracer.traceparent.injected"), &Value::Null);
-    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/off", server.pid());
+    let srv = receiver.one_span("SPAN_KIND_SERVER", "/off", server.pid());
     assert_eq!(
         (srv.trace_id(), srv.parent_id()),
         (client.trace_id(), client.span_id())
@@ -302,24 +279,14 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     require_root();
     let receiver = Receiver::start(&[]).unwrap();
     let b_port = free_port();
-    let b = Proc::spawn(
+    let b = python_service(
         "sdk service",
-        Command::new("python3")
-            .arg(sdk_script())
-            .args(["server", &b_port.to_string()])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
+        "sdk_service.py",
+        &["server".to_owned(), b_port.to_string()],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint())],
     )
     .unwrap();
-    b.wait_line("READY", Duration::from_secs(20)).unwrap();
-    let a_port = free_port();
-    let a = Proc::spawn(
-        "proxy",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/proxy.py"))
-            .args([a_port.to_string(), b_port.to_string()]),
-    )
-    .unwrap();
-    a.wait_line("READY", Duration::from_secs(10)).unwrap();
+    let (a, a_port) = proxy(b_port).unwrap();
     // Default mode: curl and A's http.client (with a timeout) use non-blocking sockets.
     let sc = Scenario::ports(&[a_port, b_port])
         .with_receiver(receiver)
@@ -335,9 +302,9 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
     });
     assert_eq!(curl_client.len(), 1, "{curl_client:#?}");
     let curl_client = &curl_client[0];
-    let a_server = span_for(receiver, "SPAN_KIND_SERVER", "/hop", a.pid());
-    let a_client = span_for(receiver, "SPAN_KIND_CLIENT", "/backend/hop", a.pid());
-    let b_server = span_for(receiver, "SPAN_KIND_SERVER", "/backend/hop", b.pid());
+    let a_server = receiver.one_span("SPAN_KIND_SERVER", "/hop", a.pid());
+    let a_client = receiver.one_span("SPAN_KIND_CLIENT", "/backend/hop", a.pid());
+    let b_server = receiver.one_span("SPAN_KIND_SERVER", "/backend/hop", b.pid());
     let sdk = receiver.wait_spans(1, WAIT, |s| s.res("service.name") == "sdk-service");
     assert_eq!(sdk.len(), 1, "{sdk:#?}");
     let sdk = &sdk[0];
@@ -374,7 +341,7 @@ fn multi_hop_trace_through_an_sdk_instrumented_service() {
 #[test]
 fn default_mode_injects_only_on_non_blocking_sockets() {
     require_root();
-    let (server, port) = echo_server();
+    let (server, port) = echo_server().unwrap();
     let sc = Scenario::port(port).unwrap();
     let receiver = sc.receiver();
     let blocking = get("/blocking");
@@ -385,9 +352,9 @@ fn default_mode_injects_only_on_non_blocking_sockets() {
         1,
         "{echoed}"
     );
-    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/blocking", server.pid());
+    let srv = receiver.one_span("SPAN_KIND_SERVER", "/blocking", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
-    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/nonblocking", server.pid());
+    let srv = receiver.one_span("SPAN_KIND_SERVER", "/nonblocking", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
     let done = sc.stop().unwrap();
     assert!(
@@ -423,12 +390,7 @@ fn sdk_client_context_is_continued_by_the_server_span() {
         );
         let words: Vec<&str> = text.split_whitespace().collect();
         let (trace, span) = (words[1], words[3]);
-        let s = span_for(
-            receiver,
-            "SPAN_KIND_SERVER",
-            &format!("/sdk-{fmt}"),
-            server.pid(),
-        );
+        let s = receiver.one_span("SPAN_KIND_SERVER", &format!("/sdk-{fmt}"), server.pid());
         assert_eq!((s.trace_id(), s.parent_id()), (trace, span), "{fmt}: {s:#}");
         assert_eq!(s.attr_str("tracer.parent.source"), source);
     }
@@ -503,14 +465,13 @@ fn trace_links_across_network_namespaces() {
     );
     let ns = Netns::create(&host, &inside);
     let port = free_port();
-    let server = Proc::spawn(
+    let server = python_service(
         "echo server",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/echo.py"))
-            .args([&port.to_string(), host.as_str()]),
+        "echo.py",
+        &[port.to_string(), host.clone()],
+        &[],
     )
     .unwrap();
-    server.wait_line("READY", Duration::from_secs(10)).unwrap();
     let sc = Scenario::port(port).unwrap();
     let receiver = sc.receiver();
     let out = Command::new("ip")
@@ -532,7 +493,7 @@ fn trace_links_across_network_namespaces() {
     assert_eq!(client.len(), 1, "{client:#?}");
     let client = &client[0];
     assert_eq!(client.attr_str("network.peer.address"), host);
-    let srv = span_for(receiver, "SPAN_KIND_SERVER", "/across", server.pid());
+    let srv = receiver.one_span("SPAN_KIND_SERVER", "/across", server.pid());
     assert_eq!(srv.attr_str("client.address"), inside, "{srv:#}");
     assert_eq!(
         (srv.trace_id(), srv.parent_id()),
@@ -548,14 +509,16 @@ fn trace_links_across_network_namespaces() {
 #[test]
 fn unusable_cgroup_root_turns_injection_off_and_tracing_goes_on() {
     require_root();
-    let (server, port) = echo_server();
+    let (server, port) = echo_server().unwrap();
     let sc = Scenario::ports(&[port])
         .args(&["--cgroup-root", "/nonexistent/cgroup"])
         .start()
         .unwrap();
     let echoed = curl(&[&format!("http://127.0.0.1:{port}/no-root")]).unwrap();
     assert!(!echoed.contains("traceparent"), "{echoed}");
-    let srv = span_for(sc.receiver(), "SPAN_KIND_SERVER", "/no-root", server.pid());
+    let srv = sc
+        .receiver()
+        .one_span("SPAN_KIND_SERVER", "/no-root", server.pid());
     assert_eq!(srv.attr_str("tracer.parent.source"), "address");
     let done = sc.stop().unwrap();
     let log = &done.log;

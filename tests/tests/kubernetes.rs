@@ -417,25 +417,6 @@ fn without_a_cluster_the_agent_is_as_before() {
     );
 }
 
-/// Python's HTTP server in a podman container (host network) on `port`, with `env`.
-fn server_container(image: &str, port: u16, env: &[(&str, &str)]) -> Container {
-    let c = Container::run(
-        image,
-        env,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
-    )
-    .unwrap();
-    wait_port(port, WAIT).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs().unwrap()));
-    c
-}
-
 /// The SERVER spans of requests to `port` so far.
 fn server_spans(sc: &Scenario, port: u16) -> Vec<Value> {
     sc.receiver()
@@ -485,7 +466,10 @@ fn spans_of_pod_containers_carry_kubernetes_metadata() {
     let servers: Vec<Container> = ports
         .iter()
         .enumerate()
-        .map(|(i, port)| server_container(&image, *port, if i == 0 { &env_named } else { &[] }))
+        .map(|(i, port)| {
+            Container::python_http_server(&image, *port, if i == 0 { &env_named } else { &[] })
+                .unwrap()
+        })
         .collect();
     let uid = |i: usize| format!("7c0f9d2e-0000-4000-8000-00000000000{i}");
     let instance = "app.kubernetes.io/instance";

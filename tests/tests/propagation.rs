@@ -3,7 +3,7 @@
 //! serving a request becomes that SERVER span's child; a request whose sender is on this node
 //! (and traced) makes the SERVER span the child of the sender's CLIENT span
 //! (`tracer.parent.source`: w3c, b3, thread, address, none).
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::*;
@@ -11,27 +11,6 @@ use tracer_tests::*;
 const WAIT: Duration = Duration::from_secs(20);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER: &str = "00f067aa0ba902b7";
-
-fn server_span(r: &Receiver, server: &Proc, path: &str) -> Value {
-    let pid = server.pid() as i64;
-    let spans = r.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_SERVER"
-            && s.res("process.pid").as_i64() == Some(pid)
-            && s.attr_str("url.path") == path
-    });
-    assert_eq!(spans.len(), 1, "{path}: {spans:#?}");
-    spans.into_iter().next().unwrap()
-}
-
-fn client_span(r: &Receiver, client_pid: u32, path: &str) -> Value {
-    let spans = r.wait_spans(1, WAIT, |s| {
-        s.kind() == "SPAN_KIND_CLIENT"
-            && s.res("process.pid").as_i64() == Some(client_pid as i64)
-            && s.attr_str("url.path") == path
-    });
-    assert_eq!(spans.len(), 1, "{path}: {spans:#?}");
-    spans.into_iter().next().unwrap()
-}
 
 /// curl's CLIENT span for `path` to `port`.
 fn curl_span(r: &Receiver, port: u16, path: &str) -> Value {
@@ -93,7 +72,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     get("/short", &[h(format!("00-{TRACE}-{}-01", &CALLER[1..]))]);
     get("/plain", &[]);
 
-    let s = server_span(receiver, &server, "/sampled");
+    let s = receiver.one_span("SPAN_KIND_SERVER", "/sampled", server.pid());
     assert_eq!(trace_id(&s), TRACE, "{s:#}");
     assert_eq!(parent(&s), CALLER);
     assert_eq!(
@@ -103,7 +82,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     assert_eq!(flags(&s) & 0xff, 1);
     assert_eq!(s.attr_str("tracer.parent.source"), "w3c");
 
-    let s = server_span(receiver, &server, "/unsampled");
+    let s = receiver.one_span("SPAN_KIND_SERVER", "/unsampled", server.pid());
     assert_eq!((trace_id(&s), parent(&s)), (TRACE, CALLER));
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "w3c");
@@ -111,7 +90,7 @@ fn incoming_w3c_context_is_adopted_and_malformed_ignored() {
     // Malformed context is ignored as a whole: the span joins curl's own (new) trace, found
     // on this node by the connection's addresses, never the header's trace.
     for path in ["/upper", "/zero", "/short", "/plain"] {
-        let s = server_span(receiver, &server, path);
+        let s = receiver.one_span("SPAN_KIND_SERVER", path, server.pid());
         let c = curl_span(receiver, port, path);
         assert_ne!(trace_id(&s).to_lowercase(), TRACE, "{path}: {s:#}");
         assert_eq!(trace_id(&s).len(), 32);
@@ -156,19 +135,19 @@ fn incoming_b3_context_is_adopted() {
     ])
     .unwrap();
 
-    let s = server_span(receiver, &server, "/single");
+    let s = receiver.one_span("SPAN_KIND_SERVER", "/single", server.pid());
     assert_eq!((trace_id(&s), parent(&s)), (TRACE, CALLER), "{s:#}");
     assert_eq!(flags(&s) & 0xff, 1);
     assert_eq!(s.attr_str("tracer.parent.source"), "b3");
 
-    let s = server_span(receiver, &server, "/multi");
+    let s = receiver.one_span("SPAN_KIND_SERVER", "/multi", server.pid());
     assert_eq!(trace_id(&s), "0000000000000000a3ce929d0e0e4736", "{s:#}");
     assert_eq!(parent(&s), CALLER);
     assert_eq!(flags(&s) & 0xff, 0);
     assert_eq!(s.attr_str("tracer.parent.source"), "b3");
 
     // Sampling only: no caller span in the header; curl's CLIENT span (same node) is the parent.
-    let s = server_span(receiver, &server, "/debug-only");
+    let s = receiver.one_span("SPAN_KIND_SERVER", "/debug-only", server.pid());
     let c = curl_span(receiver, port, "/debug-only");
     assert_eq!(parent(&s), span_id(&c));
     assert_eq!(flags(&s) & 0xff, 1);
@@ -181,17 +160,7 @@ fn incoming_b3_context_is_adopted() {
 fn client_sent_while_serving_is_a_child_of_the_server_span() {
     require_root();
     let (backend, backend_port) = test_http_server().unwrap();
-    let port = free_port();
-    let script = workspace_root().join("tests/servers/proxy.py");
-    let proxy = Proc::spawn(
-        "proxy",
-        Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(backend_port.to_string()),
-    )
-    .unwrap();
-    proxy.wait_line("READY", Duration::from_secs(10)).unwrap();
+    let (proxy, port) = proxy(backend_port).unwrap();
     let sc = Scenario::ports(&[port, backend_port])
         .args(NO_INJECTION)
         .start()
@@ -203,9 +172,14 @@ fn client_sent_while_serving_is_a_child_of_the_server_span() {
     curl(&["-o", "/dev/null", "-H", &tp, &format!("{base}/traced")]).unwrap();
 
     for (path, incoming) in [("/plain", false), ("/traced", true)] {
-        let a_server = server_span(receiver, &proxy, path);
-        let a_client = client_span(receiver, proxy.pid(), &format!("/backend{path}"));
-        let b_server = server_span(receiver, &backend, &format!("/backend{path}"));
+        let a_server = receiver.one_span("SPAN_KIND_SERVER", path, proxy.pid());
+        let a_client =
+            receiver.one_span("SPAN_KIND_CLIENT", &format!("/backend{path}"), proxy.pid());
+        let b_server = receiver.one_span(
+            "SPAN_KIND_SERVER",
+            &format!("/backend{path}"),
+            backend.pid(),
+        );
         if incoming {
             assert_eq!((trace_id(&a_server), parent(&a_server)), (TRACE, CALLER));
             assert_eq!(a_server.attr_str("tracer.parent.source"), "w3c");

@@ -1,7 +1,8 @@
 //! Privileged end-to-end: the node-local view of a running agent while real traffic flows
 //! (curl → a Python frontend → a Python backend, and an error request), read as a user reads
 //! it: the page in headless Chromium (its DOM after the scripts ran, screenshots, and its live
-//! list driven over the DevTools protocol by tests/src/browser_live.py) and `tracer top` in a
+//! list driven over the DevTools protocol by tests/src/browser_live.py), the same page in
+//! Firefox (driven over WebDriver BiDi by tests/src/firefox_page.py) and `tracer top` in a
 //! real terminal (tmux). Nothing is faked.
 use std::{
     path::PathBuf,
@@ -102,17 +103,167 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn python_service(name: &str, script: &str, args: &[String]) -> Proc {
-    let p = Proc::spawn(
-        name,
-        Command::new("python3")
-            .arg(workspace_root().join(script))
-            .args(args)
-            .env("OTEL_SERVICE_NAME", name),
-    )
-    .unwrap();
-    p.wait_line("READY", Duration::from_secs(10)).unwrap();
-    p
+/// The page at `fragment` in Firefox (tests/src/firefox_page.py: firefox-esr headless, driven
+/// over WebDriver BiDi, a throwaway profile) once the JavaScript condition `ready` holds: its
+/// HTML, and the screenshot it wrote to the artifacts as `name`.
+fn firefox(ui: &str, fragment: &str, ready: &str, name: &str) -> (String, PathBuf) {
+    let path = artifacts().join(name);
+    let _ = std::fs::remove_file(&path);
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg("python3")
+        .arg(workspace_root().join("tests/src/firefox_page.py"))
+        .arg(format!("http://{ui}/{fragment}"))
+        .arg(ready)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && path.exists(),
+        "Firefox (firefox-esr: cargo xtask setup --test-deps) did not show the page: {stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    println!(
+        "{stderr}Firefox showed the page in {:.1} s; screenshot: {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    (String::from_utf8_lossy(&out.stdout).into_owned(), path)
+}
+
+/// The route of `service`'s `kind` spans of the chain (`/api/orders`) in the API's `routes`.
+fn route(routes: &Value, service: &str, kind: &str) -> Value {
+    routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["service"] == service
+                && r["kind"] == kind
+                && r["route"].as_str().unwrap().contains("/api/orders")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no {service} {kind} route in {routes:#}"))
+}
+
+/// The page (`html`, as `browser` drew it) shows the traffic as the API has it: a row per route
+/// with the counts sent, the failing routes and the `error_spans` failed requests marked, every
+/// span in the live list, and the frontend → backend edge on the map.
+fn assert_dashboard(browser: &str, html: &str, routes: &Value, error_spans: usize) {
+    for r in [
+        route(routes, "frontend", "server"),
+        route(routes, "frontend", "client"),
+        route(routes, "backend", "server"),
+    ] {
+        let rows: Vec<&str> = tags(html, "tr", "class=\"route")
+            .into_iter()
+            .filter(|t| {
+                attr(t, "data-service") == r["service"]
+                    && attr(t, "data-kind") == r["kind"]
+                    && attr(t, "data-route") == r["route"]
+            })
+            .collect();
+        assert_eq!(rows.len(), 1, "{browser}: {r}: {html}");
+        assert_eq!(
+            attr(rows[0], "data-count"),
+            REQUESTS.to_string(),
+            "{browser}: {}",
+            rows[0]
+        );
+        assert_eq!(attr(rows[0], "data-errors"), "0", "{browser}: {}", rows[0]);
+    }
+    // Every route with an error (the backend's 503, and curl's side of it) is marked, as is
+    // every failed request in the live list.
+    let error_route = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "backend" && r["errors"].as_u64() == Some(1))
+        .unwrap_or_else(|| panic!("no failing backend route: {routes:#}"));
+    let marked: Vec<&str> = tags(html, "tr", "class=\"route clickable error\"");
+    let failing = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["errors"].as_u64() > Some(0))
+        .count();
+    assert_eq!(marked.len(), failing, "{browser}: {html}");
+    assert!(
+        marked.iter().any(|t| attr(t, "data-service") == "backend"
+            && attr(t, "data-route") == error_route["route"]),
+        "{browser}: {marked:#?}"
+    );
+    let live_errors = tags(html, "tr", "data-error=\"true\"");
+    assert_eq!(
+        live_errors.len(),
+        error_spans,
+        "{browser}: the live list marks the failed requests: {html}"
+    );
+    // Every span so far: 4 per chained request, curl's and the backend's for the 503.
+    let live = tags(html, "tr", "class=\"request");
+    assert_eq!(
+        live.len() as u64,
+        4 * REQUESTS + 2,
+        "{browser}: live requests: {html}"
+    );
+    // The service map from this node's span pairs: frontend → backend.
+    assert_eq!(
+        tags(
+            html,
+            "g",
+            "data-client=\"frontend\" data-server=\"backend\""
+        )
+        .len(),
+        1,
+        "{browser}: {html}"
+    );
+}
+
+/// The trace view (`html`, as `browser` drew it) of one chained request: curl's client span,
+/// the frontend's server span, its client span and the backend's server span, nested in that
+/// order (each the child of the row above), all on the critical path, with how each parent
+/// was found.
+fn assert_trace(browser: &str, html: &str) {
+    let spans = tags(html, "div", "class=\"wf-row span-row");
+    let got: Vec<(&str, &str, &str, &str)> = spans
+        .iter()
+        .map(|t| {
+            (
+                attr(t, "data-service"),
+                attr(t, "data-kind"),
+                attr(t, "data-depth"),
+                attr(t, "data-critical"),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 4, "{browser}: {spans:#?}");
+    assert_eq!(
+        got[1..],
+        [
+            ("frontend", "server", "1", "true"),
+            ("frontend", "client", "2", "true"),
+            ("backend", "server", "3", "true"),
+        ],
+        "{browser}: {spans:#?}"
+    );
+    assert_eq!(
+        (got[0].1, got[0].2, got[0].3),
+        ("client", "0", "true"),
+        "{browser}: curl's span: {spans:#?}"
+    );
+    for pair in spans.windows(2) {
+        assert_eq!(
+            attr(pair[1], "data-parent-id"),
+            attr(pair[0], "data-span-id"),
+            "{browser}: {pair:#?}"
+        );
+    }
+    assert!(
+        html.contains("data-parent-source=\""),
+        "{browser}: the parent source is shown"
+    );
 }
 
 #[test]
@@ -121,15 +272,19 @@ fn the_page_and_tracer_top_show_routes_traces_and_errors() {
     let backend_port = free_port();
     let backend = python_service(
         "backend",
-        "tests/servers/http_server.py",
+        "http_server.py",
         &[backend_port.to_string()],
-    );
+        &[("OTEL_SERVICE_NAME", "backend")],
+    )
+    .unwrap();
     let frontend_port = free_port();
     let frontend = python_service(
         "frontend",
-        "tests/servers/proxy.py",
+        "proxy.py",
         &[frontend_port.to_string(), backend_port.to_string()],
-    );
+        &[("OTEL_SERVICE_NAME", "frontend")],
+    )
+    .unwrap();
     let ui = format!("127.0.0.1:{}", free_port());
     let sc = Scenario::ports(&[frontend_port, backend_port])
         .args(&["--inject-traceparent", "off", "--ui-listen", &ui])
@@ -174,89 +329,43 @@ fn the_page_and_tracer_top_show_routes_traces_and_errors() {
         assert!(started.elapsed() < WAIT, "routes: {routes:#}\n{}", sc.log());
         std::thread::sleep(Duration::from_millis(200));
     };
-    let route = |service: &str, kind: &str| -> Value {
-        routes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| {
-                r["service"] == service
-                    && r["kind"] == kind
-                    && r["route"].as_str().unwrap().contains("/api/orders")
-            })
-            .cloned()
-            .unwrap_or_else(|| panic!("no {service} {kind} route in {routes:#}"))
+    let error_spans = api(&ui, "/api/spans?status=error")
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(error_spans > 0);
+
+    // One request's trace: curl → frontend → frontend's call → backend, nested, all critical.
+    let traces = api(
+        &ui,
+        "/api/traces?service=frontend&kind=server&order=slowest&limit=1",
+    );
+    let trace_id = traces[0]["trace_id"].as_str().unwrap().to_owned();
+
+    // Firefox, while Chromium works: the trace's page with its live stream on, read once it
+    // has drawn the routes, the live list, the map and the waterfall, and its header counts
+    // the page's own stream among the agent's live clients.
+    let ready = format!(
+        "document.querySelectorAll('tr.route').length >= {n_routes} \
+         && document.querySelectorAll('tr.request').length >= {live} \
+         && document.querySelector('g[data-client=\"frontend\"][data-server=\"backend\"]') \
+         && document.querySelectorAll('div.span-row').length >= 4 \
+         && /[1-9][0-9]* live clients/.test(document.getElementById('stats').textContent)",
+        n_routes = routes.as_array().unwrap().len(),
+        live = 4 * REQUESTS + 2,
+    );
+    let in_firefox = {
+        let (ui, fragment) = (ui.clone(), format!("#trace={trace_id}"));
+        std::thread::spawn(move || firefox(&ui, &fragment, &ready, "ui-firefox.png"))
     };
-    let frontend_in = route("frontend", "server");
-    let frontend_out = route("frontend", "client");
-    let backend_in = route("backend", "server");
-    let error_route = routes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["service"] == "backend" && r["errors"].as_u64() == Some(1))
-        .cloned()
-        .unwrap_or_else(|| panic!("no failing backend route: {routes:#}"));
 
-    // The page: a row per route with the counts sent; the error route and request marked.
+    // Headless Chromium: the page as loaded (its DOM after the scripts ran).
     let html = dom(&ui, "#live=off");
-    for r in [&frontend_in, &frontend_out, &backend_in] {
-        let rows: Vec<&str> = tags(&html, "tr", "class=\"route")
-            .into_iter()
-            .filter(|t| {
-                attr(t, "data-service") == r["service"]
-                    && attr(t, "data-kind") == r["kind"]
-                    && attr(t, "data-route") == r["route"]
-            })
-            .collect();
-        assert_eq!(rows.len(), 1, "{r}: {html}");
-        assert_eq!(
-            attr(rows[0], "data-count"),
-            REQUESTS.to_string(),
-            "{}",
-            rows[0]
-        );
-        assert_eq!(attr(rows[0], "data-errors"), "0");
-    }
-    // Every route with an error (the backend's 503, and curl's side of it) is marked, as is
-    // every failed request in the live list.
-    let marked: Vec<&str> = tags(&html, "tr", "class=\"route clickable error\"");
-    let failing: Vec<&Value> = routes
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["errors"].as_u64() > Some(0))
-        .collect();
-    assert_eq!(marked.len(), failing.len(), "{html}");
-    assert!(
-        marked.iter().any(|t| attr(t, "data-service") == "backend"
-            && attr(t, "data-route") == error_route["route"]),
-        "{marked:#?}"
-    );
-    let error_spans = api(&ui, "/api/spans?status=error");
-    assert!(!error_spans.as_array().unwrap().is_empty());
-    let live_errors = tags(&html, "tr", "data-error=\"true\"");
-    assert_eq!(
-        live_errors.len(),
-        error_spans.as_array().unwrap().len(),
-        "the live list marks the failed requests: {html}"
-    );
-    // Every span so far: 4 per chained request, curl's and the backend's for the 503.
-    let live = tags(&html, "tr", "class=\"request");
-    assert_eq!(live.len() as u64, 4 * REQUESTS + 2, "live requests: {html}");
-    // The service map from this node's span pairs: frontend → backend.
-    assert_eq!(
-        tags(
-            &html,
-            "g",
-            "data-client=\"frontend\" data-server=\"backend\""
-        )
-        .len(),
-        1,
-        "{html}"
-    );
-
+    assert_dashboard("chromium", &html, &routes, error_spans);
+    let html = dom(&ui, &format!("#live=off&trace={trace_id}"));
+    assert_trace("chromium", &html);
     // A route's row opens its slowest stored traces: all five, slowest first.
+    let frontend_in = route(&routes, "frontend", "server");
     let key = serde_json::json!([
         frontend_in["service"],
         frontend_in["kind"],
@@ -268,53 +377,17 @@ fn the_page_and_tracer_top_show_routes_traces_and_errors() {
     );
     let listed = tags(&html, "tr", "class=\"clickable\" data-trace-id=");
     assert_eq!(listed.len() as u64, REQUESTS, "{html}");
-
-    // One request's trace: curl → frontend → frontend's call → backend, nested, all critical.
-    let traces = api(
-        &ui,
-        "/api/traces?service=frontend&kind=server&order=slowest&limit=1",
-    );
-    let trace_id = traces[0]["trace_id"].as_str().unwrap().to_owned();
-    let html = dom(&ui, &format!("#live=off&trace={trace_id}"));
-    let spans = tags(&html, "div", "class=\"wf-row span-row");
-    let got: Vec<(&str, &str, &str, &str)> = spans
-        .iter()
-        .map(|t| {
-            (
-                attr(t, "data-service"),
-                attr(t, "data-kind"),
-                attr(t, "data-depth"),
-                attr(t, "data-critical"),
-            )
-        })
-        .collect();
-    assert_eq!(
-        got[1..],
-        [
-            ("frontend", "server", "1", "true"),
-            ("frontend", "client", "2", "true"),
-            ("backend", "server", "3", "true"),
-        ],
-        "{spans:#?}"
-    );
-    assert_eq!(
-        (got[0].1, got[0].2, got[0].3),
-        ("client", "0", "true"),
-        "curl's span: {spans:#?}"
-    );
-    // Each row's parent is the row above it.
-    for pair in spans.windows(2) {
-        assert_eq!(
-            attr(pair[1], "data-parent-id"),
-            attr(pair[0], "data-span-id")
-        );
-    }
-    assert!(
-        html.contains("data-parent-source=\""),
-        "the parent source is shown"
-    );
     let shot = screenshot(&ui, &format!("#live=off&trace={trace_id}"), "ui.png");
     screenshot(&ui, "#live=off", "ui-dashboard.png");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+
+    // Firefox's page: the same checks.
+    let (html, shot) = in_firefox
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    assert_dashboard("firefox", &html, &routes, error_spans);
+    assert_trace("firefox", &html);
+    assert!(html.contains("live clients") && !html.contains("<b>0</b> live clients"));
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 
     // tracer top in a real terminal, against the same agent.

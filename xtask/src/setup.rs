@@ -47,6 +47,7 @@ const TEST_PACKAGES: &[&str] = &[
     // helm and kubectl come zipped inside an npm package (xtask/src/kube_tools.rs).
     "unzip",
     "chromium-headless-shell",
+    "firefox-esr", // tests/tests/ui.rs opens the page in Firefox too (WebDriver BiDi)
     "tmux",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
