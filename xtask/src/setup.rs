@@ -21,7 +21,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// drive many streams with h2load (nghttp2-client). The container tests run podman (with runc:
 /// crun refuses this machine's hybrid cgroup layout) on an image they build with mmdebstrap.
 /// The metrics tests scrape the agent with a real Prometheus server. The node-local view's
-/// test (tests/tests/ui.rs) opens the page in headless Chromium and runs `tracer top` in tmux.
+/// test (tests/tests/ui.rs) opens the page in headless Chromium and Firefox and runs `tracer top` in tmux.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
