@@ -356,7 +356,8 @@ get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
 }
 
 /// Builds tests/servers/tlsapp.go with the Go toolchain into `dir` (GOPATH there; the build
-/// cache is shared by the tests, under target/, so that a run builds the standard library once).
+/// cache is shared by the tests, in this build's target/tmp, so that a run builds the standard
+/// library once).
 fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
     let src = workspace_root().join("tests/servers/tlsapp.go");
     let bin = dir.join(out);
@@ -366,7 +367,10 @@ fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
         .arg("-o")
         .arg(&bin)
         .arg(&src)
-        .env("GOCACHE", workspace_root().join("target/test-go-cache"))
+        .env(
+            "GOCACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+        )
         .env("GOPATH", dir.join("gopath"))
         .env("GO111MODULE", "off")
         .output()

@@ -18,7 +18,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
-    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
+    programs::{
+        CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint, trace_point::TracePointLink,
+    },
 };
 use tracer_common::{
     Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE, TailCall,
@@ -161,6 +163,9 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
+    /// Owned here so that dropping the capture detaches them in parallel (each waits for
+    /// RCU grace periods in the kernel: ~100 ms, 28 of them).
+    tracepoint_links: Vec<TracePointLink>,
     /// Shared with the TLS scanner thread, which attaches the per-file probes: the event loop
     /// never takes the lock (the counters it reads are taken out of the object at load).
     ebpf: Arc<Mutex<Ebpf>>,
@@ -415,10 +420,13 @@ impl Capture {
         }
 
         let mut attached = Vec::new();
+        let mut tracepoint_links = Vec::new();
         for (name, category) in TRACEPOINTS {
             let prog = load_tracepoint(&mut ebpf, name, &mut verified)?;
-            prog.attach(category, name)
+            let link = prog
+                .attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
+            tracepoint_links.push(prog.take_link(link)?);
             attached.push(format!("{category}:{name}"));
         }
         let tls_loaded = match tls::load_programs(&mut ebpf) {
@@ -457,6 +465,7 @@ impl Capture {
         let drops = PerCpuArray::try_from(take_map(&mut ebpf, map::DROPS)?)?;
         let inject_counts = PerCpuArray::try_from(take_map(&mut ebpf, map::INJECT_COUNTS)?)?;
         Ok(Self {
+            tracepoint_links,
             ebpf: Arc::new(Mutex::new(ebpf)),
             drops,
             inject_counts,
@@ -501,6 +510,32 @@ impl Capture {
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        drop_in_parallel(std::mem::take(&mut self.tracepoint_links));
+    }
+}
+
+/// Drops `items` (links: each drop detaches) from up to 64 threads at once; returns when all
+/// are dropped.
+pub(crate) fn drop_in_parallel<T: Send>(mut items: Vec<T>) {
+    const THREADS: usize = 64;
+    if items.len() <= 1 {
+        return;
+    }
+    let per_thread = items.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        while !items.is_empty() {
+            let batch: Vec<T> = items.drain(..per_thread.min(items.len())).collect();
+            // A thread that cannot start drops its batch here (with the closure).
+            let _ = std::thread::Builder::new()
+                .name("detach".into())
+                .stack_size(64 * 1024)
+                .spawn_scoped(scope, move || drop(batch));
+        }
+    });
 }
 
 /// Takes map `name` out of the object (it stays alive as long as the value returned).

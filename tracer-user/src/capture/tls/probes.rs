@@ -1,11 +1,12 @@
 //! Attaching a file's uprobes, and detaching them in parallel.
 //!
 //! Why detaching is slow: closing a uprobe's perf event waits for RCU grace periods in the
-//! kernel (`perf_trace_event_unreg` → `tracepoint_synchronize_unregister`, and the uprobe's
-//! own SRCU), tens of milliseconds each on a small virtual machine. Dropped one after the
-//! other, the ~30 probes of a Go binary took 1.2–3 s per file, and an agent with many
-//! containers' files over 20 s to stop. Closed from many threads at once, the waits overlap:
-//! one grace period covers them all.
+//! kernel (`perf_uprobe_destroy` → `perf_trace_event_unreg` → `tracepoint_synchronize_unregister`
+//! under the global `event_mutex`, then the uprobe's own SRCU sync outside it): ~250 ms per
+//! probe measured on this 2-core VM, 1.2–3 s per file one after the other. Closed from many
+//! threads at once, the waits outside the mutex overlap: 65 probes of 7 files took 16.7 s one
+//! by one and 6.2 s in parallel. Only `uprobe_multi` links (one per file, Linux 6.6+, not in
+//! aya 0.14) would remove the per-probe wait.
 use std::{path::Path, sync::mpsc, thread::JoinHandle};
 
 use anyhow::{Context, Result, anyhow};
@@ -18,9 +19,6 @@ use aya::{
 };
 
 use super::elf::{OPENSSL_FUNCTIONS, TlsTarget};
-
-/// Threads closing probes at once, at most.
-const DETACH_THREADS: usize = 64;
 
 /// The probes of one file; dropping a link detaches it.
 pub type Links = Vec<UProbeLink>;
@@ -79,23 +77,9 @@ pub fn attach(ebpf: &mut Ebpf, path: &Path, target: &TlsTarget) -> Result<Links>
     }
 }
 
-/// Detaches `links` from up to [`DETACH_THREADS`] threads at once; returns when all are.
+/// Detaches `links` from many threads at once; returns when all are.
 pub fn detach_in_parallel(links: Links) {
-    if links.len() <= 1 {
-        return drop(links);
-    }
-    let per_thread = links.len().div_ceil(DETACH_THREADS);
-    let mut links = links;
-    std::thread::scope(|scope| {
-        while !links.is_empty() {
-            let batch: Links = links.drain(..per_thread.min(links.len())).collect();
-            // A thread that cannot start drops its batch here (the closure is dropped).
-            let _ = std::thread::Builder::new()
-                .name("tls-detach".into())
-                .stack_size(64 * 1024)
-                .spawn_scoped(scope, move || drop(batch));
-        }
-    });
+    crate::capture::drop_in_parallel(links);
 }
 
 /// A thread detaching the probes handed to it, so that the event loop never waits for it.
