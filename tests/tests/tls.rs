@@ -532,10 +532,12 @@ print(n, flush=True)
 "#;
 
 /// The stall bug: looking for TLS code in a large Go binary (ELF parsing, disassembly: hundreds
-/// of milliseconds) must not stop the agent from draining the ring buffer. A small ring (256 KiB,
-/// about a fifth of a second of this test's traffic) receives a steady burst of plaintext
-/// requests (both ends traced) while four copies of a Go binary (four files, each analysed
-/// anew) start; every request must still become its two spans, with nothing dropped.
+/// of milliseconds, and attaching: up to half a second per file measured on a busy machine)
+/// must not stop the agent from draining the ring buffer. A small ring (1 MiB, under a second
+/// of this test's traffic, less than probing the four files takes: 0.3–0.7 s each here)
+/// receives a steady burst of plaintext requests (both ends traced) while four copies of a Go
+/// binary (four files, each analysed anew) start; every request must still become its two
+/// spans, with nothing dropped.
 #[test]
 fn a_burst_while_go_binaries_are_probed_loses_nothing() {
     require_root();
@@ -551,7 +553,7 @@ fn a_burst_while_go_binaries_are_probed_loses_nothing() {
     let port = free_port();
     let nginx = nginx(certs.dir.path(), port, &format!("127.0.0.1:{port}"), "");
     let sc = Scenario::ports(&[port])
-        .args(&["--ring-buffer-bytes", "262144"])
+        .args(&["--ring-buffer-bytes", "1048576"])
         // Spans leave as fast as they come: no export drop hides a missing span.
         .env("OTEL_BSP_MAX_QUEUE_SIZE", "100000")
         .start()

@@ -10,6 +10,7 @@ pub mod tls;
 
 use std::{
     collections::BTreeMap,
+    mem::ManuallyDrop,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -168,7 +169,7 @@ pub struct Capture {
     tracepoint_links: Vec<TracePointLink>,
     /// Shared with the TLS scanner thread, which attaches the per-file probes: the event loop
     /// never takes the lock (the counters it reads are taken out of the object at load).
-    ebpf: Arc<Mutex<Ebpf>>,
+    ebpf: ManuallyDrop<Arc<Mutex<Ebpf>>>,
     drops: PerCpuArray<MapData, u64>,
     inject_counts: PerCpuArray<MapData, u64>,
     /// The attached tracepoints (`category:name`).
@@ -466,7 +467,7 @@ impl Capture {
         let inject_counts = PerCpuArray::try_from(take_map(&mut ebpf, map::INJECT_COUNTS)?)?;
         Ok(Self {
             tracepoint_links,
-            ebpf: Arc::new(Mutex::new(ebpf)),
+            ebpf: ManuallyDrop::new(Arc::new(Mutex::new(ebpf))),
             drops,
             inject_counts,
             attached,
@@ -479,7 +480,7 @@ impl Capture {
 
     /// The loaded object, for the TLS scanner thread that attaches the per-file probes.
     pub fn shared_ebpf(&self) -> Arc<Mutex<Ebpf>> {
-        self.ebpf.clone()
+        Arc::clone(&self.ebpf)
     }
 
     /// Kernel-side injection counters, summed over CPUs.
@@ -513,8 +514,24 @@ impl Capture {
 }
 
 impl Drop for Capture {
+    /// Detaches and unloads everything; returns once the kernel has let go of the programs
+    /// (a link's program is put after an RCU grace period, so the object's own drop returns
+    /// a little before).
     fn drop(&mut self) {
+        let ids = self.program_ids();
         drop_in_parallel(std::mem::take(&mut self.tracepoint_links));
+        // SAFETY: the only drop of the field, and its last use.
+        unsafe { ManuallyDrop::drop(&mut self.ebpf) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            let loaded: std::collections::HashSet<u32> = aya::programs::loaded_programs()
+                .filter_map(|p| p.ok().map(|p| p.id()))
+                .collect();
+            if !ids.iter().any(|id| loaded.contains(id)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
