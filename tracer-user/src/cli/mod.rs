@@ -81,8 +81,9 @@ pub struct Cli {
 
     /// Connections tracked at once (both ends of a same-node connection count as two). Sizes
     /// the agent's connection table and the kernel maps of connections and threads to match;
-    /// beyond it, new connections are not traced (counted as `conns_refused_full`). Each costs
-    /// the agent about 0.5 KiB while idle, and the kernel about 0.4 KiB of locked memory.
+    /// beyond it, new connections are not traced (counted as `conns_refused_full`). A tracked
+    /// connection costs the agent about 2 KiB while idle; each unit of the budget costs the
+    /// kernel about 0.33 KiB of locked memory, allocated at load.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, env = "TRACER_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 22)))]
     pub max_connections: u32,
