@@ -42,6 +42,9 @@ const DETACH_AFTER: Duration = Duration::from_secs(3);
 /// How often due looks are taken while some wait (as the event loop's drain did before).
 const POLL: Duration = Duration::from_millis(10);
 
+/// Notes taken at most between two rounds of looks.
+const NOTES_PER_ROUND: usize = 4096;
+
 /// Bounds: pending looks and files remembered.
 const MAX_PENDING: usize = 65536;
 const MAX_FILES: usize = 65536;
@@ -141,8 +144,9 @@ impl Scanner {
             match notes.recv_timeout(wait) {
                 Ok(note) => {
                     self.note(note);
-                    // Take every note waiting before looking at processes.
-                    while let Ok(note) = notes.try_recv() {
+                    // Take the notes waiting before looking at processes (a bounded number:
+                    // a flood of execs must not keep the looks from ever running).
+                    for note in notes.try_iter().take(NOTES_PER_ROUND) {
                         self.note(note);
                     }
                 }
