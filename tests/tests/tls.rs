@@ -355,7 +355,9 @@ get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
     assert_only_plaintext_spans(&done.spans, 4, &log);
 }
 
-/// Builds tests/servers/tlsapp.go with the Go toolchain (cache and GOPATH in `dir`).
+/// Builds tests/servers/tlsapp.go with the Go toolchain into `dir` (GOPATH there; the build
+/// cache is shared by the tests, in this build's target/tmp, so that a run builds the standard
+/// library once).
 fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
     let src = workspace_root().join("tests/servers/tlsapp.go");
     let bin = dir.join(out);
@@ -365,7 +367,10 @@ fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
         .arg("-o")
         .arg(&bin)
         .arg(&src)
-        .env("GOCACHE", dir.join("gocache"))
+        .env(
+            "GOCACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+        )
         .env("GOPATH", dir.join("gopath"))
         .env("GO111MODULE", "off")
         .output()
@@ -504,4 +509,127 @@ fn go_https_server_and_client() {
     assert_eq!(s.attr_str("url.scheme"), "https");
     assert_eq!(s.attr_i64("http.response.status_code"), 200);
     assert_only_plaintext_spans(&done.spans, 5, &log);
+}
+
+/// Plaintext HTTP/1.1 requests on one keep-alive connection, each to its own path
+/// (`/burst/N`), until SIGTERM; prints STARTED first and the count of requests at the end.
+const BURST_CLIENT: &str = r#"
+import http.client, signal, sys
+port = int(sys.argv[1])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+c = http.client.HTTPConnection("127.0.0.1", port)
+n = 0
+print("STARTED", flush=True)
+while not stop and n < 100000:
+    c.request("GET", f"/burst/{n}")
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+    n += 1
+c.close()
+print(n, flush=True)
+"#;
+
+/// The stall bug: looking for TLS code in a large Go binary (ELF parsing, disassembly: hundreds
+/// of milliseconds, and attaching: up to half a second per file measured on a busy machine)
+/// must not stop the agent from draining the ring buffer. A small ring (1 MiB, under a second
+/// of this test's traffic, less than probing the four files takes: 0.3–0.7 s each here)
+/// receives a steady burst of plaintext requests (both ends traced) while four copies of a Go
+/// binary (four files, each analysed anew) start; every request must still become its two
+/// spans, with nothing dropped.
+#[test]
+fn a_burst_while_go_binaries_are_probed_loses_nothing() {
+    require_root();
+    let certs = Certs::new("tls-burst");
+    let app = go_build(certs.dir.path(), "tlsapp", &[]);
+    let copies: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let copy = certs.dir.path().join(format!("tlsapp-burst{i}"));
+            std::fs::copy(&app, &copy).unwrap();
+            copy
+        })
+        .collect();
+    let port = free_port();
+    let nginx = nginx(certs.dir.path(), port, &format!("127.0.0.1:{port}"), "");
+    let sc = Scenario::ports(&[port])
+        .args(&["--ring-buffer-bytes", "1048576"])
+        // Spans leave as fast as they come: no export drop hides a missing span.
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "100000")
+        .start()
+        .unwrap();
+    let mut client = Proc::spawn(
+        "burst client",
+        Command::new("python3").args(["-c", BURST_CLIENT, &port.to_string()]),
+    )
+    .unwrap();
+    client.wait_line("STARTED", WAIT).unwrap();
+    // Let the burst run steadily first.
+    std::thread::sleep(Duration::from_millis(500));
+    let servers: Vec<Proc> = copies
+        .iter()
+        .map(|bin| {
+            let server = Proc::spawn(
+                "go https server",
+                Command::new(bin)
+                    .arg("server")
+                    .arg(format!("127.0.0.1:{}", free_port()))
+                    .arg(certs.cert())
+                    .arg(certs.key()),
+            )
+            .unwrap();
+            server.wait_line("READY", WAIT).unwrap();
+            server
+        })
+        .collect();
+    for i in 0..copies.len() {
+        wait_attached(&sc.agent, &format!("/tlsapp-burst{i} [Go"));
+    }
+    // The burst goes on a little after the last attach, then ends.
+    std::thread::sleep(Duration::from_millis(300));
+    client.signal(libc::SIGTERM);
+    client.wait_exit(WAIT).unwrap();
+    let requests: usize = client
+        .stdout()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the client printed no count: {:?}", client.stdout()));
+    let is_burst = |s: &Value| s.attr_str("url.path").starts_with("/burst/");
+    spans_where(sc.receiver(), 2 * requests, is_burst);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    drop((servers, nginx));
+    assert!(
+        requests > 500,
+        "too few requests to mean anything: {requests}\n{log}"
+    );
+    assert_eq!(done.counters.kernel_drops.ringbuf_full, 0, "{log}");
+    assert_eq!(done.counters.gaps, 0, "{log}");
+    let spans = done.spans_where(is_burst);
+    assert_eq!(spans.len(), 2 * requests, "{log}");
+    // Each request once from each end, complete.
+    let mut seen = std::collections::HashMap::<(String, String), usize>::new();
+    for s in &spans {
+        assert_eq!(s.attr_i64("http.response.status_code"), 200, "{s:#}");
+        assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#}");
+        assert!(s.end_ns() > s.start_ns(), "{s:#}");
+        *seen
+            .entry((s.kind().to_owned(), s.attr_str("url.path").to_owned()))
+            .or_default() += 1;
+    }
+    for n in 0..requests {
+        let path = format!("/burst/{n}");
+        for kind in ["SPAN_KIND_SERVER", "SPAN_KIND_CLIENT"] {
+            assert_eq!(
+                seen.get(&(kind.to_owned(), path.clone())),
+                Some(&1),
+                "{kind} {path}\n{log}"
+            );
+        }
+    }
+    assert!(
+        done.counters.tls_files_attached >= copies.len() as u64,
+        "{log}"
+    );
+    assert_eq!(done.counters.tls_attach_failed, 0, "{log}");
 }

@@ -1,5 +1,6 @@
-//! Maps and globals shared by the programs. Sizes are defaults; the agent may resize
-//! `EVENTS` at load time.
+//! Maps and globals shared by the programs. Sizes are defaults; the agent resizes at load
+//! time `EVENTS` (`--ring-buffer-bytes`) and the maps of connections and threads (`CONNS`,
+//! `SOCKS`, `INFLIGHT`, `THREAD_CTX`: from `--max-connections`, whose default these match).
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
@@ -125,7 +126,7 @@ pub const INJECT_DONE: u8 = 2;
 pub const CONNECT: u8 = 100;
 
 #[map]
-pub static INFLIGHT: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(32768, 0);
 
 /// Tracked TCP connections by `struct sock *`. LRU so that connections whose end we missed
 /// cannot fill the table.
@@ -198,7 +199,7 @@ pub const THREAD_RESPONDED: u8 = 2;
 pub const THREAD_FOREIGN: u8 = 3;
 
 #[map]
-pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries(16384, 0);
+pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries(32768, 0);
 
 /// Bytes the injection decision looks at (a power of two).
 pub const SCAN_MAX: usize = 2048;

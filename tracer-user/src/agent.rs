@@ -60,16 +60,12 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
 
-    let mut tls = TlsAttacher::new();
-    if capture.tls_loaded {
-        let started = Instant::now();
-        tls.scan_all(capture.ebpf_mut());
-        tracing::info!(
-            files = tls.stats().files_attached,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "TLS probes attached to the files running processes map"
-        );
-    }
+    // TLS probes are looked for and attached on a thread of their own.
+    let mut tls = if capture.tls_loaded {
+        TlsAttacher::start(capture.shared_ebpf())?
+    } else {
+        TlsAttacher::new()
+    };
 
     let export_stats = Arc::new(ExportStats::default());
     let (spans, exporter) = export::spawn(&cli.export, export_stats.clone())?;
@@ -167,9 +163,7 @@ pub async fn run(
             }
             _ = drain.tick() => {
                 drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
-                if capture.tls_loaded {
-                    tls.process(capture.ebpf_mut());
-                }
+                tls.flush_backlog();
             }
             _ = tick.tick() => {
                 assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
@@ -207,7 +201,7 @@ pub async fn run(
     );
     agent_counters.publish(&readings, unix_now_ns());
     log_stats("final", &readings);
-    tls.detach_all(capture.ebpf_mut());
+    tls.shutdown();
     drop(ring);
     drop(capture);
     tracing::info!("detached all programs");

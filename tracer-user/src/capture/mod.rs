@@ -8,13 +8,20 @@ pub mod kernel_log;
 pub mod preflight;
 pub mod tls;
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    mem::ManuallyDrop,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
-    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
+    programs::{
+        CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint, trace_point::TracePointLink,
+    },
 };
 use tracer_common::{
     Config, DropCause, InjectStat, KernelOffsets, MAX_CAPTURE, TailCall,
@@ -58,6 +65,37 @@ pub struct CaptureOptions {
     /// Kernel features detected beforehand (see `Features::detect_isolated`); `None`: detected
     /// during `Capture::load`.
     pub features: Option<Features>,
+    /// Connections tracked at once: sizes the kernel's connection and thread maps
+    /// ([`budget_map_sizes`]).
+    pub max_connections: u32,
+}
+
+/// Connections tracked at once by default (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
+
+/// Kernel maps sized from the connection budget (named after their statics in tracer-ebpf's
+/// maps.rs; checked at load like the others).
+const CONNS: &str = "CONNS";
+const INFLIGHT: &str = "INFLIGHT";
+const THREAD_CTX: &str = "THREAD_CTX";
+const BUDGET_MAPS: [&str; 4] = [CONNS, map::SOCKS, INFLIGHT, THREAD_CTX];
+
+/// Threads the per-thread maps hold at least.
+const MIN_THREAD_ENTRIES: u32 = 16384;
+
+/// Entries of each budget map for `max_connections`: one per connection in the maps of
+/// connections (`CONNS`, and `SOCKS` for injection), and one per two connections, at least
+/// [`MIN_THREAD_ENTRIES`], in those of threads (`INFLIGHT`: a thread inside a socket call;
+/// `THREAD_CTX`: the request a thread serves) — a thread-per-connection server with every
+/// thread waiting in `read` fills them one per connection, an event loop with one.
+pub fn budget_map_sizes(max_connections: u32) -> [(&'static str, u32); 4] {
+    let threads = (max_connections / 2).max(MIN_THREAD_ENTRIES);
+    [
+        (CONNS, max_connections),
+        (map::SOCKS, max_connections),
+        (INFLIGHT, threads),
+        (THREAD_CTX, threads),
+    ]
 }
 
 /// Which outgoing requests get a `traceparent` (see `--inject-traceparent`).
@@ -86,6 +124,7 @@ impl Default for CaptureOptions {
             ctx_key: 0,
             head_rule: tracer_common::sampling::HeadRule::ALWAYS_ON,
             features: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -125,7 +164,14 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
-    ebpf: Ebpf,
+    /// Owned here so that dropping the capture detaches them in parallel (each waits for
+    /// RCU grace periods in the kernel: ~100 ms, 28 of them).
+    tracepoint_links: Vec<TracePointLink>,
+    /// Shared with the TLS scanner thread, which attaches the per-file probes: the event loop
+    /// never takes the lock (the counters it reads are taken out of the object at load).
+    ebpf: ManuallyDrop<Arc<Mutex<Ebpf>>>,
+    drops: PerCpuArray<MapData, u64>,
+    inject_counts: PerCpuArray<MapData, u64>,
     /// The attached tracepoints (`category:name`).
     pub attached: Vec<String>,
     /// Whether the TLS probe programs loaded (they are attached per file by
@@ -160,6 +206,7 @@ fn program_names() -> impl Iterator<Item = &'static str> {
 fn require_names(ebpf: &Ebpf) -> Result<()> {
     let maps: Vec<&str> = map::ALL
         .into_iter()
+        .chain(BUDGET_MAPS)
         .filter(|name| ebpf.map(name).is_none())
         .collect();
     let programs: Vec<&str> = program_names()
@@ -312,15 +359,21 @@ impl Capture {
             ..config
         };
         let kernel_log_level = kernel_log::level();
-        let mut ebpf = EbpfLoader::new()
-            // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
-            // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
+        let mut loader = EbpfLoader::new();
+        // Rust eBPF has no CO-RE relocations (offsets come from OFFSETS): aya need not parse
+        // the kernel's BTF again (that alone cost ~23 MiB of resident memory).
+        loader
             .btf(None)
             .override_global(global::CONFIG, &config, true)
             .override_global(global::OFFSETS, &offsets, true)
             .override_global(aya_log::LEVEL, &kernel_log_level, true)
             .map_max_entries(map::EVENTS, ring_bytes)
-            .map_max_entries(kernel_log::MAP, kernel_log::ring_bytes(kernel_log_level))
+            .map_max_entries(kernel_log::MAP, kernel_log::ring_bytes(kernel_log_level));
+        let budget = budget_map_sizes(opts.max_connections);
+        for (name, entries) in budget {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs' maps")?;
         require_names(&ebpf)?;
@@ -368,10 +421,13 @@ impl Capture {
         }
 
         let mut attached = Vec::new();
+        let mut tracepoint_links = Vec::new();
         for (name, category) in TRACEPOINTS {
             let prog = load_tracepoint(&mut ebpf, name, &mut verified)?;
-            prog.attach(category, name)
+            let link = prog
+                .attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
+            tracepoint_links.push(prog.take_link(link)?);
             attached.push(format!("{category}:{name}"));
         }
         let tls_loaded = match tls::load_programs(&mut ebpf) {
@@ -386,6 +442,8 @@ impl Capture {
             programs = attached.len(),
             capture_limit = config.capture_limit,
             ring_bytes,
+            max_connections = opts.max_connections,
+            kernel_maps = %name_values(&budget),
             "attached tracepoints: {}",
             attached.join(" ")
         );
@@ -405,8 +463,13 @@ impl Capture {
             );
         }
         tracing::info!("{}", verifier_summary(&verified));
+        let drops = PerCpuArray::try_from(take_map(&mut ebpf, map::DROPS)?)?;
+        let inject_counts = PerCpuArray::try_from(take_map(&mut ebpf, map::INJECT_COUNTS)?)?;
         Ok(Self {
-            ebpf,
+            tracepoint_links,
+            ebpf: ManuallyDrop::new(Arc::new(Mutex::new(ebpf))),
+            drops,
+            inject_counts,
             attached,
             tls_loaded,
             injecting,
@@ -415,58 +478,99 @@ impl Capture {
         })
     }
 
-    /// The loaded object, for attaching the per-file TLS probes.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The loaded object, for the TLS scanner thread that attaches the per-file probes.
+    pub fn shared_ebpf(&self) -> Arc<Mutex<Ebpf>> {
+        Arc::clone(&self.ebpf)
     }
 
     /// Kernel-side injection counters, summed over CPUs.
     pub fn inject_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
-        self.per_cpu_counters(
-            map::INJECT_COUNTS,
+        per_cpu_counters(
+            &self.inject_counts,
             InjectStat::ALL.map(|s| (s as u32, s.name())),
         )
     }
 
     /// The ring buffer carrying events (can be taken once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map(map::EVENTS)
-            .ok_or_else(|| anyhow!("{} map taken already", map::EVENTS))?;
-        Ok(RingBuf::try_from(map)?)
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(RingBuf::try_from(take_map(&mut ebpf, map::EVENTS)?)?)
     }
 
     /// Kernel-side drop counters, summed over CPUs.
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
-        self.per_cpu_counters(map::DROPS, DropCause::ALL.map(|c| (c as u32, c.name())))
-    }
-
-    /// The slots `(index, name)` of per-CPU counter array `map`, each summed over CPUs.
-    fn per_cpu_counters(
-        &self,
-        map: &str,
-        slots: impl IntoIterator<Item = (u32, &'static str)>,
-    ) -> Result<BTreeMap<&'static str, u64>> {
-        let counts = PerCpuArray::<_, u64>::try_from(
-            self.ebpf
-                .map(map)
-                .ok_or_else(|| anyhow!("{map} map missing"))?,
-        )?;
-        let mut out = BTreeMap::new();
-        for (index, name) in slots {
-            out.insert(name, counts.get(&index, 0)?.iter().sum());
-        }
-        Ok(out)
+        per_cpu_counters(&self.drops, DropCause::ALL.map(|c| (c as u32, c.name())))
     }
 
     /// Ids of the loaded programs (as the kernel numbers them), for tests and diagnostics.
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .programs()
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
+}
+
+impl Drop for Capture {
+    /// Detaches and unloads everything; returns once the kernel has let go of the programs
+    /// (a link's program is put after an RCU grace period, so the object's own drop returns
+    /// a little before).
+    fn drop(&mut self) {
+        let ids = self.program_ids();
+        drop_in_parallel(std::mem::take(&mut self.tracepoint_links));
+        // SAFETY: the only drop of the field, and its last use.
+        unsafe { ManuallyDrop::drop(&mut self.ebpf) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            let loaded: std::collections::HashSet<u32> = aya::programs::loaded_programs()
+                .filter_map(|p| p.ok().map(|p| p.id()))
+                .collect();
+            if !ids.iter().any(|id| loaded.contains(id)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Drops `items` (links: each drop detaches) from up to 64 threads at once; returns when all
+/// are dropped.
+pub(crate) fn drop_in_parallel<T: Send>(mut items: Vec<T>) {
+    const THREADS: usize = 64;
+    if items.len() <= 1 {
+        return;
+    }
+    let per_thread = items.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        while !items.is_empty() {
+            let batch: Vec<T> = items.drain(..per_thread.min(items.len())).collect();
+            // A thread that cannot start drops its batch here (with the closure).
+            let _ = std::thread::Builder::new()
+                .name("detach".into())
+                .stack_size(64 * 1024)
+                .spawn_scoped(scope, move || drop(batch));
+        }
+    });
+}
+
+/// Takes map `name` out of the object (it stays alive as long as the value returned).
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("{name} map missing or taken already"))
+}
+
+/// The slots `(index, name)` of a per-CPU counter array, each summed over CPUs.
+fn per_cpu_counters(
+    counts: &PerCpuArray<MapData, u64>,
+    slots: impl IntoIterator<Item = (u32, &'static str)>,
+) -> Result<BTreeMap<&'static str, u64>> {
+    let mut out = BTreeMap::new();
+    for (index, name) in slots {
+        out.insert(name, counts.get(&index, 0)?.iter().sum());
+    }
+    Ok(out)
 }
 
 /// One line with the verifier's work: `verifier: 28 programs, 51234 instructions processed in
@@ -498,6 +602,12 @@ pub fn verifier_summary(verified: &[(&str, Option<u32>)]) -> String {
         counts.len(),
         each.join(" ")
     )
+}
+
+/// `CONNS=65536 SOCKS=65536 ...`
+fn name_values(sizes: &[(&str, u32)]) -> String {
+    let words: Vec<String> = sizes.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    words.join(" ")
 }
 
 /// Resident memory of the agent in KiB (for start-up diagnostics).
@@ -596,13 +706,22 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_budget_sizes_every_map_of_connections_and_threads() {
+        let sizes = |n| budget_map_sizes(n).map(|(_, e)| e);
+        assert_eq!(sizes(65536), [65536, 65536, 32768, 32768]);
+        assert_eq!(sizes(200_000), [200_000, 200_000, 100_000, 100_000]);
+        // Small budgets keep room for the threads of the node.
+        assert_eq!(sizes(4096), [4096, 4096, 16384, 16384]);
+    }
+
+    #[test]
     fn the_kernel_object_has_every_name_the_agent_looks_up() {
         if EBPF_OBJECT.is_empty() {
             eprintln!("built with AYA_BUILD_SKIP: no kernel object to check");
             return;
         }
         let (maps, programs) = object_names(EBPF_OBJECT);
-        for name in map::ALL {
+        for name in map::ALL.into_iter().chain(BUDGET_MAPS) {
             assert!(
                 maps.contains(name),
                 "map {name} not in the object: {maps:?}"

@@ -6,7 +6,7 @@ use clap::Parser;
 use tracer_common::{KernelOffsets, MAX_CAPTURE};
 
 use crate::{
-    capture::{CaptureOptions, InjectMode, features::Features},
+    capture::{CaptureOptions, DEFAULT_MAX_CONNECTIONS, InjectMode, features::Features},
     conn::TableLimits,
     export::{ExportArgs, MetricsExportArgs},
     pipeline::{MetricsArgs, redact::SpanDataArgs, sample::SamplingArgs},
@@ -78,6 +78,15 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 120, env = "TRACER_STALLED_TIMEOUT",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stalled_timeout: u64,
+
+    /// Connections tracked at once (both ends of a same-node connection count as two). Sizes
+    /// the agent's connection table and the kernel maps of connections and threads to match;
+    /// beyond it, new connections are not traced (counted as `conns_refused_full`). A tracked
+    /// connection costs the agent about 2 KiB while idle; each unit of the budget costs the
+    /// kernel about 0.33 KiB of locked memory, allocated at load.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, env = "TRACER_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 22)))]
+    pub max_connections: u32,
 
     /// Seconds between the agent's own counter reports in the log (0: only at exit).
     #[arg(
@@ -219,6 +228,7 @@ impl Cli {
             ctx_key,
             head_rule: self.sampling.options().head.rule(),
             features,
+            max_connections: self.max_connections,
         })
     }
 
@@ -226,7 +236,7 @@ impl Cli {
         TableLimits {
             idle_timeout_ns: self.idle_timeout.saturating_mul(1_000_000_000),
             stalled_timeout_ns: self.stalled_timeout.saturating_mul(1_000_000_000),
-            ..TableLimits::default()
+            max_conns: self.max_connections as usize,
         }
     }
 
@@ -272,5 +282,21 @@ mod tests {
         assert_eq!(opts.capture_limit, 512);
         assert_eq!((opts.offsets, opts.ctx_key), (Some(offsets), 99));
         assert!(opts.features.is_none());
+    }
+
+    #[test]
+    fn one_connection_budget_sizes_the_table_and_the_kernel_maps() {
+        let cli = Cli::try_parse_from(["tracer"]).unwrap();
+        assert_eq!(
+            cli.table_limits().max_conns,
+            DEFAULT_MAX_CONNECTIONS as usize
+        );
+        let cli = Cli::try_parse_from(["tracer", "--max-connections", "200000"]).unwrap();
+        assert_eq!(cli.table_limits().max_conns, 200_000);
+        assert_eq!(
+            cli.capture_options(None, None, 0).unwrap().max_connections,
+            200_000
+        );
+        assert!(Cli::try_parse_from(["tracer", "--max-connections", "10"]).is_err());
     }
 }

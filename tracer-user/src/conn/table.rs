@@ -23,7 +23,7 @@ pub struct TableLimits {
 impl Default for TableLimits {
     fn default() -> Self {
         Self {
-            max_conns: 16384,
+            max_conns: crate::capture::DEFAULT_MAX_CONNECTIONS as usize,
             idle_timeout_ns: 30_000_000_000,
             stalled_timeout_ns: 120_000_000_000,
         }
@@ -61,7 +61,9 @@ pub type Finished = (ConnMeta, HttpExchange);
 
 #[derive(Default)]
 pub struct ConnTable {
-    conns: HashMap<u64, Conn>,
+    /// Boxed: the map's spare capacity (up to half its buckets) then costs a pointer per
+    /// bucket, not a whole connection's state.
+    conns: HashMap<u64, Box<Conn>>,
     limits: TableLimits,
     stats: TableStats,
     /// Reused output buffer of the parsers (no allocation per call).
@@ -131,12 +133,12 @@ impl ConnTable {
             self.stats.opened += 1;
             self.conns.insert(
                 h.conn_id,
-                Conn {
+                Box::new(Conn {
                     meta,
                     next: [None; 2],
                     http: ConnParser::new(Protocol::from_u8(h.protocol)),
                     last_ns: ts,
-                },
+                }),
             );
         }
         let Some(conn) = self.conns.get_mut(&h.conn_id) else {
@@ -212,7 +214,7 @@ impl ConnTable {
     }
 
     fn finish(
-        mut conn: Conn,
+        mut conn: Box<Conn>,
         ts: u64,
         expired: bool,
         out: &mut Vec<Finished>,
@@ -276,13 +278,14 @@ impl ConnTable {
         s
     }
 
-    /// Approximate heap bytes held by the parsers.
+    /// Approximate heap bytes held by the table: its buckets, the connections' state and the
+    /// parsers' buffers.
     pub fn memory_bytes(&self) -> usize {
         self.conns
             .values()
-            .map(|c| c.http.memory_bytes())
+            .map(|c| std::mem::size_of::<Conn>() + c.http.memory_bytes())
             .sum::<usize>()
-            + self.conns.capacity() * std::mem::size_of::<(u64, Conn)>()
+            + self.conns.capacity() * (std::mem::size_of::<(u64, Box<Conn>)>() + 1)
     }
 }
 
@@ -525,6 +528,31 @@ mod tests {
         assert!(t.table.is_empty());
         assert_eq!(t.table.stats().expired, 1);
         assert!(t.out.is_empty(), "a half request makes no span");
+    }
+
+    /// What an idle keep-alive connection (one exchange done, nothing in flight) costs the
+    /// agent: its table entry and the parser's buffers.
+    #[test]
+    fn an_idle_keep_alive_connection_is_small() {
+        const N: u64 = 1000;
+        let mut table = ConnTable::new(TableLimits::default());
+        let mut out = Vec::new();
+        for id in 1..=N {
+            let req = header(id, Direction::Ingress, 0, REQ, 1_000);
+            table.on_data(&req, REQ, &mut out);
+            let resp = header(id, Direction::Egress, 0, RESP, 2_000);
+            table.on_data(&resp, RESP, &mut out);
+        }
+        assert_eq!(out.len(), N as usize);
+        let per_conn = table.memory_bytes() as u64 / N;
+        eprintln!(
+            "idle connection: {per_conn} bytes (state {} bytes, parser heap {}, capacity {})",
+            std::mem::size_of::<Conn>(),
+            table.conns.values().next().unwrap().http.memory_bytes(),
+            table.conns.capacity(),
+        );
+        // The rest is the HTTP/1 parser's buffers kept for reuse (its queue of requests): 992 B.
+        assert!(per_conn <= 2048, "{per_conn} bytes per idle connection");
     }
 
     #[test]

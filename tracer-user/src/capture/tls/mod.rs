@@ -8,24 +8,30 @@
 //! inode from `/proc/PID/maps` and reached through `/proc/PID/root`, so a file inside a
 //! container is probed once, like any other. A uprobe applies to every process mapping the
 //! file; the probes of a file are detached when no process known to map it is alive.
+//!
+//! The looking (procfs, ELF parsing, Go disassembly) and the attaching run on a thread of
+//! their own ([`scanner`]), fed the exec and exit events over a bounded queue, so the event
+//! loop keeps draining the ring buffer meanwhile; detaching runs on another ([`probes`]).
 pub mod elf;
+mod probes;
+mod scanner;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
-
-use anyhow::{Context, Result, anyhow};
-use aya::{
-    Ebpf,
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::Ordering,
+        mpsc::{SyncSender, TrySendError},
     },
 };
 
-use self::elf::{Inspection, OPENSSL_FUNCTIONS, TlsTarget};
+use anyhow::{Context, Result, anyhow};
+use aya::{Ebpf, programs::UProbe};
+
+use self::{
+    probes::Detacher,
+    scanner::{Note, ScanCounters, Scanner},
+};
 use super::events::Event;
 
 /// Kernel programs of the TLS probes (loaded with the others, attached per file).
@@ -42,25 +48,10 @@ pub const PROGRAMS: &[&str] = &[
     "go_tls_read_ret",
 ];
 
-/// When a new process is looked at again after its exec.
-const RESCAN_AFTER: &[Duration] = &[
-    Duration::from_millis(0),
-    Duration::from_millis(50),
-    Duration::from_millis(300),
-    Duration::from_secs(1),
-    Duration::from_secs(3),
-];
-
-/// How long a file stays probed after its last known process went away. An exit and an exec
-/// of the same binary often come close together (a server restarting, one test's process
-/// ending as another starts): detaching at once would leave the new process unprobed until
-/// the re-attach completes (hundreds of milliseconds for a Go binary), missing its first
-/// requests.
-const DETACH_AFTER: Duration = Duration::from_secs(3);
-
-/// Bounds: pending looks and files remembered.
-const MAX_PENDING: usize = 65536;
-const MAX_FILES: usize = 65536;
+/// Notes waiting for the scanner: in its queue, then (when it is full) kept by the loop and
+/// offered again at each drain. Beyond both, notes are dropped and counted.
+const QUEUE: usize = 4096;
+const MAX_BACKLOG: usize = 65536;
 /// Libraries followed at most per executable when resolving what it will load.
 const MAX_NEEDED: usize = 256;
 /// Where the dynamic loader looks when an object's own search path does not have a library
@@ -82,12 +73,6 @@ pub struct FileId {
     pub ino: u64,
 }
 
-struct Attached {
-    description: String,
-    links: Vec<(&'static str, UProbeLinkId)>,
-    pids: HashSet<u32>,
-}
-
 /// Counters of the TLS attacher.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsStats {
@@ -98,26 +83,27 @@ pub struct TlsStats {
     pub unsupported: u64,
     pub detached: u64,
     pub processes_scanned: u64,
+    /// Exec/exit notes that found the scanner's queue full (kept and offered again).
+    pub queue_full: u64,
+    /// Notes dropped because the backlog was full too.
+    pub notes_dropped: u64,
 }
 
+/// The event loop's side of TLS probing: notes the exec and exit events for the scanner
+/// thread, never waiting for it.
 #[derive(Default)]
 pub struct TlsAttacher {
-    attached: HashMap<FileId, Attached>,
-    /// Files already looked at that need no probe, or cannot have one (with the reason).
-    ignored: HashMap<FileId, Option<String>>,
-    pid_files: HashMap<u32, Vec<FileId>>,
-    pending: VecDeque<(Instant, u32)>,
-    /// Processes just exec'ed whose executable's libraries are resolved before they load.
-    fresh: Vec<u32>,
-    /// `DT_NEEDED` names and search paths per file (bounded cache).
-    deps: HashMap<FileId, (Vec<String>, Vec<String>)>,
-    /// Processes exited since the last `process` call.
-    exited: Vec<u32>,
-    /// Files no process was known to map any more, and when to detach them if that holds.
-    idle: VecDeque<(Instant, FileId)>,
-    stats: TlsStats,
-    /// Failures already reported (each file once).
-    failed: HashSet<FileId>,
+    running: Option<Running>,
+    /// Notes the scanner's queue had no room for, oldest first.
+    backlog: VecDeque<Note>,
+    queue_full: u64,
+    notes_dropped: u64,
+}
+
+struct Running {
+    notes: SyncSender<Note>,
+    scanner: std::thread::JoinHandle<()>,
+    counters: Arc<ScanCounters>,
 }
 
 /// One file-backed executable mapping of a process.
@@ -169,252 +155,108 @@ pub fn executable_mappings(maps: &str) -> Vec<Mapping> {
 }
 
 impl TlsAttacher {
+    /// Attaches nothing (the TLS programs did not load).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Starts the scanner (it looks at every running process first), which attaches the
+    /// probes with the programs of `ebpf`.
+    pub fn start(ebpf: Arc<Mutex<Ebpf>>) -> Result<Self> {
+        let (notes, notes_rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let counters = Arc::new(ScanCounters::default());
+        let scanner = Scanner::new(ebpf, Detacher::start()?, counters.clone());
+        let scanner = std::thread::Builder::new()
+            .name("tls-scanner".into())
+            .spawn(move || scanner.run(notes_rx))
+            .context("starting the TLS scanner thread")?;
+        Ok(Self {
+            running: Some(Running {
+                notes,
+                scanner,
+                counters,
+            }),
+            ..Self::default()
+        })
+    }
+
     pub fn stats(&self) -> TlsStats {
-        let mut s = self.stats;
-        s.files_attached = self.attached.len() as u64;
-        s
-    }
-
-    /// Looks at every running process (agent start-up).
-    pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
-        let own = std::process::id();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
+        let mut s = TlsStats {
+            queue_full: self.queue_full,
+            notes_dropped: self.notes_dropped,
+            ..TlsStats::default()
         };
-        let pids: Vec<u32> = dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|p| *p != own)
-            .collect();
-        for pid in pids {
-            self.scan(ebpf, pid);
+        if let Some(r) = &self.running {
+            let c = &r.counters;
+            s.files_attached = c.files_attached.load(Ordering::Relaxed);
+            s.attach_failed = c.attach_failed.load(Ordering::Relaxed);
+            s.unsupported = c.unsupported.load(Ordering::Relaxed);
+            s.detached = c.detached.load(Ordering::Relaxed);
+            s.processes_scanned = c.processes_scanned.load(Ordering::Relaxed);
         }
-    }
-
-    /// A process called execve: look at it now and a few times later.
-    pub fn on_exec(&mut self, pid: u32) {
-        if pid == std::process::id() {
-            return;
-        }
-        let now = Instant::now();
-        // The old image's files are no longer mapped by this pid.
-        self.exited.push(pid);
-        if self.fresh.len() < MAX_PENDING {
-            self.fresh.push(pid);
-        }
-        for d in RESCAN_AFTER {
-            if self.pending.len() >= MAX_PENDING {
-                break;
-            }
-            self.pending.push_back((now + *d, pid));
-        }
+        s
     }
 
     /// Notes the exec and exit events of the event stream (ignores the others).
     pub fn on_event(&mut self, event: &Event<'_>) {
-        match *event {
-            Event::Exec { pid, .. } => self.on_exec(pid),
-            Event::Exit { pid, .. } => self.on_exit(pid),
-            Event::Data { .. } | Event::Close(_) => {}
-        }
-    }
-
-    pub fn on_exit(&mut self, pid: u32) {
-        self.exited.push(pid);
-        self.pending.retain(|(_, p)| *p != pid);
-    }
-
-    /// Does what is due: releases exited processes' files, looks at processes.
-    pub fn process(&mut self, ebpf: &mut Ebpf) {
-        for pid in std::mem::take(&mut self.exited) {
-            self.release(pid);
-        }
-        // A new process's libraries are probed before the dynamic loader maps them where
-        // possible: a short-lived client (curl) would otherwise often finish first.
-        for pid in std::mem::take(&mut self.fresh) {
-            self.scan_needed(ebpf, pid);
-        }
-        let now = Instant::now();
-        // Pending looks are pushed in time order per exec; several execs interleave, so
-        // take every due entry, not only a prefix.
-        let mut due = Vec::new();
-        self.pending.retain(|(at, pid)| {
-            if *at <= now {
-                due.push(*pid);
-                false
-            } else {
-                true
-            }
-        });
-        due.dedup();
-        for pid in due {
-            self.scan(ebpf, pid);
-        }
-        while let Some(&(at, f)) = self.idle.front() {
-            if at > now {
-                break;
-            }
-            self.idle.pop_front();
-            if self.attached.get(&f).is_some_and(|a| a.pids.is_empty()) {
-                self.detach(ebpf, f);
-            }
-        }
-    }
-
-    /// Detaches everything (the agent stops).
-    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
-        let files: Vec<FileId> = self.attached.keys().copied().collect();
-        for f in files {
-            self.detach(ebpf, f);
-        }
-    }
-
-    /// `pid` no longer maps its files; those left without a process are detached after
-    /// [`DETACH_AFTER`] unless a process maps them again meanwhile.
-    fn release(&mut self, pid: u32) {
-        let Some(files) = self.pid_files.remove(&pid) else {
-            return;
+        let note = match *event {
+            Event::Exec { pid, .. } => Note::Exec(pid),
+            Event::Exit { pid, .. } => Note::Exit(pid),
+            Event::Data { .. } | Event::Close(_) => return,
         };
-        for f in files {
-            let empty = match self.attached.get_mut(&f) {
-                Some(a) => {
-                    a.pids.remove(&pid);
-                    a.pids.is_empty()
+        if note == Note::Exec(std::process::id()) {
+            return;
+        }
+        self.offer(note);
+    }
+
+    /// Gives `note` to the scanner, behind any notes kept back (order matters: an exit after
+    /// an exec of the same pid).
+    fn offer(&mut self, note: Note) {
+        let Some(r) = &self.running else { return };
+        if self.backlog.is_empty() {
+            match r.notes.try_send(note) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(_)) => self.queue_full += 1,
+            }
+        }
+        if self.backlog.len() < MAX_BACKLOG {
+            self.backlog.push_back(note);
+        } else {
+            self.notes_dropped += 1;
+        }
+    }
+
+    /// Offers the notes kept back again (called at every drain of the ring).
+    pub fn flush_backlog(&mut self) {
+        let Some(r) = &self.running else { return };
+        while let Some(&note) = self.backlog.front() {
+            match r.notes.try_send(note) {
+                Ok(()) => {
+                    self.backlog.pop_front();
                 }
-                None => false,
-            };
-            if empty && self.idle.len() < MAX_PENDING {
-                self.idle.push_back((Instant::now() + DETACH_AFTER, f));
-            }
-        }
-    }
-
-    fn detach(&mut self, ebpf: &mut Ebpf, f: FileId) {
-        let Some(a) = self.attached.remove(&f) else {
-            return;
-        };
-        detach_links(ebpf, a.links, &a.description);
-        self.stats.detached += 1;
-        tracing::info!(
-            "detached TLS probes from {} (no process maps it)",
-            a.description
-        );
-    }
-
-    /// Looks at one process's mapped files.
-    fn scan(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return; // gone, or a kernel thread
-        };
-        self.stats.processes_scanned += 1;
-        for m in executable_mappings(&maps) {
-            self.consider(ebpf, pid, m);
-        }
-    }
-
-    /// Resolves the libraries a just exec'ed process's executable will load (`DT_NEEDED`,
-    /// transitively) and considers them as if already mapped.
-    fn scan_needed(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return;
-        };
-        let root = format!("/proc/{pid}/root");
-        if self.deps.len() >= MAX_FILES {
-            self.deps.clear();
-        }
-        for m in needed_closure(&root, &exe.to_string_lossy(), &mut self.deps) {
-            self.consider(ebpf, pid, m);
-        }
-    }
-
-    /// One file a process maps (or is about to map).
-    fn consider(&mut self, ebpf: &mut Ebpf, pid: u32, m: Mapping) {
-        if let Some(a) = self.attached.get_mut(&m.file) {
-            if a.pids.insert(pid) {
-                self.pid_files.entry(pid).or_default().push(m.file);
-            }
-            return;
-        }
-        if self.ignored.contains_key(&m.file) {
-            return;
-        }
-        let path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-        match self.attach_file(ebpf, &path, &m) {
-            Ok(Some(a)) => {
-                let mut a = a;
-                a.pids.insert(pid);
-                self.pid_files.entry(pid).or_default().push(m.file);
-                self.attached.insert(m.file, a);
-            }
-            Ok(None) => self.ignore(m.file, None),
-            Err(e) if is_not_found(&e) => {
-                // The process (or its mount namespace) went away meanwhile.
-                tracing::debug!("{} (pid {pid}) vanished: {e:#}", m.path);
-            }
-            Err(e) => {
-                self.stats.attach_failed += 1;
-                tracing::warn!("TLS probes not attached to {} (pid {pid}): {e:#}", m.path);
-                self.ignore(m.file, Some(format!("{e:#}")));
-            }
-        }
-    }
-
-    fn ignore(&mut self, f: FileId, why: Option<String>) {
-        if self.ignored.len() >= MAX_FILES {
-            self.ignored.clear();
-        }
-        self.ignored.insert(f, why);
-    }
-
-    fn attach_file(
-        &mut self,
-        ebpf: &mut Ebpf,
-        path: &std::path::Path,
-        m: &Mapping,
-    ) -> Result<Option<Attached>> {
-        let inspection = elf::inspect(path)?;
-        let target = match inspection {
-            Inspection::None => return Ok(None),
-            Inspection::Unsupported(why) => {
-                self.stats.unsupported += 1;
-                if self.failed.insert(m.file) {
-                    tracing::warn!("TLS plaintext of {} cannot be traced: {why}", m.path);
+                Err(TrySendError::Full(_)) => break,
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    break;
                 }
-                return Ok(None);
             }
-            Inspection::Target(t) => t,
-        };
-        let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::new();
-        let result = attach_target(ebpf, path, &target, &mut links);
-        let description = match &target {
-            TlsTarget::OpenSsl(found) => format!(
-                "{} [OpenSSL API: {}]",
-                m.path,
-                found.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" ")
-            ),
-            TlsTarget::Go {
-                version, read_rets, ..
-            } => format!(
-                "{} [Go {version} crypto/tls: Read (entry and {} RETs), Write (entry)]",
-                m.path,
-                read_rets.len(),
-            ),
-        };
-        let a = Attached {
-            description,
-            links,
-            pids: HashSet::new(),
-        };
-        if let Err(e) = result {
-            // Keep nothing half-attached.
-            detach_links(ebpf, a.links, &a.description);
-            return Err(e);
         }
-        tracing::info!("attached TLS probes to {}", a.description);
-        Ok(Some(a))
+    }
+
+    /// Stops the scanner, which detaches every probe; returns when it is done.
+    pub fn shutdown(&mut self) {
+        let Some(r) = self.running.take() else { return };
+        if self.queue_full > 0 || self.notes_dropped > 0 {
+            tracing::info!(
+                queue_full = self.queue_full,
+                notes_dropped = self.notes_dropped,
+                "TLS scanner queue"
+            );
+        }
+        // Closing the queue ends the scanner's loop.
+        drop(r.notes);
+        let _ = r.scanner.join();
     }
 }
 
@@ -485,74 +327,11 @@ fn file_id(path: &str) -> Option<FileId> {
     })
 }
 
-fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>, what: &str) {
-    for (prog, link) in links {
-        if let Some(p) = ebpf
-            .program_mut(prog)
-            .and_then(|p| <&mut UProbe>::try_from(p).ok())
-            && let Err(e) = p.detach(link)
-        {
-            tracing::warn!("detaching {prog} from {what}: {e}");
-        }
-    }
-}
-
 fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
     })
-}
-
-fn attach_target(
-    ebpf: &mut Ebpf,
-    path: &std::path::Path,
-    target: &TlsTarget,
-    links: &mut Vec<(&'static str, UProbeLinkId)>,
-) -> Result<()> {
-    let mut attach = |prog: &'static str, offset: u64| -> Result<()> {
-        let p: &mut UProbe = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing"))?
-            .try_into()?;
-        let link = p
-            .attach(
-                UProbeAttachLocation::AbsoluteOffset(offset),
-                path,
-                UProbeScope::AllProcesses,
-            )
-            .with_context(|| format!("attaching {prog} at {offset:#x}"))?;
-        links.push((prog, link));
-        Ok(())
-    };
-    match target {
-        TlsTarget::OpenSsl(found) => {
-            for (name, off) in found {
-                let entry = OPENSSL_FUNCTIONS
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, p)| *p)
-                    .ok_or_else(|| anyhow!("no program for {name}"))?;
-                attach(entry, *off)?;
-                if *name != "SSL_free" {
-                    attach("ssl_ret", *off)?;
-                }
-            }
-        }
-        TlsTarget::Go {
-            read,
-            read_rets,
-            write,
-            ..
-        } => {
-            attach("go_tls_read_entry", *read)?;
-            for r in read_rets {
-                attach("go_tls_read_ret", *r)?;
-            }
-            attach("go_tls_write_entry", *write)?;
-        }
-    }
-    Ok(())
 }
 
 /// Loads the TLS programs (attached later, per file).
@@ -565,16 +344,6 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
         p.load().map_err(|e| super::describe_load_error(name, e))?;
     }
     Ok(())
-}
-
-/// Files with probes now, for logs and tests: description per file.
-impl TlsAttacher {
-    pub fn attached_files(&self) -> BTreeMap<FileId, String> {
-        self.attached
-            .iter()
-            .map(|(k, v)| (*k, v.description.clone()))
-            .collect()
-    }
 }
 
 #[cfg(test)]
