@@ -15,6 +15,12 @@ pub mod map {
     pub const INJECT_COUNTS: &str = "INJECT_COUNTS";
     /// The tail-call program array, indexed by [`crate::TailCall`].
     pub const PROGS: &str = "PROGS";
+    /// Connection state, keyed by socket (sized from `--max-connections` at load).
+    pub const CONNS: &str = "CONNS";
+    /// A thread's socket call between its entry and exit (sized from the budget too).
+    pub const INFLIGHT: &str = "INFLIGHT";
+    /// The request a thread serves (sized from the budget too).
+    pub const THREAD_CTX: &str = "THREAD_CTX";
     /// Client sockets the sk_msg program sees (sock_ops adds them).
     pub const SOCKS: &str = "SOCKS";
     /// [`crate::propagation::HEX_TABLE`], filled by the agent.
@@ -25,8 +31,11 @@ pub mod map {
     pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
 
     /// Every map above.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         EVENTS,
+        CONNS,
+        INFLIGHT,
+        THREAD_CTX,
         DROPS,
         INJECT_COUNTS,
         PROGS,

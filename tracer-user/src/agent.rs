@@ -384,6 +384,8 @@ fn read_counters(
         ("tls_files_attached", tls.files_attached),
         ("tls_attach_failed", tls.attach_failed),
         ("tls_unsupported", tls.unsupported),
+        ("tls_queue_full", tls.queue_full),
+        ("tls_notes_dropped", tls.notes_dropped),
         ("tls_detached", tls.detached),
         ("exported", ex.spans_exported),
         ("export_failed", ex.spans_failed),

@@ -319,6 +319,18 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "Files whose TLS library is not supported.",
     ),
     counter(
+        "tls_queue_full",
+        "tracer.tls_queue_full",
+        "{note}",
+        "Process exec/exit notes the TLS scanner's queue could not take at once (kept and offered again).",
+    ),
+    counter(
+        "tls_notes_dropped",
+        "tracer.tls_notes_dropped",
+        "{note}",
+        "Process exec/exit notes lost because the TLS scanner's backlog was full (those processes may miss TLS probes).",
+    ),
+    counter(
         "tls_detached",
         "tracer.tls_detached",
         "{file}",

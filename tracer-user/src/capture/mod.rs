@@ -73,13 +73,6 @@ pub struct CaptureOptions {
 /// Connections tracked at once by default (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
 
-/// Kernel maps sized from the connection budget (named after their statics in tracer-ebpf's
-/// maps.rs; checked at load like the others).
-const CONNS: &str = "CONNS";
-const INFLIGHT: &str = "INFLIGHT";
-const THREAD_CTX: &str = "THREAD_CTX";
-const BUDGET_MAPS: [&str; 4] = [CONNS, map::SOCKS, INFLIGHT, THREAD_CTX];
-
 /// Threads the per-thread maps hold at least.
 const MIN_THREAD_ENTRIES: u32 = 16384;
 
@@ -91,10 +84,10 @@ const MIN_THREAD_ENTRIES: u32 = 16384;
 pub fn budget_map_sizes(max_connections: u32) -> [(&'static str, u32); 4] {
     let threads = (max_connections / 2).max(MIN_THREAD_ENTRIES);
     [
-        (CONNS, max_connections),
+        (map::CONNS, max_connections),
         (map::SOCKS, max_connections),
-        (INFLIGHT, threads),
-        (THREAD_CTX, threads),
+        (map::INFLIGHT, threads),
+        (map::THREAD_CTX, threads),
     ]
 }
 
@@ -206,7 +199,6 @@ fn program_names() -> impl Iterator<Item = &'static str> {
 fn require_names(ebpf: &Ebpf) -> Result<()> {
     let maps: Vec<&str> = map::ALL
         .into_iter()
-        .chain(BUDGET_MAPS)
         .filter(|name| ebpf.map(name).is_none())
         .collect();
     let programs: Vec<&str> = program_names()
@@ -721,7 +713,7 @@ mod tests {
             return;
         }
         let (maps, programs) = object_names(EBPF_OBJECT);
-        for name in map::ALL.into_iter().chain(BUDGET_MAPS) {
+        for name in map::ALL {
             assert!(
                 maps.contains(name),
                 "map {name} not in the object: {maps:?}"
