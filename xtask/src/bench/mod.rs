@@ -114,7 +114,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     let started = Instant::now();
     crate::setup::bench_deps()?;
-    let tracer = crate::build_agent()?;
+    // `TRACER_BIN` (as for the end-to-end tests): measure that agent binary instead of
+    // building the release one — a check of the bench itself, or two builds compared.
+    let tracer = match std::env::var_os("TRACER_BIN") {
+        Some(bin) => {
+            crate::util::step(format!(
+                "measuring TRACER_BIN={} (not a fresh release build)",
+                bin.to_string_lossy()
+            ));
+            bin.into()
+        }
+        None => crate::build_agent()?,
+    };
     if args.grpc {
         grpc::run(&args, &tracer, started)
     } else if args.vs_sdk {

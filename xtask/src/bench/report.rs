@@ -247,6 +247,8 @@ pub(super) fn run_info() -> Json {
         "commit": git(&["rev-parse", "HEAD"]),
         "commit_subject": git(&["log", "-1", "--format=%s"]),
         "work_tree_changed": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        // Set: the agent measured was this binary, not the commit's release build.
+        "tracer_bin": std::env::var("TRACER_BIN").ok(),
         "machine": {
             "hostname": read("/proc/sys/kernel/hostname"),
             "kernel": read("/proc/sys/kernel/osrelease"),
