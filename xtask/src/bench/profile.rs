@@ -84,7 +84,7 @@ impl Recording {
 }
 
 /// The first `TOP` entries of `perf report --stdio --sort dso,symbol`: lines such as
-/// `    12.34%  tracer  [.] tracer::assemble::SpanAssembler::on_record`.
+/// `    12.34%  tracer  [.] tracer::assemble::SpanAssembler::on_record    -      -`.
 fn top_symbols(report: &str) -> Vec<(f64, String, String)> {
     report
         .lines()
@@ -92,7 +92,9 @@ fn top_symbols(report: &str) -> Vec<(f64, String, String)> {
             let (pct, rest) = l.trim().split_once('%')?;
             let pct: f64 = pct.parse().ok()?;
             let (dso, symbol) = rest.trim().split_once(char::is_whitespace)?;
-            Some((pct, dso.to_owned(), symbol.trim().to_owned()))
+            // perf 6.1 pads the line with empty columns (`  -  -`) after the symbol.
+            let symbol = symbol.trim().split("  ").next()?;
+            Some((pct, dso.to_owned(), symbol.to_owned()))
         })
         .take(TOP)
         .collect()
@@ -126,7 +128,7 @@ mod tests {
         let report = "# Samples: 1K of event 'cpu-clock'\n#\n\
             # Overhead  Shared Object  Symbol\n\
             # ........  .............  ......\n#\n\
-            \x20   25.50%  tracer         [.] tracer::assemble::SpanAssembler::on_record\n\
+            \x20   25.50%  tracer         [.] tracer::assemble::SpanAssembler::on_record    -      -  \n\
             \x20    3.10%  [kernel.kallsyms]  [k] __lock_text_start\n\n";
         let top = top_symbols(report);
         assert_eq!(top.len(), 2);
