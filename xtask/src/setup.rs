@@ -220,8 +220,42 @@ pub fn grpc_bench_deps() -> Result<()> {
     ])
 }
 
+/// The side-by-side with the OpenTelemetry Python SDK (`cargo xtask bench --vs-sdk`): Flask
+/// served by waitress, and the SDK's auto-instrumentation with its OTLP/gRPC exporter, in a
+/// virtual environment of the bench's own (target/bench/sdk-venv): the SDK versions it
+/// resolves never change the test environment's. Returns the environment's directory.
+pub fn sdk_bench_deps() -> Result<std::path::PathBuf> {
+    const MODULES: &str = "import flask, waitress, opentelemetry.instrumentation.flask, \
+                           opentelemetry.exporter.otlp.proto.grpc.trace_exporter";
+    let venv = util::workspace_root().join("target/bench/sdk-venv");
+    let venv_python = venv.join("bin/python");
+    if venv.join("bin/opentelemetry-instrument").is_file()
+        && succeeds(&venv_python.to_string_lossy(), &["-c", MODULES])
+    {
+        return Ok(venv);
+    }
+    step(format!(
+        "installing Flask, waitress and the OpenTelemetry Python SDK into {}",
+        venv.display()
+    ));
+    util::run(Command::new(python()).args(["-m", "venv"]).arg(&venv))?;
+    util::run(
+        Command::new(&venv_python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args([
+                "flask",
+                "waitress",
+                "opentelemetry-distro",
+                "opentelemetry-instrumentation-flask",
+                "opentelemetry-exporter-otlp-proto-grpc",
+            ]),
+    )?;
+    Ok(venv)
+}
+
 pub fn bench_deps() -> Result<()> {
-    apt_install(&["nginx", "wrk", "curl", "openssl"])?;
+    // bpftool names the programs of the kernel figure; perf profiles the agent.
+    apt_install(&["nginx", "wrk", "curl", "openssl", "bpftool", "linux-perf"])?;
     let oha = crate::bench::cargo_home().join("bin/oha");
     if succeeds("oha", &["--version"]) || succeeds(&oha.to_string_lossy(), &["--version"]) {
         return Ok(());

@@ -74,6 +74,10 @@ impl Agent {
         }
     }
 
+    pub(super) fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// utime + stime of the whole agent (all threads), in seconds.
     pub(super) fn cpu_seconds(&self) -> Result<f64> {
         let pid = self.proc.pid();

@@ -13,11 +13,12 @@ use test_kit::{Proc, TempDir, free_port, run_bounded};
 use super::{
     Args, RATE,
     agent::Agent,
+    bpf_stats::{self, KernelCost, Snapshot, StatsOn},
     load::Throughput,
     receiver::{KIND_CLIENT, KIND_SERVER, Receiver},
     report::{
-        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, save,
-        unix_time,
+        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, run_info,
+        save, unix_time,
     },
     settle,
 };
@@ -83,14 +84,30 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         let a = h2load_grpc(&url, &body, calls, rate)?;
         step(format!("{what}: traced"));
         let before = receiver.counts();
+        // The kernel's BPF statistics only in the traced rounds at a fixed rate (they cost
+        // the programs two clock reads per run: not in the throughput rounds).
+        let stats = rate.map(|_| StatsOn::enable());
         let ag = Agent::start(tracer, port, Some(&endpoint), None, &args.agent_args)?;
         let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let progs0 = Snapshot::take(ag.pid())?;
         let b = h2load_grpc(&url, &body, calls, rate)?;
         settle();
+        let progs1 = Snapshot::take(ag.pid())?;
         let cpu = ag.cpu_seconds()? - cpu0;
         let cs = ag.ctx_switches() - cs0;
         let rss = ag.peak_rss_kib()?;
         let counters = ag.stop()?;
+        let kernel = match stats {
+            Some(Ok(on)) => {
+                drop(on);
+                Some(KernelCost::between(&progs0, &progs1, b.requests))
+            }
+            Some(Err(e)) => {
+                step(format!("  no kernel figure: {e:#}"));
+                None
+            }
+            None => None,
+        };
         let got = receiver.counts().since(&before);
         let server_ok = got.grpc(KIND_SERVER, Some(0));
         let client_ok = got.grpc(KIND_CLIENT, Some(0));
@@ -121,7 +138,9 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
                 "agent_context_switches_per_call": cs as f64 / calls,
                 "agent_peak_rss_kib": rss,
                 "agent": counters.json(),
+                "kernel": kernel.as_ref().map(KernelCost::json),
             }),
+            kernel: kernel.map(|k| (k, b.requests)),
         };
         step(format!(
             "  untraced {:.0} calls/s, traced {:.0} calls/s ({:.3}); {} server / {} client spans \
@@ -159,6 +178,8 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let cpu_per_call = of(&fixed, |p| p.cpu_us);
     let rss_kib = of(&fixed, |p| p.rss_kib as f64);
     let all_losses: Vec<String> = fixed.iter().map(|p| p.losses.clone()).collect();
+    let kernel_rounds: Vec<(KernelCost, u64)> =
+        fixed.iter_mut().filter_map(|p| p.kernel.take()).collect();
     let rounds: Vec<Json> = tp.iter().map(|p| p.json.clone()).collect();
     let rate_rounds: Vec<Json> = fixed.iter().map(|p| p.json.clone()).collect();
     drop(server);
@@ -166,7 +187,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let live_took = measuring.elapsed();
     let busy_after = busy_cpus();
 
-    let figures = vec![
+    let mut figures = vec![
         Figure::min(
             "gRPC throughput ratio",
             median(&ratios),
@@ -208,6 +229,11 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             format!("VmHWM, highest over the traced rounds at {RATE} calls/s"),
         ),
     ];
+    figures.extend(bpf_stats::figure(
+        "kernel BPF time per gRPC call",
+        &kernel_rounds,
+        "call",
+    ));
     let total = started.elapsed();
     print_table(&figures);
     print_other_work(busy_before, busy_after);
@@ -215,6 +241,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let report = json!({
         "unix_time": now,
         "mode": "grpc",
+        "run": run_info(),
         "host": { "cpus": cpus(), "other_busy_cpus_before": busy_before, "other_busy_cpus_after": busy_after },
         "settings": {
             "pairs": args.pairs, "calls_per_throughput_round": calls, "warm_up_calls_per_sec": warm.rps,
@@ -249,6 +276,8 @@ struct GrpcPair {
     rss_kib: u64,
     losses: String,
     json: Json,
+    /// What the BPF programs ran, and for how many calls (rounds at a fixed rate).
+    kernel: Option<(KernelCost, u64)>,
 }
 
 /// `h2load` making `calls` unary gRPC calls (POST with the message in `body`) on

@@ -10,15 +10,18 @@ use test_kit::TempDir;
 use super::{
     Args, RATE,
     agent::Agent,
+    bpf_stats::{self, KernelCost, Snapshot, StatsOn},
     load::{Oha, oha, wrk},
     nginx::Nginx,
     pipeline::pipeline,
+    profile::{self, Profile},
     receiver::Receiver,
     recording::{RECORDING, record, recording_decodes},
     report::{
-        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, save,
-        unix_time,
+        Figure, busy_cpus, coverage_note, cpus, median, print_other_work, print_table, run_info,
+        save, unix_time,
     },
+    sampled_replay::sampled_replay,
     settle,
 };
 use crate::util::{self, step};
@@ -34,14 +37,9 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         }
     }
     // Compile the criterion benchmark now, so compiling never overlaps a measurement.
-    util::cargo(&[
-        "bench",
-        "-p",
-        "tracer-user",
-        "--bench",
-        "pipeline",
-        "--no-run",
-    ])?;
+    for bench in ["pipeline", "sampled_replay"] {
+        util::cargo(&["bench", "-p", "tracer-user", "--bench", bench, "--no-run"])?;
+    }
     if !recording_decodes()? {
         step(format!(
             "{RECORDING} no longer decodes with this build's event layout (tracer-common changed): \
@@ -61,6 +59,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let receiver = Receiver::start()?;
     let nginx = Nginx::start(&dir, false, args.tls)?;
     let scheme = if args.tls { "https" } else { "http" };
+    let mode = if args.tls { "tls" } else { "http" };
     let target = format!("{scheme}://127.0.0.1:{}/", nginx.port);
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     let agent = |record: Option<&Path>| {
@@ -128,6 +127,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let mut rss_kib = Vec::new();
     let mut lat_rounds = Vec::new();
     let mut all_losses = Vec::new();
+    let mut kernel_rounds = Vec::new();
     for pair in 1..=args.pairs {
         step(format!(
             "latency pair {pair}/{}: untraced, {RATE} req/s",
@@ -139,14 +139,35 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             args.pairs
         ));
         let before = receiver.counts();
+        // The kernel's BPF statistics only while this traced round runs.
+        let stats = StatsOn::enable();
         let ag = agent(None)?;
         let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let progs0 = Snapshot::take(ag.pid())?;
         let b = oha(&target, args.secs)?;
         settle();
+        let progs1 = Snapshot::take(ag.pid())?;
         let cpu = ag.cpu_seconds()? - cpu0;
         let cs = ag.ctx_switches() - cs0;
         let rss = ag.peak_rss_kib()?;
         let counters = ag.stop()?;
+        let kernel = match stats {
+            Ok(on) => {
+                drop(on);
+                let k = KernelCost::between(&progs0, &progs1, b.requests);
+                step(format!(
+                    "  kernel: {:.2} µs of BPF programs per request",
+                    k.ns_per_request / 1000.0
+                ));
+                let json = k.json();
+                kernel_rounds.push((k, b.requests));
+                json
+            }
+            Err(e) => {
+                step(format!("  no kernel figure: {e:#}"));
+                json!(null)
+            }
+        };
         let got = receiver.counts().since(&before);
         let cov = got.server as f64 / b.requests as f64;
         let cpu_us = cpu * 1e6 / b.requests as f64;
@@ -182,7 +203,25 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             "agent_context_switches_per_request": cs as f64 / b.requests as f64,
             "agent_peak_rss_kib": rss,
             "agent": counters.json(),
+            "kernel": kernel,
         }));
+    }
+
+    // ---- the agent's profile, in a traced round of its own ----
+    let mut profile = None;
+    if profile::available() {
+        step(format!(
+            "profile round: traced, {RATE} req/s, perf record on the agent"
+        ));
+        let ag = agent(None)?;
+        let recording = profile::start(ag.pid(), &dir.path().join("perf.data"))?;
+        oha(&target, args.secs)?;
+        let report = util::workspace_root()
+            .join("target/bench")
+            .join(format!("profile-{mode}-{}.txt", unix_time()?));
+        std::fs::create_dir_all(report.parent().expect("a file path"))?;
+        profile = Some(recording.finish(&report)?);
+        ag.stop()?;
     }
     drop(nginx);
     drop(receiver);
@@ -192,6 +231,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
 
     // ---- pipeline replay (criterion) ----
     let pipeline = pipeline(&recording)?;
+    let sampled = sampled_replay()?;
 
     // ---- figures ----
     let ratios: Vec<f64> = tp_traced
@@ -261,32 +301,51 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             "VmHWM, highest over the traced rounds".into(),
         ),
     ];
+    figures.extend(bpf_stats::figure(
+        "kernel BPF time per request",
+        &kernel_rounds,
+        "request",
+    ));
     figures.extend(pipeline.figures());
+    figures.extend(sampled.figures());
 
     let total = started.elapsed();
     print_table(&figures);
+    if let Some(p) = &profile {
+        p.print();
+    }
     print_other_work(busy_before, busy_after);
     let now = unix_time()?;
     let report = json!({
         "unix_time": now,
+        "mode": mode,
+        "run": run_info(),
         "host": { "cpus": cpus(), "other_busy_cpus_before": busy_before, "other_busy_cpus_after": busy_after },
         "settings": {
             "pairs": args.pairs, "secs_per_round": args.secs, "rate": RATE, "tls": args.tls,
             "wrk": "-t1 -c16 keep-alive", "oha": format!("-q {RATE} -c 16 --latency-correction"),
+            "agent_args": args.agent_args,
         },
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
         "throughput_rounds": tp_rounds,
         "latency_rounds": lat_rounds,
         "pipeline": pipeline.json(),
+        "sampled_replay": sampled.json(),
+        "agent_profile": profile.as_ref().map(Profile::json),
         "seconds": { "setup": setup_took.as_secs_f64(), "live": live_took.as_secs_f64(), "total": total.as_secs_f64() },
     });
+    let (stem, latest) = if args.tls {
+        ("bench-tls", "latest-tls")
+    } else {
+        ("bench", "latest")
+    };
     save(
         &report,
-        "bench",
-        "latest",
+        stem,
+        latest,
         now,
         total,
-        live_took + pipeline.took,
+        live_took + pipeline.took + sampled.took,
         &figures,
     )
 }

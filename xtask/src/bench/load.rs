@@ -63,9 +63,14 @@ impl Oha {
     }
 }
 
-/// `oha` at a fixed rate (open loop, latencies measured from the scheduled send time), on 16
-/// keep-alive connections; requests still in flight at the deadline are waited for.
+/// `oha` at [`RATE`] (see [`oha_at`]).
 pub(super) fn oha(url: &str, secs: u64) -> Result<Oha> {
+    oha_at(url, secs, RATE)
+}
+
+/// `oha` at `rate` requests/s (open loop, latencies measured from the scheduled send time), on
+/// 16 keep-alive connections; requests still in flight at the deadline are waited for.
+pub(super) fn oha_at(url: &str, secs: u64, rate: u32) -> Result<Oha> {
     let out = run_bounded(
         "oha",
         Command::new(oha_bin()).args([
@@ -73,7 +78,7 @@ pub(super) fn oha(url: &str, secs: u64) -> Result<Oha> {
             "--output-format",
             "json",
             "-q",
-            &RATE.to_string(),
+            &rate.to_string(),
             "-z",
             &format!("{secs}s"),
             "-c",

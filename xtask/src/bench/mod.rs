@@ -19,6 +19,17 @@
 //!   throughput ratio, coverage (SERVER spans with `grpc-status` 0 / calls), agent CPU per call
 //!   and peak RSS; written as `target/bench/bench-grpc-<unix time>.json` and `latest-grpc.json`.
 //!
+//! - Side by side with the OpenTelemetry Python SDK (`--vs-sdk`, instead of the above): a Flask
+//!   service plain, traced by the agent and instrumented with the SDK, rounds interleaved:
+//!   throughput kept and p50/p99 added by each; `bench-sdk-<unix time>.json`, `latest-sdk.json`.
+//!
+//! In the traced rounds at a fixed rate the kernel's BPF statistics are on (`bpf_stats`): the
+//! agent's programs' run time per request, per program and summed (both ends). One more traced
+//! round runs under `perf record -g` (`profile`, where perf is installed): the agent's top 10
+//! symbols, printed, in the JSON and as the whole report in `target/bench/profile-*.txt`.
+//! Every report carries the commit measured and the machine (`report::run_info`), so that runs
+//! of HTTP/1 (`bench-*.json`), `--tls` (`bench-tls-*.json`) and `--grpc` compare across commits.
+//!
 //! The traced rounds export to a counting OTLP/gRPC receiver that runs inside this process.
 //! Figures are medians over the rounds, printed as a table and written as JSON to
 //! `target/bench/bench-<unix time>.json` and `target/bench/latest.json`. A missed target is a
@@ -28,18 +39,24 @@
 //!
 //! One module per concern: `http` and `grpc` run the two benchmarks, `pipeline` the criterion
 //! replay of the `recording`; `nginx`, `load` (wrk, oha), `agent` (its CPU, RSS and final
-//! `counters`) and the counting `receiver` are what the rounds drive and read; `report` turns
-//! the rounds into figures, the table and the JSON file.
+//! `counters`) and the counting `receiver` are what the rounds drive and read; `bpf_stats` and
+//! `profile` what the kernel programs and the agent spend; `vs_sdk` the Flask side-by-side;
+//! `sampled_replay` the replay with sampling on (issue 14's figure); `report` turns the rounds
+//! into figures, the table and the JSON file.
 mod agent;
+mod bpf_stats;
 mod counters;
 mod grpc;
 mod http;
 mod load;
 mod nginx;
 mod pipeline;
+mod profile;
 mod receiver;
 mod recording;
 mod report;
+mod sampled_replay;
+mod vs_sdk;
 
 use std::time::{Duration, Instant};
 
@@ -63,9 +80,10 @@ pub struct Args {
     #[arg(long)]
     record: bool,
     /// Only the pipeline replay (criterion, the committed recording, one core): its
-    /// throughput with the span-metrics stage on and off, and the stage's cost per span. No
-    /// live rounds: needs neither root nor nginx.
-    #[arg(long, conflicts_with_all = ["record", "tls", "grpc"])]
+    /// throughput with the span-metrics stage on and off, the stage's cost per span, and the
+    /// replay with sampling at 0.1 plus tail rules against sampling off. No live rounds:
+    /// needs neither root nor nginx.
+    #[arg(long, conflicts_with_all = ["record", "tls", "grpc", "vs_sdk"])]
     replay_only: bool,
     /// nginx serves HTTPS (self-signed certificate, HTTP/1.1) and wrk and oha connect over
     /// TLS: the cost of tracing through the TLS library probes.
@@ -77,6 +95,11 @@ pub struct Args {
     /// (server spans with `grpc-status` 0 per call), agent CPU per call and peak RSS.
     #[arg(long, conflicts_with_all = ["tls", "record"])]
     grpc: bool,
+    /// Side by side with the OpenTelemetry Python SDK instead: a Flask service (waitress)
+    /// plain, traced by the agent, and under `opentelemetry-instrument` (OTLP batch export to
+    /// the same receiver), rounds interleaved; throughput kept and p50/p99 added by each.
+    #[arg(long, conflicts_with_all = ["tls", "record", "grpc"])]
+    vs_sdk: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -85,13 +108,28 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if args.replay_only {
-        return pipeline::replay_only();
+        pipeline::replay_only()?;
+        report::print_table(&sampled_replay::sampled_replay()?.figures());
+        return Ok(());
     }
     let started = Instant::now();
     crate::setup::bench_deps()?;
-    let tracer = crate::build_agent()?;
+    // `TRACER_BIN` (as for the end-to-end tests): measure that agent binary instead of
+    // building the release one — a check of the bench itself, or two builds compared.
+    let tracer = match std::env::var_os("TRACER_BIN") {
+        Some(bin) => {
+            crate::util::step(format!(
+                "measuring TRACER_BIN={} (not a fresh release build)",
+                bin.to_string_lossy()
+            ));
+            bin.into()
+        }
+        None => crate::build_agent()?,
+    };
     if args.grpc {
         grpc::run(&args, &tracer, started)
+    } else if args.vs_sdk {
+        vs_sdk::run(&args, &tracer, started)
     } else {
         http::run(&args, &tracer, started)
     }

@@ -44,7 +44,8 @@ pub(super) fn busy_cpus() -> f64 {
 pub(super) struct Figure {
     name: &'static str,
     value: f64,
-    target: f64,
+    /// `None`: a figure shown for comparison, with no target of its own.
+    target: Option<f64>,
     /// True: the value must be at least `target`; false: at most.
     at_least: bool,
     unit: &'static str,
@@ -62,7 +63,7 @@ impl Figure {
         Self {
             name,
             value,
-            target,
+            target: Some(target),
             at_least: true,
             unit,
             note,
@@ -79,26 +80,52 @@ impl Figure {
         Self {
             name,
             value,
-            target,
+            target: Some(target),
             at_least: false,
             unit,
             note,
         }
     }
 
+    /// A figure without a target (shown for comparison).
+    pub(super) fn info(name: &'static str, value: f64, unit: &'static str, note: String) -> Self {
+        Self {
+            name,
+            value,
+            target: None,
+            at_least: false,
+            unit,
+            note,
+        }
+    }
+
+    fn target_text(&self, fmt: fn(f64) -> String, at_least: &str, at_most: &str) -> String {
+        match self.target {
+            Some(t) => format!(
+                "{} {} {}",
+                if self.at_least { at_least } else { at_most },
+                fmt(t),
+                self.unit
+            )
+            .trim_end()
+            .to_owned(),
+            None => "-".to_owned(),
+        }
+    }
+
     fn pass(&self) -> bool {
-        if self.at_least {
-            self.value >= self.target
-        } else {
-            self.value <= self.target
+        match self.target {
+            None => true,
+            Some(t) if self.at_least => self.value >= t,
+            Some(t) => self.value <= t,
         }
     }
 
     pub(super) fn json(&self) -> Json {
         json!({
             "name": self.name, "value": self.value, "unit": self.unit,
-            "target": format!("{} {} {}", if self.at_least { ">=" } else { "<=" }, self.target, self.unit).trim_end().to_owned(),
-            "pass": self.pass(), "note": self.note,
+            "target": self.target.map(|_| self.target_text(|t| t.to_string(), ">=", "<=")),
+            "pass": self.target.map(|_| self.pass()), "note": self.note,
         })
     }
 }
@@ -136,13 +163,12 @@ pub(super) fn print_table(figures: &[Figure]) {
     println!("{}", "-".repeat(72));
     for f in figures {
         let value = format!("{} {}", fmt_value(f.value), f.unit);
-        let target = format!(
-            "{} {} {}",
-            if f.at_least { "≥" } else { "≤" },
-            fmt_value(f.target),
-            f.unit
-        );
-        let result = if f.pass() { "pass" } else { "MISSED" };
+        let target = f.target_text(fmt_value, "≥", "≤");
+        let result = match (f.target, f.pass()) {
+            (None, _) => "",
+            (Some(_), true) => "pass",
+            (Some(_), false) => "MISSED",
+        };
         println!(
             "{:<28} {:>16} {:>18}  {:<6}",
             f.name,
@@ -180,6 +206,57 @@ pub(super) fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+/// What makes runs comparable between commits: the commit measured (and whether the work tree
+/// had changes on top) and the machine it ran on.
+pub(super) fn run_info() -> Json {
+    let root = util::workspace_root();
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines().find_map(|l| {
+            Some(
+                l.strip_prefix("model name")?
+                    .split_once(':')?
+                    .1
+                    .trim()
+                    .to_owned(),
+            )
+        })
+    });
+    let mem_total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    });
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    json!({
+        "commit": git(&["rev-parse", "HEAD"]),
+        "commit_subject": git(&["log", "-1", "--format=%s"]),
+        "work_tree_changed": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        // Set: the agent measured was this binary, not the commit's release build.
+        "tracer_bin": std::env::var("TRACER_BIN").ok(),
+        "machine": {
+            "hostname": read("/proc/sys/kernel/hostname"),
+            "kernel": read("/proc/sys/kernel/osrelease"),
+            "cpu_model": cpu_model,
+            "cpus": cpus(),
+            "mem_total_kib": mem_total_kib,
+        },
+    })
 }
 
 /// Seconds since the Unix epoch: the report's time stamp and file name.

@@ -1,0 +1,112 @@
+//! Issue 14's figure: the pipeline replay with sampling at 0.1 and tail rules on against
+//! sampling off (the criterion benchmark `tracer-user/benches/sampled_replay.rs`, the same
+//! recording as the pipeline replay, one core). Most traces dropped must make the pipeline
+//! cheaper: dropped spans are never encoded.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_json::{Value as Json, json};
+use test_kit::run_bounded;
+
+use super::report::Figure;
+use crate::util::{self, step};
+
+/// The benchmark's variants (criterion group `sampling`).
+const OFF: &str = "off";
+const SAMPLED: &str = "ratio_0.1_tail";
+
+pub(super) struct SampledReplay {
+    events: u64,
+    /// Spans built and spans encoded per pass, sampling off / on.
+    spans: (u64, u64),
+    encoded: (u64, u64),
+    /// Events per second, sampling off / on.
+    off_per_sec: f64,
+    sampled_per_sec: f64,
+    pub(super) took: Duration,
+}
+
+/// Runs the benchmark (compiled before the live rounds by the caller, or now) and reads its
+/// estimates back.
+pub(super) fn sampled_replay() -> Result<SampledReplay> {
+    let started = Instant::now();
+    let root = util::workspace_root();
+    let group = root.join("target/criterion/sampling");
+    let _ = std::fs::remove_dir_all(&group);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["bench", "-p", "tracer-user", "--bench", "sampled_replay"])
+        .args(["--", "--noplot"])
+        .current_dir(&root)
+        .stdout(Stdio::piped());
+    step(format!("$ {}", util::describe(&cmd)));
+    let out = run_bounded("cargo bench", &mut cmd, Duration::from_secs(600))?;
+    print!("{out}");
+    let per_pass = |key: &str| -> Result<u64> {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no `{key}` line in the benchmark's output"))
+    };
+    let events = per_pass("events per pass:")?;
+    let per_sec = |name: &str| -> Result<f64> {
+        let p = group.join(name).join("new/estimates.json");
+        let v: Json = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        )?;
+        let ns = v
+            .pointer("/slope/point_estimate")
+            .or_else(|| v.pointer("/mean/point_estimate"))
+            .and_then(Json::as_f64)
+            .with_context(|| format!("no estimate in {}", p.display()))?;
+        Ok(events as f64 / (ns * 1e-9))
+    };
+    Ok(SampledReplay {
+        events,
+        spans: (
+            per_pass(&format!("spans per pass ({OFF}):"))?,
+            per_pass(&format!("spans per pass ({SAMPLED}):"))?,
+        ),
+        encoded: (
+            per_pass(&format!("spans encoded per pass ({OFF}):"))?,
+            per_pass(&format!("spans encoded per pass ({SAMPLED}):"))?,
+        ),
+        off_per_sec: per_sec(OFF)?,
+        sampled_per_sec: per_sec(SAMPLED)?,
+        took: started.elapsed(),
+    })
+}
+
+impl SampledReplay {
+    pub(super) fn figures(&self) -> Vec<Figure> {
+        vec![Figure::min(
+            "replay sampled/unsampled",
+            self.sampled_per_sec / self.off_per_sec,
+            1.0,
+            "",
+            format!(
+                "traceidratio 0.1 + keep errors + keep slower than 100 ms: {:.2} M events/s, \
+                 {} of {} spans encoded per pass; sampling off: {:.2} M events/s, {} of {} \
+                 ({} events per pass, one core)",
+                self.sampled_per_sec / 1e6,
+                self.encoded.1,
+                self.spans.1,
+                self.off_per_sec / 1e6,
+                self.encoded.0,
+                self.spans.0,
+                self.events
+            ),
+        )]
+    }
+
+    pub(super) fn json(&self) -> Json {
+        json!({
+            "events_per_pass": self.events,
+            "off": { "events_per_sec": self.off_per_sec, "spans_per_pass": self.spans.0, "spans_encoded_per_pass": self.encoded.0 },
+            "ratio_0.1_tail": { "events_per_sec": self.sampled_per_sec, "spans_per_pass": self.spans.1, "spans_encoded_per_pass": self.encoded.1 },
+        })
+    }
+}
