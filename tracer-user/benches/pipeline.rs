@@ -1,28 +1,32 @@
 //! The agent's event pipeline without the kernel: a recorded ring-buffer stream
 //! (`data/events.bin`, written by `tracer --record-events` during `cargo xtask bench --record`)
-//! replayed through decoding, reassembly → HTTP parsing → spans (`SpanAssembler::on_record`, the
-//! path the agent runs) → OTLP encoding in batches of 512 (`export_request` + protobuf
-//! encoding, as the OTLP exporters do). Throughput is in events (ring-buffer records) per
-//! second on one core.
+//! replayed through what the agent runs on it: decoding, reassembly → HTTP parsing → spans
+//! (`SpanAssembler::on_record`), the span pipeline (`Pipeline::on_span`: redact → span metrics →
+//! the node view's store → sampling → the export queue) with the agent's default options, and
+//! OTLP encoding of the queued spans in batches of 512 (`export_request` + protobuf encoding,
+//! as the OTLP exporters do). Throughput is in events (ring-buffer records) per second on one
+//! core: its inverse is the agent's CPU per event, transport and kernel aside.
 //!
 //! Variants (group `pipeline`, throughput in events):
-//! - `replay`: every data and close event is attributed to this (live) process, so resource
-//!   look-ups hit the cache after the first one, as they do in the agent for live processes.
-//! - `replay_metrics`: the same with every span also through the span-metrics stage
-//!   (`pipeline::SpanMetrics`, default options) before encoding, as in the agent: its cost is
-//!   the difference to `replay`.
-//! - `replay_recorded_pids`: the pids as recorded. Those processes are gone at replay time, and
-//!   `ProcessTable` does not cache misses, so every span pays a failed procfs look-up.
+//! - `replay`: the agent's path above. Every data and close event is attributed to this (live)
+//!   process, so resource look-ups hit the cache after the first one, as they do in the agent
+//!   for live processes.
+//! - `replay_spans_only`: spans encoded straight from the assembler, no pipeline stage: the
+//!   difference to `replay` is what the stages cost.
+//! - `replay_recorded_pids`: the agent's path with the pids as recorded. Those processes are
+//!   gone at replay time, and `ProcessTable` does not cache misses, so every span pays a failed
+//!   procfs look-up.
 //!
-//! And the stage alone (group `span_metrics`, throughput in spans): `stage` runs the spans of
-//! one pass, built beforehand, through a fresh `SpanMetrics`: its cost per span.
+//! And each stage alone (group `stage`, throughput in spans), on the spans of one pass built
+//! beforehand (redacted first, as the later stages see them): `redact`, `metrics`, `recent`,
+//! `sample`, `encode`; their cost per span.
 //!
 //! Run by `cargo xtask bench`, which reads the figures back from criterion's estimates and
 //! the `events per pass:` / `spans per pass:` lines printed here. A recording made before a
 //! change of the event layout (tracer-common) no longer decodes: this then says
 //! `stale recording` and exits with status 3 (with `PIPELINE_CHECK_ONLY` set it only checks),
 //! and `cargo xtask bench` re-records it.
-use std::{hint::black_box, time::Duration};
+use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{BatchSize, Criterion, Throughput};
 
@@ -30,24 +34,33 @@ use criterion::{BatchSize, Criterion, Throughput};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
+use tokio::sync::mpsc;
 use tracer::{
     agent::read_recording,
     assemble::SpanAssembler,
     capture::events::{Event, decode},
     conn::TableLimits,
-    export::export_request,
-    pipeline::{MetricsOptions, SpanMetrics},
+    export::{ExportStats, SpanSender, export_request},
+    pipeline::{
+        MetricsOptions, Pipeline, RecentTraces, RedactOptions, Redactor, Sampler, SamplingOptions,
+        SpanMetrics,
+    },
     process::ProcessTable,
     span::Span,
     trace::{Clock, SpanOptions},
+    ui::{RecentStore, StoreLimits},
 };
 use tracer_common::EventHeader;
 
 const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
 /// The OTLP exporters' default batch size (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 const BATCH: usize = 512;
+/// The export queue's default capacity (`OTEL_BSP_MAX_QUEUE_SIZE`).
+const QUEUE: usize = 2048;
 /// Offset of `EventHeader::pid` in every record.
 const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
+/// Wall-clock time the replayed spans end near (the store's windows start there).
+const NOW_NS: u64 = 1_700_000_000_000_000_000;
 
 fn assembler() -> SpanAssembler {
     SpanAssembler::new(
@@ -58,47 +71,99 @@ fn assembler() -> SpanAssembler {
     )
 }
 
-/// One pass: every record through the span assembler, each span through `metrics` if given,
-/// spans encoded in batches. Returns the spans produced and the encoded bytes.
+fn store() -> Arc<RecentStore> {
+    Arc::new(RecentStore::new(StoreLimits::default(), NOW_NS))
+}
+
+/// The agent's span pipeline with its default options, its export queue's receiving end, and
+/// the view's store it fills.
+struct AgentStages {
+    pipeline: Pipeline,
+    queue: mpsc::Receiver<Span>,
+    store: Arc<RecentStore>,
+}
+
+fn agent_stages() -> AgentStages {
+    let (sender, queue) = SpanSender::queue(QUEUE, Arc::new(ExportStats::default()));
+    let store = store();
+    let pipeline = Pipeline::new(
+        RedactOptions::default(),
+        &MetricsOptions::default(),
+        SamplingOptions::default(),
+        sender,
+    )
+    .with_recent(RecentTraces::new(store.clone()));
+    AgentStages {
+        pipeline,
+        queue,
+        store,
+    }
+}
+
+/// Encodes `batch` as one OTLP request (what an exporter sends); its size in bytes.
+fn encode(batch: &mut Vec<Span>) -> usize {
+    black_box(export_request(batch.drain(..)).encode_to_vec()).len()
+}
+
+/// One pass: every record through the span assembler, each span through `stages` if given
+/// (else straight to the batch), spans encoded in batches. Returns the spans produced and the
+/// encoded bytes.
 fn replay(
     assembler: &mut SpanAssembler,
-    mut metrics: Option<&mut SpanMetrics>,
+    mut stages: Option<&mut AgentStages>,
     records: &[Vec<u8>],
 ) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut spans = 0u64;
     let mut encoded = 0usize;
-    let mut flush = |batch: &mut Vec<Span>| {
-        spans += batch.len() as u64;
-        encoded += black_box(export_request(batch.drain(..)).encode_to_vec()).len();
-    };
     for record in records {
-        assembler.on_record(record, &mut |span| {
-            if let Some(m) = metrics.as_deref_mut() {
-                m.on_span(&span);
+        match stages.as_deref_mut() {
+            Some(st) => {
+                let pipeline = &mut st.pipeline;
+                assembler.on_record(record, &mut |span| {
+                    spans += 1;
+                    pipeline.on_span(span)
+                });
+                while batch.len() < BATCH
+                    && let Ok(span) = st.queue.try_recv()
+                {
+                    batch.push(span);
+                }
             }
-            batch.push(span)
-        });
+            None => assembler.on_record(record, &mut |span| {
+                spans += 1;
+                batch.push(span)
+            }),
+        }
         if batch.len() >= BATCH {
-            flush(&mut batch);
+            encoded += encode(&mut batch);
+        }
+    }
+    if let Some(st) = stages {
+        st.pipeline.finish();
+        while let Ok(span) = st.queue.try_recv() {
+            batch.push(span);
+            if batch.len() >= BATCH {
+                encoded += encode(&mut batch);
+            }
         }
     }
     if !batch.is_empty() {
-        flush(&mut batch);
+        encoded += encode(&mut batch);
     }
     (spans, encoded)
 }
 
-fn stage() -> SpanMetrics {
-    SpanMetrics::new(&MetricsOptions::default())
-}
-
-/// The spans of one pass over `records`.
+/// The spans of one pass over `records`, redacted (as every stage after redaction sees them).
 fn spans_of(records: &[Vec<u8>]) -> Vec<Span> {
     let mut a = assembler();
+    let mut redact = Redactor::new(RedactOptions::default());
     let mut spans = Vec::new();
     for record in records {
-        a.on_record(record, &mut |span| spans.push(span));
+        a.on_record(record, &mut |mut span| {
+            redact.on_span(&mut span);
+            spans.push(span)
+        });
     }
     spans
 }
@@ -127,12 +192,18 @@ fn main() {
         .collect();
     let live = with_pid(&recorded, std::process::id());
     let mut check = assembler();
-    let (spans, encoded) = replay(&mut check, None, &live);
+    let mut stages = agent_stages();
+    let (spans, encoded) = replay(&mut check, Some(&mut stages), &live);
     let malformed = check.stats().malformed;
     println!("events per pass: {}", recorded.len());
     println!("malformed per pass: {malformed}");
     println!("spans per pass: {spans}");
     println!("OTLP bytes per pass: {encoded}");
+    let view = stages.store.stats();
+    println!(
+        "view store after a pass: {} spans, {} bytes (estimated)",
+        view.spans, view.bytes
+    );
     if malformed > 0 || spans == 0 {
         // The event layout (tracer-common) changed since the recording was made.
         println!("stale recording: re-record it with `cargo xtask bench --record`");
@@ -149,15 +220,15 @@ fn main() {
         .configure_from_args();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(recorded.len() as u64));
-    for (name, records, metrics) in [
-        ("replay", &live, false),
-        ("replay_metrics", &live, true),
-        ("replay_recorded_pids", &recorded, false),
+    for (name, records, with_stages) in [
+        ("replay", &live, true),
+        ("replay_spans_only", &live, false),
+        ("replay_recorded_pids", &recorded, true),
     ] {
         group.bench_function(name, |b| {
             b.iter_batched_ref(
-                || (assembler(), metrics.then(stage)),
-                |(a, m)| replay(a, m.as_mut(), records),
+                || (assembler(), with_stages.then(agent_stages)),
+                |(a, st)| replay(a, st.as_mut(), records),
                 BatchSize::LargeInput,
             )
         });
@@ -165,14 +236,59 @@ fn main() {
     group.finish();
 
     let spans = spans_of(&live);
-    let mut group = c.benchmark_group("span_metrics");
+    let mut group = c.benchmark_group("stage");
     group.throughput(Throughput::Elements(spans.len() as u64));
-    group.bench_function("stage", |b| {
+    group.bench_function("redact", |b| {
         b.iter_batched_ref(
-            stage,
+            || (Redactor::new(RedactOptions::default()), spans.clone()),
+            |(r, spans)| {
+                for s in spans.iter_mut() {
+                    r.on_span(black_box(s));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("metrics", |b| {
+        b.iter_batched_ref(
+            || SpanMetrics::new(&MetricsOptions::default()),
             |m| {
                 for s in &spans {
                     m.on_span(black_box(s));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("recent", |b| {
+        b.iter_batched_ref(
+            || RecentTraces::new(store()),
+            |r| {
+                for s in &spans {
+                    r.on_span(black_box(s));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("sample", |b| {
+        b.iter_batched_ref(
+            || (Sampler::new(SamplingOptions::default()), spans.clone()),
+            |(sampler, spans)| {
+                for s in spans.drain(..) {
+                    sampler.on_span(s, || NOW_NS, &mut |s| drop(black_box(s)));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("encode", |b| {
+        b.iter_batched_ref(
+            || spans.clone(),
+            |spans| {
+                while !spans.is_empty() {
+                    let mut batch: Vec<Span> = spans.drain(..spans.len().min(BATCH)).collect();
+                    encode(&mut batch);
                 }
             },
             BatchSize::LargeInput,

@@ -99,10 +99,7 @@ impl SpanAssembler {
                 self.stats.payload_bytes += payload.len() as u64;
                 // Read the process's metadata while it certainly exists (short-lived clients
                 // such as curl are often gone when their last span is finished). Cached.
-                drop(
-                    self.processes
-                        .resource_named(header.header.pid, &header.comm),
-                );
+                self.processes.remember(header.header.pid, &header.comm);
                 let parents = &mut self.parents;
                 self.conns.on_data_with(
                     &header,

@@ -71,6 +71,13 @@ pub struct SpanSender {
 }
 
 impl SpanSender {
+    /// A sender and its queue's receiving end, with no export task: for replaying the
+    /// pipeline (the benchmark takes the queued spans and encodes them as an exporter does).
+    pub fn queue(capacity: usize, stats: Arc<ExportStats>) -> (Self, mpsc::Receiver<Span>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, stats }, rx)
+    }
+
     /// Queues a finished span for export. Returns false (and counts the drop) when the queue
     /// is full or the exporter is shutting down.
     pub fn send(&self, span: Span) -> bool {

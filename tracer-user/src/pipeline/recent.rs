@@ -1,12 +1,10 @@
 //! The recent-traces stage: copies what the node-local view needs of every span into its
 //! store (`ui::store`). It sits before any sampling, so a request a sampler drops can still be
-//! opened on this node. Its cost per span: one copy of the span's strings and one short lock.
+//! opened on this node. Its cost per span: one compact copy of the span (two allocations) and
+//! one short lock.
 use std::sync::Arc;
 
-use crate::{
-    span::Span,
-    ui::store::{RecentStore, StoredSpan},
-};
+use crate::{span::Span, ui::store::RecentStore};
 
 pub struct RecentTraces {
     store: Arc<RecentStore>,
@@ -18,7 +16,7 @@ impl RecentTraces {
     }
 
     pub fn on_span(&mut self, span: &Span) {
-        self.store.insert(StoredSpan::from_span(span));
+        self.store.insert_span(span);
     }
 
     /// Forgets idle route windows.

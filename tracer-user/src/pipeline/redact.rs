@@ -16,8 +16,9 @@
 //! Allocates only for a span that has something to replace: scrubbing is byte tests first,
 //! and a resource (shared by a process's spans) is scrubbed once, then reused.
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+
+use hashbrown::HashMap;
 
 use super::scrub::{scrub_command_line, scrub_name, scrub_path, scrub_query, scrub_url};
 use crate::span::{AttrValue, Resource, Span};

@@ -1,6 +1,8 @@
 //! The per-pid cache of resources: bounded, oldest evicted first, forgotten on exec and exit.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use super::container::ContainerInfo;
 use super::kubernetes::{ResourceJoin, Store};
@@ -133,12 +135,27 @@ impl ProcessTable {
         }
     }
 
+    /// Reads and caches the metadata of `pid` unless it is cached already: called on every
+    /// data event, while the process certainly exists (short-lived clients such as curl are
+    /// often gone when their last span is finished). A cached pid costs one hash look-up; one
+    /// already gone from /proc is cached too, as [`ProcessTable::resource_named`] names it
+    /// (so it is not read again per event).
+    pub fn remember(&mut self, pid: u32, comm: &[u8]) {
+        if self.entries.contains_key(&pid) {
+            return;
+        }
+        let r = self.resource_named(pid, comm);
+        if !self.entries.contains_key(&pid) && r.service_name() == UNKNOWN_SERVICE {
+            self.insert(pid, r, ContainerInfo::default());
+        }
+    }
+
     /// Like [`ProcessTable::resource`], but when the process is already gone from /proc the
     /// resource is named after `comm` (the task name the kernel reported with its event) and
     /// kept until [`ProcessTable::on_exit`]/[`ProcessTable::on_exec`].
     pub fn resource_named(&mut self, pid: u32, comm: &[u8]) -> Arc<Resource> {
         let r = self.resource(pid);
-        if r.service_name() != UNKNOWN_SERVICE || self.entries.contains_key(&pid) {
+        if self.entries.contains_key(&pid) || r.service_name() != UNKNOWN_SERVICE {
             return r;
         }
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -277,6 +294,24 @@ mod tests {
         // A live process keeps its /proc metadata whatever the task name.
         let me = t.resource_named(std::process::id(), b"other\0\0\0\0\0\0\0\0\0\0\0");
         assert_ne!(me.service_name(), "other");
+    }
+
+    #[test]
+    fn a_gone_process_is_read_once_per_pid_not_per_event() {
+        let mut t = ProcessTable::new(Some("h".into()), vec![]);
+        for _ in 0..3 {
+            t.remember(999_999_999, &[0; 16]);
+        }
+        assert_eq!((t.len(), t.stats().misses, t.stats().exited), (1, 1, 1));
+        assert_eq!(t.resource(999_999_999).service_name(), UNKNOWN_SERVICE);
+        t.on_exit(999_999_999);
+        assert!(t.is_empty());
+        // A live process: cached by its first event, as `resource` would.
+        let me = std::process::id();
+        t.remember(me, b"other\0\0\0\0\0\0\0\0\0\0\0");
+        t.remember(me, b"other\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!((t.len(), t.stats().misses), (1, 2));
+        assert_ne!(t.resource(me).service_name(), "other");
     }
 
     // ---- cache ----

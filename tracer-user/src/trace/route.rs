@@ -24,6 +24,8 @@ pub fn route_of(path: &str) -> Cow<'_, str> {
         return Cow::Borrowed("/");
     }
     let (rest, mut changed) = match path.strip_prefix('/') {
+        // Most paths are routes already: no copy for them.
+        Some(rest) if is_route(rest) => return Cow::Borrowed(path),
         Some(rest) => (rest, false),
         None => (path, true),
     };
@@ -52,6 +54,19 @@ pub fn route_of(path: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(path)
     }
+}
+
+/// Whether the segments of `rest` (a path after its leading `/`) stay as they are: none is
+/// replaced and there are not too many.
+fn is_route(rest: &str) -> bool {
+    let mut segments = rest.split('/').enumerate().peekable();
+    while let Some((i, seg)) = segments.next() {
+        let trailing_slash = seg.is_empty() && segments.peek().is_none();
+        if (i == MAX_ROUTE_SEGMENTS && !trailing_slash) || placeholder(seg).is_some() {
+            return false;
+        }
+    }
+    true
 }
 
 fn placeholder(seg: &str) -> Option<&'static str> {

@@ -6,15 +6,19 @@
 //!
 //! Writers: the pipeline stage, on the agent's event loop: one short lock per span, no
 //! waiting on readers' work (a subscriber whose queue is full is dropped, never waited for).
+//! A span is kept compact: its text (name, status message, string attribute values) in one
+//! allocation and its attributes in another, whatever their number; the full [`StoredSpan`]
+//! is made again only for a reader that opens its trace.
 //! Readers: the API handlers, which copy what they answer while holding the lock.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
 };
 
+use hashbrown::HashMap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -36,7 +40,7 @@ impl Default for StoreLimits {
     fn default() -> Self {
         Self {
             max_spans: 20_000,
-            max_bytes: 32 << 20,
+            max_bytes: 16 << 20,
             max_routes: 1_000,
         }
     }
@@ -92,48 +96,234 @@ impl StoredSpan {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
     }
+}
+
+/// The identity and timing of a kept span (everything but its text and attributes).
+#[derive(Clone, Debug)]
+struct Head {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    kind: SpanKind,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    error: bool,
+    resource: Arc<Resource>,
+}
+
+/// An attribute value of a kept span: a string is a range of the span's text.
+#[derive(Debug)]
+enum KeptValue {
+    Str { start: u32, end: u32 },
+    Other(AttrValue),
+}
+
+/// A span as the store keeps it (see the module documentation).
+#[derive(Debug)]
+struct KeptSpan {
+    head: Head,
+    /// The name, then the status message, then each string attribute value, back to back.
+    text: Box<str>,
+    name_end: u32,
+    /// Where the status message ends, when there is one.
+    status_end: Option<u32>,
+    attributes: Box<[(&'static str, KeptValue)]>,
+    /// Arrival order in the store.
+    seq: u64,
+}
+
+impl KeptSpan {
+    fn new(
+        head: Head,
+        name: &str,
+        status_message: Option<&str>,
+        attributes: &[(&'static str, AttrValue)],
+    ) -> Self {
+        let strings: usize = attributes
+            .iter()
+            .map(|(_, v)| match v {
+                AttrValue::Str(s) => s.len(),
+                _ => 0,
+            })
+            .sum();
+        let status = status_message.unwrap_or_default();
+        let mut text = String::with_capacity(name.len() + status.len() + strings);
+        // Every offset fits a u32: the span's text is bounded far below 4 GiB.
+        let mut push = |s: &str| {
+            let start = text.len() as u32;
+            text.push_str(s);
+            (start, text.len() as u32)
+        };
+        let name_end = push(name).1;
+        let status_end = status_message.map(|m| push(m).1);
+        let attributes = attributes
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AttrValue::Str(s) => {
+                        let (start, end) = push(s);
+                        KeptValue::Str { start, end }
+                    }
+                    other => KeptValue::Other(other.clone()),
+                };
+                (*k, v)
+            })
+            .collect();
+        Self {
+            head,
+            text: text.into_boxed_str(),
+            name_end,
+            status_end,
+            attributes,
+            seq: 0,
+        }
+    }
+
+    fn of_span(span: &Span) -> Self {
+        let head = Head {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            kind: span.kind,
+            start_unix_ns: span.start_unix_ns,
+            end_unix_ns: span.end_unix_ns,
+            error: span.status == StatusCode::Error,
+            resource: span.resource.clone(),
+        };
+        Self::new(
+            head,
+            &span.name,
+            span.status_message.as_deref(),
+            &span.attributes,
+        )
+    }
+
+    fn of_stored(span: &StoredSpan) -> Self {
+        let head = Head {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            kind: span.kind,
+            start_unix_ns: span.start_unix_ns,
+            end_unix_ns: span.end_unix_ns,
+            error: span.error,
+            resource: span.resource.clone(),
+        };
+        Self::new(
+            head,
+            &span.name,
+            span.status_message.as_deref(),
+            &span.attributes,
+        )
+    }
+
+    fn name(&self) -> &str {
+        &self.text[..self.name_end as usize]
+    }
+
+    fn status_message(&self) -> Option<&str> {
+        self.status_end
+            .map(|end| &self.text[self.name_end as usize..end as usize])
+    }
+
+    fn service(&self) -> &str {
+        self.head.resource.service_name()
+    }
+
+    fn duration_ns(&self) -> u64 {
+        self.head
+            .end_unix_ns
+            .saturating_sub(self.head.start_unix_ns)
+    }
+
+    fn value(&self, key: &str) -> Option<&KeptValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    fn str_attr(&self, key: &str) -> Option<&str> {
+        match self.value(key)? {
+            KeptValue::Str { start, end } => Some(&self.text[*start as usize..*end as usize]),
+            KeptValue::Other(_) => None,
+        }
+    }
+
+    fn int_attr(&self, key: &str) -> Option<i64> {
+        match self.value(key)? {
+            KeptValue::Other(AttrValue::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
 
     /// What the span costs the store (its own size and what it owns; the shared resource not).
     fn bytes(&self) -> usize {
-        let values: usize = self
+        let others: usize = self
             .attributes
             .iter()
             .map(|(_, v)| match v {
-                AttrValue::Str(s) => s.capacity(),
+                KeptValue::Other(AttrValue::Str(s)) => s.capacity(),
                 _ => 0,
             })
             .sum();
         size_of::<Self>()
-            + self.name.capacity()
-            + self.status_message.as_ref().map_or(0, String::capacity)
-            + self.attributes.capacity() * size_of::<(&str, AttrValue)>()
-            + values
+            + self.text.len()
+            + self.attributes.len() * size_of::<(&str, KeptValue)>()
+            + others
+    }
+
+    /// The span as readers get it.
+    fn stored(&self) -> StoredSpan {
+        let h = &self.head;
+        StoredSpan {
+            trace_id: h.trace_id,
+            span_id: h.span_id,
+            parent_span_id: h.parent_span_id,
+            name: self.name().to_owned(),
+            kind: h.kind,
+            start_unix_ns: h.start_unix_ns,
+            end_unix_ns: h.end_unix_ns,
+            error: h.error,
+            status_message: self.status_message().map(str::to_owned),
+            resource: h.resource.clone(),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        KeptValue::Str { start, end } => {
+                            AttrValue::Str(self.text[*start as usize..*end as usize].to_owned())
+                        }
+                        KeptValue::Other(v) => v.clone(),
+                    };
+                    (*k, v)
+                })
+                .collect(),
+            seq: self.seq,
+        }
     }
 
     /// The one-line summary the request lists and the live stream show.
-    pub fn summary(&self) -> SpanSummary {
-        let str_attr = |k| match self.attr(k) {
-            Some(AttrValue::Str(s)) => Some(s.clone()),
-            _ => None,
-        };
+    fn summary(&self) -> SpanSummary {
+        let h = &self.head;
         SpanSummary {
-            trace_id: hex(&self.trace_id),
-            span_id: hex(&self.span_id),
+            trace_id: hex(&h.trace_id),
+            span_id: hex(&h.span_id),
             service: self.service().to_owned(),
-            kind: kind_name(self.kind),
-            name: self.name.clone(),
-            method: str_attr("http.request.method"),
-            route: str_attr("http.route").or_else(|| str_attr("rpc.method")),
-            status_code: match self
-                .attr("http.response.status_code")
-                .or_else(|| self.attr("rpc.grpc.status_code"))
-            {
-                Some(AttrValue::Int(c)) => Some(*c),
-                _ => None,
-            },
-            error: self.error,
+            kind: kind_name(h.kind),
+            name: self.name().to_owned(),
+            method: self.str_attr("http.request.method").map(str::to_owned),
+            route: self
+                .str_attr("http.route")
+                .or_else(|| self.str_attr("rpc.method"))
+                .map(str::to_owned),
+            status_code: self
+                .int_attr("http.response.status_code")
+                .or_else(|| self.int_attr("rpc.grpc.status_code")),
+            error: h.error,
             duration_ms: self.duration_ns() as f64 / 1e6,
-            start_unix_ms: self.start_unix_ns as f64 / 1e6,
+            start_unix_ms: h.start_unix_ns as f64 / 1e6,
         }
     }
 }
@@ -184,14 +374,15 @@ pub struct SpanFilter {
 }
 
 impl SpanFilter {
-    fn matches(&self, s: &StoredSpan) -> bool {
+    fn matches(&self, s: &KeptSpan) -> bool {
+        let h = &s.head;
         self.service.as_deref().is_none_or(|v| v == s.service())
-            && self.route.as_deref().is_none_or(|v| v == s.name)
-            && self.kind.is_none_or(|k| k == s.kind)
+            && self.route.as_deref().is_none_or(|v| v == s.name())
+            && self.kind.is_none_or(|k| k == h.kind)
             && s.duration_ns() >= self.min_duration_ns
-            && self.error.is_none_or(|e| e == s.error)
-            && self.since_unix_ns.is_none_or(|t| s.end_unix_ns >= t)
-            && self.until_unix_ns.is_none_or(|t| s.start_unix_ns <= t)
+            && self.error.is_none_or(|e| e == h.error)
+            && self.since_unix_ns.is_none_or(|t| h.end_unix_ns >= t)
+            && self.until_unix_ns.is_none_or(|t| h.start_unix_ns <= t)
     }
 }
 
@@ -249,7 +440,7 @@ pub struct EdgeRow {
 }
 
 struct Trace {
-    spans: Vec<StoredSpan>,
+    spans: Vec<KeptSpan>,
     bytes: usize,
 }
 
@@ -305,7 +496,16 @@ impl RecentStore {
     }
 
     /// Adds one span (the pipeline stage's work).
-    pub fn insert(&self, mut span: StoredSpan) {
+    pub fn insert_span(&self, span: &Span) {
+        self.insert_kept(KeptSpan::of_span(span));
+    }
+
+    /// Adds one span given as readers see it.
+    pub fn insert(&self, span: StoredSpan) {
+        self.insert_kept(KeptSpan::of_stored(&span));
+    }
+
+    fn insert_kept(&self, mut span: KeptSpan) {
         let live_event = self
             .live
             .load(Ordering::Relaxed)
@@ -451,7 +651,7 @@ impl RecentStore {
         one_per_trace: bool,
     ) -> Vec<SpanSummary> {
         let inner = self.lock();
-        let mut hits: Vec<&StoredSpan> = Vec::new();
+        let mut hits: Vec<&KeptSpan> = Vec::new();
         for trace in inner.traces.values() {
             let matching = trace.spans.iter().filter(|s| filter.matches(s));
             if one_per_trace {
@@ -462,7 +662,7 @@ impl RecentStore {
         }
         match order {
             Order::Recent => {
-                hits.sort_unstable_by_key(|s| std::cmp::Reverse((s.end_unix_ns, s.seq)))
+                hits.sort_unstable_by_key(|s| std::cmp::Reverse((s.head.end_unix_ns, s.seq)))
             }
             Order::Slowest => {
                 hits.sort_unstable_by_key(|s| std::cmp::Reverse((s.duration_ns(), s.seq)))
@@ -470,13 +670,16 @@ impl RecentStore {
         }
         hits.into_iter()
             .take(limit)
-            .map(StoredSpan::summary)
+            .map(KeptSpan::summary)
             .collect()
     }
 
     /// Every stored span of a trace, in arrival order.
     pub fn trace(&self, id: &TraceId) -> Option<Vec<StoredSpan>> {
-        self.lock().traces.get(id).map(|t| t.spans.clone())
+        self.lock()
+            .traces
+            .get(id)
+            .map(|t| t.spans.iter().map(KeptSpan::stored).collect())
     }
 }
 
@@ -502,16 +705,16 @@ impl Inner {
         age.clamp(1.0, window.secs() as f64)
     }
 
-    fn record_route(&mut self, span: &StoredSpan) {
-        let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
-        let kind = kind_index(span.kind);
+    fn record_route(&mut self, span: &KeptSpan) {
+        let bucket = window::bucket_of(span.head.end_unix_ns / 1_000_000_000);
+        let kind = kind_index(span.head.kind);
         if let Some(ring) = self
             .routes
             .get_mut(span.service())
-            .and_then(|r| r.get_mut(span.name.as_str()))
+            .and_then(|r| r.get_mut(span.name()))
             .and_then(|k| k[kind].as_mut())
         {
-            ring.record(bucket, span.duration_ns(), span.error);
+            ring.record(bucket, span.duration_ns(), span.head.error);
             return;
         }
         if self.stats.routes >= self.limits.max_routes {
@@ -523,35 +726,34 @@ impl Inner {
             .routes
             .entry(span.service().to_owned())
             .or_default()
-            .entry(span.name.clone())
+            .entry(span.name().to_owned())
             .or_default()[kind]
             .get_or_insert_with(LatencyRing::default);
-        ring.record(bucket, span.duration_ns(), span.error);
+        ring.record(bucket, span.duration_ns(), span.head.error);
     }
 
     /// A CLIENT span and the SERVER span it called, both on this node, make one edge: counted
     /// when the second of the two arrives.
-    fn record_edge(&mut self, span: &StoredSpan) {
-        let Some(trace) = self.traces.get(&span.trace_id) else {
+    fn record_edge(&mut self, span: &KeptSpan) {
+        let Some(trace) = self.traces.get(&span.head.trace_id) else {
             return;
         };
-        let peer = match span.kind {
-            SpanKind::Client => trace
-                .spans
-                .iter()
-                .find(|s| s.kind == SpanKind::Server && s.parent_span_id == Some(span.span_id)),
-            SpanKind::Server => trace
-                .spans
-                .iter()
-                .find(|s| s.kind == SpanKind::Client && Some(s.span_id) == span.parent_span_id),
+        let h = &span.head;
+        let peer = match h.kind {
+            SpanKind::Client => trace.spans.iter().find(|s| {
+                s.head.kind == SpanKind::Server && s.head.parent_span_id == Some(h.span_id)
+            }),
+            SpanKind::Server => trace.spans.iter().find(|s| {
+                s.head.kind == SpanKind::Client && Some(s.head.span_id) == h.parent_span_id
+            }),
         };
         let Some(peer) = peer else { return };
-        let (client, server) = match span.kind {
+        let (client, server) = match h.kind {
             SpanKind::Client => (span, peer),
             SpanKind::Server => (peer, span),
         };
-        let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
-        let error = client.error || server.error;
+        let bucket = window::bucket_of(h.end_unix_ns / 1_000_000_000);
+        let error = client.head.error || server.head.error;
         if let Some(ring) = self
             .edges
             .get_mut(client.service())
@@ -591,9 +793,9 @@ impl Inner {
         self.stats.live_clients = self.subscribers.len();
     }
 
-    fn add(&mut self, span: StoredSpan) {
+    fn add(&mut self, span: KeptSpan) {
         let bytes = span.bytes();
-        let id = span.trace_id;
+        let id = span.head.trace_id;
         let trace = self.traces.entry(id).or_insert_with(|| {
             self.order.push_back(id);
             Trace {

@@ -1,6 +1,7 @@
 //! The pipeline replay: the criterion benchmark `tracer-user/benches/pipeline.rs` replays the
-//! recorded event stream through reassembly, parsing, spans and OTLP encoding, one core, with
-//! and without the span-metrics stage, and the stage alone.
+//! recorded event stream through what the agent runs on it (reassembly, parsing, spans, the
+//! span pipeline's stages with the default options, OTLP encoding), one core; also with spans
+//! only (no stage), and each stage alone per span.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -15,64 +16,78 @@ use super::recording::{RECORDING, recording_decodes, tracer_records};
 use super::report::{Figure, print_table};
 use crate::util::{self, step};
 
+/// The pipeline's stages, in the agent's order, and encoding (criterion group `stage`).
+const STAGES: [&str; 5] = ["redact", "metrics", "recent", "sample", "encode"];
+
 /// What one replay measured: events and spans per pass, and the rate over the recording with
 /// its pids resolved (as in a live agent) and as recorded (pids gone).
 pub(super) struct Pipeline {
     pub(super) events: u64,
     pub(super) spans: u64,
+    /// The agent's path: assembly, every stage, encoding.
     pub(super) events_per_sec: f64,
+    /// Assembly and encoding only, no stage.
+    pub(super) spans_only_events_per_sec: f64,
     pub(super) recorded_pids_events_per_sec: f64,
-    /// `events_per_sec` with every span also through the span-metrics stage.
-    pub(super) metrics_events_per_sec: f64,
-    /// The span-metrics stage alone, per span.
-    pub(super) metrics_us_per_span: f64,
+    /// Each of [`STAGES`] alone, nanoseconds per span.
+    pub(super) stage_ns_per_span: Vec<(&'static str, f64)>,
     pub(super) took: Duration,
 }
 
 impl Pipeline {
-    /// The share of replay throughput the span-metrics stage costs, in percent.
-    pub(super) fn metrics_cost_percent(&self) -> f64 {
-        (1.0 - self.metrics_events_per_sec / self.events_per_sec) * 100.0
+    /// The agent's CPU per span on the replayed path, in microseconds.
+    pub(super) fn us_per_span(&self) -> f64 {
+        self.events as f64 / self.events_per_sec / self.spans.max(1) as f64 * 1e6
     }
 
-    /// The replay's figures: its throughput, and what the span-metrics stage costs of it.
+    /// The replay's figures: its throughput, and what it costs per span.
     pub(super) fn figures(&self) -> Vec<Figure> {
+        let stages: Vec<String> = self
+            .stage_ns_per_span
+            .iter()
+            .map(|(name, ns)| format!("{name} {ns:.0}"))
+            .collect();
         vec![
             Figure::min(
                 "pipeline replay",
                 self.events_per_sec / 1e6,
-                1.0,
+                3.0,
                 "M events/s",
                 format!(
-                    "{} events, {} spans per pass, one core, span metrics off; as recorded (pids gone): {:.2} M events/s",
+                    "{} events, {} spans per pass, one core, every stage with default options; spans only (no stage): {:.2}; as recorded (pids gone): {:.2} M events/s",
                     self.events,
                     self.spans,
+                    self.spans_only_events_per_sec / 1e6,
                     self.recorded_pids_events_per_sec / 1e6
                 ),
             ),
             Figure::max(
-                "span metrics cost",
-                self.metrics_cost_percent(),
-                10.0,
-                "%",
+                "replay CPU per span",
+                self.us_per_span(),
+                2.5,
+                "µs",
                 format!(
-                    "of replay throughput: {:.2} M events/s with span metrics, {:.2} without; the stage alone {:.3} µs per span",
-                    self.metrics_events_per_sec / 1e6,
-                    self.events_per_sec / 1e6,
-                    self.metrics_us_per_span
+                    "events to encoded spans; each stage alone, ns per span: {}",
+                    stages.join(", ")
                 ),
             ),
         ]
     }
 
     pub(super) fn json(&self) -> Json {
+        let stages: serde_json::Map<String, Json> = self
+            .stage_ns_per_span
+            .iter()
+            .map(|(name, ns)| ((*name).to_owned(), Json::from(*ns)))
+            .collect();
         serde_json::json!({
             "events_per_pass": self.events,
             "spans_per_pass": self.spans,
             "events_per_sec": self.events_per_sec,
+            "spans_only_events_per_sec": self.spans_only_events_per_sec,
             "recorded_pids_events_per_sec": self.recorded_pids_events_per_sec,
-            "span_metrics_events_per_sec": self.metrics_events_per_sec,
-            "span_metrics_us_per_span": self.metrics_us_per_span,
+            "us_per_span": self.us_per_span(),
+            "stage_ns_per_span": stages,
             "recording": RECORDING,
         })
     }
@@ -97,7 +112,7 @@ pub(super) fn pipeline(recording: &Path) -> Result<Pipeline> {
     let started = Instant::now();
     let root = util::workspace_root();
     let criterion = root.join("target/criterion");
-    for group in ["pipeline", "span_metrics"] {
+    for group in ["pipeline", "stage"] {
         let _ = std::fs::remove_dir_all(criterion.join(group));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -143,13 +158,18 @@ pub(super) fn pipeline(recording: &Path) -> Result<Pipeline> {
     let per_sec = |name: &str| -> Result<f64> {
         Ok(events as f64 / (estimate_ns(&format!("pipeline/{name}"))? * 1e-9))
     };
+    let mut stage_ns_per_span = Vec::new();
+    for name in STAGES {
+        let ns = estimate_ns(&format!("stage/{name}"))? / spans.max(1) as f64;
+        stage_ns_per_span.push((name, ns));
+    }
     Ok(Pipeline {
         events,
         spans,
         events_per_sec: per_sec("replay")?,
+        spans_only_events_per_sec: per_sec("replay_spans_only")?,
         recorded_pids_events_per_sec: per_sec("replay_recorded_pids")?,
-        metrics_events_per_sec: per_sec("replay_metrics")?,
-        metrics_us_per_span: estimate_ns("span_metrics/stage")? * 1e-3 / spans.max(1) as f64,
+        stage_ns_per_span,
         took: started.elapsed(),
     })
 }
