@@ -263,8 +263,9 @@ impl KeptSpan {
             .attributes
             .iter()
             .map(|(_, v)| match v {
-                KeptValue::Other(AttrValue::Str(s)) => s.capacity(),
-                _ => 0,
+                // Arrays (captured headers) keep their own allocations.
+                KeptValue::Other(v) => v.heap_bytes(),
+                KeptValue::Str { .. } => 0,
             })
             .sum();
         size_of::<Self>()
