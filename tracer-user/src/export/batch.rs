@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::config::{ExportArgs, ExportConfig, Target};
 use super::retry::{INITIAL_BACKOFF, Jitter, MAX_BACKOFF, WarnThrottle};
-use super::transport::{ExportError, GrpcTransport, HttpTransport};
+use super::transport::{ExportError, GrpcTransport, HttpTransport, encode_request};
 use super::{console, otlp};
 use crate::span::Span;
 
@@ -314,8 +314,9 @@ impl Worker {
         if n == 0 {
             return;
         }
+        /// Encoded once per batch; a retry sends the same bytes.
         enum Payload {
-            Grpc(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest),
+            Grpc(bytes::Bytes),
             Http(bytes::Bytes),
         }
         let payload = match &mut self.backend {
@@ -341,7 +342,9 @@ impl Worker {
                 }
                 return;
             }
-            Backend::Grpc(_) => Payload::Grpc(otlp::export_request(batch.drain(..))),
+            Backend::Grpc(_) => {
+                Payload::Grpc(encode_request(&otlp::export_request(batch.drain(..))))
+            }
             Backend::Http(h) => Payload::Http(h.encode(&otlp::export_request(batch.drain(..)))),
         };
 
@@ -356,8 +359,8 @@ impl Worker {
             let attempt_timeout = self.cfg.timeout.min(dl - now);
             self.stats.export_requests.fetch_add(1, Relaxed);
             let r = match (&mut self.backend, &payload) {
-                (Backend::Grpc(g), Payload::Grpc(req)) => {
-                    g.send(req.clone(), attempt_timeout).await
+                (Backend::Grpc(g), Payload::Grpc(body)) => {
+                    g.send(body.clone(), attempt_timeout).await
                 }
                 (Backend::Http(h), Payload::Http(body)) => {
                     h.send(body.clone(), attempt_timeout).await

@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -141,8 +142,14 @@ pub fn grpc_retryable(code: tonic::Code) -> bool {
     )
 }
 
+/// The OTLP trace service's one method.
+const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// OTLP/gRPC for spans. The request goes out as bytes encoded once by the caller
+/// ([`encode_request`]), so a retry re-sends them as they are instead of copying every span
+/// of the batch again; the response is decoded with prost.
 pub struct GrpcTransport {
-    client: TraceServiceClient<Channel>,
+    grpc: tonic::client::Grpc<Channel>,
     metadata: MetadataMap,
 }
 
@@ -150,28 +157,37 @@ impl GrpcTransport {
     /// Must be called inside a tokio runtime. Connects lazily (on first export), and
     /// reconnects by itself.
     pub fn new(url: &str, cfg: &ExportConfig) -> anyhow::Result<Self> {
-        let mut client = TraceServiceClient::new(grpc_channel(url, cfg)?)
+        let mut grpc = tonic::client::Grpc::new(grpc_channel(url, cfg)?)
             .max_decoding_message_size(4 << 20)
             .max_encoding_message_size(usize::MAX)
             .accept_compressed(CompressionEncoding::Gzip);
         if cfg.compression == Compression::Gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         Ok(Self {
-            client,
+            grpc,
             metadata: grpc_metadata(cfg),
         })
     }
 
-    pub async fn send(
-        &mut self,
-        req: ExportTraceServiceRequest,
-        timeout: Duration,
-    ) -> Result<Sent, ExportError> {
-        let mut request = tonic::Request::new(req);
+    /// One attempt with `body`, an `ExportTraceServiceRequest` from [`encode_request`].
+    pub async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<Sent, ExportError> {
+        let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, self.client.export(request)).await {
+        let grpc = &mut self.grpc;
+        let call = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
+            grpc.unary(
+                request,
+                PathAndQuery::from_static(TRACE_EXPORT_PATH),
+                PreEncoded::<ExportTraceServiceResponse>::default(),
+            )
+            .await
+        };
+        match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(ExportError::new(
                 true,
                 format!("no answer within {} ms", timeout.as_millis()),
@@ -188,6 +204,61 @@ impl GrpcTransport {
                 Err(ExportError::new(retryable, message))
             }
         }
+    }
+}
+
+/// The protobuf bytes of `req`, once per batch (both transports send these).
+pub fn encode_request(req: &ExportTraceServiceRequest) -> Bytes {
+    Bytes::from(req.encode_to_vec())
+}
+
+/// A tonic codec whose requests are protobuf bytes already and whose responses are `R`.
+struct PreEncoded<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> Default for PreEncoded<R> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<R: Message + Default + Send + 'static> Codec for PreEncoded<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = BytesEncoder;
+    type Decoder = ProstDecoder<R>;
+
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<R> {
+        ProstDecoder(std::marker::PhantomData)
+    }
+}
+
+struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+struct ProstDecoder<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R: Message + Default> Decoder for ProstDecoder<R> {
+    type Item = R;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<R>, tonic::Status> {
+        R::decode(buf)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
     }
 }
 
