@@ -505,8 +505,10 @@ fn rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut Scan
     // SAFETY: as in `http_client_finish`, which passes its pointers on; the RECEIVED value is
     // read at once.
     unsafe {
+        // Not clamped here (as in `http_server_finish`): a clamp lets the compiler prove the
+        // reads' indices small and drop their masks, which older verifiers (5.10, 6.1) cannot
+        // follow ("unbounded memory access").
         let n = (*res).len as usize;
-        let n = if n > SCAN_MAX { SCAN_MAX } else { n };
         let data = (*res).data.as_ptr();
         let Some((v, (trace_id, parent_id, flags))) =
             traceparent_value(data, n, (*res).traceparent_at as usize)
