@@ -107,6 +107,9 @@ pub struct Injection {
     pub inject_skipped_pipelined: u64,
     pub inject_failed: u64,
     pub server_requests_seen_by_kernel: u64,
+    /// Forwarded `traceparent` headers whose parent-id the kernel rewrote (docs/proxies.md).
+    #[serde(default)]
+    pub rewrite_done: u64,
 }
 
 impl Counters {

@@ -33,11 +33,23 @@ pub enum CtxState {
     /// The call's bytes start a request into which the kernel inserted `traceparent` with
     /// these ids (the captured bytes are what the application wrote, without the header).
     Injected = 1,
+    /// The call's bytes start a request that forwarded the `traceparent` its process had
+    /// received; the kernel overwrote the header's parent-id field with `span_id` (trace id and
+    /// flags kept). `parent_id` is the SERVER span that received the header. The captured
+    /// bytes are what the application wrote, with the forwarded value.
+    Rewritten = 2,
 }
 
 impl SpanCtx {
+    /// Whether the kernel chose this request's ids and put them on the wire (inserted or
+    /// rewritten header): the callee names `span_id`.
     pub fn injected(&self) -> bool {
-        self.state == CtxState::Injected as u8
+        self.state == CtxState::Injected as u8 || self.rewritten()
+    }
+
+    /// Whether the ids went out by rewriting a forwarded header's parent-id field.
+    pub fn rewritten(&self) -> bool {
+        self.state == CtxState::Rewritten as u8
     }
 }
 
@@ -46,6 +58,9 @@ impl SpanCtx {
 pub const TRACEPARENT_LINE_LEN: usize = 70;
 /// Length of a version-00 `traceparent` value.
 pub const TRACEPARENT_VALUE_LEN: usize = 55;
+/// Offset of the parent-id field in a `traceparent` value (`00-<32 hex>-`), and its length.
+pub const TRACEPARENT_PARENT_AT: usize = 36;
+pub const SPAN_ID_HEX_LEN: usize = 16;
 
 /// SplitMix64's finaliser: a cheap, well-mixed 64-bit hash step.
 #[inline(always)]
@@ -159,6 +174,18 @@ pub fn parse_traceparent_with(
     Some((trace, span, ((hi << 4) | lo) & KNOWN_FLAGS))
 }
 
+/// The 16 lower-case hex digits of a span id, as a `traceparent` parent-id field (or a B3
+/// span id) spells it.
+#[inline(always)]
+pub fn span_id_hex(id: &[u8; 8], out: &mut [u8; SPAN_ID_HEX_LEN]) {
+    let mut i = 0;
+    while i < 8 {
+        out[2 * i] = hex_digit(id[i] >> 4);
+        out[2 * i + 1] = hex_digit(id[i]);
+        i += 1;
+    }
+}
+
 /// The header line the kernel inserts, `traceparent: 00-…-…-…\r\n`.
 #[inline(always)]
 pub fn traceparent_line(ctx: &SpanCtx, out: &mut [u8; TRACEPARENT_LINE_LEN]) {
@@ -206,9 +233,13 @@ pub enum InjectStat {
     Failed = 4,
     /// Server requests whose context the kernel recorded for their thread.
     ServerRequests = 5,
+    /// A forwarded `traceparent`'s parent-id field was overwritten with the proxy's CLIENT
+    /// span id (same length: no bytes inserted). Skips count as above: a split head as
+    /// `HeadIncomplete`, a pending response as `Pipelined`, a kernel refusal as `Failed`.
+    Rewritten = 6,
 }
 
-pub const INJECT_STATS: usize = 6;
+pub const INJECT_STATS: usize = 7;
 
 impl InjectStat {
     pub const ALL: [InjectStat; INJECT_STATS] = [
@@ -218,6 +249,7 @@ impl InjectStat {
         Self::Pipelined,
         Self::Failed,
         Self::ServerRequests,
+        Self::Rewritten,
     ];
 
     pub fn name(self) -> &'static str {
@@ -228,6 +260,7 @@ impl InjectStat {
             Self::Pipelined => "inject_skipped_pipelined",
             Self::Failed => "inject_failed",
             Self::ServerRequests => "server_requests_seen_by_kernel",
+            Self::Rewritten => "rewrite_done",
         }
     }
 }
@@ -302,6 +335,36 @@ mod tests {
         );
         let v: [u8; TRACEPARENT_VALUE_LEN] = line[13..68].try_into().unwrap();
         assert_eq!(parse_traceparent(&v), Some((ctx.trace_id, ctx.span_id, 1)));
+    }
+
+    #[test]
+    fn span_id_hex_is_the_parent_field_of_the_line() {
+        let ctx = SpanCtx {
+            trace_id: [7; 16],
+            span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+            flags: 1,
+            ..Default::default()
+        };
+        let mut line = [0u8; TRACEPARENT_LINE_LEN];
+        traceparent_line(&ctx, &mut line);
+        let mut hex = [0u8; SPAN_ID_HEX_LEN];
+        span_id_hex(&ctx.span_id, &mut hex);
+        let at = 13 + TRACEPARENT_PARENT_AT;
+        assert_eq!(&line[at..at + SPAN_ID_HEX_LEN], &hex);
+        assert_eq!(&hex, b"00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn rewritten_ids_count_as_injected() {
+        let mut c = SpanCtx {
+            state: CtxState::Rewritten as u8,
+            ..Default::default()
+        };
+        assert!(c.injected() && c.rewritten());
+        c.state = CtxState::Injected as u8;
+        assert!(c.injected() && !c.rewritten());
+        c.state = CtxState::None as u8;
+        assert!(!c.injected());
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //!   inside that same syscall, inserts the header after the request line. The data event of
 //!   the call reports the ids, so the agent's CLIENT span is the one the callee names.
 //!
+//! - A request that forwards the `traceparent` its process received (a proxy: nginx, HAProxy,
+//!   any thread, event loops too) is rewritten in place: its parent-id field becomes a fresh
+//!   CLIENT span id, trace id and flags stay. Same length, so no byte is inserted. Received
+//!   headers are kept per process in `RECEIVED`, with the SERVER span that received them.
+//!
 //! Only requests whose whole head is in the call's first buffer (and within [`SCAN_MAX`]
-//! bytes) are touched, never one that already carries W3C or B3 context, and never a write
-//! on a connection whose previous injected request has not been answered (pipelining, or a
-//! body that happens to start like a request).
+//! bytes) are touched, never one that already carries B3 context or a `traceparent` of its
+//! own, and never a write on a connection whose previous injected request has not been
+//! answered (pipelining, or a body that happens to start like a request).
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
     helpers::{
@@ -26,15 +31,16 @@ use aya_ebpf::{
 use tracer_common::{
     ConnState, CtxState, InjectStat, Protocol, Role, SpanCtx, TailCall,
     propagation::{
-        TRACEPARENT_LINE_LEN, TRACEPARENT_VALUE_LEN, parse_traceparent_with, server_ids,
-        traceparent_line,
+        SPAN_ID_HEX_LEN, TRACEPARENT_LINE_LEN, TRACEPARENT_PARENT_AT, TRACEPARENT_VALUE_LEN,
+        parse_traceparent_with, server_ids, span_id_hex, traceparent_line,
     },
 };
 
 use crate::maps::{
-    CONNS, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS, SCAN, SCAN_CHUNK, SCAN_MAX,
-    SCRATCH, SOCKS, ScanBuf, TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED,
-    THREAD_SERVING, ThreadCtx, config, count_inject, offsets,
+    CONNS, ForwardKey, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS, PendingSyscall,
+    RECEIVED, REWRITE_PENDING, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH, SOCKS, ScanBuf, TARGET_PORTS,
+    THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING, ThreadCtx, config, count_inject,
+    offsets,
 };
 use tracer_common::config::INJECT_ALL;
 
@@ -192,16 +198,16 @@ fn is_ows(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
-/// The incoming `traceparent` at `value_at` (after the colon), when valid: a value of exactly
-/// [`TRACEPARENT_VALUE_LEN`] bytes between optional whitespace and the line's end. The
-/// agent's parser must read every header alike (tracer-user/tests/traceparent_agreement.rs
-/// models this framing: keep the two in step).
+/// The `traceparent` at `value_at` (after the colon), when valid: a value of exactly
+/// [`TRACEPARENT_VALUE_LEN`] bytes between optional whitespace and the line's end, and where
+/// the value starts. The agent's parser must read every header alike
+/// (tracer-user/tests/traceparent_agreement.rs models this framing: keep the two in step).
 #[inline(always)]
-fn incoming_traceparent(
+fn traceparent_value(
     buf: *const u8,
     n: usize,
     value_at: usize,
-) -> Option<([u8; 16], [u8; 8], u8)> {
+) -> Option<(usize, ([u8; 16], [u8; 8], u8))> {
     let mut v = value_at;
     let mut k = 0;
     while k < MAX_OWS && v < n && is_ows(at(buf, v)) {
@@ -218,7 +224,7 @@ fn incoming_traceparent(
         return None;
     }
     let table = HEX_TABLE.get(0)?;
-    parse_traceparent_with(table, |k| at(buf, v + k))
+    Some((v, parse_traceparent_with(table, |k| at(buf, v + k))?))
 }
 
 /// Tail call target of the ingress exits: the data event just emitted (still in this CPU's
@@ -279,16 +285,27 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
     let data = unsafe { (*res).data.as_ptr() };
     let (mut trace_id, span_id) = server_ids(config().ctx_key, conn_id, position);
     let mut parent_flags = None;
+    let mut received = None;
     if tp_at != 0
-        && let Some((t, _, f)) = incoming_traceparent(data, n, tp_at as usize)
+        && let Some((_, (t, p, f))) = traceparent_value(data, n, tp_at as usize)
     {
         trace_id = t;
         parent_flags = Some(f);
+        received = Some(p);
     }
     let adopted = parent_flags.is_some();
     // The head sampler's decision, as the agent takes it (`tracer_common::sampling`): the
     // requests this one causes carry it downstream.
     let flags = config().head_rule().flags(&trace_id, parent_flags);
+    if let Some(parent_id) = received {
+        let key = ForwardKey {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            trace_id,
+            parent_id,
+        };
+        let _ = RECEIVED.insert(&key, &span_id, 0);
+    }
     let mut multiplexed = 0;
     // SAFETY: this thread's entry, which only this thread writes; read at once.
     if let Some(prev) = unsafe { THREAD_CTX.get(pid_tgid) } {
@@ -426,12 +443,16 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         if (*res).pid_tgid != pid_tgid {
             return 0;
         }
-        if (*res).traceparent_at != 0 || (*res).foreign != 0 {
+        if (*res).foreign != 0 {
             count_inject(InjectStat::HasContext);
             diag!(
-                "pid {}: no traceparent: the request carries trace context",
+                "pid {}: no traceparent: the request carries B3 context",
                 pid_tgid >> 32
             );
+            return 0;
+        }
+        if (*res).traceparent_at != 0 {
+            rewrite_decision(pid_tgid, inflight, res);
             return 0;
         }
         let line_end = (*res).line_end;
@@ -474,6 +495,109 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         (*inflight).inject_state = INJECT_PENDING;
     }
     0
+}
+
+/// An outgoing request that carries a `traceparent`: when it is one its process received
+/// (forwarded), the sk_msg program overwrites its parent-id with a new CLIENT span's id, the
+/// received SERVER span's child. Any other header is the application's own: left alone.
+#[inline(always)]
+fn rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut ScanBuf) {
+    // SAFETY: as in `http_client_finish`, which passes its pointers on; the RECEIVED value is
+    // read at once.
+    unsafe {
+        // Not clamped here (as in `http_server_finish`): a clamp lets the compiler prove the
+        // reads' indices small and drop their masks, which older verifiers (5.10, 6.1) cannot
+        // follow ("unbounded memory access").
+        let n = (*res).len as usize;
+        let data = (*res).data.as_ptr();
+        let Some((v, (trace_id, parent_id, flags))) =
+            traceparent_value(data, n, (*res).traceparent_at as usize)
+        else {
+            count_inject(InjectStat::HasContext);
+            return;
+        };
+        let key = ForwardKey {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            trace_id,
+            parent_id,
+        };
+        let Some(&server_span) = RECEIVED.get(&key) else {
+            count_inject(InjectStat::HasContext);
+            diag!(
+                "pid {}: no traceparent: the request carries trace context",
+                pid_tgid >> 32
+            );
+            return;
+        };
+        let field = v + TRACEPARENT_PARENT_AT;
+        if (*res).head_end == 0 || field + SPAN_ID_HEX_LEN + 1 > n {
+            count_inject(InjectStat::HeadIncomplete);
+            diag!(
+                "pid {}: forwarded traceparent left alone: the request head is not whole in the call's first {} bytes",
+                pid_tgid >> 32,
+                n
+            );
+            return;
+        }
+        let mut ctx = SpanCtx {
+            trace_id,
+            parent_id: server_span,
+            flags,
+            state: CtxState::Rewritten as u8,
+            ..SpanCtx::default()
+        };
+        random_bytes(&mut ctx.span_id);
+        (*inflight).ctx = ctx;
+        (*inflight).inject_at = field as u16;
+        (*inflight).inject_state = REWRITE_PENDING;
+    }
+}
+
+/// Overwrites the parent-id field of a forwarded `traceparent` (at `at` in the message) with
+/// the decided CLIENT span id, once the bytes around it are the `-` separators scanned.
+///
+/// # Safety
+/// `inflight` is this thread's INFLIGHT value, valid for the run.
+#[inline(always)]
+unsafe fn rewrite_parent(ctx: &SkMsgContext, inflight: *mut PendingSyscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: per the contract; message bytes are read and written only between `data` and
+    // `data_end` after checking the pulled range is that long.
+    unsafe {
+        let at = (*inflight).inject_at as u32;
+        let len = SPAN_ID_HEX_LEN as u32;
+        if at < 1 || at + len + 1 > ctx.size() || (at + len) as usize > SCAN_MAX {
+            count_inject(InjectStat::Failed);
+            return;
+        }
+        if bpf_msg_pull_data(ctx.msg, at - 1, at + len + 1, 0) != 0 {
+            count_inject(InjectStat::Failed);
+            return;
+        }
+        let (d, e) = (ctx.data(), ctx.data_end());
+        if d + SPAN_ID_HEX_LEN + 2 > e
+            || *(d as *const u8) != b'-'
+            || *((d + SPAN_ID_HEX_LEN + 1) as *const u8) != b'-'
+        {
+            count_inject(InjectStat::Failed);
+            diag!(
+                "pid {}: forwarded traceparent left alone: the message differs from the bytes scanned",
+                pid_tgid >> 32
+            );
+            return;
+        }
+        let mut hex = [0u8; SPAN_ID_HEX_LEN];
+        span_id_hex(&(*inflight).ctx.span_id, &mut hex);
+        let dst = (d + 1) as *mut u8;
+        let mut i = 0;
+        while i < SPAN_ID_HEX_LEN {
+            *dst.add(i) = hex[i];
+            i += 1;
+        }
+        (*inflight).inject_state = INJECT_DONE;
+        count_inject(InjectStat::Rewritten);
+    }
 }
 
 /// Whether the socket's file is non-blocking: sock->sk_socket->file->f_flags & O_NONBLOCK.
@@ -557,7 +681,8 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
     // read and written only between `data` and `data_end` after checking that the range
     // pulled in is that long, as the verifier also demands.
     unsafe {
-        if (*inflight).inject_state != INJECT_PENDING {
+        let state = (*inflight).inject_state;
+        if state != INJECT_PENDING && state != REWRITE_PENDING {
             return SK_PASS;
         }
         let msg = ctx.msg;
@@ -568,6 +693,10 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         }
         // Decided once: whatever happens below, the rest of the call passes untouched.
         (*inflight).inject_state = 0;
+        if state == REWRITE_PENDING {
+            rewrite_parent(&ctx, inflight);
+            return SK_PASS;
+        }
         let at = (*inflight).inject_at as u32;
         if at < 16 || at > ctx.size() || at as usize > SCAN_MAX {
             count_inject(InjectStat::Failed);

@@ -264,3 +264,24 @@ pub fn count(cause: DropCause) {
         unsafe { *c += 1 };
     }
 }
+
+/// `PendingSyscall::inject_state`: the call forwards a received `traceparent`; the sk_msg
+/// program overwrites its parent-id field at `inject_at` with `ctx.span_id`.
+pub const REWRITE_PENDING: u8 = 3;
+
+/// A `traceparent` a server request brought into a process: (tgid, trace id, parent id).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForwardKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+}
+
+/// Received `traceparent` headers by process, so that a request forwarding one (a proxy,
+/// on any thread: event loops too) gets the proxy's CLIENT span as its parent. LRU: entries
+/// are not removed when the request completes (a retry still forwards the same header). The
+/// value is the id of the SERVER span that received the header.
+#[map]
+pub static RECEIVED: LruHashMap<ForwardKey, [u8; 8]> = LruHashMap::with_max_entries(16384, 0);

@@ -47,6 +47,9 @@ pub enum ParentSource {
     /// Same node: the CLIENT span that sent this request on this node, found by the
     /// connection's addresses and the request's byte position.
     Address,
+    /// In-process, any thread: the request forwarded the trace context a request the process
+    /// is serving received (a proxy); that request's SERVER span is the parent.
+    Forwarded,
     /// None: the span starts a new trace.
     None,
 }
@@ -58,6 +61,7 @@ impl ParentSource {
             Self::B3 => "b3",
             Self::Thread => "thread",
             Self::Address => "address",
+            Self::Forwarded => "forwarded",
             Self::None => "none",
         }
     }

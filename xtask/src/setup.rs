@@ -41,8 +41,10 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "mmdebstrap",
-    // The DNAT tests' Service rules (tests/tests/dnat.rs).
+    // The DNAT tests' Service rules (tests/tests/dnat.rs), and the proxy tests' port redirect.
     "iptables",
+    // The proxy tests (tests/tests/proxy.rs): HAProxy in front of a Python service.
+    "haproxy",
     "prometheus",
     // helm and kubectl come zipped inside an npm package (xtask/src/kube_tools.rs).
     "unzip",
@@ -65,6 +67,9 @@ const TEST_PYTHON: &[(&str, &str)] = &[
         "opentelemetry-propagator-b3",
     ),
     ("google.protobuf", "protobuf"),
+    // The proxy tests' application behind nginx: Flask served by gunicorn.
+    ("flask", "flask"),
+    ("gunicorn", "gunicorn"),
     // The fake Kubernetes API server validates its Pods, and the chart test the rendered
     // manifests, against the official schemas.
     ("kubernetes_validate", "kubernetes-validate"),

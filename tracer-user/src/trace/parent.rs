@@ -1,7 +1,7 @@
 //! Resolving each span's parent and trace context: from the request's own headers, from the
 //! request the sending thread is serving (in-process), from the same-node CLIENT span that
 //! sent the request (by the connection's addresses), or a new trace. Every span records which
-//! in `tracer.parent.source` (`w3c`, `b3`, `thread`, `address`, `none`).
+//! in `tracer.parent.source` (`w3c`, `b3`, `thread`, `forwarded`, `address`, `none`).
 //!
 //! **SERVER spans.** A valid incoming context ([`super::context::extract`]: W3C, else B3) makes
 //! the span a child of the caller's span: same trace id, parent = the header's span id, its
@@ -19,10 +19,20 @@
 //! callee's SERVER span then hangs under our CLIENT span. Its parent is the in-process link
 //! below when that server span is in the same trace, else none. The cost: with an SDK client
 //! span in the process, two spans carry that id (ours and the SDK's); we accept the duplicate
-//! rather than give our span an id nobody refers to. One exception: a header forwarded
-//! verbatim (same trace id and span id as the request the thread is serving received) names
-//! the *caller's* span; taking its id would duplicate the caller's span, so the header is
-//! ignored and the thread link applies.
+//! rather than give our span an id nobody refers to. One exception, below: a forwarded header.
+//!
+//! **Forwarded context (proxies).** A request carrying the very `traceparent`/B3 context
+//! (trace id and span id) an open SERVER request of the same process received was caused by
+//! it, whichever thread sends it: trace ids are unique, so this holds on event loops (nginx,
+//! HAProxy, Envoy) where the thread view is ambiguous. The CLIENT span is that SERVER span's
+//! child (`forwarded`) and gets an id of its own (the header's names the caller's span). Its
+//! callee would still read the header's parent, skipping the proxy:
+//! - the kernel rewrites the forwarded header's parent-id field in place (same length) with
+//!   the CLIENT span's id it chose ([`SpanCtx::rewritten`]): the callee, on any node, names
+//!   the proxy's CLIENT span; the agent confirms the kernel's parent against its own view;
+//! - where the header went out unchanged (injection off, a split head) and the callee is on
+//!   this node, the connection wins: a SERVER span whose header parent is the ancestor its
+//!   same-node CLIENT span forwarded becomes that CLIENT span's child (`address`).
 //!
 //! **In-process parents.** When a thread sends a request while it is serving exactly one
 //! request, the CLIENT span becomes that SERVER span's child (`thread`). The parser reports
@@ -87,6 +97,15 @@ pub struct ParentStats {
     pub injected_unlinked: u64,
     /// SERVER spans linked to a CLIENT span on this node by the connection's addresses.
     pub address_linked: u64,
+    /// CLIENT spans that forwarded the context an open SERVER request of their process
+    /// received, made that request's children (also counted in `linked`).
+    pub forwarded_linked: u64,
+    /// Of those, requests whose forwarded header the kernel rewrote.
+    pub forwarded_rewritten: u64,
+    /// SERVER spans whose header named an ancestor of the same-node CLIENT span that sent
+    /// them (a proxy forwarded it unchanged): linked to that CLIENT span instead (also
+    /// counted in `address_linked`).
+    pub connection_won: u64,
     /// Connections whose conntrack entry was looked up (a server request without a caller).
     pub nat_lookups: u64,
     /// Of those, entries that showed NAT (the client dialled another address).
@@ -113,6 +132,8 @@ struct Open {
     source: ParentSource,
     /// Where the request came from: finds the same-node CLIENT span that sent it.
     addr_key: AddrKey,
+    /// The context its header gave, as a request forwarding it carries it.
+    received: Option<ReceivedKey>,
     /// A CLIENT span already took this context as parent: it may no longer change.
     frozen: bool,
 }
@@ -129,7 +150,13 @@ struct Caller {
     flags: u8,
     trace_state: Option<String>,
     start_ns: u64,
+    /// The span id of the context the request forwarded (an ancestor of `span_id`): a callee
+    /// reading it from the header is this request's child.
+    forwarded_from: Option<SpanId>,
 }
+
+/// A received context by (process, trace id, the caller's span id in the header).
+type ReceivedKey = (u32, TraceId, SpanId);
 
 /// CLIENT requests are remembered by address for this long (a same-node server reads them
 /// within microseconds; this only bounds what is kept for callees on other nodes).
@@ -157,6 +184,9 @@ pub struct ParentResolver {
     stats: ParentStats,
     /// Open server requests (entries of `conns`).
     open: usize,
+    /// Open server requests whose headers gave their context: (connection, seq) by
+    /// [`ReceivedKey`], for requests forwarding it.
+    received: HashMap<ReceivedKey, (u64, u64)>,
     /// CLIENT contexts decided when their request head was parsed, until their exchange
     /// completes: (seq, context) per connection.
     clients: HashMap<u64, VecDeque<(u64, SpanContext)>>,
@@ -196,6 +226,7 @@ impl ParentResolver {
             tids: HashMap::new(),
             stats: ParentStats::default(),
             open: 0,
+            received: HashMap::new(),
             scratch: Vec::new(),
             clients: HashMap::new(),
             client_count: 0,
@@ -287,7 +318,7 @@ impl ParentResolver {
             self.stats.refused_full += 1;
             return;
         }
-        let ctx = self.client_context_of(
+        let (ctx, forwarded_from) = self.client_context_of(
             conn,
             start.tid,
             start.start_ns,
@@ -302,6 +333,7 @@ impl ParentResolver {
                 flags: ctx.flags,
                 trace_state: ctx.trace_state.clone(),
                 start_ns: start.start_ns,
+                forwarded_from,
             },
         );
         self.clients
@@ -378,11 +410,34 @@ impl ParentResolver {
         start_ns: u64,
     ) {
         if ctx.source != ParentSource::None {
+            self.connection_wins(ctx, key, start_ns);
             return;
         }
         if let Some(c) = self.find_caller(conn_id, key, start_ns) {
             self.adopt(ctx, c);
         }
+    }
+
+    /// A SERVER context from the request's header, when its same-node CLIENT span forwarded
+    /// that header (the header names the CLIENT span's ancestor): the CLIENT span is the parent.
+    /// By address only: a caller behind NAT that forwarded unchanged keeps the header's parent.
+    fn connection_wins(&mut self, ctx: &mut SpanContext, key: &AddrKey, start_ns: u64) -> bool {
+        if !matches!(ctx.source, ParentSource::W3c | ParentSource::B3) {
+            return false;
+        }
+        let Some(c) = self.caller(key, start_ns) else {
+            return false;
+        };
+        if c.trace_id != ctx.trace_id
+            || c.forwarded_from.is_none()
+            || c.forwarded_from != ctx.parent_span_id
+        {
+            return false;
+        }
+        let c = c.clone();
+        self.adopt(ctx, c);
+        self.stats.connection_won += 1;
+        true
     }
 
     fn adopt(&mut self, ctx: &mut SpanContext, c: Caller) {
@@ -410,12 +465,22 @@ impl ParentResolver {
         }
         let addr_key = (conn.remote, conn.local, start.head_position);
         let mut ctx = self.server_context(conn.conn_id, start.head_position, head);
+        // What a request forwarding this one's context will carry.
+        let received = matches!(ctx.source, ParentSource::W3c | ParentSource::B3)
+            .then_some(ctx.parent_span_id)
+            .flatten()
+            .map(|p| (conn.pid, ctx.trace_id, p));
         // By address only: the caller's event may not be read yet (NAT lookups, which cannot
         // tell that, wait for `resolve_late`).
         if ctx.source == ParentSource::None
             && let Some(c) = self.caller(&addr_key, start.start_ns).cloned()
         {
             self.adopt(&mut ctx, c);
+        } else {
+            self.connection_wins(&mut ctx, &addr_key, start.start_ns);
+        }
+        if let Some(key) = received {
+            self.received.insert(key, (conn.conn_id, start.seq));
         }
         let st = self.tids.entry(start.tid).or_insert(TidState {
             open: 0,
@@ -441,6 +506,7 @@ impl ParentResolver {
             remote_parent: ctx.parent_span_id,
             source: ctx.source,
             addr_key,
+            received,
             frozen: false,
         });
         self.open += 1;
@@ -457,6 +523,31 @@ impl ParentResolver {
         else {
             return;
         };
+        if matches!(o.source, ParentSource::W3c | ParentSource::B3) {
+            // The caller that forwarded the header may have been read after this request.
+            let mut ctx = SpanContext {
+                trace_id: o.trace_id,
+                span_id: o.span_id,
+                parent_span_id: o.remote_parent,
+                flags: o.flags,
+                trace_state: None,
+                source: o.source,
+            };
+            let (key, start_ns) = (o.addr_key, o.start_ns);
+            if self.connection_wins(&mut ctx, &key, start_ns)
+                && let Some(o) = self
+                    .conns
+                    .get_mut(&conn_id)
+                    .and_then(|q| q.iter_mut().find(|o| o.seq == seq))
+            {
+                // Same trace (the condition): children that took this context keep it.
+                o.remote_parent = ctx.parent_span_id;
+                o.flags = ctx.flags;
+                o.trace_state = ctx.trace_state;
+                o.source = ctx.source;
+            }
+            return;
+        }
         if o.frozen || o.source != ParentSource::None {
             return;
         }
@@ -495,8 +586,19 @@ impl ParentResolver {
         }
     }
 
-    fn release(tids: &mut HashMap<u32, TidState>, open: &mut usize, o: &Open) {
+    fn release(
+        tids: &mut HashMap<u32, TidState>,
+        received: &mut HashMap<ReceivedKey, (u64, u64)>,
+        open: &mut usize,
+        conn_id: u64,
+        o: &Open,
+    ) {
         *open = open.saturating_sub(1);
+        if let Some(key) = &o.received
+            && received.get(key) == Some(&(conn_id, o.seq))
+        {
+            received.remove(key);
+        }
         if let Some(st) = tids.get_mut(&o.tid) {
             st.open = st.open.saturating_sub(1);
             if st.open == 0 && !st.multiplexed {
@@ -515,7 +617,13 @@ impl ParentResolver {
         if in_order {
             while q.front().is_some_and(|o| o.seq <= seq) {
                 if let Some(o) = q.pop_front() {
-                    Self::release(&mut self.tids, &mut self.open, &o);
+                    Self::release(
+                        &mut self.tids,
+                        &mut self.received,
+                        &mut self.open,
+                        conn_id,
+                        &o,
+                    );
                 }
             }
         } else if let Some(o) = q
@@ -523,7 +631,13 @@ impl ParentResolver {
             .position(|o| o.seq == seq)
             .and_then(|i| q.remove(i))
         {
-            Self::release(&mut self.tids, &mut self.open, &o);
+            Self::release(
+                &mut self.tids,
+                &mut self.received,
+                &mut self.open,
+                conn_id,
+                &o,
+            );
         }
         if q.is_empty() {
             self.conns.remove(&conn_id);
@@ -534,7 +648,13 @@ impl ParentResolver {
     pub fn on_conn_gone(&mut self, conn_id: u64) {
         if let Some(q) = self.conns.remove(&conn_id) {
             for o in &q {
-                Self::release(&mut self.tids, &mut self.open, o);
+                Self::release(
+                    &mut self.tids,
+                    &mut self.received,
+                    &mut self.open,
+                    conn_id,
+                    o,
+                );
             }
         }
         if let Some(q) = self.clients.remove(&conn_id) {
@@ -642,13 +762,16 @@ impl ParentResolver {
                         }
                         ctx
                     }
-                    None => self.client_context_of(
-                        conn,
-                        ex.tid,
-                        ex.start_ns,
-                        &ex.request,
-                        ex.injected.as_ref(),
-                    ),
+                    None => {
+                        self.client_context_of(
+                            conn,
+                            ex.tid,
+                            ex.start_ns,
+                            &ex.request,
+                            ex.injected.as_ref(),
+                        )
+                        .0
+                    }
                 }
             }
         }
@@ -698,7 +821,75 @@ impl ParentResolver {
         }
     }
 
-    /// The context of a CLIENT span (see the module docs).
+    /// The open SERVER request of process `pid` that received context (`trace_id`,
+    /// `span_id`), if it started no later than `start_ns`. A child names it now: frozen.
+    fn received_by(
+        &mut self,
+        pid: u32,
+        trace_id: &TraceId,
+        span_id: &SpanId,
+        start_ns: u64,
+    ) -> Option<&Open> {
+        let &(conn_id, seq) = self.received.get(&(pid, *trace_id, *span_id))?;
+        let o = self
+            .conns
+            .get_mut(&conn_id)?
+            .iter_mut()
+            .find(|o| o.seq == seq)
+            .filter(|o| o.start_ns <= start_ns)?;
+        o.frozen = true;
+        Some(o)
+    }
+
+    /// A request whose forwarded header the kernel rewrote: the callee names the kernel's ids,
+    /// so the CLIENT span takes them. Its parent is the SERVER span the kernel found, when the
+    /// agent's view agrees (the request received this header, and has that span id).
+    fn rewritten_context(
+        &mut self,
+        conn: &ConnMeta,
+        start_ns: u64,
+        request: &RequestHead,
+        rewritten: &SpanCtx,
+    ) -> (SpanContext, Option<SpanId>) {
+        self.stats.injected += 1;
+        let headers = request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let (forwarded, trace_state) = match extract(headers) {
+            Extracted::Context(r) => (Some(r.span_id), r.trace_state),
+            _ => (None, None),
+        };
+        let parent = forwarded.and_then(|f| {
+            self.received_by(conn.pid, &rewritten.trace_id, &f, start_ns)
+                .filter(|o| o.span_id == rewritten.parent_id && o.trace_id == rewritten.trace_id)
+                .map(|o| o.span_id)
+        });
+        if parent.is_some() {
+            self.stats.linked += 1;
+            self.stats.forwarded_linked += 1;
+            self.stats.forwarded_rewritten += 1;
+        } else {
+            self.stats.injected_unlinked += 1;
+        }
+        let ctx = SpanContext {
+            trace_id: rewritten.trace_id,
+            span_id: rewritten.span_id,
+            parent_span_id: parent,
+            flags: rewritten.flags,
+            // What the callee receives: the forwarded header's.
+            trace_state,
+            source: if parent.is_some() {
+                ParentSource::Forwarded
+            } else {
+                ParentSource::None
+            },
+        };
+        (ctx, forwarded)
+    }
+
+    /// The context of a CLIENT span (see the module docs), and the span id of the context it
+    /// forwarded, if it forwarded one.
     fn client_context_of(
         &mut self,
         conn: &ConnMeta,
@@ -706,15 +897,37 @@ impl ParentResolver {
         start_ns: u64,
         request: &RequestHead,
         injected: Option<&SpanCtx>,
-    ) -> SpanContext {
-        if let Some(injected) = injected {
-            return self.injected_context(conn, tid, start_ns, injected);
+    ) -> (SpanContext, Option<SpanId>) {
+        match injected {
+            Some(c) if c.rewritten() => {
+                return self.rewritten_context(conn, start_ns, request, c);
+            }
+            Some(c) => return (self.injected_context(conn, tid, start_ns, c), None),
+            None => {}
         }
         let headers = request
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
         let outgoing = extract(headers);
+        // Forwarded: the child of the request that received it, whichever thread this is.
+        if let Extracted::Context(r) = &outgoing
+            && let Some((trace_id, parent, flags, trace_state)) = self
+                .received_by(conn.pid, &r.trace_id, &r.span_id, start_ns)
+                .map(|o| (o.trace_id, o.span_id, o.flags, o.trace_state.clone()))
+        {
+            self.stats.linked += 1;
+            self.stats.forwarded_linked += 1;
+            let ctx = SpanContext {
+                trace_id,
+                span_id: self.ids.span_id(),
+                parent_span_id: Some(parent),
+                flags,
+                trace_state,
+                source: ParentSource::Forwarded,
+            };
+            return (ctx, Some(r.span_id));
+        }
         // The server span this thread is serving: (trace, span, flags, remote parent, state).
         let serving = self.serving(conn.pid, tid, start_ns).map(|o| {
             (
@@ -764,8 +977,8 @@ impl ParentResolver {
                 trace_state: r.trace_state,
                 source: r.source,
             },
-            // No context in the request (or the incoming header forwarded verbatim, which
-            // names the caller's span): the child of the serving span.
+            // No context in the request (or the incoming header forwarded verbatim, its
+            // request no longer open): the child of the serving span.
             (_, Some((trace_id, parent, flags, _, trace_state))) => SpanContext {
                 trace_id,
                 span_id: self.ids.span_id(),
@@ -788,6 +1001,280 @@ impl ParentResolver {
         if ctx.source == ParentSource::Thread {
             self.stats.linked += 1;
         }
-        ctx
+        (ctx, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{CtxState, Role};
+
+    const CURL_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn conn(conn_id: u64, pid: u32, local: &str, remote: &str, role: Role) -> ConnMeta {
+        ConnMeta {
+            conn_id,
+            pid,
+            local: addr(local),
+            remote: addr(remote),
+            role,
+            tls: false,
+        }
+    }
+
+    /// A request head carrying `traceparent: 00-<CURL_TRACE>-<span>-01`.
+    fn head_with(span: &str) -> RequestHead {
+        let mut h = RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            version: "1.1",
+            ..RequestHead::default()
+        };
+        h.headers
+            .push(("traceparent".into(), format!("00-{CURL_TRACE}-{span}-01")));
+        h
+    }
+
+    fn hex(id: &SpanId) -> String {
+        id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn start<'a>(
+        direction: Direction,
+        seq: u64,
+        tid: u32,
+        start_ns: u64,
+        head: &'a RequestHead,
+        injected: Option<SpanCtx>,
+    ) -> RequestStart<'a> {
+        RequestStart {
+            seq,
+            tid,
+            direction,
+            injected,
+            start_ns,
+            head_position: seq * 100,
+            head: Some(head),
+        }
+    }
+
+    fn exchange(
+        direction: Direction,
+        seq: u64,
+        tid: u32,
+        start_ns: u64,
+        request: RequestHead,
+        injected: Option<SpanCtx>,
+    ) -> HttpExchange {
+        HttpExchange {
+            request_direction: direction,
+            request,
+            response: None,
+            start_ns,
+            end_ns: start_ns + 1000,
+            request_body_size: 0,
+            response_body_size: 0,
+            tid,
+            seq,
+            incomplete: false,
+            head_position: seq * 100,
+            injected,
+            messages: Vec::new(),
+            messages_dropped: 0,
+        }
+    }
+
+    fn resolver() -> ParentResolver {
+        ParentResolver::with_ids(64, 7, IdGenerator::from_seed(3))
+    }
+
+    const PROXY: u32 = 100;
+    const LOOP_TID: u32 = 100;
+
+    /// An nginx-like event loop: one thread holds four requests open at once, each forwarding
+    /// its own incoming header upstream. Every CLIENT span is its SERVER span's child.
+    #[test]
+    fn forwarded_context_parents_on_an_event_loop() {
+        let mut r = resolver();
+        let callers = [
+            "00f067aa0ba902b1",
+            "00f067aa0ba902b2",
+            "00f067aa0ba902b3",
+            "00f067aa0ba902b4",
+        ];
+        let mut servers = Vec::new();
+        for (i, span) in callers.iter().enumerate() {
+            let c = conn(
+                i as u64 + 1,
+                PROXY,
+                "127.0.0.1:80",
+                &format!("127.0.0.1:{}", 5000 + i),
+                Role::Server,
+            );
+            let h = head_with(span);
+            r.on_start(
+                &c,
+                &start(Direction::Ingress, 0, LOOP_TID, 10 + i as u64, &h, None),
+            );
+            servers.push((c, h));
+        }
+        // Upstream requests leave in another order, all from the same thread.
+        for (k, i) in [2usize, 0, 3, 1].into_iter().enumerate() {
+            let up = conn(
+                10 + i as u64,
+                PROXY,
+                &format!("127.0.0.1:{}", 6000 + i),
+                "127.0.0.1:8000",
+                Role::Client,
+            );
+            let h = head_with(callers[i]);
+            r.on_start(
+                &up,
+                &start(Direction::Egress, 0, LOOP_TID, 100 + k as u64, &h, None),
+            );
+            let client = r.context_for(
+                &up,
+                &exchange(Direction::Egress, 0, LOOP_TID, 100 + k as u64, h, None),
+            );
+            let (sc, sh) = &servers[i];
+            let server = r.context_for(
+                sc,
+                &exchange(
+                    Direction::Ingress,
+                    0,
+                    LOOP_TID,
+                    10 + i as u64,
+                    sh.clone(),
+                    None,
+                ),
+            );
+            assert_eq!(server.source, ParentSource::W3c);
+            assert_eq!(client.source, ParentSource::Forwarded, "{i}");
+            assert_eq!(client.parent_span_id, Some(server.span_id), "{i}");
+            assert_eq!(client.trace_id, server.trace_id);
+            assert_ne!(
+                hex(&client.span_id),
+                callers[i],
+                "its own id, not the caller's"
+            );
+        }
+        let st = r.stats();
+        assert_eq!(
+            (st.forwarded_linked, st.ambiguous, st.open),
+            (4, 0, 0),
+            "{st:?}"
+        );
+        assert!(r.received.is_empty());
+    }
+
+    /// curl → proxy (forwards the header unchanged) → app, all on this node: the app's header
+    /// names curl's span, an ancestor of the proxy's CLIENT span on the same connection, so
+    /// the connection wins; also when the proxy's request is read after the app's.
+    #[test]
+    fn the_connection_wins_over_a_forwarded_header() {
+        for late in [false, true] {
+            let mut r = resolver();
+            let curl_span = "00f067aa0ba902b7";
+            let ingress = conn(1, PROXY, "127.0.0.1:80", "127.0.0.1:5000", Role::Server);
+            let h = head_with(curl_span);
+            r.on_start(
+                &ingress,
+                &start(Direction::Ingress, 0, LOOP_TID, 10, &h, None),
+            );
+            let up = conn(2, PROXY, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+            let app = conn(3, 200, "127.0.0.1:8000", "127.0.0.1:6000", Role::Server);
+            let fwd = head_with(curl_span);
+            if !late {
+                r.on_start(&up, &start(Direction::Egress, 0, LOOP_TID, 20, &fwd, None));
+            }
+            r.on_start(&app, &start(Direction::Ingress, 0, 201, 30, &fwd, None));
+            if late {
+                r.on_start(&up, &start(Direction::Egress, 0, LOOP_TID, 20, &fwd, None));
+            }
+            let app_ctx = r.context_for(
+                &app,
+                &exchange(Direction::Ingress, 0, 201, 30, fwd.clone(), None),
+            );
+            let client = r.context_for(
+                &up,
+                &exchange(Direction::Egress, 0, LOOP_TID, 20, fwd.clone(), None),
+            );
+            let server = r.context_for(
+                &ingress,
+                &exchange(Direction::Ingress, 0, LOOP_TID, 10, h.clone(), None),
+            );
+            assert_eq!(client.parent_span_id, Some(server.span_id), "late {late}");
+            assert_eq!(app_ctx.parent_span_id, Some(client.span_id), "late {late}");
+            assert_eq!(app_ctx.source, ParentSource::Address);
+            assert_eq!(app_ctx.trace_id, server.trace_id);
+            assert_eq!(r.stats().connection_won, 1);
+        }
+    }
+
+    /// A header the process did not receive (its own SDK's) still names the CLIENT span, and
+    /// a callee on this node keeps it.
+    #[test]
+    fn a_header_of_its_own_is_not_forwarded() {
+        let mut r = resolver();
+        let up = conn(2, PROXY, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+        let app = conn(3, 200, "127.0.0.1:8000", "127.0.0.1:6000", Role::Server);
+        let h = head_with("1111111111111111");
+        r.on_start(&up, &start(Direction::Egress, 0, 1, 20, &h, None));
+        r.on_start(&app, &start(Direction::Ingress, 0, 2, 30, &h, None));
+        let app_ctx = r.context_for(
+            &app,
+            &exchange(Direction::Ingress, 0, 2, 30, h.clone(), None),
+        );
+        let client = r.context_for(&up, &exchange(Direction::Egress, 0, 1, 20, h, None));
+        assert_eq!(hex(&client.span_id), "1111111111111111");
+        assert_eq!(app_ctx.parent_span_id, Some(client.span_id));
+        assert_eq!(app_ctx.source, ParentSource::W3c);
+        assert_eq!(r.stats().connection_won, 0);
+    }
+
+    /// The kernel rewrote the forwarded header with its CLIENT span id: the span takes it, and
+    /// the kernel's parent when it is the SERVER span that received the header.
+    #[test]
+    fn a_rewritten_header_is_confirmed_against_the_received_one() {
+        for agrees in [true, false] {
+            let mut r = resolver();
+            let ingress = conn(1, PROXY, "127.0.0.1:80", "127.0.0.1:5000", Role::Server);
+            let h = head_with("00f067aa0ba902b7");
+            r.on_start(
+                &ingress,
+                &start(Direction::Ingress, 0, LOOP_TID, 10, &h, None),
+            );
+            let server_span = r.server_context(1, 0, &h).span_id;
+            let up = conn(2, PROXY, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+            let mut kernel = SpanCtx {
+                span_id: [9; 8],
+                parent_id: if agrees { server_span } else { [1; 8] },
+                flags: 1,
+                state: CtxState::Rewritten as u8,
+                ..SpanCtx::default()
+            };
+            kernel
+                .trace_id
+                .copy_from_slice(&r.server_context(1, 0, &h).trace_id);
+            r.on_start(&up, &start(Direction::Egress, 0, 7, 20, &h, Some(kernel)));
+            let client = r.context_for(
+                &up,
+                &exchange(Direction::Egress, 0, 7, 20, h.clone(), Some(kernel)),
+            );
+            assert_eq!(client.span_id, [9; 8]);
+            if agrees {
+                assert_eq!(client.parent_span_id, Some(server_span));
+                assert_eq!(client.source, ParentSource::Forwarded);
+                assert_eq!(r.stats().forwarded_rewritten, 1);
+            } else {
+                assert_eq!(client.parent_span_id, None);
+                assert_eq!(r.stats().injected_unlinked, 1);
+            }
+        }
     }
 }
