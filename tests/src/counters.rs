@@ -42,6 +42,9 @@ pub struct Counters {
     pub nat_resolved: u64,
     pub nat_lookup_failed: u64,
     pub nat_linked: u64,
+    pub forwarded_linked: u64,
+    pub forwarded_rewritten: u64,
+    pub connection_won: u64,
     pub tls_files_attached: u64,
     pub tls_attach_failed: u64,
     pub tls_unsupported: u64,
@@ -181,7 +184,7 @@ mod tests {
     use super::*;
 
     /// A `final stats` line as the agent logged it.
-    const LINE: &str = r#"2026-12-01T09:33:31.411722Z  INFO tracer::agent: final stats {"events":240,"data_events":0,"malformed":0,"spans":0,"conns_open":0,"conns_opened":0,"conns_expired":0,"conns_refused_full":0,"gaps":0,"gap_bytes":0,"invalid_messages":0,"dropped_messages":0,"unmatched_responses":0,"unanswered_requests":0,"h2_desyncs":0,"h2_invalid":0,"h2_dropped_blocks":0,"h2_oversized_frames":0,"h2_skipped_gaps":0,"h2_streams_over_limit":0,"h2_streams_reset":0,"h2_unknown_fields":0,"links_open":0,"links_linked":0,"links_ambiguous":0,"links_refused_full":0,"links_injected":0,"links_injected_unlinked":0,"address_linked":0,"nat_lookups":0,"nat_resolved":0,"nat_lookup_failed":0,"nat_linked":0,"tls_files_attached":1,"tls_attach_failed":0,"tls_unsupported":0,"tls_queue_full":0,"tls_notes_dropped":0,"tls_detached":0,"exported":0,"export_failed":0,"export_queue_full":0,"queue_len":0,"kernel_drops":{"conn_map_full":0,"copy_failed":0,"inflight_map_full":0,"not_http_conns":0,"ringbuf_full":0,"stale_conn_replaced":2,"tls_no_socket":0,"truncated_calls":0},"injection":{"inject_done":0,"inject_failed":0,"inject_skipped_has_context":0,"inject_skipped_head_incomplete":0,"inject_skipped_pipelined":0,"server_requests_seen_by_kernel":0},"sampling":{"kept_traces_head":3,"kept_spans_head":6,"kept_traces_error":0,"kept_spans_error":0,"kept_traces_slow":0,"kept_spans_slow":0,"kept_traces_attribute":0,"kept_spans_attribute":0,"dropped_traces_unsampled":0,"dropped_spans_unsampled":0,"dropped_traces_overflow":0,"dropped_spans_overflow":0,"late_spans_kept":0,"late_spans_dropped":0,"held_traces":0,"held_bytes":0}}"#;
+    const LINE: &str = r#"2026-12-01T09:33:31.411722Z  INFO tracer::agent: final stats {"events":240,"data_events":0,"malformed":0,"spans":0,"conns_open":0,"conns_opened":0,"conns_expired":0,"conns_refused_full":0,"gaps":0,"gap_bytes":0,"invalid_messages":0,"dropped_messages":0,"unmatched_responses":0,"unanswered_requests":0,"h2_desyncs":0,"h2_invalid":0,"h2_dropped_blocks":0,"h2_oversized_frames":0,"h2_skipped_gaps":0,"h2_streams_over_limit":0,"h2_streams_reset":0,"h2_unknown_fields":0,"links_open":0,"links_linked":0,"links_ambiguous":0,"links_refused_full":0,"links_injected":0,"links_injected_unlinked":0,"address_linked":0,"nat_lookups":0,"nat_resolved":0,"nat_lookup_failed":0,"nat_linked":0,"forwarded_linked":0,"forwarded_rewritten":0,"connection_won":0,"tls_files_attached":1,"tls_attach_failed":0,"tls_unsupported":0,"tls_queue_full":0,"tls_notes_dropped":0,"tls_detached":0,"exported":0,"export_failed":0,"export_queue_full":0,"queue_len":0,"kernel_drops":{"conn_map_full":0,"copy_failed":0,"inflight_map_full":0,"not_http_conns":0,"ringbuf_full":0,"stale_conn_replaced":2,"tls_no_socket":0,"truncated_calls":0},"injection":{"inject_done":0,"inject_failed":0,"inject_skipped_has_context":0,"inject_skipped_head_incomplete":0,"inject_skipped_pipelined":0,"server_requests_seen_by_kernel":0},"sampling":{"kept_traces_head":3,"kept_spans_head":6,"kept_traces_error":0,"kept_spans_error":0,"kept_traces_slow":0,"kept_spans_slow":0,"kept_traces_attribute":0,"kept_spans_attribute":0,"dropped_traces_unsampled":0,"dropped_spans_unsampled":0,"dropped_traces_overflow":0,"dropped_spans_overflow":0,"late_spans_kept":0,"late_spans_dropped":0,"held_traces":0,"held_bytes":0}}"#;
 
     #[test]
     fn the_agents_line_parses() {

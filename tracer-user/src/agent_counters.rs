@@ -270,6 +270,24 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "{link}",
         "Spans linked through a Service virtual IP (by the address the client dialled).",
     ),
+    counter(
+        "forwarded_linked",
+        "tracer.forwarded_linked",
+        "{link}",
+        "CLIENT spans that forwarded the context an open SERVER request of their process received (a proxy), made that request's children.",
+    ),
+    counter(
+        "forwarded_rewritten",
+        "tracer.forwarded_rewritten",
+        "{link}",
+        "Of the forwarded requests, those whose traceparent the kernel rewrote to name the proxy's CLIENT span.",
+    ),
+    counter(
+        "connection_won",
+        "tracer.connection_won",
+        "{link}",
+        "SERVER spans whose header named an ancestor of the same-node CLIENT span that sent them: linked to that CLIENT span.",
+    ),
     gauge(
         "kube_pods",
         "tracer.kube_pods",
