@@ -537,12 +537,13 @@ mod tests {
         // Same trace as the serving span: its child.
         assert!(c.parent_span_id.is_some());
         assert_eq!(source(&c), "thread");
-        // The incoming header forwarded verbatim names the caller: a plain thread child.
+        // The incoming header forwarded verbatim (a proxy) names the caller: the serving
+        // request's child, found by the forwarded context, with an id of its own.
         t.call(2, 7, 3_000, &tp);
         let c = t.take(SpanKind::Client);
         assert_ne!(hex(&c.span_id), CALLER);
         assert_eq!(hex(&c.trace_id), TRACE);
-        assert_eq!(source(&c), "thread");
+        assert_eq!(source(&c), "forwarded");
         t.answer(1, 7, 4_000);
         let s = t.take(SpanKind::Server);
         assert_eq!(c.parent_span_id, Some(s.span_id));
