@@ -56,6 +56,15 @@ fn psycopg_extended_protocol() {
     });
 }
 
+/// A connection past its startup.
+fn ready() -> PgConn {
+    PgConn {
+        phase: Phase::Ready,
+        framers: [Framer::new(Mode::Typed), Framer::new(Mode::Typed)],
+        ..Default::default()
+    }
+}
+
 fn chunk(data: &[u8], total_len: u32, ts: u64) -> Chunk<'_> {
     Chunk {
         data,
@@ -78,9 +87,7 @@ fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn times_are_the_request_write_and_the_ready_read() {
-    let mut p = PgConn::default();
-    p.phase = Phase::Ready;
-    p.framers[0] = Framer::new(Mode::Typed);
+    let mut p = ready();
     let mut out = Vec::new();
     let q = msg(b'Q', b"SELECT 1\0");
     p.on_chunk(Direction::Egress, &chunk(&q, q.len() as u32, 100), &mut out);
@@ -185,9 +192,7 @@ fn ssl_request_accepted_hands_over_to_tls() {
 
 #[test]
 fn every_pending_call_is_bounded() {
-    let mut p = PgConn::default();
-    p.phase = Phase::Ready;
-    p.framers[0] = Framer::new(Mode::Typed);
+    let mut p = ready();
     let mut out = Vec::new();
     let q = msg(b'Q', b"SELECT 1\0");
     for i in 0..(MAX_PENDING as u64 + 1) {

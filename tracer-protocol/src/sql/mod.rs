@@ -330,7 +330,7 @@ pub fn summarize(text: &str) -> Summary {
                 }
                 None => true,
             };
-            single.then(|| t.replace('"', "").replace('`', ""))
+            single.then(|| t.replace(['"', '`'], ""))
         });
     Summary {
         operation: Some(operation),
