@@ -385,8 +385,11 @@ fn account(
         let mut head = [0u8; 8];
         let n = read_head(head_src, avail, &mut head);
         let mut c = classify(&head, n);
-        if c == Protocol::Unknown {
-            c = classify_db(&head, n, dir == Direction::Egress as usize);
+        // Database clients speak first: only sending programs classify them (the direction is a
+        // constant of each program, so receiving ones carry none of it: sys_exit_recvmsg is at
+        // the verifier's limit on 6.1).
+        if c == Protocol::Unknown && source.direction() == Direction::Egress {
+            c = classify_db(&head, n, true);
         }
         if c == Protocol::Unknown
             // SAFETY: as above, `conn` is a CONNS value valid for this run.
