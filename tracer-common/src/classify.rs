@@ -9,14 +9,14 @@ pub enum Protocol {
     Http1 = 1,
     /// HTTP/2 with prior knowledge (h2c): the client preface.
     Http2 = 2,
-    /// A TLS record: the plaintext, if any, comes from the TLS library probes.
-    Tls = 3,
-    /// Anything else: no payload is copied.
-    Other = 4,
     /// PostgreSQL frontend/backend protocol v3, seen from the client.
-    Postgres = 5,
+    Postgres = 3,
     /// Redis RESP2/RESP3, seen from the client.
-    Redis = 6,
+    Redis = 4,
+    /// A TLS record: the plaintext, if any, comes from the TLS library probes.
+    Tls = 5,
+    /// Anything else: no payload is copied.
+    Other = 6,
 }
 
 impl Protocol {
@@ -24,21 +24,20 @@ impl Protocol {
         match v {
             1 => Self::Http1,
             2 => Self::Http2,
-            3 => Self::Tls,
-            4 => Self::Other,
-            5 => Self::Postgres,
-            6 => Self::Redis,
+            3 => Self::Postgres,
+            4 => Self::Redis,
+            5 => Self::Tls,
+            6 => Self::Other,
             _ => Self::Unknown,
         }
     }
 
-    /// Whether the agent parses this protocol (its payload is copied).
+    /// Whether the agent parses this protocol (its payload is copied). The parsed ones are
+    /// numbered 1..=4 so this is one compare: a second branch here, in every syscall
+    /// program, took `sys_exit_recvmsg` over the verifier's 1M instructions on 6.1.
     #[inline(always)]
     pub fn is_parsed(self) -> bool {
-        matches!(
-            self,
-            Self::Http1 | Self::Http2 | Self::Postgres | Self::Redis
-        )
+        (self as u8).wrapping_sub(1) < 4
     }
 }
 
