@@ -2,14 +2,20 @@
 //! call's first bytes and length, the verdict depends only on the bytes the call really has
 //! (the kernel's 8-byte head buffer may hold stale bytes past a short call), and each verdict
 //! means what its documentation says: a TLS record header, the HTTP/2 preface, an HTTP/1
-//! status line or a known method; a mid-stream HEADERS frame that is whole within the call.
+//! status line or a known method; a mid-stream HEADERS frame that is whole within the call;
+//! a database client's first message (PostgreSQL startup or SSLRequest, a Redis command).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tracer_common::{
     Protocol, classify,
-    classify::is_h2_headers_frame,
+    classify::{classify_db, is_h2_headers_frame},
 };
+
+/// The head bytes a call of `len` bytes really has.
+fn n_of(len: usize) -> usize {
+    len.min(8)
+}
 
 const METHODS: [&[u8]; 9] = [
     b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC",
@@ -42,6 +48,23 @@ fuzz_target!(|input: &[u8]| {
         ),
         Protocol::Unknown => {}
         Protocol::Other => panic!("classify never decides Other (the attempt count does)"),
+        Protocol::Postgres | Protocol::Redis => panic!("classify never decides {verdict:?} (classify_db does)"),
+    }
+
+    // Database clients: the bytes the call has decide, and a verdict holds only for a client's
+    // end (what a server receives is `Other`).
+    let egress = stale & 0x80 != 0;
+    let db = classify_db(&head, n_of(len), egress);
+    assert_eq!(db, classify_db(&other, n_of(len), egress), "{head:?} len {len}");
+    match db {
+        Protocol::Postgres => {
+            assert!(egress && n_of(len) == 8 && seen[0] == 0 && seen[1] == 0);
+            assert!(seen[4..8] == [0, 3, 0, 0] || seen == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        }
+        Protocol::Redis => assert!(egress && seen[0] == b'*' && seen[1..].contains(&b'$')),
+        Protocol::Other => assert!(!egress),
+        Protocol::Unknown => {}
+        _ => panic!("classify_db decided {db:?}"),
     }
 
     let n = len.min(8);

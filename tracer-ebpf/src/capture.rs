@@ -12,7 +12,7 @@ use aya_ebpf::{
 use tracer_common::{
     CloseEvent, ConnAddr, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE,
     Protocol, Role, Source, SpanCtx,
-    classify::{MAX_CLASSIFY_ATTEMPTS, classify, is_h2_headers_frame},
+    classify::{MAX_CLASSIFY_ATTEMPTS, classify, classify_db, is_h2_headers_frame},
 };
 
 use crate::{
@@ -358,7 +358,7 @@ pub struct Positions {
     pub other: u64,
 }
 
-/// Accounts `len` bytes in the connection's direction; for HTTP connections, returns the
+/// Accounts `len` bytes in the connection's direction; for parsed protocols, returns the
 /// header of the event to emit (the payload is copied by the caller).
 #[inline(always)]
 fn account(
@@ -385,6 +385,12 @@ fn account(
         let mut head = [0u8; 8];
         let n = read_head(head_src, avail, &mut head);
         let mut c = classify(&head, n);
+        // Database clients speak first: only sending programs classify them (the direction is a
+        // constant of each program, so receiving ones carry none of it: sys_exit_recvmsg is at
+        // the verifier's limit on 6.1).
+        if c == Protocol::Unknown && source.direction() == Direction::Egress {
+            c = classify_db(&head, n, true);
+        }
         if c == Protocol::Unknown
             // SAFETY: as above, `conn` is a CONNS value valid for this run.
             && unsafe { (*conn).role } == Role::Unknown as u8
@@ -413,7 +419,7 @@ fn account(
     } else {
         protocol
     };
-    if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
+    if protocol.is_parsed() {
         Some((
             Positions {
                 this: position,
@@ -621,8 +627,7 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
     let positions = match crate::tls::plaintext_positions(&conn) {
         Some(plain) => plain,
         None => {
-            let p = Protocol::from_u8(conn.protocol);
-            if p != Protocol::Http1 && p != Protocol::Http2 {
+            if !Protocol::from_u8(conn.protocol).is_parsed() {
                 return;
             }
             conn.positions

@@ -10,14 +10,19 @@
 //! it as any user would. Built with `--cfg fuzzing`, modules also export the invariants the
 //! fuzz targets check.
 
+pub mod db;
 pub mod headers;
 pub mod http1;
 pub mod http2;
+pub mod postgres;
+pub mod redis;
+pub mod sql;
 pub mod trace_context;
 // The kernel's and the agent's `traceparent` readings compared (unit tests, fuzz target).
 #[cfg(any(test, fuzzing))]
 pub mod traceparent_agreement;
 
+pub use db::DbExchange;
 pub use tracer_common::{Direction, SpanCtx};
 
 /// One syscall's worth of bytes in one direction, in order.
@@ -130,6 +135,8 @@ pub enum ConnParser {
         conn: Box<http2::Http2Conn>,
         scratch: Vec<http2::H2Exchange>,
     },
+    /// A database client connection: its calls come out of [`Self::drain_db`].
+    Db(Box<db::DbConn>),
 }
 
 impl ConnParser {
@@ -139,8 +146,19 @@ impl ConnParser {
                 conn: Box::new(http2::Http2Conn::new(Default::default())),
                 scratch: Vec::new(),
             },
+            tracer_common::Protocol::Postgres => Self::Db(Box::new(db::DbConn::postgres())),
+            tracer_common::Protocol::Redis => Self::Db(Box::new(db::DbConn::redis())),
             _ => Self::Http1(http1::Http1Conn::new(Default::default())),
         }
+    }
+
+    /// The database calls the last calls finished (none for HTTP connections).
+    pub fn drain_db(&mut self) -> impl Iterator<Item = DbExchange> + '_ {
+        let done = match self {
+            Self::Db(c) => Some(c.drain()),
+            _ => None,
+        };
+        done.into_iter().flatten()
     }
 
     pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) {
@@ -150,6 +168,7 @@ impl ConnParser {
                 conn.on_chunk(dir, chunk, scratch);
                 out.extend(scratch.drain(..).map(h2_exchange));
             }
+            Self::Db(c) => c.on_chunk(dir, chunk),
         }
     }
 
@@ -157,6 +176,7 @@ impl ConnParser {
         match self {
             Self::Http1(c) => c.on_gap(dir, len),
             Self::Http2 { conn, .. } => conn.on_gap(dir, len),
+            Self::Db(c) => c.on_gap(dir, len),
         }
     }
 
@@ -167,6 +187,7 @@ impl ConnParser {
                 conn.on_close(ts, scratch);
                 out.extend(scratch.drain(..).map(h2_exchange));
             }
+            Self::Db(c) => c.on_close(),
         }
     }
 
@@ -177,6 +198,7 @@ impl ConnParser {
                 conn.on_expire(ts, scratch);
                 out.extend(scratch.drain(..).map(h2_exchange));
             }
+            Self::Db(c) => c.on_close(),
         }
     }
 
@@ -185,6 +207,7 @@ impl ConnParser {
         let (a, b) = match self {
             Self::Http1(c) => (Some(c.started()), None),
             Self::Http2 { conn, .. } => (None, Some(conn.started())),
+            Self::Db(_) => (None, None),
         };
         a.into_iter().flatten().chain(b.into_iter().flatten())
     }
@@ -193,13 +216,14 @@ impl ConnParser {
         match self {
             Self::Http1(c) => c.stats(),
             Self::Http2 { conn, .. } => conn.stats(),
+            Self::Db(c) => c.stats(),
         }
     }
 
     /// HTTP/2-specific counters (`None` for HTTP/1 connections).
     pub fn h2_stats(&self) -> Option<http2::H2Stats> {
         match self {
-            Self::Http1(_) => None,
+            Self::Http1(_) | Self::Db(_) => None,
             Self::Http2 { conn, .. } => Some(conn.h2_stats()),
         }
     }
@@ -208,6 +232,7 @@ impl ConnParser {
         match self {
             Self::Http1(c) => c.is_idle(),
             Self::Http2 { conn, .. } => conn.is_idle(),
+            Self::Db(c) => c.is_idle(),
         }
     }
 
@@ -217,6 +242,7 @@ impl ConnParser {
             Self::Http2 { conn, scratch } => {
                 conn.memory_bytes() + scratch.capacity() * std::mem::size_of::<http2::H2Exchange>()
             }
+            Self::Db(c) => c.memory_bytes(),
         }
     }
 }

@@ -8,7 +8,10 @@ use crate::{
     conn::{ConnTable, Finished, TableLimits},
     process::ProcessTable,
     span::Span,
-    trace::{Clock, ParentResolver, ParentStats, SpanOptions, span_from_exchange},
+    trace::{
+        Clock, ParentResolver, ParentStats, SpanOptions, db_context, span_from_db,
+        span_from_exchange,
+    },
 };
 
 /// Counters of the event stream itself.
@@ -153,6 +156,12 @@ impl SpanAssembler {
                 &self.options,
                 ctx,
             ));
+        }
+        for (conn, call) in self.conns.drain_db() {
+            let resource: Arc<_> = self.processes.resource(conn.pid);
+            self.stats.spans += 1;
+            let ctx = db_context(&mut self.parents, &conn, &call);
+            emit(span_from_db(&call, &conn, resource, &self.clock, ctx));
         }
     }
 }

@@ -51,6 +51,11 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-headless-shell",
     "firefox-esr", // tests/tests/ui.rs opens the page in Firefox too (WebDriver BiDi)
     "tmux",
+    // The database tests' servers and clients (tests/tests/db.rs): initdb/postgres/psql (and
+    // the libpq psycopg loads), redis-server/redis-cli.
+    "postgresql",
+    "redis-server",
+    "redis-tools",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -75,6 +80,9 @@ const TEST_PYTHON: &[(&str, &str)] = &[
     ("kubernetes_validate", "kubernetes-validate"),
     // The metrics tests parse the agent's /metrics with the official Prometheus parsers.
     ("prometheus_client", "prometheus-client"),
+    // The database tests' Python clients (tests/tests/db.rs).
+    ("psycopg", "psycopg"),
+    ("redis", "redis"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

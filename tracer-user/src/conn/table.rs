@@ -6,7 +6,7 @@ use tracer_common::{CloseEvent, DataHeader, Direction, Protocol, Role, Source};
 
 use super::{ConnMeta, socket_addrs};
 use crate::protocol::{
-    Chunk, ConnParser, HttpExchange, ParseStats, http1::RequestStart, http2::H2Stats,
+    Chunk, ConnParser, DbExchange, HttpExchange, ParseStats, http1::RequestStart, http2::H2Stats,
 };
 
 /// Bounds of the table.
@@ -68,6 +68,8 @@ pub struct ConnTable {
     stats: TableStats,
     /// Reused output buffer of the parsers (no allocation per call).
     scratch: Vec<HttpExchange>,
+    /// Database calls finished, until [`Self::drain_db`] takes them.
+    db_done: Vec<(ConnMeta, DbExchange)>,
 }
 
 impl ConnTable {
@@ -77,6 +79,7 @@ impl ConnTable {
             limits,
             stats: TableStats::default(),
             scratch: Vec::new(),
+            db_done: Vec::new(),
         }
     }
 
@@ -192,6 +195,14 @@ impl ConnTable {
             on_start(&conn.meta, &start);
         }
         out.extend(self.scratch.drain(..).map(|ex| (conn.meta, ex)));
+        let meta = conn.meta;
+        self.db_done
+            .extend(conn.http.drain_db().map(|call| (meta, call)));
+    }
+
+    /// The database calls finished since the last drain.
+    pub fn drain_db(&mut self) -> std::vec::Drain<'_, (ConnMeta, DbExchange)> {
+        self.db_done.drain(..)
     }
 
     /// The connection ended: finish what its framing allows, forget it. The kernel's final

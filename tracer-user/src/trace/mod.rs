@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub use tracer_protocol::trace_context as context;
+pub mod db;
 mod grpc;
 pub mod http;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod route;
 pub mod span_context;
 
 pub use clock::Clock;
+pub use db::{db_context, span_from_db};
 pub use http::{SpanOptions, span_from_exchange};
 pub use ids::IdGenerator;
 pub use parent::{ParentResolver, ParentStats};

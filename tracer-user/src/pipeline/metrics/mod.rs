@@ -1,5 +1,6 @@
 //! The span-metrics stage: every finished span (after redaction, before sampling) updates
 //! - `red`: the request duration histograms (HTTP server/client, gRPC server/client);
+//! - `db`: the database client call durations;
 //! - `service_graph`: the edges between services (Tempo's `traces_service_graph_*`);
 //! - `tree`: fan-out, retries and self time of each SERVER span from its CLIENT children;
 //!
@@ -10,6 +11,7 @@
 //!
 //! Every point's identity is its span's resource: `service.name`, and `service.namespace`,
 //! `k8s.namespace.name`, `k8s.pod.name` when the resource has them.
+mod db;
 pub mod options;
 mod red;
 pub mod series;
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::metric::{MetricData, MetricFamily, MetricSource, NumberPoint};
 use crate::span::{AttrValue, Resource, Span};
 
+use db::DbMetrics;
 pub use options::{DEFAULT_DURATION_BOUNDS, MetricsArgs, MetricsOptions};
 use red::{Red, SpanAttrs};
 use series::{Key, SpanRef};
@@ -53,6 +56,7 @@ impl SpanMetrics {
             shared: Arc::new(Shared {
                 state: Mutex::new(Aggregates {
                     red: Red::with_dimensions(bounds.clone(), cap, &options.dimensions),
+                    db: DbMetrics::new(bounds.clone(), cap),
                     graph: GraphMetrics::new(bounds.clone(), cap),
                     tree: TreeMetrics::new(bounds, cap),
                     unmatched: Unmatched::default(),
@@ -83,7 +87,9 @@ impl SpanMetrics {
         let attrs = SpanAttrs::of(span);
         let mut agg = self.shared.lock();
         let agg = &mut *agg;
-        agg.red.record(span, &attrs, &identity, now);
+        if !agg.db.record(span, &identity, now) {
+            agg.red.record(span, &attrs, &identity, now);
+        }
         self.graph
             .on_span(span, &attrs, now, &mut agg.graph, &mut agg.unmatched);
         self.tree.on_span(
@@ -105,6 +111,7 @@ impl SpanMetrics {
         self.graph.tick(now, &mut agg.graph, &mut agg.unmatched);
         self.tree.tick(now, &mut agg.unmatched);
         agg.red.expire(now, self.idle_ns);
+        agg.db.expire(now, self.idle_ns);
         agg.graph.expire(now, self.idle_ns);
         agg.tree.expire(now, self.idle_ns);
         let (servers, clients) = self.graph.held();
@@ -123,6 +130,7 @@ pub struct Unmatched {
 
 struct Aggregates {
     red: Red,
+    db: DbMetrics,
     graph: GraphMetrics,
     tree: TreeMetrics,
     unmatched: Unmatched,
@@ -146,6 +154,7 @@ impl MetricSource for Shared {
         let now = unix_now_ns();
         let agg = self.lock();
         agg.red.collect(now, out);
+        agg.db.collect(now, out);
         agg.graph.collect(now, out);
         agg.tree.collect(now, out);
         agg.collect_own(now, out);
@@ -165,6 +174,7 @@ impl Aggregates {
         let stats: Vec<_> = self
             .red
             .stats()
+            .chain(self.db.stats())
             .chain(self.graph.stats())
             .chain(self.tree.stats())
             .collect();

@@ -241,6 +241,11 @@ impl ServiceGraph {
     fn on_client(&mut self, span: &Span, now: u64, m: &mut GraphMetrics) {
         let key = (span.trace_id, span.span_id);
         let client = span.resource.service_name();
+        if let Some(database) = database_name(span) {
+            // No database server span is ever traced: the edge counts at once.
+            m.edge(now, client, database, Side::of(span), None);
+            return;
+        }
         if let Some(server) = self.servers.remove(&key) {
             m.edge(
                 now,
@@ -306,6 +311,19 @@ impl ServiceGraph {
 const FREE_PEERS: usize = 1024;
 
 /// The server a CLIENT span names: `service.peer.name`, else `server.address`.
+/// A database call's server node: its peer's service name, else the database system
+/// (`postgresql`, `redis`), as Tempo names database nodes. `None`: not a database call.
+fn database_name(span: &Span) -> Option<&str> {
+    let system = match span.attr("db.system.name") {
+        Some(AttrValue::Str(s)) => s.as_str(),
+        _ => return None,
+    };
+    match span.attr("service.peer.name") {
+        Some(AttrValue::Str(s)) => Some(s),
+        _ => Some(system),
+    }
+}
+
 fn peer_name(span: &Span) -> &str {
     for key in ["service.peer.name", "server.address"] {
         if let Some(AttrValue::Str(s)) = span.attr(key) {

@@ -1,0 +1,301 @@
+//! Privileged end-to-end: database client spans from real servers and clients. PostgreSQL 15
+//! (`initdb` + `postgres` in a temporary directory, as the `postgres` user) with `psql` and
+//! Python's psycopg (text and binary results, prepared statements); Redis 7 (`redis-server`
+//! on a free port) with `redis-cli` and redis-py's pipelines; and a Python web service whose
+//! request runs two queries: both are children of its SERVER span.
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use test_kit::run_bounded;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn is_db(s: &Value, system: &str, port: u16) -> bool {
+    s.kind() == "SPAN_KIND_CLIENT"
+        && s.attr_str("db.system.name") == system
+        && s.attr_i64("server.port") == i64::from(port)
+}
+
+/// PostgreSQL in `dir` (initialised there, owned by the `postgres` user) on a free port.
+fn start_postgres(dir: &Path) -> (Proc, u16) {
+    let data = dir.join("data");
+    let chown = Command::new("chown")
+        .arg("postgres")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_postgres = |program: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(format!("/usr/lib/postgresql/15/bin/{program}"));
+        c
+    };
+    run_bounded(
+        "initdb",
+        as_postgres("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut pg = Proc::spawn(
+        "postgres",
+        as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir),
+    )
+    .unwrap();
+    pg.wait_listening(port, Duration::from_secs(30)).unwrap();
+    (pg, port)
+}
+
+fn psql(port: u16, sql: &[&str]) -> String {
+    let mut c = Command::new("psql");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ]);
+    for s in sql {
+        c.args(["-c", s]);
+    }
+    // The failing statement's error goes to stderr; psql goes on with the next -c.
+    run_bounded("psql", &mut c, Duration::from_secs(20)).unwrap_or_default()
+}
+
+fn python(name: &str, script: &str, args: &[String]) -> String {
+    run_bounded(
+        name,
+        Command::new("python3").arg("-c").arg(script).args(args),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+#[test]
+fn postgres_statements_from_psql_and_psycopg() {
+    require_root();
+    let dir = TempDir::new("db-pg");
+    let (_pg, port) = start_postgres(dir.path());
+    psql(port, &["CREATE TABLE items (id int, name text)"]);
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    psql(
+        port,
+        &[
+            "INSERT INTO items VALUES (1, 'secret-name')",
+            "SELECT name FROM items WHERE id = 1",
+            "SELECT * FROM missing_table",
+        ],
+    );
+    // psycopg: a prepared statement run twice, a binary-result query, a failing insert.
+    python(
+        "psycopg",
+        r#"
+import sys, psycopg
+with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres", autocommit=True) as c:
+    for _ in range(2):
+        c.execute("SELECT name FROM items WHERE id = %s", (1,), prepare=True).fetchall()
+    c.cursor(binary=True).execute("SELECT id FROM items WHERE name = %s", ("secret-name",)).fetchall()
+    try:
+        c.execute("INSERT INTO nope VALUES (%s)", (2,))
+    except psycopg.errors.UndefinedTable:
+        pass
+"#,
+        &[port.to_string()],
+    );
+    sc.wait_spans(7, WAIT, |s| is_db(s, "postgresql", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "postgresql", port));
+    assert_eq!(spans.len(), 7, "{log}\n{spans:#?}");
+    for s in &spans {
+        assert_eq!(s.attr_str("db.namespace"), "postgres");
+        assert_eq!(s.attr_str("server.address"), "127.0.0.1");
+        // (The resource's command line is psql's own, with the literal.)
+        let attributes = s["attributes"].to_string();
+        assert!(
+            !attributes.contains("secret-name"),
+            "a literal leaked: {s:#}"
+        );
+        assert!(s.end_ns() > s.start_ns());
+    }
+    let by_text = |text: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| s.attr_str("db.query.text") == text)
+            .collect()
+    };
+    let insert = by_text("INSERT INTO items VALUES (?, ?)");
+    assert_eq!(insert.len(), 1, "{spans:#?}");
+    assert_eq!(insert[0].name(), "INSERT items");
+    assert_eq!(insert[0].res("service.name"), "psql");
+    assert_eq!(insert[0].status_code(), "STATUS_CODE_UNSET");
+    let select = by_text("SELECT name FROM items WHERE id = ?");
+    assert_eq!(select.len(), 1);
+    assert_eq!(select[0].attr_str("db.operation.name"), "SELECT");
+    assert_eq!(select[0].attr_str("db.collection.name"), "items");
+    let missing = by_text("SELECT * FROM missing_table");
+    assert_eq!(missing[0].status_code(), "STATUS_CODE_ERROR");
+    assert_eq!(missing[0].attr_str("db.response.status_code"), "42P01");
+    assert_eq!(missing[0].attr_str("error.type"), "42P01");
+    // psycopg's extended protocol: the prepared statement's text comes from its Parse.
+    let prepared = by_text("SELECT name FROM items WHERE id = $1");
+    assert_eq!(prepared.len(), 2, "{spans:#?}");
+    assert_eq!(by_text("SELECT id FROM items WHERE name = $1").len(), 1);
+    let failed = by_text("INSERT INTO nope VALUES ($1)");
+    assert_eq!(failed[0].attr_str("error.type"), "42P01");
+}
+
+#[test]
+fn redis_commands_from_redis_cli_and_pipelines() {
+    require_root();
+    let dir = TempDir::new("db-redis");
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path()),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    let cli = |args: &[&str]| {
+        run_bounded(
+            "redis-cli",
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    cli(&["SET", "user:1", "secret-value"]);
+    cli(&["INCR", "user:1"]);
+    cli(&["-n", "3", "GET", "user:1"]);
+    // redis-py: one pipeline of 20 commands in one write, then a MULTI/EXEC transaction.
+    python(
+        "redis-py",
+        r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+p = r.pipeline(transaction=False)
+for i in range(10):
+    p.set(f"k{i}", "secret-value")
+    p.get(f"k{i}")
+p.execute()
+with r.pipeline() as t:
+    t.incr("counter"); t.incr("counter"); t.execute()
+"#,
+        &[port.to_string()],
+    );
+    // redis-cli: (COMMAND DOCS +) SET, INCR, SELECT + GET; redis-py: its handshake, 20
+    // pipelined, MULTI + 2 queued + EXEC.
+    sc.wait_spans(27, WAIT, |s| is_db(s, "redis", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "redis", port));
+    let ops = |op: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| s.attr_str("db.operation.name") == op)
+            .collect()
+    };
+    for s in &spans {
+        let attributes = s["attributes"].to_string();
+        assert!(
+            !attributes.contains("secret-value"),
+            "an argument leaked: {s:#}"
+        );
+        assert!(!attributes.contains("user:1"), "a key leaked: {s:#}");
+        assert_eq!(s.attr("db.query.text"), &Value::Null);
+    }
+    assert_eq!(ops("SET").len(), 11, "{log}\n{spans:#?}");
+    assert_eq!(ops("GET").len(), 11);
+    // redis-cli's INCR of a string fails; redis-py sends INCRBY.
+    let incr = ops("INCR");
+    assert_eq!(incr.len(), 1, "{spans:#?}");
+    assert_eq!(incr[0].status_code(), "STATUS_CODE_ERROR");
+    assert_eq!(incr[0].attr_str("db.response.status_code"), "ERR");
+    assert_eq!(incr[0].attr_str("error.type"), "ERR");
+    assert_eq!(incr[0].res("service.name"), "redis-cli");
+    assert_eq!(ops("INCRBY").len(), 2);
+    // redis-cli -n 3 selects database 3 first: its GET is in namespace 3.
+    let cli_get: Vec<_> = ops("GET")
+        .into_iter()
+        .filter(|s| s.res("service.name") == "redis-cli")
+        .collect();
+    assert_eq!(cli_get[0].attr_str("db.namespace"), "3");
+    assert_eq!(ops("MULTI").len(), 1);
+    assert_eq!(ops("EXEC").len(), 1);
+    assert_eq!(ops("SET")[0].name(), "SET");
+}
+
+#[test]
+fn a_web_requests_queries_are_children_of_its_server_span() {
+    require_root();
+    let dir = TempDir::new("db-web");
+    let (_pg, pg_port) = start_postgres(dir.path());
+    let web_port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/db_web_service.py");
+    let mut web = Proc::spawn(
+        "web service",
+        Command::new("python3")
+            .arg(script)
+            .arg(web_port.to_string())
+            .arg(pg_port.to_string()),
+    )
+    .unwrap();
+    web.wait_listening(web_port, Duration::from_secs(20))
+        .unwrap();
+    let sc = Scenario::ports(&[web_port, pg_port]).start().unwrap();
+    curl(&[&format!("http://127.0.0.1:{web_port}/report")]).unwrap();
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(web_port)
+    };
+    sc.wait_spans(1, WAIT, is_server);
+    sc.wait_spans(2, WAIT, |s| is_db(s, "postgresql", pg_port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let server = done.spans_where(is_server);
+    let queries = done.spans_where(|s| is_db(s, "postgresql", pg_port));
+    assert_eq!(server.len(), 1, "{log}\n{server:#?}");
+    assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
+    let server = &server[0];
+    for q in &queries {
+        assert_eq!(q.trace_id(), server.trace_id(), "{q:#}\n{server:#}");
+        assert_eq!(q.parent_id(), server.span_id(), "{q:#}\n{server:#}");
+        assert_eq!(q.attr_str("tracer.parent.source"), "thread");
+        assert!(q.start_ns() >= server.start_ns() && q.end_ns() <= server.end_ns());
+    }
+    let mut texts: Vec<&str> = queries
+        .iter()
+        .map(|q| q.attr_str("db.query.text"))
+        .collect();
+    texts.sort_unstable();
+    assert_eq!(
+        texts,
+        ["SELECT count(*) FROM pg_class", "SELECT current_database()"]
+    );
+}
