@@ -202,12 +202,11 @@ fn is_ows(c: u8) -> bool {
 /// [`TRACEPARENT_VALUE_LEN`] bytes between optional whitespace and the line's end, and where
 /// the value starts. The agent's parser must read every header alike
 /// (tracer-user/tests/traceparent_agreement.rs models this framing: keep the two in step).
+/// A `traceparent`'s trace id, parent id and flags.
+type TraceparentIds = ([u8; 16], [u8; 8], u8);
+
 #[inline(always)]
-fn traceparent_value(
-    buf: *const u8,
-    n: usize,
-    value_at: usize,
-) -> Option<(usize, ([u8; 16], [u8; 8], u8))> {
+fn traceparent_value(buf: *const u8, n: usize, value_at: usize) -> Option<(usize, TraceparentIds)> {
     let mut v = value_at;
     let mut k = 0;
     while k < MAX_OWS && v < n && is_ows(at(buf, v)) {
@@ -304,7 +303,7 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
             trace_id,
             parent_id,
         };
-        let _ = RECEIVED.insert(&key, &span_id, 0);
+        let _ = RECEIVED.insert(key, span_id, 0);
     }
     let mut multiplexed = 0;
     // SAFETY: this thread's entry, which only this thread writes; read at once.
@@ -522,7 +521,7 @@ fn rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut Scan
             trace_id,
             parent_id,
         };
-        let Some(&server_span) = RECEIVED.get(&key) else {
+        let Some(&server_span) = RECEIVED.get(key) else {
             count_inject(InjectStat::HasContext);
             diag!(
                 "pid {}: no traceparent: the request carries trace context",
