@@ -6,8 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tracer_fuzz::{Op, Ops};
 use tracer_protocol::http1::{Http1Conn, Limits};
-use tracer_protocol::{Chunk, Direction, headers};
+use tracer_protocol::{Direction, headers};
 
 const LIMITS: Limits = Limits {
     max_head_bytes: 2048,
@@ -20,54 +21,28 @@ const MEMORY_BOUND: usize = 256 * 1024;
 fuzz_target!(|input: &[u8]| {
     let mut conn = Http1Conn::new(LIMITS);
     let mut out = Vec::new();
-    let mut ts = 1_000u64;
-    let mut p = 0;
-    // Each op: [op] [len] [len bytes of data] ; op bits: 0 direction, 1-2 kind, 3-7 extra.
-    while p + 2 <= input.len() {
-        let (op, len) = (input[p], input[p + 1] as usize);
-        p += 2;
-        let dir = if op & 1 == 0 {
-            Direction::Ingress
-        } else {
-            Direction::Egress
-        };
-        match (op >> 1) & 3 {
-            0 | 1 => {
-                let data = &input[p..(p + len).min(input.len())];
-                p += data.len();
-                // Sometimes more bytes moved than captured.
-                let extra = if (op >> 1) & 3 == 1 {
-                    u32::from(op >> 3) * 97
-                } else {
-                    0
-                };
-                let chunk = Chunk {
-                    data,
-                    total_len: data.len() as u32 + extra,
-                    ts_enter: ts,
-                    ts_exit: ts + u64::from(op >> 3),
-                    tid: 1,
-                    other_unseen: 0,
-                    position: 0,
-                    ctx: None,
-                };
+    let mut ops = Ops::new(input, Direction::Ingress);
+    for op in ops.by_ref() {
+        match op {
+            Op::Chunk { dir, mut chunk } => {
+                chunk.other_unseen = 0;
                 conn.on_chunk(dir, &chunk, &mut out);
             }
-            2 => conn.on_gap(dir, (len as u64) << (op >> 5)),
-            _ => {
-                if op >> 3 == 0 {
+            Op::Gap { dir, bytes } => conn.on_gap(dir, bytes),
+            Op::Close { extra, ts } => {
+                if extra == 0 {
                     conn.on_close(ts, &mut out);
                     assert!(conn.is_idle());
                 }
             }
         }
-        ts += 10;
         assert!(
             conn.memory_bytes() <= MEMORY_BOUND,
             "{}",
             conn.memory_bytes()
         );
     }
+    let ts = ops.now();
     conn.on_close(ts, &mut out);
     assert!(conn.is_idle());
     for x in &out {
