@@ -95,7 +95,7 @@ pub async fn run(
     let mut pipeline = Pipeline::new(redact, &cli.metrics.options()?, sampling, spans);
     let processes = ProcessTable::new(None, process::resource_attributes_from_env());
     let kube = kubernetes::start(&cli.kubernetes, processes.host_name()).await?;
-    let peers = PeerNames::new(kube.clone());
+    pipeline = pipeline.with_peer_names(PeerNames::new(kube.clone()));
     let mut assembler = SpanAssembler::new(
         processes.with_kubernetes(kube.clone()),
         Clock::measure(),
@@ -158,15 +158,15 @@ pub async fn run(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let inner = guard.get_inner_mut();
-                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
+                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(peers.apply(s)));
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
                 tls.flush_backlog();
             }
             _ = tick.tick() => {
-                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(peers.apply(s)));
+                assembler.tick(Clock::monotonic_now(), &mut |s| pipeline.on_span(s));
                 let now = unix_now_ns();
                 pipeline.tick(now);
                 let readings = read_counters(&capture, &assembler, &tls, &export_stats, kube.as_deref(), pipeline.sampling_stats());
@@ -187,7 +187,7 @@ pub async fn run(
         &mut recorder,
         &mut assembler,
         &mut tls,
-        &mut |s| pipeline.on_span(peers.apply(s)),
+        &mut |s| pipeline.on_span(s),
     );
     // Held traces are decided now (the final counters count them).
     pipeline.finish();

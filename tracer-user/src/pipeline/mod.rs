@@ -3,11 +3,13 @@
 //! knows nothing of the others):
 //!
 //! ```text
-//! span assembler ──▶ redact ──▶ metrics ──▶ recent ──▶ sample ──▶ sinks
-//!                                                                console | OTLP traces
+//! span assembler ──▶ peer names ──▶ redact ──▶ metrics ──▶ recent ──▶ sample ──▶ sinks
+//!                                                                  console | OTLP traces
 //! ```
 //!
-//! `recent` feeds the node-local view's store (`ui`), before any sampling.
+//! `peer names` adds `service.peer.name` to CLIENT spans from the Kubernetes metadata (when
+//! on), before the metrics' service graph reads it. `recent` feeds the node-local view's store
+//! (`ui`), before any sampling.
 //!
 //! Redaction comes first so that nothing later (metric labels, sinks, the console) sees what
 //! it removes. The sinks' queue is where spans may be dropped (full queue, counted); every
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 use crate::export::SpanSender;
 use crate::metric::MetricSource;
+use crate::process::kubernetes::PeerNames;
 use crate::span::Span;
 
 pub use metrics::{MetricsArgs, MetricsOptions, SpanMetrics};
@@ -31,6 +34,8 @@ pub use sample::{Sampler, SamplingOptions, SamplingStats};
 
 /// The stages, built once at start-up.
 pub struct Pipeline {
+    /// Does nothing when Kubernetes metadata is off.
+    peers: PeerNames,
     redact: Redactor,
     /// `None` when span metrics are off.
     metrics: Option<SpanMetrics>,
@@ -49,6 +54,7 @@ impl Pipeline {
         traces: SpanSender,
     ) -> Self {
         Self {
+            peers: PeerNames::default(),
             redact: Redactor::new(redact),
             metrics: metrics.enabled.then(|| SpanMetrics::new(metrics)),
             recent: None,
@@ -62,6 +68,12 @@ impl Pipeline {
         self.metrics.as_ref().map(SpanMetrics::source)
     }
 
+    /// Names CLIENT spans' peers from the Kubernetes metadata (it is on).
+    pub fn with_peer_names(mut self, peers: PeerNames) -> Self {
+        self.peers = peers;
+        self
+    }
+
     /// Adds the recent-traces stage (the node-local view is on).
     pub fn with_recent(mut self, recent: RecentTraces) -> Self {
         self.recent = Some(recent);
@@ -69,7 +81,8 @@ impl Pipeline {
     }
 
     /// Runs one finished span through every stage.
-    pub fn on_span(&mut self, mut span: Span) {
+    pub fn on_span(&mut self, span: Span) {
+        let mut span = self.peers.apply(span);
         self.redact.on_span(&mut span);
         // Metrics and the node-local view before sampling: they see every request, sampled
         // or not.
