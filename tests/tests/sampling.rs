@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::TcpStream,
-    process::Command,
     sync::Mutex,
     time::Duration,
 };
@@ -26,32 +25,6 @@ fn predicted(trace_hex: &str, p: f64) -> bool {
 /// A trace id (hex) whose rightmost 56 bits are `r`, with `tag` in front.
 fn trace_with(tag: u64, r: u64) -> String {
     format!("{tag:016x}{:02x}{r:014x}", 0x5a)
-}
-
-fn echo_server() -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc::spawn(
-        "echo server",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/echo.py"))
-            .arg(port.to_string()),
-    )
-    .unwrap();
-    p.wait_line("READY", Duration::from_secs(10)).unwrap();
-    (p, port)
-}
-
-fn proxy(backend: u16) -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc::spawn(
-        "proxy",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/proxy.py"))
-            .args([port.to_string(), backend.to_string()]),
-    )
-    .unwrap();
-    p.wait_line("READY", Duration::from_secs(10)).unwrap();
-    (p, port)
 }
 
 /// One keep-alive connection to the echo server; returns the request bytes it echoed.
@@ -101,7 +74,7 @@ fn ratio_sampling_keeps_the_traces_their_ids_predict() {
     require_root();
     const N: usize = 2000;
     const P: f64 = 0.25;
-    let (_echo, port) = echo_server();
+    let (_echo, port) = echo_server().unwrap();
     let metrics_port = free_port();
     let sc = Scenario::ports(&[port])
         .args(&["--inject-traceparent", "all"])
@@ -245,19 +218,20 @@ fn parent_based_follows_an_unsampled_caller_downstream() {
     require_root();
     let receiver = Receiver::start(&[]).unwrap();
     let b_port = free_port();
-    let b = Proc::spawn(
+    let endpoint = receiver.grpc_endpoint();
+    let b = python_service(
         "sdk service",
-        Command::new("python3")
-            .arg(workspace_root().join("tests/servers/sdk_service.py"))
-            .args(["server", &b_port.to_string()])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
-            .env("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        "sdk_service.py",
+        &["server".into(), b_port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ],
     )
     .unwrap();
-    b.wait_line("READY", Duration::from_secs(20)).unwrap();
     let backend = raw_server(recording_backend);
-    let (_a, a_port) = proxy(backend);
-    let (_a2, a2_port) = proxy(b_port);
+    let (_a, a_port) = proxy(backend).unwrap();
+    let (_a2, a2_port) = proxy(b_port).unwrap();
     let sc = Scenario::ports(&[a_port, a2_port, backend, b_port])
         .with_receiver(receiver)
         .args(&[
@@ -358,10 +332,10 @@ fn tail_policies_keep_error_and_slow_traces_whole() {
     require_root();
     let (server, server_port) = test_http_server().unwrap();
     let failing = raw_server(failing_backend);
-    let (_p1, p1_port) = proxy(failing);
+    let (_p1, p1_port) = proxy(failing).unwrap();
     let slow = raw_server(slow_backend);
-    let (_p2, p2_port) = proxy(slow);
-    let (_p3, p3_port) = proxy(server_port);
+    let (_p2, p2_port) = proxy(slow).unwrap();
+    let (_p3, p3_port) = proxy(server_port).unwrap();
     let sc = Scenario::ports(&[p1_port, p2_port, p3_port, server_port, failing, slow])
         .args(&[
             "--traces-sampler",
