@@ -129,16 +129,65 @@ pub fn kernel_offsets_isolated(path: &Path) -> Result<KernelOffsets> {
     }
 }
 
+/// How long a child of [`in_child`] may take (parsing the BTF takes ~0.1–0.3 s, several times
+/// that on a loaded machine).
+const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Everything `pipe` gives until its end, or `None` on an error or when `deadline` passes
+/// first.
+fn read_within(pipe: &mut std::fs::File, deadline: std::time::Duration) -> Option<Vec<u8>> {
+    use std::{io::Read, os::fd::AsRawFd};
+
+    let until = std::time::Instant::now() + deadline;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        match ready {
+            0 => continue,
+            n if n < 0 => {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return None;
+            }
+            // Readable or hung up: a read does not block now.
+            _ => match pipe.read(&mut buf) {
+                Ok(0) => return Some(reply),
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            },
+        }
+    }
+}
+
 /// Runs `f` in a forked child and returns its bytes (or its error), so whatever `f` allocates
 /// never lands in this process. `None` when the child could not be run or its reply was cut
 /// short (the caller then computes in-process). Must be called while the process is
 /// single-threaded (a fork copies only the calling thread).
 pub fn in_child(f: impl FnOnce() -> Result<Vec<u8>>) -> Option<Result<Vec<u8>>> {
-    use std::{io::Read, os::fd::FromRawFd};
+    in_child_within(f, CHILD_DEADLINE)
+}
+
+/// [`in_child`] with the child's time limit given.
+fn in_child_within(
+    f: impl FnOnce() -> Result<Vec<u8>>,
+    deadline: std::time::Duration,
+) -> Option<Result<Vec<u8>>> {
+    use std::os::fd::FromRawFd;
 
     let mut fds = [0i32; 2];
-    // SAFETY: pipe(2) fills two fds.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    // Close-on-exec: a process another thread spawns meanwhile must not hold the write end
+    // open (the reply's end would never come). SAFETY: pipe2(2) fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return None;
     }
     // SAFETY: single-threaded caller (documented); the child only computes, writes and _exits.
@@ -173,13 +222,20 @@ pub fn in_child(f: impl FnOnce() -> Result<Vec<u8>>) -> Option<Result<Vec<u8>>> 
     }
     // SAFETY: the parent owns the read end; the write end is the child's.
     unsafe { libc::close(fds[1]) };
-    let mut reply = Vec::new();
     // SAFETY: fds[0] is an open fd this function owns; File closes it.
-    let read = unsafe { std::fs::File::from_raw_fd(fds[0]) }.read_to_end(&mut reply);
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let reply = read_within(&mut pipe, deadline);
+    if reply.is_none() {
+        // A child that forked while another thread held a lock (a test harness, a caller
+        // that broke the single-thread rule) can block forever: it is killed, and the caller
+        // computes in-process instead of waiting.
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    read.ok()?;
+    let reply = reply?;
     match reply.split_first() {
         Some((1, bytes)) => Some(Ok(bytes.to_vec())),
         Some((0, msg)) => Some(Err(anyhow::anyhow!("{}", String::from_utf8_lossy(msg)))),
@@ -218,5 +274,21 @@ mod tests {
         );
         let err = kernel_offsets_isolated(Path::new("/nonexistent/btf")).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/btf"), "{err:#}");
+    }
+
+    /// A child that never answers (as one blocked on a lock another thread held at the fork)
+    /// is killed at the deadline; the caller gets `None` and computes in-process.
+    #[test]
+    fn a_child_that_hangs_is_killed_at_the_deadline() {
+        let started = std::time::Instant::now();
+        let reply = in_child_within(
+            || {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Ok(vec![1])
+            },
+            std::time::Duration::from_millis(300),
+        );
+        assert!(reply.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }
