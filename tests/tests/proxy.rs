@@ -357,99 +357,21 @@ fn haproxy_to_a_python_service_every_request_is_a_four_span_chain() {
     );
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Another "node": a network namespace joined by a veth pair (`host` on this side, `inside`
-/// there), where `dialled` is redirected to `listening` (so the two ends' addresses do not
-/// match: no address link). Removed on drop.
-struct Node {
-    name: String,
-}
-
-impl Node {
-    fn create(host: &str, inside: &str, dialled: u16, listening: u16) -> Self {
-        let pid = std::process::id();
-        let name = format!("trp{pid}");
-        let (veth_host, veth_ns) = (format!("trph{pid}"), format!("trpn{pid}"));
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let node = Self { name };
-        ip(&[
-            "link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns,
-        ]);
-        ip(&["link", "set", &veth_ns, "netns", &node.name]);
-        ip(&["addr", "add", &format!("{host}/24"), "dev", &veth_host]);
-        ip(&["link", "set", &veth_host, "up"]);
-        let n = node.name.as_str();
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{inside}/24"),
-            "dev",
-            &veth_ns,
-        ]);
-        ip(&["-n", n, "link", "set", &veth_ns, "up"]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                n,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-            ])
-            .args(["-p", "tcp", "--dport", &dialled.to_string()])
-            .args(["-j", "REDIRECT", "--to-ports", &listening.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        node
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// nginx here, the app on another "node": only the rewritten header links the app's SERVER
 /// span to nginx's CLIENT span; the app receives a well-formed header with curl's trace id
 /// and flags. With injection off, the header arrives byte-identical (and names curl's span).
 #[test]
 fn across_nodes_the_rewritten_header_alone_gives_the_parent() {
     require_root();
-    let pid = std::process::id();
-    let (host, inside) = (
-        format!("10.{}.{}.1", 150 + pid % 100, pid % 250),
-        format!("10.{}.{}.2", 150 + pid % 100, pid % 250),
-    );
+    let node = Node::create("p", 150);
+    let (host, inside) = (node.host(), node.inside());
     let (dialled, listening) = (free_port(), free_port());
-    let node = Node::create(&host, &inside, dialled, listening);
+    node.redirect(dialled, listening);
     let app = Proc::spawn(
         "echo server",
-        Command::new("ip")
-            .args(["netns", "exec", &node.name, "python3"])
+        node.command("python3")
             .arg(workspace_root().join("tests/servers/echo.py"))
-            .args([&listening.to_string(), inside.as_str()]),
+            .args([&listening.to_string(), inside]),
     )
     .unwrap();
     app.wait_line("READY", Duration::from_secs(10)).unwrap();
