@@ -399,71 +399,13 @@ fn sdk_client_context_is_continued_by_the_server_span() {
     assert_eq!(injection.inject_done, 0, "{injection:?}");
 }
 
-/// Runs `ip` with `args`; panics with its stderr on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace joined to the host by a veth pair, removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// `10.<a>.<b>.1` on the host side, `.2` inside.
-    fn create(host: &str, inside: &str) -> Self {
-        let pid = std::process::id();
-        let name = format!("trn{pid}");
-        let (veth_host, veth_ns) = (format!("trh{pid}"), format!("trn{pid}"));
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ip(&[
-            "link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns,
-        ]);
-        ip(&["link", "set", &veth_ns, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{host}/24"), "dev", &veth_host]);
-        ip(&["link", "set", &veth_host, "up"]);
-        ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{inside}/24"),
-            "dev",
-            &veth_ns,
-        ]);
-        ip(&["-n", &ns.name, "link", "set", &veth_ns, "up"]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair too.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Two "nodes" on one machine: the client runs in another network namespace and reaches the
 /// server over a veth pair; the server span still continues the client's trace.
 #[test]
 fn trace_links_across_network_namespaces() {
     require_root();
-    let pid = std::process::id();
-    let (host, inside) = (
-        format!("10.{}.{}.1", 100 + pid % 100, pid % 250),
-        format!("10.{}.{}.2", 100 + pid % 100, pid % 250),
-    );
-    let ns = Netns::create(&host, &inside);
+    let ns = Node::create("i", 100);
+    let (host, inside) = (ns.host().to_string(), ns.inside().to_string());
     let port = free_port();
     let server = python_service(
         "echo server",
@@ -474,8 +416,9 @@ fn trace_links_across_network_namespaces() {
     .unwrap();
     let sc = Scenario::port(port).unwrap();
     let receiver = sc.receiver();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "10"])
+    let out = ns
+        .command("curl")
+        .args(["-sS", "--max-time", "10"])
         .arg(format!("http://{host}:{port}/across"))
         .output()
         .unwrap();

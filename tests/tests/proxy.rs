@@ -6,7 +6,8 @@
 //! (the app answers with the header it received, so the test sees the bytes that arrived).
 //! With injection off the bytes stay identical and, on one node, the connection names the
 //! proxy's CLIENT span. Two "nodes" (the app in another network namespace, behind a port
-//! redirect there: no address link) show the rewrite alone gives the parent. An app
+//! redirect there: no address link) show the rewrite alone gives the parent, for a
+//! `traceparent` and for B3 (single and multi headers: span id and parent span id). An app
 //! instrumented with the OpenTelemetry SDK behind nginx has nginx's CLIENT span as parent.
 use std::{path::Path, process::Command, time::Duration};
 
@@ -162,13 +163,18 @@ impl Chain {
     /// curl → proxy SERVER → proxy CLIENT → app SERVER, one trace; the app's parent found by
     /// one of `app_sources`.
     fn assert_linked(&self, path: &str, app_sources: &[&str]) {
+        self.assert_linked_by("w3c", path, app_sources);
+    }
+
+    /// As [`Chain::assert_linked`], with curl's context in a `header` (`w3c`, `b3`) header.
+    fn assert_linked_by(&self, header: &str, path: &str, app_sources: &[&str]) {
         let trace = self.curl.trace_id();
         for s in [&self.proxy_server, &self.proxy_client, &self.app_server] {
             assert_eq!(s.trace_id(), trace, "{path}: one trace: {s:#}");
         }
         assert_eq!(self.curl.parent_id(), "", "{path}");
         assert_eq!(self.proxy_server.parent_id(), self.curl.span_id(), "{path}");
-        assert_eq!(self.proxy_server.attr_str("tracer.parent.source"), "w3c");
+        assert_eq!(self.proxy_server.attr_str("tracer.parent.source"), header);
         assert_eq!(
             self.proxy_client.parent_id(),
             self.proxy_server.span_id(),
@@ -357,99 +363,21 @@ fn haproxy_to_a_python_service_every_request_is_a_four_span_chain() {
     );
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Another "node": a network namespace joined by a veth pair (`host` on this side, `inside`
-/// there), where `dialled` is redirected to `listening` (so the two ends' addresses do not
-/// match: no address link). Removed on drop.
-struct Node {
-    name: String,
-}
-
-impl Node {
-    fn create(host: &str, inside: &str, dialled: u16, listening: u16) -> Self {
-        let pid = std::process::id();
-        let name = format!("trp{pid}");
-        let (veth_host, veth_ns) = (format!("trph{pid}"), format!("trpn{pid}"));
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let node = Self { name };
-        ip(&[
-            "link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns,
-        ]);
-        ip(&["link", "set", &veth_ns, "netns", &node.name]);
-        ip(&["addr", "add", &format!("{host}/24"), "dev", &veth_host]);
-        ip(&["link", "set", &veth_host, "up"]);
-        let n = node.name.as_str();
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{inside}/24"),
-            "dev",
-            &veth_ns,
-        ]);
-        ip(&["-n", n, "link", "set", &veth_ns, "up"]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                n,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-            ])
-            .args(["-p", "tcp", "--dport", &dialled.to_string()])
-            .args(["-j", "REDIRECT", "--to-ports", &listening.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        node
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// nginx here, the app on another "node": only the rewritten header links the app's SERVER
 /// span to nginx's CLIENT span; the app receives a well-formed header with curl's trace id
 /// and flags. With injection off, the header arrives byte-identical (and names curl's span).
 #[test]
 fn across_nodes_the_rewritten_header_alone_gives_the_parent() {
     require_root();
-    let pid = std::process::id();
-    let (host, inside) = (
-        format!("10.{}.{}.1", 150 + pid % 100, pid % 250),
-        format!("10.{}.{}.2", 150 + pid % 100, pid % 250),
-    );
+    let node = Node::create("p", 150);
+    let (host, inside) = (node.host(), node.inside());
     let (dialled, listening) = (free_port(), free_port());
-    let node = Node::create(&host, &inside, dialled, listening);
+    node.redirect(dialled, listening);
     let app = Proc::spawn(
         "echo server",
-        Command::new("ip")
-            .args(["netns", "exec", &node.name, "python3"])
+        node.command("python3")
             .arg(workspace_root().join("tests/servers/echo.py"))
-            .args([&listening.to_string(), inside.as_str()]),
+            .args([&listening.to_string(), inside]),
     )
     .unwrap();
     app.wait_line("READY", Duration::from_secs(10)).unwrap();
@@ -493,6 +421,156 @@ fn across_nodes_the_rewritten_header_alone_gives_the_parent() {
         let done = sc.stop().unwrap();
         assert_eq!(done.counters.injection().rewrite_done, 1);
         assert_eq!(done.counters.injection().inject_failed, 0);
+    }
+    drop(app);
+    drop(node);
+}
+
+/// The value of header `name` (any case) in an echoed request head.
+fn header_in(head: &str, name: &str) -> String {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+}
+
+/// How curl sends its B3 context: one `b3` header (128-bit trace id) or the multi headers
+/// (64-bit trace id); the sampling decision and a parent span id in both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum B3Form {
+    Single,
+    Multi,
+}
+
+const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+const B3_TRACE_64: &str = "a3ce929d0e0e4736";
+const B3_SPAN: &str = "e457b5a2e4d86bd1";
+const B3_PARENT: &str = "05e3ac9a4f6e3b90";
+
+impl B3Form {
+    fn headers(self) -> Vec<String> {
+        match self {
+            Self::Single => vec![format!("b3: {B3_TRACE}-{B3_SPAN}-1-{B3_PARENT}")],
+            Self::Multi => vec![
+                format!("X-B3-TraceId: {B3_TRACE_64}"),
+                format!("X-B3-SpanId: {B3_SPAN}"),
+                format!("X-B3-ParentSpanId: {B3_PARENT}"),
+                "X-B3-Sampled: 1".into(),
+            ],
+        }
+    }
+
+    /// The trace id as spans carry it (64-bit ids left-padded).
+    fn trace_id(self) -> String {
+        match self {
+            Self::Single => B3_TRACE.into(),
+            Self::Multi => format!("{:0>32}", B3_TRACE_64),
+        }
+    }
+
+    /// (span id, parent span id) in the head the app received; every other B3 field, and the
+    /// number of B3 headers, as curl sent them.
+    fn received_ids(self, head: &str) -> (String, String) {
+        let b3_lines = head
+            .split("\r\n")
+            .filter(|l| {
+                l.to_ascii_lowercase().starts_with("b3:")
+                    || l.to_ascii_lowercase().starts_with("x-b3-")
+            })
+            .count();
+        assert_eq!(b3_lines, self.headers().len(), "{head}");
+        match self {
+            Self::Single => {
+                let v = header_in(head, "b3");
+                let parts: Vec<&str> = v.split('-').collect();
+                assert_eq!(parts.len(), 4, "{v}");
+                assert_eq!((parts[0], parts[2]), (B3_TRACE, "1"), "{v}");
+                (parts[1].into(), parts[3].into())
+            }
+            Self::Multi => {
+                assert_eq!(header_in(head, "X-B3-TraceId"), B3_TRACE_64, "{head}");
+                assert_eq!(header_in(head, "X-B3-Sampled"), "1", "{head}");
+                (
+                    header_in(head, "X-B3-SpanId"),
+                    header_in(head, "X-B3-ParentSpanId"),
+                )
+            }
+        }
+    }
+}
+
+/// As [`across_nodes_the_rewritten_header_alone_gives_the_parent`], with curl sending B3
+/// (single header, then multi headers) instead of W3C: the kernel rewrites the forwarded span
+/// id to nginx's CLIENT span and the parent span id to nginx's SERVER span (the CLIENT span's
+/// parent, as B3 defines the field), trace id and sampling unchanged; the app's SERVER span
+/// takes nginx's CLIENT span as parent from B3 alone. With injection off the bytes arrive
+/// unchanged.
+#[test]
+fn across_nodes_a_forwarded_b3_context_is_rewritten() {
+    require_root();
+    let node = Node::create("b", 50);
+    let (host, inside) = (node.host(), node.inside());
+    let (dialled, listening) = (free_port(), free_port());
+    node.redirect(dialled, listening);
+    let app = Proc::spawn(
+        "echo server",
+        node.command("python3")
+            .arg(workspace_root().join("tests/servers/echo.py"))
+            .args([&listening.to_string(), inside]),
+    )
+    .unwrap();
+    app.wait_line("READY", Duration::from_secs(10)).unwrap();
+    for inject in ["auto", "off"] {
+        let dir = TempDir::new("proxy-b3");
+        let port = free_port();
+        let _nginx = nginx_proxy(dir.path(), port, &format!("{inside}:{dialled}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let sc = traced(&[port, dialled, listening])
+            .args(&["--inject-traceparent", inject, "--nat-lookup", "off"])
+            .start()
+            .unwrap();
+        let receiver = sc.receiver();
+        for form in [B3Form::Single, B3Form::Multi] {
+            let path = format!("/b3-{form:?}-{inject}");
+            let headers = form.headers();
+            let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+            let head = requests(&url, std::slice::from_ref(&path), 1, &extra).remove(0);
+            assert!(!head.contains("traceparent"), "{head}");
+            let (span, parent) = form.received_ids(&head);
+            if inject == "off" {
+                for h in &headers {
+                    assert!(
+                        head.contains(&format!("{h}\r\n")),
+                        "{form:?}: {h} as sent: {head}"
+                    );
+                }
+                let app_server = receiver
+                    .wait_spans(4, WAIT, |s| s.attr_str("url.path") == path)
+                    .into_iter()
+                    .find(|s| s.kind() == "SPAN_KIND_SERVER" && exe(s) != "nginx")
+                    .unwrap();
+                assert_eq!(app_server.parent_id(), B3_SPAN, "{form:?}");
+                continue;
+            }
+            let c = chain(receiver, &path, "nginx");
+            assert_eq!(c.curl.trace_id(), form.trace_id(), "{form:?}");
+            assert_eq!(
+                c.curl.span_id(),
+                B3_SPAN,
+                "{form:?}: curl's span is the header's"
+            );
+            c.assert_linked_by("b3", &path, &["b3"]);
+            assert_eq!(c.app_server.attr_str("client.address"), host, "{form:?}");
+            assert_eq!(span, c.proxy_client.span_id(), "{form:?}: {head}");
+            assert_eq!(parent, c.proxy_server.span_id(), "{form:?}: {head}");
+        }
+        let done = sc.stop().unwrap();
+        if inject == "auto" {
+            let injection = done.counters.injection();
+            assert_eq!(injection.rewrite_done, 2, "{injection:?}");
+            assert_eq!(injection.inject_failed, 0, "{injection:?}");
+        }
     }
     drop(app);
     drop(node);

@@ -174,6 +174,123 @@ pub fn parse_traceparent_with(
     Some((trace, span, ((hi << 4) | lo) & KNOWN_FLAGS))
 }
 
+/// Eight bytes from 16 lower-case hex digits read through `v` from `at`, and 1 when any of
+/// them is not one.
+#[inline(always)]
+fn hex_id8(table: &[u8; 256], v: &impl Fn(usize) -> u8, at: usize) -> ([u8; 8], u8) {
+    let mut id = [0u8; 8];
+    let mut bad = 0;
+    let mut i = 0;
+    while i < 8 {
+        let (hi, bh) = nibble(table, v(at + 2 * i));
+        let (lo, bl) = nibble(table, v(at + 2 * i + 1));
+        id[i] = (hi << 4) | lo;
+        bad |= bh | bl;
+        i += 1;
+    }
+    (id, bad)
+}
+
+/// A B3 trace id at the start of `v`: 32 lower-case hex digits, or 16 (a 64-bit id,
+/// left-padded with zeros to 128 bits, as the agent reads it), told apart by whether the 17th
+/// byte is a hex digit. The id and its length in bytes; `None` when malformed or zero.
+#[inline(always)]
+pub fn parse_b3_trace_id_with(
+    table: &[u8; 256],
+    v: &impl Fn(usize) -> u8,
+) -> Option<([u8; 16], usize)> {
+    let (first, bad_first) = hex_id8(table, v, 0);
+    let wide = table[v(16) as usize] < 0x10;
+    let mut trace = [0u8; 16];
+    let len = if wide {
+        let (second, bad_second) = hex_id8(table, v, 16);
+        if bad_second != 0 {
+            return None;
+        }
+        trace[..8].copy_from_slice(&first);
+        trace[8..].copy_from_slice(&second);
+        32
+    } else {
+        trace[8..].copy_from_slice(&first);
+        16
+    };
+    if bad_first != 0 || trace == [0; 16] {
+        return None;
+    }
+    Some((trace, len))
+}
+
+/// A B3 span id (16 lower-case hex digits, not zero) at byte `at` of `v`.
+#[inline(always)]
+pub fn parse_b3_span_id_with(
+    table: &[u8; 256],
+    v: &impl Fn(usize) -> u8,
+    at: usize,
+) -> Option<[u8; 8]> {
+    let (id, bad) = hex_id8(table, v, at);
+    if bad != 0 || id == [0; 8] {
+        return None;
+    }
+    Some(id)
+}
+
+/// A B3 single header value (`{trace id}-{span id}[-{sampling}[-{parent span id}]]`) as the
+/// kernel reads it to rewrite a forwarded one: the ids, where its 16-hex span id fields are
+/// (offsets in the value) and where the value ends; the caller checks that only spaces or
+/// tabs and the line's end follow. Strict as the agent's parser
+/// (`tracer_protocol::trace_context::parse_b3_single`): lower-case hex, non-zero ids,
+/// sampling `0`, `1` or `d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct B3Single {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Offset of the span id field.
+    pub span_at: usize,
+    /// Offset of the parent span id field; 0 when the value has none.
+    pub parent_at: usize,
+    /// Length of the value.
+    pub len: usize,
+    /// W3C flags: sampled unless the sampling field is `0` (an absent decision is "sampled",
+    /// as the agent reads it).
+    pub flags: u8,
+}
+
+/// Parses a B3 single header value read through `v` (byte `i` of the value; reads past its
+/// end must return a byte that is neither a hex digit nor `-`, e.g. the line's `\r`).
+#[inline(always)]
+pub fn parse_b3_single_with(table: &[u8; 256], v: impl Fn(usize) -> u8) -> Option<B3Single> {
+    let (trace_id, t) = parse_b3_trace_id_with(table, &v)?;
+    if v(t) != b'-' {
+        return None;
+    }
+    let span_at = t + 1;
+    let span_id = parse_b3_span_id_with(table, &v, span_at)?;
+    let mut b = B3Single {
+        trace_id,
+        span_id,
+        span_at,
+        parent_at: 0,
+        len: span_at + SPAN_ID_HEX_LEN,
+        flags: 1,
+    };
+    if v(b.len) != b'-' {
+        return Some(b);
+    }
+    b.flags = match v(b.len + 1) {
+        b'0' => 0,
+        b'1' | b'd' => 1,
+        _ => return None,
+    };
+    b.len += 2;
+    if v(b.len) != b'-' {
+        return Some(b);
+    }
+    b.parent_at = b.len + 1;
+    parse_b3_span_id_with(table, &v, b.parent_at)?;
+    b.len = b.parent_at + SPAN_ID_HEX_LEN;
+    Some(b)
+}
+
 /// The 16 lower-case hex digits of a span id, as a `traceparent` parent-id field (or a B3
 /// span id) spells it.
 #[inline(always)]
@@ -352,6 +469,77 @@ mod tests {
         let at = 13 + TRACEPARENT_PARENT_AT;
         assert_eq!(&line[at..at + SPAN_ID_HEX_LEN], &hex);
         assert_eq!(&hex, b"00f067aa0ba902b7");
+    }
+
+    /// The value `s` as the kernel reads it: the line's `\r` past its end.
+    fn b3(s: &str) -> Option<B3Single> {
+        let b = s.as_bytes();
+        let got = parse_b3_single_with(&HEX_TABLE, |i| *b.get(i).unwrap_or(&b'\r'))?;
+        (got.len == b.len()).then_some(got)
+    }
+
+    #[test]
+    fn b3_single_fields_are_found_where_they_are() {
+        const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const S: &str = "00f067aa0ba902b7";
+        const P: &str = "05e3ac9a4f6e3b90";
+        let full = b3(&format!("{T}-{S}-1-{P}")).unwrap();
+        assert_eq!(full.trace_id[0], 0x4b);
+        assert_eq!(
+            full.span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!((full.span_at, full.parent_at, full.len), (33, 52, 68));
+        assert_eq!(full.flags, 1);
+        let short = b3(&format!("a3ce929d0e0e4736-{S}")).unwrap();
+        assert_eq!(&short.trace_id[..8], &[0; 8]);
+        assert_eq!(short.trace_id[8], 0xa3);
+        assert_eq!((short.span_at, short.parent_at, short.len), (17, 0, 33));
+        assert_eq!(b3(&format!("{T}-{S}-0")).unwrap().flags, 0);
+        assert_eq!(b3(&format!("{T}-{S}-d")).unwrap().flags, 1);
+        assert_eq!(b3(&format!("{T}-{S}")).unwrap().flags, 1);
+        for bad in [
+            "1".to_string(),
+            format!("{T}-{S}-"),
+            format!("{T}-{S}-2"),
+            format!("{T}-{S}-1-"),
+            format!("{T}-{S}-1-{}", &P[1..]),
+            format!("{T}-{S}-1-{}", "0".repeat(16)),
+            format!("{T}-{S}-1-{P}-"),
+            format!("{T}-{S}-10"),
+            format!("{T}-{}", S.to_uppercase()),
+            format!("{T}-{}", "0".repeat(16)),
+            format!("{}-{S}", "0".repeat(32)),
+            format!("{}-{S}", "0".repeat(16)),
+            format!("{}-{S}", &T[..24]),
+            format!("{T}0-{S}"),
+            format!("{T}--{S}"),
+            format!("{T}_{S}"),
+        ] {
+            assert_eq!(b3(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn b3_ids_alone_read_as_the_multi_headers_carry_them() {
+        let v = |s: &'static str| move |i: usize| *s.as_bytes().get(i).unwrap_or(&b'\r');
+        let (t, len) = parse_b3_trace_id_with(&HEX_TABLE, &v("a3ce929d0e0e4736")).unwrap();
+        assert_eq!((t[15], len), (0x36, 16));
+        let (_, len) =
+            parse_b3_trace_id_with(&HEX_TABLE, &v("4bf92f3577b34da6a3ce929d0e0e4736")).unwrap();
+        assert_eq!(len, 32);
+        assert_eq!(
+            parse_b3_trace_id_with(&HEX_TABLE, &v("a3ce929d0e0e473")),
+            None
+        );
+        assert_eq!(
+            parse_b3_span_id_with(&HEX_TABLE, &v("00f067aa0ba902b7"), 0),
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_eq!(
+            parse_b3_span_id_with(&HEX_TABLE, &v("0000000000000000"), 0),
+            None
+        );
     }
 
     #[test]

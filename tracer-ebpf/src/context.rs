@@ -14,11 +14,16 @@
 //!   any thread, event loops too) is rewritten in place: its parent-id field becomes a fresh
 //!   CLIENT span id, trace id and flags stay. Same length, so no byte is inserted. Received
 //!   headers are kept per process in `RECEIVED`, with the SERVER span that received them.
+//! - Forwarded B3 likewise (`b3: {trace}-{span}[-{sampling}[-{parent}]]`, or `X-B3-TraceId`
+//!   with `X-B3-SpanId` and maybe `X-B3-ParentSpanId`): its span id becomes the CLIENT span's
+//!   id and its parent span id, when present, the receiving SERVER span's (the new span's
+//!   parent, as B3 defines it); trace id and sampling stay.
 //!
 //! Only requests whose whole head is in the call's first buffer (and within [`SCAN_MAX`]
-//! bytes) are touched, never one that already carries B3 context or a `traceparent` of its
-//! own, and never a write on a connection whose previous injected request has not been
-//! answered (pipelining, or a body that happens to start like a request).
+//! bytes) are touched, never one that carries B3 context or a `traceparent` of its own (only
+//! forwarded ones are rewritten), and never a write on a connection whose previous injected
+//! request has not been answered (pipelining, or a body that happens to start like a
+//! request).
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
     helpers::{
@@ -32,15 +37,16 @@ use tracer_common::{
     ConnState, CtxState, InjectStat, Protocol, Role, SpanCtx, TailCall,
     propagation::{
         SPAN_ID_HEX_LEN, TRACEPARENT_LINE_LEN, TRACEPARENT_PARENT_AT, TRACEPARENT_VALUE_LEN,
+        parse_b3_single_with, parse_b3_span_id_with, parse_b3_trace_id_with,
         parse_traceparent_with, server_ids, span_id_hex, traceparent_line,
     },
 };
 
 use crate::maps::{
-    CONNS, ForwardKey, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS, PendingSyscall,
-    RECEIVED, REWRITE_PENDING, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH, SOCKS, ScanBuf, TARGET_PORTS,
-    THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING, ThreadCtx, config, count_inject,
-    offsets,
+    B3_TWICE, CONNS, ForwardKey, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS,
+    PendingSyscall, RECEIVED, REWRITE_PENDING, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH, SOCKS, ScanBuf,
+    TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING, ThreadCtx, config,
+    count_inject, offsets,
 };
 use tracer_common::config::INJECT_ALL;
 
@@ -108,7 +114,24 @@ const TRACEPAR: u64 = le(b"tracepar");
 const ENT_COLON: u64 = le(b"ent:");
 const B3_COLON: u64 = le(b"b3:");
 const X_B3_DASH: u64 = le(b"x-b3-");
+const X_B3_SPA: u64 = le(b"x-b3-spa");
+const NID_COLON: u64 = le(b"nid:");
+const X_B3_TRA: u64 = le(b"x-b3-tra");
+const CEID_COLON: u64 = le(b"ceid:");
+const X_B3_PAR: u64 = le(b"x-b3-par");
+const ENTSPANI: u64 = le(b"entspani");
+const D_COLON: u16 = u16::from_le_bytes(*b"d:");
 const CRLF: u16 = u16::from_le_bytes(*b"\r\n");
+
+/// Records where a B3 header's value starts, or that the header came twice.
+#[inline(always)]
+fn note(slot: &mut u16, value_at: usize) {
+    *slot = if *slot == 0 {
+        value_at as u16
+    } else {
+        B3_TWICE
+    };
+}
 
 /// One run of the scan: looks at up to [`SCAN_CHUNK`] bytes from the cursor for the end of
 /// the request line, the end of the head, and `traceparent`/B3 header names. Returns whether
@@ -141,8 +164,21 @@ fn scan_chunk(res: *mut ScanBuf) -> bool {
                 if w == TRACEPAR && (x & 0xffff_ffff) == ENT_COLON && s + 12 <= n {
                     (*res).traceparent_at = (s + 12) as u32;
                 }
-                if (w & 0xff_ffff) == B3_COLON || (w & 0xff_ffff_ffff) == X_B3_DASH {
+                if (w & 0xff_ffff) == B3_COLON {
                     (*res).foreign = 1;
+                    note(&mut (*res).b3_at, s + 3);
+                } else if (w & 0xff_ffff_ffff) == X_B3_DASH {
+                    (*res).foreign = 1;
+                    if w == X_B3_SPA && (x & 0xffff_ffff) == NID_COLON {
+                        note(&mut (*res).b3_span_at, s + 12);
+                    } else if w == X_B3_TRA && (x & 0xff_ffff_ffff) == CEID_COLON {
+                        note(&mut (*res).b3_trace_at, s + 13);
+                    } else if w == X_B3_PAR
+                        && x == ENTSPANI
+                        && (at16(buf, s + 16) | 0x2020) == D_COLON
+                    {
+                        note(&mut (*res).b3_parent_at, s + 18);
+                    }
                 }
             }
             j += 1;
@@ -185,6 +221,10 @@ fn start_scan(ctx: &TracePointContext, res: *mut ScanBuf, len: usize, finish: u3
         (*res).head_end = 0;
         (*res).traceparent_at = 0;
         (*res).foreign = 0;
+        (*res).b3_at = 0;
+        (*res).b3_trace_at = 0;
+        (*res).b3_span_at = 0;
+        (*res).b3_parent_at = 0;
         (*res).finish = finish;
         PROGS.tail_call(ctx, TailCall::Scan.index());
     }
@@ -207,23 +247,108 @@ type TraceparentIds = ([u8; 16], [u8; 8], u8);
 
 #[inline(always)]
 fn traceparent_value(buf: *const u8, n: usize, value_at: usize) -> Option<(usize, TraceparentIds)> {
-    let mut v = value_at;
+    let v = skip_ows(buf, n, value_at);
+    if !line_ends(buf, n, v + TRACEPARENT_VALUE_LEN) {
+        return None;
+    }
+    let table = HEX_TABLE.get(0)?;
+    Some((v, parse_traceparent_with(table, |k| at(buf, v + k))?))
+}
+
+/// Where a header value starts: after at most [`MAX_OWS`] spaces or tabs from `from`.
+#[inline(always)]
+fn skip_ows(buf: *const u8, n: usize, from: usize) -> usize {
+    let mut v = from;
     let mut k = 0;
     while k < MAX_OWS && v < n && is_ows(at(buf, v)) {
         v += 1;
         k += 1;
     }
-    let mut end = v + TRACEPARENT_VALUE_LEN;
+    v
+}
+
+/// Whether a value ending at `end` is followed only by at most [`MAX_OWS`] spaces or tabs and
+/// the line's end (within the `n` bytes scanned).
+#[inline(always)]
+fn line_ends(buf: *const u8, n: usize, end: usize) -> bool {
+    let mut end = end;
     let mut k = 0;
     while k < MAX_OWS && end < n && is_ows(at(buf, end)) {
         end += 1;
         k += 1;
     }
-    if end >= n || at(buf, end) != b'\r' {
+    end < n && at(buf, end) == b'\r'
+}
+
+/// A B3 context in a scanned head, read as the agent reads it (`trace_context::extract`:
+/// the single `b3` header when valid, else `X-B3-TraceId` with `X-B3-SpanId`): its ids, and
+/// where its span id and parent span id fields are in the buffer (0: no parent field).
+struct B3Context {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// Sampled unless the single header says `0`. The multi headers' `X-B3-Sampled` and
+    /// `X-B3-Flags` are not read here: the agent takes a forwarded request's decision from
+    /// its own parse of the header.
+    flags: u8,
+    span_at: usize,
+    parent_at: usize,
+}
+
+/// The B3 context of the head scanned into `res`, if it has a valid one.
+#[inline(always)]
+fn b3_context(buf: *const u8, n: usize, res: *const ScanBuf) -> Option<B3Context> {
+    let table = HEX_TABLE.get(0)?;
+    // SAFETY: this CPU's SCAN slot, valid for the run; read at once.
+    let (single, trace_at, span_at, parent_at) = unsafe {
+        (
+            (*res).b3_at,
+            (*res).b3_trace_at,
+            (*res).b3_span_at,
+            (*res).b3_parent_at,
+        )
+    };
+    if single != 0 && single != B3_TWICE {
+        let v = skip_ows(buf, n, single as usize);
+        if let Some(b) = parse_b3_single_with(table, |k| at(buf, v + k))
+            && line_ends(buf, n, v + b.len)
+        {
+            return Some(B3Context {
+                trace_id: b.trace_id,
+                span_id: b.span_id,
+                flags: b.flags,
+                span_at: v + b.span_at,
+                parent_at: if b.parent_at == 0 { 0 } else { v + b.parent_at },
+            });
+        }
+    }
+    if trace_at == 0 || span_at == 0 || trace_at == B3_TWICE || span_at == B3_TWICE {
         return None;
     }
-    let table = HEX_TABLE.get(0)?;
-    Some((v, parse_traceparent_with(table, |k| at(buf, v + k))?))
+    let tv = skip_ows(buf, n, trace_at as usize);
+    let (trace_id, trace_len) = parse_b3_trace_id_with(table, &|k| at(buf, tv + k))?;
+    let sv = skip_ows(buf, n, span_at as usize);
+    let span_id = parse_b3_span_id_with(table, &|k| at(buf, sv + k), 0)?;
+    if !line_ends(buf, n, tv + trace_len) || !line_ends(buf, n, sv + SPAN_ID_HEX_LEN) {
+        return None;
+    }
+    let mut pv = 0;
+    if parent_at != 0 {
+        if parent_at == B3_TWICE {
+            return None;
+        }
+        pv = skip_ows(buf, n, parent_at as usize);
+        parse_b3_span_id_with(table, &|k| at(buf, pv + k), 0)?;
+        if !line_ends(buf, n, pv + SPAN_ID_HEX_LEN) {
+            return None;
+        }
+    }
+    Some(B3Context {
+        trace_id,
+        span_id,
+        flags: 1,
+        span_at: sv,
+        parent_at: pv,
+    })
 }
 
 /// Tail call target of the ingress exits: the data event just emitted (still in this CPU's
@@ -284,23 +409,31 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
     let data = unsafe { (*res).data.as_ptr() };
     let (mut trace_id, span_id) = server_ids(config().ctx_key, conn_id, position);
     let mut parent_flags = None;
+    // The context received, as (trace id, the caller's span id), for requests forwarding it.
     let mut received = None;
     if tp_at != 0
         && let Some((_, (t, p, f))) = traceparent_value(data, n, tp_at as usize)
     {
         trace_id = t;
         parent_flags = Some(f);
-        received = Some(p);
+        received = Some((t, p));
     }
     let adopted = parent_flags.is_some();
+    // B3 is not followed here (the thread is `THREAD_FOREIGN`), only remembered.
+    if !adopted
+        && foreign != 0
+        && let Some(b) = b3_context(data, n, res)
+    {
+        received = Some((b.trace_id, b.span_id));
+    }
     // The head sampler's decision, as the agent takes it (`tracer_common::sampling`): the
     // requests this one causes carry it downstream.
     let flags = config().head_rule().flags(&trace_id, parent_flags);
-    if let Some(parent_id) = received {
+    if let Some((received_trace, parent_id)) = received {
         let key = ForwardKey {
             tgid: (pid_tgid >> 32) as u32,
             _pad: 0,
-            trace_id,
+            trace_id: received_trace,
             parent_id,
         };
         let _ = RECEIVED.insert(key, span_id, 0);
@@ -442,10 +575,14 @@ pub fn http_client_finish(_ctx: TracePointContext) -> u32 {
         if (*res).pid_tgid != pid_tgid {
             return 0;
         }
+        if (*res).foreign != 0 && (*res).traceparent_at == 0 {
+            b3_rewrite_decision(pid_tgid, inflight, res);
+            return 0;
+        }
         if (*res).foreign != 0 {
             count_inject(InjectStat::HasContext);
             diag!(
-                "pid {}: no traceparent: the request carries B3 context",
+                "pid {}: no traceparent: the request carries both W3C and B3 context",
                 pid_tgid >> 32
             );
             return 0;
@@ -549,54 +686,159 @@ fn rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut Scan
         random_bytes(&mut ctx.span_id);
         (*inflight).ctx = ctx;
         (*inflight).inject_at = field as u16;
+        (*inflight).rewrite_parent_at = 0;
         (*inflight).inject_state = REWRITE_PENDING;
     }
 }
 
-/// Overwrites the parent-id field of a forwarded `traceparent` (at `at` in the message) with
-/// the decided CLIENT span id, once the bytes around it are the `-` separators scanned.
+/// An outgoing request that carries B3 context (and no `traceparent`): when it is the context
+/// its process received (forwarded), the sk_msg program overwrites its span id with a new
+/// CLIENT span's id and its parent span id, if the context has one, with the receiving SERVER
+/// span's id: the new span's parent, as B3 defines the field. Same length, trace id and
+/// sampling kept. A head with both the single and the multi headers is left alone (one could
+/// not be rewritten without the other).
+#[inline(always)]
+fn b3_rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut ScanBuf) {
+    // SAFETY: as in `rewrite_decision`.
+    unsafe {
+        let n = (*res).len as usize;
+        let data = (*res).data.as_ptr();
+        let both = (*res).b3_at != 0 && ((*res).b3_span_at != 0 || (*res).b3_trace_at != 0);
+        let found = if both { None } else { b3_context(data, n, res) };
+        let Some(b) = found else {
+            count_inject(InjectStat::HasContext);
+            diag!(
+                "pid {}: no traceparent: the request carries B3 context",
+                pid_tgid >> 32
+            );
+            return;
+        };
+        let key = ForwardKey {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            trace_id: b.trace_id,
+            parent_id: b.span_id,
+        };
+        let Some(&server_span) = RECEIVED.get(key) else {
+            count_inject(InjectStat::HasContext);
+            diag!(
+                "pid {}: no traceparent: the request carries B3 context of its own",
+                pid_tgid >> 32
+            );
+            return;
+        };
+        if (*res).head_end == 0 {
+            count_inject(InjectStat::HeadIncomplete);
+            diag!(
+                "pid {}: forwarded B3 left alone: the request head is not whole in the call's first {} bytes",
+                pid_tgid >> 32,
+                n
+            );
+            return;
+        }
+        let mut ctx = SpanCtx {
+            trace_id: b.trace_id,
+            parent_id: server_span,
+            flags: b.flags,
+            state: CtxState::Rewritten as u8,
+            ..SpanCtx::default()
+        };
+        random_bytes(&mut ctx.span_id);
+        (*inflight).ctx = ctx;
+        (*inflight).inject_at = b.span_at as u16;
+        (*inflight).rewrite_parent_at = b.parent_at as u16;
+        (*inflight).inject_state = REWRITE_PENDING;
+    }
+}
+
+/// Overwrites a forwarded context's fields with the decided ids: the 16-hex field at
+/// `inject_at` (`traceparent`'s parent-id, B3's span id) with the CLIENT span id, and B3's
+/// parent span id at `rewrite_parent_at`, if any, with the SERVER span id. A parent field
+/// that cannot be written leaves a well-formed header naming the CLIENT span (counted as
+/// failed too).
 ///
 /// # Safety
 /// `inflight` is this thread's INFLIGHT value, valid for the run.
 #[inline(always)]
-unsafe fn rewrite_parent(ctx: &SkMsgContext, inflight: *mut PendingSyscall) {
+unsafe fn rewrite_forwarded(ctx: &SkMsgContext, inflight: *mut PendingSyscall) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: per the contract; message bytes are read and written only between `data` and
-    // `data_end` after checking the pulled range is that long.
+    // SAFETY: per the contract.
+    let (at, parent_at, span_id, parent_id) = unsafe {
+        (
+            (*inflight).inject_at as u32,
+            (*inflight).rewrite_parent_at as u32,
+            (*inflight).ctx.span_id,
+            (*inflight).ctx.parent_id,
+        )
+    };
+    if !overwrite_id(ctx, at, &span_id) {
+        count_inject(InjectStat::Failed);
+        diag!(
+            "pid {}: forwarded context left alone: the message differs from the bytes scanned",
+            pid_tgid >> 32
+        );
+        return;
+    }
+    // SAFETY: per the contract.
+    unsafe { (*inflight).inject_state = INJECT_DONE };
+    count_inject(InjectStat::Rewritten);
+    if parent_at != 0 && !overwrite_id(ctx, parent_at, &parent_id) {
+        count_inject(InjectStat::Failed);
+        diag!(
+            "pid {}: forwarded B3 parent span id left alone",
+            pid_tgid >> 32
+        );
+    }
+}
+
+/// Writes the 16 hex digits of `id` over those at byte `at` of the message, once they are
+/// there as scanned: 16 lower-case hex digits between a separator (`-`, `:` or whitespace)
+/// and a separator or the line's end.
+#[inline(always)]
+fn overwrite_id(ctx: &SkMsgContext, at: u32, id: &[u8; 8]) -> bool {
+    let len = SPAN_ID_HEX_LEN as u32;
+    if at < 1 || at + len + 1 > ctx.size() || (at + len) as usize > SCAN_MAX {
+        return false;
+    }
+    let Some(table) = HEX_TABLE.get(0) else {
+        return false;
+    };
+    // SAFETY: message bytes are read and written only between `data` and `data_end`, after
+    // checking that the range pulled in is that long.
     unsafe {
-        let at = (*inflight).inject_at as u32;
-        let len = SPAN_ID_HEX_LEN as u32;
-        if at < 1 || at + len + 1 > ctx.size() || (at + len) as usize > SCAN_MAX {
-            count_inject(InjectStat::Failed);
-            return;
-        }
         if bpf_msg_pull_data(ctx.msg, at - 1, at + len + 1, 0) != 0 {
-            count_inject(InjectStat::Failed);
-            return;
+            return false;
         }
         let (d, e) = (ctx.data(), ctx.data_end());
-        if d + SPAN_ID_HEX_LEN + 2 > e
-            || *(d as *const u8) != b'-'
-            || *((d + SPAN_ID_HEX_LEN + 1) as *const u8) != b'-'
+        if d + SPAN_ID_HEX_LEN + 2 > e {
+            return false;
+        }
+        let before = *(d as *const u8);
+        let after = *((d + SPAN_ID_HEX_LEN + 1) as *const u8);
+        if !(before == b'-' || before == b':' || is_ows(before))
+            || !(after == b'-' || after == b'\r' || is_ows(after))
         {
-            count_inject(InjectStat::Failed);
-            diag!(
-                "pid {}: forwarded traceparent left alone: the message differs from the bytes scanned",
-                pid_tgid >> 32
-            );
-            return;
+            return false;
+        }
+        let dst = (d + 1) as *mut u8;
+        let mut bad = 0;
+        let mut i = 0;
+        while i < SPAN_ID_HEX_LEN {
+            bad |= table[*dst.add(i) as usize] >> 4;
+            i += 1;
+        }
+        if bad != 0 {
+            return false;
         }
         let mut hex = [0u8; SPAN_ID_HEX_LEN];
-        span_id_hex(&(*inflight).ctx.span_id, &mut hex);
-        let dst = (d + 1) as *mut u8;
+        span_id_hex(id, &mut hex);
         let mut i = 0;
         while i < SPAN_ID_HEX_LEN {
             *dst.add(i) = hex[i];
             i += 1;
         }
-        (*inflight).inject_state = INJECT_DONE;
-        count_inject(InjectStat::Rewritten);
     }
+    true
 }
 
 /// Whether the socket's file is non-blocking: sock->sk_socket->file->f_flags & O_NONBLOCK.
@@ -693,7 +935,7 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
         // Decided once: whatever happens below, the rest of the call passes untouched.
         (*inflight).inject_state = 0;
         if state == REWRITE_PENDING {
-            rewrite_parent(&ctx, inflight);
+            rewrite_forwarded(&ctx, inflight);
             return SK_PASS;
         }
         let at = (*inflight).inject_at as u32;

@@ -84,8 +84,12 @@ pub struct PendingSyscall {
     pub source: u8,
     /// An `INJECT_*` state: whether the sk_msg program should insert `traceparent`, and did.
     pub inject_state: u8,
-    /// Where the header goes: just after the request line (bytes from the call's start).
+    /// Where the header goes: just after the request line (bytes from the call's start); for
+    /// a rewrite, the span id field overwritten with `ctx.span_id`.
     pub inject_at: u16,
+    /// A rewrite's second field, overwritten with `ctx.parent_id` (a forwarded B3 context's
+    /// parent span id); 0 when none.
+    pub rewrite_parent_at: u16,
     /// Ports of the connection, so the sk_msg program only touches this call's socket.
     pub local_port: u16,
     pub remote_port: u16,
@@ -109,6 +113,7 @@ impl PendingSyscall {
             source,
             inject_state: 0,
             inject_at: 0,
+            rewrite_parent_at: 0,
             local_port: 0,
             remote_port: 0,
             scan_len: 0,
@@ -224,9 +229,18 @@ pub struct ScanBuf {
     pub foreign: u32,
     /// `TailCall::ServerFinish` or `TailCall::ClientFinish`: where the scan goes when done.
     pub finish: u32,
+    /// Where the values of `b3`, `X-B3-TraceId`, `X-B3-SpanId` and `X-B3-ParentSpanId` start
+    /// (after the colon); 0 when absent, [`B3_TWICE`] when the header came more than once.
+    pub b3_at: u16,
+    pub b3_trace_at: u16,
+    pub b3_span_at: u16,
+    pub b3_parent_at: u16,
     pub _pad: u32,
     pub data: [u8; 2 * SCAN_MAX],
 }
+
+/// A `ScanBuf::b3_*` position of a header seen twice: ambiguous, never read.
+pub const B3_TWICE: u16 = u16::MAX;
 
 #[map]
 pub static SCAN: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
@@ -265,11 +279,14 @@ pub fn count(cause: DropCause) {
     }
 }
 
-/// `PendingSyscall::inject_state`: the call forwards a received `traceparent`; the sk_msg
-/// program overwrites its parent-id field at `inject_at` with `ctx.span_id`.
+/// `PendingSyscall::inject_state`: the call forwards a received `traceparent` or B3 context;
+/// the sk_msg program overwrites the 16-hex field at `inject_at` (the `traceparent`'s
+/// parent-id, B3's span id) with `ctx.span_id`, and B3's parent span id at
+/// `rewrite_parent_at` with `ctx.parent_id`.
 pub const REWRITE_PENDING: u8 = 3;
 
-/// A `traceparent` a server request brought into a process: (tgid, trace id, parent id).
+/// A `traceparent` (or B3 context) a server request brought into a process: (tgid, trace id,
+/// the caller's span id).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ForwardKey {

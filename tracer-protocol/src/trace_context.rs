@@ -405,6 +405,9 @@ pub fn fuzz_check(data: &[u8]) {
         let first = t.split('-').next().unwrap_or_default();
         assert_eq!(hex(&trace_id)[32 - first.len()..], *first);
     }
+    if !data.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        assert_b3_single_agrees(data);
+    }
     if let Some(ts) = parse_tracestate([text.as_ref()]) {
         assert!(ts.len() < MAX_TRACESTATE);
     }
@@ -423,6 +426,81 @@ pub fn fuzz_check(data: &[u8]) {
         }
         Extracted::SamplingOnly(f) => assert!(f <= FLAG_SAMPLED),
         Extracted::None => {}
+    }
+}
+
+/// Spaces and tabs the kernel skips around a header value (`MAX_OWS` in
+/// tracer-ebpf/src/context.rs).
+#[cfg(any(test, fuzzing))]
+const KERNEL_MAX_OWS: usize = 4;
+
+/// What the kernel makes of the header line `b3:<raw>\r\n` (the framing of `b3_context` in
+/// tracer-ebpf/src/context.rs: keep the two in step): at most [`KERNEL_MAX_OWS`] spaces or
+/// tabs, the value, as many, the line's end. The value's fields are at offsets into `raw`.
+#[cfg(any(test, fuzzing))]
+fn kernel_b3_single(raw: &[u8]) -> Option<tracer_common::propagation::B3Single> {
+    use tracer_common::propagation::{HEX_TABLE, parse_b3_single_with};
+    let line = [raw, b"\r\n"].concat();
+    let ows = |i: usize| matches!(line.get(i), Some(b' ' | b'\t'));
+    let mut v = 0;
+    while v < KERNEL_MAX_OWS && ows(v) {
+        v += 1;
+    }
+    let mut b = parse_b3_single_with(&HEX_TABLE, |k| line.get(v + k).copied().unwrap_or(0))?;
+    let mut end = v + b.len;
+    let mut k = 0;
+    while k < KERNEL_MAX_OWS && ows(end) {
+        end += 1;
+        k += 1;
+    }
+    if line.get(end) != Some(&b'\r') {
+        return None;
+    }
+    b.span_at += v;
+    if b.parent_at != 0 {
+        b.parent_at += v;
+    }
+    Some(b)
+}
+
+/// The kernel reads a `b3` value (`raw`, without CR or LF) as the agent does: what it would
+/// rewrite is a context the agent accepts with the same ids and decision, and its span id
+/// fields hold those ids' hex. The one known difference: more than [`KERNEL_MAX_OWS`] spaces
+/// or tabs around the value, which the kernel refuses.
+#[cfg(any(test, fuzzing))]
+fn assert_b3_single_agrees(raw: &[u8]) {
+    let agent = std::str::from_utf8(raw).ok().and_then(parse_b3_single);
+    let Some(k) = kernel_b3_single(raw) else {
+        if let Some(B3::Context { .. }) = agent {
+            let is_ows = |c: &&u8| matches!(c, b' ' | b'\t');
+            let lead = raw.iter().take_while(is_ows).count();
+            let trail = raw.iter().rev().take_while(is_ows).count();
+            assert!(
+                lead > KERNEL_MAX_OWS || trail > KERNEL_MAX_OWS,
+                "the kernel refuses a b3 value the agent accepts: {:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        return;
+    };
+    let shown = String::from_utf8_lossy(raw);
+    let Some(B3::Context {
+        trace_id,
+        span_id,
+        sampled,
+    }) = agent
+    else {
+        panic!("the kernel accepts a b3 value the agent refuses: {shown:?}");
+    };
+    assert_eq!(
+        (k.trace_id, k.span_id, k.flags),
+        (trace_id, span_id, flags_of(sampled)),
+        "{shown:?}"
+    );
+    assert_eq!(raw[k.span_at..k.span_at + 16], *hex(&span_id).as_bytes());
+    if k.parent_at != 0 {
+        assert_eq!(raw[k.parent_at - 1], b'-', "{shown:?}");
+        assert!(span_id_hex(&raw[k.parent_at..k.parent_at + 16]).is_some());
     }
 }
 
@@ -797,6 +875,38 @@ mod tests {
         ] {
             fuzz_check(s.as_bytes());
         }
+    }
+
+    /// The kernel's reading of `b3` values (the one it rewrites) agrees with the agent's on
+    /// valid values, each of their one-byte mutations, and whitespace around them.
+    #[test]
+    fn kernel_and_agent_read_b3_alike() {
+        let bases = [
+            format!("{TRACE}-{SPAN}"),
+            format!("{TRACE}-{SPAN}-1"),
+            format!("{TRACE}-{SPAN}-0-05e3ac9a4f6e3b90"),
+            format!("a3ce929d0e0e4736-{SPAN}-d"),
+            format!("a3ce929d0e0e4736-{SPAN}-1-05e3ac9a4f6e3b90"),
+        ];
+        let mut accepted = 0;
+        for base in &bases {
+            assert!(kernel_b3_single(base.as_bytes()).is_some(), "{base}");
+            for i in 0..base.len() {
+                for c in (0..=255u8).filter(|c| !matches!(c, b'\r' | b'\n')) {
+                    let mut v = base.clone().into_bytes();
+                    v[i] = c;
+                    assert_b3_single_agrees(&v);
+                    accepted += usize::from(kernel_b3_single(&v).is_some());
+                }
+                // Cut short, or one byte longer.
+                assert_b3_single_agrees(&base.as_bytes()[..i]);
+                assert_b3_single_agrees(format!("{base}{}", &base[i..=i]).as_bytes());
+            }
+            for pad in ["", " ", "\t ", "    ", "     "] {
+                assert_b3_single_agrees(format!("{pad}{base}{pad}").as_bytes());
+            }
+        }
+        assert!(accepted > 100, "{accepted}");
     }
 
     #[test]

@@ -856,9 +856,11 @@ impl ParentResolver {
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
-        let (forwarded, trace_state) = match extract(headers) {
-            Extracted::Context(r) => (Some(r.span_id), r.trace_state),
-            _ => (None, None),
+        // The header as the application sent it (the kernel changed only span ids): its
+        // sampling decision (B3's multi headers carry it apart) and `tracestate`.
+        let (forwarded, flags, trace_state) = match extract(headers) {
+            Extracted::Context(r) => (Some(r.span_id), r.flags, r.trace_state),
+            _ => (None, rewritten.flags, None),
         };
         let parent = forwarded.and_then(|f| {
             self.received_by(conn.pid, &rewritten.trace_id, &f, start_ns)
@@ -876,7 +878,7 @@ impl ParentResolver {
             trace_id: rewritten.trace_id,
             span_id: rewritten.span_id,
             parent_span_id: parent,
-            flags: rewritten.flags,
+            flags,
             // What the callee receives: the forwarded header's.
             trace_state,
             source: if parent.is_some() {
@@ -1276,5 +1278,50 @@ mod tests {
                 assert_eq!(r.stats().injected_unlinked, 1);
             }
         }
+    }
+
+    /// A forwarded B3 multi-header context the kernel rewrote: linked as a `traceparent` is,
+    /// with the sampling decision of the header (the kernel does not read `X-B3-Sampled`).
+    #[test]
+    fn a_rewritten_b3_context_keeps_the_headers_sampling_decision() {
+        let mut r = resolver();
+        let mut h = RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            version: "1.1",
+            ..RequestHead::default()
+        };
+        for (k, v) in [
+            ("X-B3-TraceId", CURL_TRACE),
+            ("X-B3-SpanId", "00f067aa0ba902b7"),
+            ("X-B3-Sampled", "0"),
+        ] {
+            h.headers.push((k.into(), v.into()));
+        }
+        let ingress = conn(1, PROXY, "127.0.0.1:80", "127.0.0.1:5000", Role::Server);
+        r.on_start(
+            &ingress,
+            &start(Direction::Ingress, 0, LOOP_TID, 10, &h, None),
+        );
+        let server = r.server_context(1, 0, &h);
+        assert_eq!((server.source, server.flags), (ParentSource::B3, 0));
+        let up = conn(2, PROXY, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+        let kernel = SpanCtx {
+            trace_id: server.trace_id,
+            span_id: [9; 8],
+            parent_id: server.span_id,
+            flags: 1,
+            state: CtxState::Rewritten as u8,
+            ..SpanCtx::default()
+        };
+        r.on_start(&up, &start(Direction::Egress, 0, 7, 20, &h, Some(kernel)));
+        let client = r.context_for(
+            &up,
+            &exchange(Direction::Egress, 0, 7, 20, h.clone(), Some(kernel)),
+        );
+        assert_eq!(client.span_id, [9; 8]);
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert_eq!(client.source, ParentSource::Forwarded);
+        assert_eq!(client.flags, 0);
     }
 }
