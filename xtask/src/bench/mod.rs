@@ -46,6 +46,7 @@
 mod agent;
 mod bpf_stats;
 mod counters;
+mod criterion;
 mod grpc;
 mod http;
 mod load;

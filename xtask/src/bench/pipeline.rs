@@ -2,19 +2,15 @@
 //! recorded event stream through what the agent runs on it (reassembly, parsing, spans, the
 //! span pipeline's stages with the default options, OTLP encoding), one core; also with spans
 //! only (no stage), and each stage alone per span.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration, time::Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use serde_json::Value as Json;
-use test_kit::run_bounded;
 
+use super::criterion;
 use super::recording::{RECORDING, recording_decodes, tracer_records};
 use super::report::{Figure, print_table};
-use crate::util::{self, step};
+use crate::util;
 
 /// The pipeline's stages, in the agent's order, and encoding (criterion group `stage`).
 const STAGES: [&str; 5] = ["redact", "metrics", "recent", "sample", "encode"];
@@ -110,51 +106,15 @@ pub(super) fn replay_only() -> Result<()> {
 /// back; the events and spans per pass come from the benchmark's own output.
 pub(super) fn pipeline(recording: &Path) -> Result<Pipeline> {
     let started = Instant::now();
-    let root = util::workspace_root();
-    let criterion = root.join("target/criterion");
-    for group in ["pipeline", "stage"] {
-        let _ = std::fs::remove_dir_all(criterion.join(group));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "bench",
-        "-p",
-        "tracer-user",
-        "--bench",
-        "pipeline",
-        "--",
-        "--noplot",
-    ])
-    .current_dir(&root)
-    .stdout(Stdio::piped());
-    step(format!("$ {}", util::describe(&cmd)));
-    let out = run_bounded("cargo bench", &mut cmd, Duration::from_secs(600))?;
-    print!("{out}");
-    let per_pass = |key: &str| -> Result<u64> {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no `{key}` line in the benchmark's output"))
-    };
-    let events = per_pass("events per pass:")?;
-    let spans = per_pass("spans per pass:")?;
+    let run = criterion::run("pipeline", &["pipeline", "stage"])?;
+    let events = run.printed("events per pass:")?;
+    let spans = run.printed("spans per pass:")?;
     let expected = tracer_records(&std::fs::read(recording)?);
     ensure!(
         events == expected,
         "the benchmark replayed {events} events, the recording has {expected}"
     );
-    let estimate_ns = |name: &str| -> Result<f64> {
-        let p = criterion.join(name).join("new/estimates.json");
-        let v: Json = serde_json::from_str(
-            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
-        )?;
-        // The estimate criterion prints: the slope (linear sampling), else the mean.
-        v.pointer("/slope/point_estimate")
-            .or_else(|| v.pointer("/mean/point_estimate"))
-            .and_then(Json::as_f64)
-            .with_context(|| format!("no estimate in {}", p.display()))
-    };
+    let estimate_ns = |name: &str| run.estimate_ns(name);
     let per_sec = |name: &str| -> Result<f64> {
         Ok(events as f64 / (estimate_ns(&format!("pipeline/{name}"))? * 1e-9))
     };

@@ -2,17 +2,13 @@
 //! sampling off (the criterion benchmark `tracer-user/benches/sampled_replay.rs`, the same
 //! recording as the pipeline replay, one core). Most traces dropped must make the pipeline
 //! cheaper: dropped spans are never encoded.
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value as Json, json};
-use test_kit::run_bounded;
 
+use super::criterion;
 use super::report::Figure;
-use crate::util::{self, step};
 
 /// The benchmark's variants (criterion group `sampling`).
 const OFF: &str = "off";
@@ -33,36 +29,11 @@ pub(super) struct SampledReplay {
 /// estimates back.
 pub(super) fn sampled_replay() -> Result<SampledReplay> {
     let started = Instant::now();
-    let root = util::workspace_root();
-    let group = root.join("target/criterion/sampling");
-    let _ = std::fs::remove_dir_all(&group);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["bench", "-p", "tracer-user", "--bench", "sampled_replay"])
-        .args(["--", "--noplot"])
-        .current_dir(&root)
-        .stdout(Stdio::piped());
-    step(format!("$ {}", util::describe(&cmd)));
-    let out = run_bounded("cargo bench", &mut cmd, Duration::from_secs(600))?;
-    print!("{out}");
-    let per_pass = |key: &str| -> Result<u64> {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no `{key}` line in the benchmark's output"))
-    };
+    let run = criterion::run("sampled_replay", &["sampling"])?;
+    let per_pass = |key: &str| run.printed(key);
     let events = per_pass("events per pass:")?;
     let per_sec = |name: &str| -> Result<f64> {
-        let p = group.join(name).join("new/estimates.json");
-        let v: Json = serde_json::from_str(
-            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
-        )?;
-        let ns = v
-            .pointer("/slope/point_estimate")
-            .or_else(|| v.pointer("/mean/point_estimate"))
-            .and_then(Json::as_f64)
-            .with_context(|| format!("no estimate in {}", p.display()))?;
-        Ok(events as f64 / (ns * 1e-9))
+        Ok(events as f64 / (run.estimate_ns(&format!("sampling/{name}"))? * 1e-9))
     };
     Ok(SampledReplay {
         events,
