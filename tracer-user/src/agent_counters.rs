@@ -378,6 +378,67 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "{span}",
         "Spans waiting in the export queue.",
     ),
+    // The database parsers' losses by protocol (`conn::db_losses`).
+    counter(
+        "postgres_gaps",
+        "tracer.postgres_gaps",
+        "{gap}",
+        "Holes in PostgreSQL client connections' byte streams (their calls since are not reported).",
+    ),
+    counter(
+        "postgres_invalid_messages",
+        "tracer.postgres_invalid_messages",
+        "{event}",
+        "PostgreSQL connections whose framing was lost (a gap, an impossible length, a desync): no span from them afterwards.",
+    ),
+    counter(
+        "postgres_dropped_calls",
+        "tracer.postgres_dropped_calls",
+        "{call}",
+        "PostgreSQL calls waiting for their result when their connection's framing was lost (no span).",
+    ),
+    counter(
+        "postgres_unmatched_responses",
+        "tracer.postgres_unmatched_responses",
+        "{message}",
+        "PostgreSQL results or replies without a call to pair with.",
+    ),
+    counter(
+        "postgres_unanswered_calls",
+        "tracer.postgres_unanswered_calls",
+        "{call}",
+        "PostgreSQL calls without a result when their connection closed or expired (no span).",
+    ),
+    counter(
+        "redis_gaps",
+        "tracer.redis_gaps",
+        "{gap}",
+        "Holes in Redis client connections' byte streams (their calls since are not reported).",
+    ),
+    counter(
+        "redis_invalid_messages",
+        "tracer.redis_invalid_messages",
+        "{event}",
+        "Redis connections whose framing was lost (a gap, an impossible length, a desync): no span from them afterwards.",
+    ),
+    counter(
+        "redis_dropped_calls",
+        "tracer.redis_dropped_calls",
+        "{call}",
+        "Redis calls waiting for their result when their connection's framing was lost (no span).",
+    ),
+    counter(
+        "redis_unmatched_responses",
+        "tracer.redis_unmatched_responses",
+        "{message}",
+        "Redis results or replies without a call to pair with.",
+    ),
+    counter(
+        "redis_unanswered_calls",
+        "tracer.redis_unanswered_calls",
+        "{call}",
+        "Redis calls without a result when their connection closed or expired (no span).",
+    ),
 ];
 
 const KERNEL_DROPS: &str = "tracer.kernel.drops";
@@ -541,6 +602,17 @@ mod tests {
                     .all(|d| d.log_name != c.log_name),
                 "{} twice",
                 c.log_name
+            );
+        }
+    }
+
+    #[test]
+    fn every_database_loss_counter_has_its_row() {
+        let losses = crate::conn::db_losses::DbLosses::default();
+        for (name, _) in losses.readings() {
+            assert!(
+                AGENT_COUNTERS.iter().any(|c| c.log_name == name),
+                "{name} has no row"
             );
         }
     }
