@@ -338,6 +338,78 @@ with r.pipeline() as t:
     assert_eq!(ops("SET")[0].name(), "SET");
 }
 
+/// Redis over TLS (`tls-port`, the test's self-signed certificate) with `redis-cli --tls`:
+/// the commands' spans come from the plaintext; the syscalls carry only TLS records.
+#[test]
+fn redis_over_tls_from_redis_cli() {
+    require_root();
+    let dir = TempDir::new("db-redis-tls");
+    let certs = Certs::new("db-redis-certs");
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(certs.cert())
+            .arg("--tls-key-file")
+            .arg(certs.key())
+            .args(["--tls-auth-clients", "no", "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path()),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    wait_attached(&sc, "libssl.so");
+    let cli = |args: &[&str]| {
+        run_bounded(
+            "redis-cli --tls",
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(certs.cert())
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(args),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    cli(&["SET", "user:1", "secret-value"]);
+    assert_eq!(cli(&["GET", "user:1"]).trim(), "secret-value");
+    cli(&["INCR", "user:1"]);
+    sc.wait_spans(3, WAIT, |s| is_db(s, "redis", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "redis", port));
+    let mut ops: Vec<&str> = spans
+        .iter()
+        .map(|s| s.attr_str("db.operation.name"))
+        .collect();
+    ops.sort_unstable();
+    assert_eq!(ops, ["GET", "INCR", "SET"], "{log}\n{spans:#?}");
+    for s in &spans {
+        assert!(!s["attributes"].to_string().contains("secret-value"));
+        assert_eq!(s.res("service.name"), "redis-cli");
+    }
+    let incr = spans
+        .iter()
+        .find(|s| s.attr_str("db.operation.name") == "INCR")
+        .unwrap();
+    assert_eq!(incr.attr_str("error.type"), "ERR");
+    let c = &done.counters;
+    assert_eq!(
+        (
+            c.redis_gaps,
+            c.redis_invalid_messages,
+            c.redis_unmatched_responses
+        ),
+        (0, 0, 0),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_web_requests_queries_are_children_of_its_server_span() {
     require_root();
