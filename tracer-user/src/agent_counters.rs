@@ -607,14 +607,30 @@ mod tests {
     }
 
     #[test]
-    fn every_database_loss_counter_has_its_row() {
-        let losses = crate::conn::db_losses::DbLosses::default();
-        for (name, _) in losses.readings() {
-            assert!(
-                AGENT_COUNTERS.iter().any(|c| c.log_name == name),
-                "{name} has no row"
-            );
+    fn every_database_loss_counter_is_a_prometheus_counter() {
+        let mut losses = crate::conn::db_losses::DbLosses::default();
+        losses.postgres.parse.invalid_messages = 3;
+        losses.redis.gaps = 2;
+        let source = AgentCounters::new(1);
+        source.publish(
+            &CounterReadings {
+                counters: losses.readings().to_vec(),
+                kernel_drops: Err("not read".into()),
+                injection: None,
+                kube: None,
+                sampling: SamplingStats::default(),
+            },
+            2,
+        );
+        let mut families = Vec::new();
+        source.collect(&mut families);
+        let text = encode(&families, Format::Classic);
+        for (name, value) in losses.readings() {
+            let line = format!("# TYPE tracer_{name}_total counter\ntracer_{name}_total {value}\n");
+            assert!(text.contains(&line), "{line:?} in\n{text}");
         }
+        assert!(text.contains("tracer_postgres_invalid_messages_total 3\n"));
+        assert!(text.contains("tracer_redis_gaps_total 2\n"));
     }
 
     #[test]
