@@ -55,6 +55,29 @@ pub struct Counters {
     pub export_failed: u64,
     pub export_queue_full: u64,
     pub queue_len: u64,
+    // The database parsers' losses by protocol (`tracer::conn::db_losses`): stream gaps,
+    // framing lost, calls dropped with it, replies without a call, calls never answered.
+    // Absent from lines recorded before them.
+    #[serde(default)]
+    pub postgres_gaps: u64,
+    #[serde(default)]
+    pub postgres_invalid_messages: u64,
+    #[serde(default)]
+    pub postgres_dropped_calls: u64,
+    #[serde(default)]
+    pub postgres_unmatched_responses: u64,
+    #[serde(default)]
+    pub postgres_unanswered_calls: u64,
+    #[serde(default)]
+    pub redis_gaps: u64,
+    #[serde(default)]
+    pub redis_invalid_messages: u64,
+    #[serde(default)]
+    pub redis_dropped_calls: u64,
+    #[serde(default)]
+    pub redis_unmatched_responses: u64,
+    #[serde(default)]
+    pub redis_unanswered_calls: u64,
     /// Required: a line whose kernel counters could not be read fails to parse.
     pub kernel_drops: KernelDrops,
     /// `None` when injection is off (or its counters could not be read).

@@ -1,8 +1,10 @@
 //! Privileged end-to-end: database client spans from real servers and clients. PostgreSQL 15
 //! (`initdb` + `postgres` in a temporary directory, as the `postgres` user) with `psql` and
-//! Python's psycopg (text and binary results, prepared statements); Redis 7 (`redis-server`
-//! on a free port) with `redis-cli` and redis-py's pipelines; and a Python web service whose
-//! request runs two queries: both are children of its SERVER span.
+//! Python's psycopg (text and binary results, prepared statements), in the clear and over TLS
+//! (`ssl=on` with a self-signed certificate, the clients with `sslmode=require`: the spans
+//! come from the plaintext the libssl probes see); Redis 7 (`redis-server` on a free port)
+//! with `redis-cli` and redis-py's pipelines; and a Python web service whose request runs two
+//! queries: both are children of its SERVER span.
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
@@ -17,8 +19,9 @@ fn is_db(s: &Value, system: &str, port: u16) -> bool {
         && s.attr_i64("server.port") == i64::from(port)
 }
 
-/// PostgreSQL in `dir` (initialised there, owned by the `postgres` user) on a free port.
-fn start_postgres(dir: &Path) -> (Proc, u16) {
+/// PostgreSQL in `dir` (initialised there, owned by the `postgres` user) on a free port; with
+/// `certs`, also over TLS with that certificate.
+fn start_postgres(dir: &Path, certs: Option<&Certs>) -> (Proc, u16) {
     let data = dir.join("data");
     let chown = Command::new("chown")
         .arg("postgres")
@@ -41,32 +44,46 @@ fn start_postgres(dir: &Path) -> (Proc, u16) {
     )
     .unwrap();
     let port = free_port();
-    let mut pg = Proc::spawn(
-        "postgres",
-        as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-k")
-            .arg(dir),
-    )
-    .unwrap();
+    let mut postgres = as_postgres("postgres");
+    postgres
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-k")
+        .arg(dir);
+    if let Some(certs) = certs {
+        // The server reads its key only when the postgres user owns it, mode 0600.
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::copy(certs.cert(), &cert).unwrap();
+        std::fs::copy(certs.key(), &key).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let chown = Command::new("chown")
+            .arg("postgres")
+            .args([&cert, &key])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        postgres.args(["-c", "ssl=on", "-c"]);
+        postgres.arg(format!("ssl_cert_file={}", cert.display()));
+        postgres
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", key.display()));
+    }
+    let mut pg = Proc::spawn("postgres", &mut postgres).unwrap();
     pg.wait_listening(port, Duration::from_secs(30)).unwrap();
     (pg, port)
 }
 
-fn psql(port: u16, sql: &[&str]) -> String {
+/// libpq's connection string: `sslmode` `disable` (in the clear) or `require` (TLS).
+fn conninfo(port: u16, sslmode: &str) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}")
+}
+
+/// psql's output of `sql` (one `-c` each; unaligned, tuples only).
+fn psql(port: u16, sslmode: &str, sql: &[&str]) -> String {
     let mut c = Command::new("psql");
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-    ]);
+    c.args(["-At", "-d", &conninfo(port, sslmode)]);
     for s in sql {
         c.args(["-c", s]);
     }
@@ -85,25 +102,53 @@ fn python(name: &str, script: &str, args: &[String]) -> String {
 
 #[test]
 fn postgres_statements_from_psql_and_psycopg() {
+    postgres_statements("disable");
+}
+
+/// The same statements over TLS: the same spans, from the plaintext only. The syscalls carry
+/// the SSLRequest, the server's `S` and then ciphertext, which is never copied or parsed.
+#[test]
+fn postgres_over_tls_statements_from_psql_and_psycopg() {
+    postgres_statements("require");
+}
+
+/// psql and psycopg run their statements with `sslmode`: each is one span with its operation,
+/// table, sanitised text and SQLSTATE; nothing else is a span, nothing is lost.
+fn postgres_statements(sslmode: &str) {
     require_root();
+    let tls = sslmode == "require";
     let dir = TempDir::new("db-pg");
-    let (_pg, port) = start_postgres(dir.path());
-    psql(port, &["CREATE TABLE items (id int, name text)"]);
+    let certs = tls.then(|| Certs::new("db-pg-certs"));
+    let (_pg, port) = start_postgres(dir.path(), certs.as_ref());
+    psql(port, sslmode, &["CREATE TABLE items (id int, name text)"]);
     let sc = Scenario::ports(&[port]).start().unwrap();
-    psql(
+    if tls {
+        // The clients' libssl (libpq's), mapped by the server too: probed at the start.
+        wait_attached(&sc, "libssl.so");
+    }
+    let out = psql(
         port,
+        sslmode,
         &[
             "INSERT INTO items VALUES (1, 'secret-name')",
             "SELECT name FROM items WHERE id = 1",
             "SELECT * FROM missing_table",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
         ],
     );
+    // The server's own view: psql's session was TLS exactly when asked.
+    assert_eq!(
+        out.lines().last(),
+        Some(if tls { "t" } else { "f" }),
+        "{out}"
+    );
     // psycopg: a prepared statement run twice, a binary-result query, a failing insert.
-    python(
+    let out = python(
         "psycopg",
         r#"
 import sys, psycopg
-with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres", autocommit=True) as c:
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    print("ssl_in_use", c.pgconn.ssl_in_use)
     for _ in range(2):
         c.execute("SELECT name FROM items WHERE id = %s", (1,), prepare=True).fetchall()
     c.cursor(binary=True).execute("SELECT id FROM items WHERE name = %s", ("secret-name",)).fetchall()
@@ -112,13 +157,36 @@ with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=po
     except psycopg.errors.UndefinedTable:
         pass
 "#,
-        &[port.to_string()],
+        &[conninfo(port, sslmode)],
     );
-    sc.wait_spans(7, WAIT, |s| is_db(s, "postgresql", port));
+    assert!(
+        out.contains(&format!(
+            "ssl_in_use {}",
+            if tls { "True" } else { "False" }
+        )),
+        "{out}"
+    );
+    sc.wait_spans(8, WAIT, |s| is_db(s, "postgresql", port));
     let done = sc.stop().unwrap();
     let log = done.summary();
     let spans = done.spans_where(|s| is_db(s, "postgresql", port));
-    assert_eq!(spans.len(), 7, "{log}\n{spans:#?}");
+    // Exactly the statements: no span from the SSLRequest, its answer or the ciphertext.
+    assert_eq!(spans.len(), 8, "{log}\n{spans:#?}");
+    let c = &done.counters;
+    assert_eq!(
+        (
+            c.postgres_gaps,
+            c.postgres_invalid_messages,
+            c.postgres_dropped_calls,
+            c.postgres_unmatched_responses,
+            c.postgres_unanswered_calls
+        ),
+        (0, 0, 0, 0, 0),
+        "{log}"
+    );
+    if tls {
+        assert!(c.tls_files_attached >= 1, "{log}");
+    }
     for s in &spans {
         assert_eq!(s.attr_str("db.namespace"), "postgres");
         assert_eq!(s.attr_str("server.address"), "127.0.0.1");
@@ -155,6 +223,24 @@ with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=po
     assert_eq!(by_text("SELECT id FROM items WHERE name = $1").len(), 1);
     let failed = by_text("INSERT INTO nope VALUES ($1)");
     assert_eq!(failed[0].attr_str("error.type"), "42P01");
+    assert_eq!(failed[0].attr_str("db.namespace"), "postgres");
+    for s in &spans {
+        assert_eq!(s.attr_i64("network.peer.port"), i64::from(port));
+        assert_eq!(s.attr_str("network.peer.address"), "127.0.0.1");
+    }
+}
+
+/// Waits until the agent logged that it attached TLS probes to a file whose line contains
+/// `what`.
+fn wait_attached(sc: &Scenario, what: &str) {
+    let found = wait_for(WAIT, || {
+        sc.agent
+            .proc
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("attached TLS probes to") && l.contains(what))
+    });
+    assert!(found.is_some(), "no TLS probes on {what}:\n{}", sc.log());
 }
 
 #[test]
@@ -252,11 +338,83 @@ with r.pipeline() as t:
     assert_eq!(ops("SET")[0].name(), "SET");
 }
 
+/// Redis over TLS (`tls-port`, the test's self-signed certificate) with `redis-cli --tls`:
+/// the commands' spans come from the plaintext; the syscalls carry only TLS records.
+#[test]
+fn redis_over_tls_from_redis_cli() {
+    require_root();
+    let dir = TempDir::new("db-redis-tls");
+    let certs = Certs::new("db-redis-certs");
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(certs.cert())
+            .arg("--tls-key-file")
+            .arg(certs.key())
+            .args(["--tls-auth-clients", "no", "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path()),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    wait_attached(&sc, "libssl.so");
+    let cli = |args: &[&str]| {
+        run_bounded(
+            "redis-cli --tls",
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(certs.cert())
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(args),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    cli(&["SET", "user:1", "secret-value"]);
+    assert_eq!(cli(&["GET", "user:1"]).trim(), "secret-value");
+    cli(&["INCR", "user:1"]);
+    sc.wait_spans(3, WAIT, |s| is_db(s, "redis", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "redis", port));
+    let mut ops: Vec<&str> = spans
+        .iter()
+        .map(|s| s.attr_str("db.operation.name"))
+        .collect();
+    ops.sort_unstable();
+    assert_eq!(ops, ["GET", "INCR", "SET"], "{log}\n{spans:#?}");
+    for s in &spans {
+        assert!(!s["attributes"].to_string().contains("secret-value"));
+        assert_eq!(s.res("service.name"), "redis-cli");
+    }
+    let incr = spans
+        .iter()
+        .find(|s| s.attr_str("db.operation.name") == "INCR")
+        .unwrap();
+    assert_eq!(incr.attr_str("error.type"), "ERR");
+    let c = &done.counters;
+    assert_eq!(
+        (
+            c.redis_gaps,
+            c.redis_invalid_messages,
+            c.redis_unmatched_responses
+        ),
+        (0, 0, 0),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_web_requests_queries_are_children_of_its_server_span() {
     require_root();
     let dir = TempDir::new("db-web");
-    let (_pg, pg_port) = start_postgres(dir.path());
+    let (_pg, pg_port) = start_postgres(dir.path(), None);
     let web_port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/db_web_service.py");
     let mut web = Proc::spawn(

@@ -12,6 +12,12 @@
 //! `SSL*` whose socket is still unknown when a call returns is tied to the next socket read or
 //! write of that thread (for `node`, the write of the handshake bytes the call produced).
 //! `SSL_free` forgets the `SSL*`, so a reused address is never tied to an old socket.
+//!
+//! The plaintext is classified as the syscalls' bytes are (HTTP, and the database clients'
+//! first message): PostgreSQL's SSLRequest goes out in plaintext and classifies the socket
+//! `Postgres`, then the TLS handshake runs inside an OpenSSL call; its first socket syscall
+//! marks the connection `Tls` ([`on_socket_syscall`]), so no ciphertext is copied, and the
+//! TLS write of the startup message classifies the plaintext.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
@@ -21,13 +27,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    ConnState, DropCause, Protocol, Role, Source, SpanCtx,
-    classify::{MAX_CLASSIFY_ATTEMPTS, classify, is_h2_headers_frame},
+    ConnState, Direction, DropCause, Protocol, Role, Source, SpanCtx,
+    classify::{MAX_CLASSIFY_ATTEMPTS, classify, classify_db, is_h2_headers_frame},
 };
 
 use crate::{
     capture::{Call, Positions, capture_len, conn_state, emit, in_port_targets, traced},
-    maps::{SCRATCH, count},
+    maps::{CONNS, SCRATCH, count},
     sock::TcpSock,
 };
 
@@ -209,7 +215,10 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
 pub fn on_socket_syscall(pid_tgid: u64, sock: &TcpSock, fd: i32) {
     // SAFETY: this thread's entries, only read at once.
     let ssl = match unsafe { SSL_CALLS.get(pid_tgid) } {
-        Some(call) => call.ssl,
+        Some(call) => {
+            mark_tls(sock);
+            call.ssl
+        }
         // SAFETY: as above.
         None => match unsafe { SSL_PENDING.get(pid_tgid) } {
             Some(ssl) => {
@@ -230,12 +239,28 @@ pub fn on_socket_syscall(pid_tgid: u64, sock: &TcpSock, fd: i32) {
     let _ = SSL_SOCKS.insert(key, value, 0);
 }
 
+/// A socket read or written inside an OpenSSL call carries TLS records: its syscalls are
+/// never copied from here on. What plaintext came first stays classified, e.g. PostgreSQL's
+/// SSLRequest and its answer (the agent's parser then expects TLS). `Other` stays: it also
+/// marks connections outside the port target set.
+#[inline(always)]
+fn mark_tls(sock: &TcpSock) {
+    if let Some(conn) = CONNS.get_ptr_mut(sock.sk) {
+        // SAFETY: a CONNS value, valid for this program run; concurrent writers only race on
+        // a byte that ends up `Tls` or `Other` either way.
+        unsafe {
+            if (*conn).ino == sock.ino && (*conn).protocol != Protocol::Other as u8 {
+                (*conn).protocol = Protocol::Tls as u8;
+            }
+        }
+    }
+}
+
 /// The plaintext stream's final positions, for the close event of a connection whose
 /// plaintext was captured (`None`: not a TLS connection with plaintext we parse).
 #[inline(always)]
 pub fn plaintext_positions(conn: &ConnState) -> Option<[u64; 2]> {
-    let p = Protocol::from_u8(conn.tls_protocol);
-    if p == Protocol::Http1 || p == Protocol::Http2 {
+    if Protocol::from_u8(conn.tls_protocol).is_parsed() {
         Some(conn.tls_positions)
     } else {
         None
@@ -329,6 +354,11 @@ pub fn plaintext_event(
         let mut head = [0u8; 8];
         let n = read_head(buf, len, &mut head);
         protocol = classify(&head, n);
+        if protocol == Protocol::Unknown {
+            // A database client's first message (PostgreSQL's startup after its SSLRequest,
+            // a Redis command), only as the client sends it.
+            protocol = classify_db(&head, n, source.direction() == Direction::Egress);
+        }
         if protocol == Protocol::Unknown
             // SAFETY: `conn` points into the CONNS map value for this program run.
             && unsafe { (*conn).role } == Role::Unknown as u8
@@ -339,7 +369,7 @@ pub fn plaintext_event(
         }
         // SAFETY: as above.
         unsafe {
-            if protocol == Protocol::Http1 || protocol == Protocol::Http2 {
+            if protocol.is_parsed() {
                 (*conn).tls_protocol = protocol as u8;
             } else if protocol != Protocol::Unknown {
                 (*conn).tls_protocol = Protocol::Other as u8;
@@ -353,7 +383,7 @@ pub fn plaintext_event(
             }
         }
     }
-    if protocol != Protocol::Http1 && protocol != Protocol::Http2 {
+    if !protocol.is_parsed() {
         return;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {

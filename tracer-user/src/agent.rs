@@ -347,7 +347,7 @@ fn read_counters(
     let ex = export.snapshot();
     let links = assembler.parent_stats();
     let tls = tls.stats();
-    let counters = vec![
+    let mut counters = vec![
         ("events", ev.events),
         ("data_events", ev.data_events),
         ("malformed", ev.malformed),
@@ -395,6 +395,7 @@ fn read_counters(
         ("export_queue_full", ex.spans_dropped_queue_full),
         ("queue_len", ex.queue_len),
     ];
+    counters.extend(assembler.conns.db_losses().readings());
     CounterReadings {
         counters,
         kube: kube.map(|k| kubernetes::counters(&k.stats)),

@@ -378,6 +378,67 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "{span}",
         "Spans waiting in the export queue.",
     ),
+    // The database parsers' losses by protocol (`conn::db_losses`).
+    counter(
+        "postgres_gaps",
+        "tracer.postgres_gaps",
+        "{gap}",
+        "Holes in PostgreSQL client connections' byte streams (their calls since are not reported).",
+    ),
+    counter(
+        "postgres_invalid_messages",
+        "tracer.postgres_invalid_messages",
+        "{event}",
+        "PostgreSQL connections whose framing was lost (a gap, an impossible length, a desync): no span from them afterwards.",
+    ),
+    counter(
+        "postgres_dropped_calls",
+        "tracer.postgres_dropped_calls",
+        "{call}",
+        "PostgreSQL calls waiting for their result when their connection's framing was lost (no span).",
+    ),
+    counter(
+        "postgres_unmatched_responses",
+        "tracer.postgres_unmatched_responses",
+        "{message}",
+        "PostgreSQL results or replies without a call to pair with.",
+    ),
+    counter(
+        "postgres_unanswered_calls",
+        "tracer.postgres_unanswered_calls",
+        "{call}",
+        "PostgreSQL calls without a result when their connection closed or expired (no span).",
+    ),
+    counter(
+        "redis_gaps",
+        "tracer.redis_gaps",
+        "{gap}",
+        "Holes in Redis client connections' byte streams (their calls since are not reported).",
+    ),
+    counter(
+        "redis_invalid_messages",
+        "tracer.redis_invalid_messages",
+        "{event}",
+        "Redis connections whose framing was lost (a gap, an impossible length, a desync): no span from them afterwards.",
+    ),
+    counter(
+        "redis_dropped_calls",
+        "tracer.redis_dropped_calls",
+        "{call}",
+        "Redis calls waiting for their result when their connection's framing was lost (no span).",
+    ),
+    counter(
+        "redis_unmatched_responses",
+        "tracer.redis_unmatched_responses",
+        "{message}",
+        "Redis results or replies without a call to pair with.",
+    ),
+    counter(
+        "redis_unanswered_calls",
+        "tracer.redis_unanswered_calls",
+        "{call}",
+        "Redis calls without a result when their connection closed or expired (no span).",
+    ),
 ];
 
 const KERNEL_DROPS: &str = "tracer.kernel.drops";
@@ -543,6 +604,33 @@ mod tests {
                 c.log_name
             );
         }
+    }
+
+    #[test]
+    fn every_database_loss_counter_is_a_prometheus_counter() {
+        let mut losses = crate::conn::db_losses::DbLosses::default();
+        losses.postgres.parse.invalid_messages = 3;
+        losses.redis.gaps = 2;
+        let source = AgentCounters::new(1);
+        source.publish(
+            &CounterReadings {
+                counters: losses.readings().to_vec(),
+                kernel_drops: Err("not read".into()),
+                injection: None,
+                kube: None,
+                sampling: SamplingStats::default(),
+            },
+            2,
+        );
+        let mut families = Vec::new();
+        source.collect(&mut families);
+        let text = encode(&families, Format::Classic);
+        for (name, value) in losses.readings() {
+            let line = format!("# TYPE tracer_{name}_total counter\ntracer_{name}_total {value}\n");
+            assert!(text.contains(&line), "{line:?} in\n{text}");
+        }
+        assert!(text.contains("tracer_postgres_invalid_messages_total 3\n"));
+        assert!(text.contains("tracer_redis_gaps_total 2\n"));
     }
 
     #[test]

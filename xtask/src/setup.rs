@@ -233,6 +233,12 @@ pub fn grpc_bench_deps() -> Result<()> {
     ])
 }
 
+/// The database benchmark (`cargo xtask bench --db`): PostgreSQL 15 with pgbench (Debian ships
+/// it in postgresql-15), redis-server with redis-benchmark (redis-tools).
+pub fn db_bench_deps() -> Result<()> {
+    apt_install(&["postgresql", "redis-server", "redis-tools"])
+}
+
 /// The side-by-side with the OpenTelemetry Python SDK (`cargo xtask bench --vs-sdk`): Flask
 /// served by waitress, and the SDK's auto-instrumentation with its OTLP/gRPC exporter, in a
 /// virtual environment of the bench's own (target/bench/sdk-venv): the SDK versions it

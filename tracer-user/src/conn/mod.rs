@@ -1,6 +1,7 @@
 //! Connection tracking: one entry per connection the kernel reported, with per-direction
 //! reassembly by byte position feeding the protocol parsers.
 
+pub mod db_losses;
 pub mod nat;
 pub mod table;
 

@@ -4,7 +4,11 @@ use std::collections::HashMap;
 
 use tracer_common::{CloseEvent, DataHeader, Direction, Protocol, Role, Source};
 
-use super::{ConnMeta, socket_addrs};
+use super::{
+    ConnMeta,
+    db_losses::{DbLosses, add_parse},
+    socket_addrs,
+};
 use crate::protocol::{
     Chunk, ConnParser, DbExchange, HttpExchange, ParseStats, http1::RequestStart, http2::H2Stats,
 };
@@ -46,12 +50,16 @@ pub struct TableStats {
     pub parse: ParseStats,
     /// HTTP/2 framing and stream counters of the connections already gone.
     pub h2: H2Stats,
+    /// The database connections' gaps (open and gone) and parser losses (gone), by protocol.
+    pub db: DbLosses,
 }
 
 struct Conn {
     meta: ConnMeta,
     /// Next expected byte position per direction; `None` until the first call.
     next: [Option<u64>; 2],
+    /// What the kernel classified: which parser, whose losses.
+    protocol: Protocol,
     http: ConnParser,
     last_ns: u64,
 }
@@ -117,6 +125,19 @@ impl ConnTable {
         on_start: &mut impl FnMut(&ConnMeta, &RequestStart<'_>),
     ) {
         let ts = h.header.ts;
+        let tls = Source::is_tls(h.source);
+        if let Some(conn) = self.conns.get_mut(&h.conn_id)
+            && conn.meta.tls != tls
+        {
+            if !tls {
+                // The syscalls of a connection whose plaintext the TLS probes deliver carry
+                // ciphertext: never parsed.
+                return;
+            }
+            // Plaintext of a connection that began in the clear (PostgreSQL's SSLRequest and
+            // its answer): a stream of its own, with its own byte positions.
+            conn.restart_as_tls(Protocol::from_u8(h.protocol), ts, out, &mut self.stats);
+        }
         if !self.conns.contains_key(&h.conn_id) {
             if self.conns.len() >= self.limits.max_conns {
                 self.stats.refused_full += 1;
@@ -131,15 +152,17 @@ impl ConnTable {
                 local,
                 remote,
                 role: Role::from_u8(h.role),
-                tls: Source::is_tls(h.source),
+                tls,
             };
             self.stats.opened += 1;
+            let protocol = Protocol::from_u8(h.protocol);
             self.conns.insert(
                 h.conn_id,
                 Box::new(Conn {
                     meta,
                     next: [None; 2],
-                    http: ConnParser::new(Protocol::from_u8(h.protocol)),
+                    protocol,
+                    http: ConnParser::new(protocol),
                     last_ns: ts,
                 }),
             );
@@ -173,6 +196,9 @@ impl ConnTable {
                 let gap = h.position - expected;
                 self.stats.gaps += 1;
                 self.stats.gap_bytes += gap;
+                if let Some(db) = self.stats.db.of_mut(conn.protocol) {
+                    db.gaps += 1;
+                }
                 conn.http.on_gap(dir, gap);
             }
             Some(expected) if h.position < expected => {
@@ -217,6 +243,9 @@ impl ConnTable {
                 if total > seen {
                     self.stats.gaps += 1;
                     self.stats.gap_bytes += total - seen;
+                    if let Some(db) = self.stats.db.of_mut(conn.protocol) {
+                        db.gaps += 1;
+                    }
                     conn.http.on_gap(dir, total - seen);
                 }
             }
@@ -238,7 +267,9 @@ impl ConnTable {
             conn.http.on_close(ts, &mut done);
         }
         out.extend(done.into_iter().map(|ex| (conn.meta, ex)));
-        add_parse_stats(&mut stats.parse, &conn.http.stats());
+        let parse = conn.http.stats();
+        add_parse(&mut stats.parse, &parse);
+        stats.db.add_parse(conn.protocol, &parse);
         if let Some(h2) = conn.http.h2_stats() {
             add_h2_stats(&mut stats.h2, &h2);
         }
@@ -273,7 +304,16 @@ impl ConnTable {
     pub fn parse_stats(&self) -> ParseStats {
         let mut s = self.stats.parse;
         for c in self.conns.values() {
-            add_parse_stats(&mut s, &c.http.stats());
+            add_parse(&mut s, &c.http.stats());
+        }
+        s
+    }
+
+    /// The database connections' losses by protocol, open connections included.
+    pub fn db_losses(&self) -> DbLosses {
+        let mut s = self.stats.db;
+        for c in self.conns.values() {
+            s.add_parse(c.protocol, &c.http.stats());
         }
         s
     }
@@ -300,11 +340,27 @@ impl ConnTable {
     }
 }
 
-fn add_parse_stats(total: &mut ParseStats, s: &ParseStats) {
-    total.invalid_messages += s.invalid_messages;
-    total.dropped_messages += s.dropped_messages;
-    total.unmatched_responses += s.unmatched_responses;
-    total.unanswered_requests += s.unanswered_requests;
+impl Conn {
+    /// Starts the connection over with the TLS plaintext's parser: the cleartext parser is
+    /// finished as at a close (what it still waited for is counted, in the totals).
+    fn restart_as_tls(
+        &mut self,
+        protocol: Protocol,
+        ts: u64,
+        out: &mut Vec<Finished>,
+        stats: &mut TableStats,
+    ) {
+        let mut done = Vec::new();
+        self.http.on_close(ts, &mut done);
+        out.extend(done.into_iter().map(|ex| (self.meta, ex)));
+        let parse = self.http.stats();
+        add_parse(&mut stats.parse, &parse);
+        stats.db.add_parse(self.protocol, &parse);
+        self.protocol = protocol;
+        self.http = ConnParser::new(protocol);
+        self.next = [None; 2];
+        self.meta.tls = true;
+    }
 }
 
 fn add_h2_stats(total: &mut H2Stats, s: &H2Stats) {
@@ -564,6 +620,130 @@ mod tests {
         );
         // The rest is the HTTP/1 parser's buffers kept for reuse (its queue of requests): 992 B.
         assert!(per_conn <= 2048, "{per_conn} bytes per idle connection");
+    }
+
+    /// A PostgreSQL client connection's calls: each `(direction, TLS plaintext?, bytes)`
+    /// with its positions counted per stream (the syscalls' and the plaintext's).
+    struct Pg {
+        table: ConnTable,
+        pos: [[u64; 2]; 2],
+        ts: u64,
+    }
+
+    impl Pg {
+        fn new() -> Self {
+            Self {
+                table: ConnTable::new(TableLimits::default()),
+                pos: [[0; 2]; 2],
+                ts: 1_000,
+            }
+        }
+
+        fn call(&mut self, dir: Direction, tls: bool, bytes: &[u8]) {
+            self.ts += 1_000;
+            let pos = &mut self.pos[usize::from(tls)][dir.index()];
+            let mut h = header(7, dir, *pos, bytes, self.ts);
+            *pos += bytes.len() as u64;
+            h.role = Role::Client as u8;
+            h.protocol = Protocol::Postgres as u8;
+            h.source = match (tls, dir) {
+                (false, Direction::Egress) => Source::Write,
+                (false, Direction::Ingress) => Source::Read,
+                (true, Direction::Egress) => Source::TlsWrite,
+                (true, Direction::Ingress) => Source::TlsRead,
+            } as u8;
+            let mut http = Vec::new();
+            self.table.on_data(&h, bytes, &mut http);
+            assert!(http.is_empty());
+        }
+
+        fn lose(&mut self, dir: Direction, tls: bool, n: u64) {
+            self.pos[usize::from(tls)][dir.index()] += n;
+        }
+
+        /// A session on the stream: startup, authentication, `SELECT 1`.
+        fn session(&mut self, tls: bool) {
+            self.call(Direction::Egress, tls, &PG_STARTUP);
+            self.call(Direction::Ingress, tls, PG_READY);
+            self.call(Direction::Egress, tls, PG_QUERY);
+        }
+
+        fn texts(&mut self) -> Vec<String> {
+            self.table
+                .drain_db()
+                .map(|(meta, call)| {
+                    assert!(meta.tls);
+                    call.query_text.as_deref().unwrap_or_default().to_owned()
+                })
+                .collect()
+        }
+    }
+
+    /// Startup message (protocol 3.0, user postgres), AuthenticationOk + ReadyForQuery,
+    /// `SELECT 1` and its CommandComplete + ReadyForQuery.
+    const PG_STARTUP: [u8; 23] = *b"\0\0\0\x17\0\x03\0\0user\0postgres\0\0";
+    const PG_READY: &[u8] = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
+    const PG_QUERY: &[u8] = b"Q\0\0\0\x0dSELECT 1\0";
+    const PG_RESULT: &[u8] = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
+
+    #[test]
+    fn postgres_over_tls_parses_the_plaintext_never_the_ciphertext() {
+        let mut t = Pg::new();
+        // SSLRequest and the server's `S`, in the clear; then ciphertext the kernel copied
+        // before it knew (a TLS record), whose positions continue the clear stream's.
+        t.call(
+            Direction::Egress,
+            false,
+            &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+        );
+        t.call(Direction::Ingress, false, b"S");
+        t.call(
+            Direction::Egress,
+            false,
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 1, 2],
+        );
+        // The plaintext from the TLS probes: a stream of its own from position 0.
+        t.session(true);
+        // Ciphertext after the plaintext started: ignored, whatever it looks like.
+        t.call(Direction::Ingress, false, PG_RESULT);
+        t.call(Direction::Ingress, true, PG_RESULT);
+        assert_eq!(t.texts(), ["SELECT ?"]);
+        assert_eq!(t.table.db_losses(), DbLosses::default());
+        let s = t.table.stats();
+        assert_eq!((s.gaps, s.overlaps, s.opened, s.open), (0, 0, 1, 1));
+    }
+
+    #[test]
+    fn a_broken_postgres_stream_is_counted_never_spanned() {
+        let mut t = Pg::new();
+        t.session(true);
+        // The result's first bytes were lost (the ring buffer was full).
+        t.lose(Direction::Ingress, true, 5);
+        t.call(Direction::Ingress, true, &PG_RESULT[5..]);
+        // Nothing from the connection afterwards, though these bytes would pair.
+        t.call(Direction::Egress, true, PG_QUERY);
+        t.call(Direction::Ingress, true, PG_RESULT);
+        assert_eq!(t.texts(), Vec::<String>::new());
+        let pg = t.table.db_losses().postgres;
+        assert_eq!(pg.gaps, 1);
+        assert_eq!(
+            (pg.parse.invalid_messages, pg.parse.dropped_messages),
+            (1, 1)
+        );
+        assert_eq!(t.table.db_losses().redis, Default::default());
+        // The counters stay once the connection is gone.
+        let close = CloseEvent {
+            conn_id: 7,
+            positions: t.pos[1],
+            ..Default::default()
+        };
+        t.table.on_close(&close, &mut Vec::new());
+        assert!(t.table.is_empty());
+        assert_eq!(t.table.db_losses().postgres, pg);
+        let readings = t.table.db_losses().readings();
+        assert!(readings.contains(&("postgres_gaps", 1)));
+        assert!(readings.contains(&("postgres_invalid_messages", 1)));
+        assert!(readings.contains(&("postgres_dropped_calls", 1)));
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //!   service plain, traced by the agent and instrumented with the SDK, rounds interleaved:
 //!   throughput kept and p50/p99 added by each; `bench-sdk-<unix time>.json`, `latest-sdk.json`.
 //!
+//! - Databases (`--db`, instead of the above): pgbench `-S` against PostgreSQL and
+//!   redis-benchmark against redis-server, untraced and traced rounds interleaved: throughput
+//!   kept, p50/p99 added, coverage (CLIENT spans / calls), agent CPU per call;
+//!   `bench-db-<unix time>.json`, `latest-db.json`.
+//!
 //! In the traced rounds at a fixed rate the kernel's BPF statistics are on (`bpf_stats`): the
 //! agent's programs' run time per request, per program and summed (both ends). One more traced
 //! round runs under `perf record -g` (`profile`, where perf is installed): the agent's top 10
@@ -47,6 +52,7 @@ mod agent;
 mod bpf_stats;
 mod counters;
 mod criterion;
+mod db;
 mod grpc;
 mod http;
 mod load;
@@ -84,7 +90,7 @@ pub struct Args {
     /// throughput with the span-metrics stage on and off, the stage's cost per span, and the
     /// replay with sampling at 0.1 plus tail rules against sampling off. No live rounds:
     /// needs neither root nor nginx.
-    #[arg(long, conflicts_with_all = ["record", "tls", "grpc", "vs_sdk"])]
+    #[arg(long, conflicts_with_all = ["record", "tls", "grpc", "vs_sdk", "db"])]
     replay_only: bool,
     /// nginx serves HTTPS (self-signed certificate, HTTP/1.1) and wrk and oha connect over
     /// TLS: the cost of tracing through the TLS library probes.
@@ -101,6 +107,12 @@ pub struct Args {
     /// the same receiver), rounds interleaved; throughput kept and p50/p99 added by each.
     #[arg(long, conflicts_with_all = ["tls", "record", "grpc"])]
     vs_sdk: bool,
+    /// Database clients instead: pgbench `-S` (4 clients) against a PostgreSQL 15 started in a
+    /// temporary directory, and redis-benchmark (SET, GET; 16 clients) against redis-server,
+    /// untraced and traced: throughput kept, p50/p99 added, coverage (CLIENT spans / calls),
+    /// agent CPU per call.
+    #[arg(long, conflicts_with_all = ["tls", "record", "grpc", "vs_sdk"])]
+    db: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -131,6 +143,8 @@ pub fn run(args: Args) -> Result<()> {
         grpc::run(&args, &tracer, started)
     } else if args.vs_sdk {
         vs_sdk::run(&args, &tracer, started)
+    } else if args.db {
+        db::run(&args, &tracer, started)
     } else {
         http::run(&args, &tracer, started)
     }
