@@ -105,8 +105,9 @@ fn check_named(server: &Value, client: &Value, path: &str, name: &str, status: i
     // The server handled the request while the client waited for it. Its end may trail the
     // client's: on loopback the client's read can return as soon as the server's write has
     // queued the bytes, before the server's SSL_write return probe runs (later still when the
-    // machine is busy and the server thread is preempted in between); see http1.rs.
-    const TRAIL_NS: u64 = 5_000_000;
+    // machine is busy and the server thread is preempted in between: once 5 ms was exceeded
+    // at a load average of 17 on this 2-core machine); see http1.rs.
+    const TRAIL_NS: u64 = 25_000_000;
     assert!(
         client.start_ns() <= server.start_ns(),
         "client {client:#} server {server:#}"
