@@ -19,8 +19,11 @@ pub(super) struct CriterionRun {
 }
 
 /// Runs `cargo bench --bench <bench>` after removing the old results of its criterion
-/// `groups` (so a missing estimate is an error, not last run's figure).
+/// `groups` (so a missing estimate is an error, not last run's figure). The benchmark is
+/// compiled first, unbounded (an LTO build on a busy machine can take many minutes); the run
+/// itself is bounded.
 pub(super) fn run(bench: &str, groups: &[&str]) -> Result<CriterionRun> {
+    util::cargo(&["bench", "-p", "tracer-user", "--bench", bench, "--no-run"])?;
     let root = util::workspace_root();
     let dir = root.join("target/criterion");
     for group in groups {
