@@ -3,8 +3,8 @@
 //! replayed through what the agent runs on it: decoding, reassembly → HTTP parsing → spans
 //! (`SpanAssembler::on_record`), the span pipeline (`Pipeline::on_span`: redact → span metrics →
 //! the node view's store → sampling → the export queue) with the agent's default options, and
-//! OTLP encoding of the queued spans in batches of 512 (`export_request` + protobuf encoding,
-//! as the OTLP exporters do). Throughput is in events (ring-buffer records) per second on one
+//! OTLP encoding of the queued spans in batches of 512 (`TraceEncoder`, straight from the spans
+//! into a reused buffer, as the OTLP exporters do). Throughput is in events (ring-buffer records) per second on one
 //! core: its inverse is the agent's CPU per event, transport and kernel aside.
 //!
 //! Variants (group `pipeline`, throughput in events):
@@ -19,7 +19,9 @@
 //!
 //! And each stage alone (group `stage`, throughput in spans), on the spans of one pass built
 //! beforehand (redacted first, as the later stages see them): `redact`, `metrics`, `recent`,
-//! `sample`, `encode`; their cost per span.
+//! `sample`, `encode`; their cost per span. `encode_via_proto` is the former encoding (the
+//! `opentelemetry-proto` messages built by `export_request`, then prost-encoded), the same
+//! bytes: the reference `encode` is measured against.
 //!
 //! Run by `cargo xtask bench`, which reads the figures back from criterion's estimates and
 //! the `events per pass:` / `spans per pass:` lines printed here. A recording made before a
@@ -40,7 +42,7 @@ use tracer::{
     assemble::SpanAssembler,
     capture::events::{Event, decode},
     conn::TableLimits,
-    export::{ExportStats, SpanSender, export_request},
+    export::{ExportStats, SpanSender, TraceEncoder, export_request},
     pipeline::{
         MetricsOptions, Pipeline, RecentTraces, RedactOptions, Redactor, Sampler, SamplingOptions,
         SpanMetrics,
@@ -100,9 +102,19 @@ fn agent_stages() -> AgentStages {
     }
 }
 
-/// Encodes `batch` as one OTLP request (what an exporter sends); its size in bytes.
-fn encode(batch: &mut Vec<Span>) -> usize {
-    black_box(export_request(batch.drain(..)).encode_to_vec()).len()
+/// An exporter's encoder and its reused output buffer.
+#[derive(Default)]
+struct Encoding {
+    encoder: TraceEncoder,
+    buf: Vec<u8>,
+}
+
+/// Encodes `batch` (left empty) as one OTLP request, as an exporter does; its size in bytes.
+fn encode(enc: &mut Encoding, batch: &mut Vec<Span>) -> usize {
+    enc.buf.clear();
+    enc.encoder.encode(batch, &mut enc.buf);
+    batch.clear();
+    black_box(&enc.buf).len()
 }
 
 /// One pass: every record through the span assembler, each span through `stages` if given
@@ -114,6 +126,7 @@ fn replay(
     records: &[Vec<u8>],
 ) -> (u64, usize) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
+    let mut enc = Encoding::default();
     let mut spans = 0u64;
     let mut encoded = 0usize;
     for record in records {
@@ -136,7 +149,7 @@ fn replay(
             }),
         }
         if batch.len() >= BATCH {
-            encoded += encode(&mut batch);
+            encoded += encode(&mut enc, &mut batch);
         }
     }
     if let Some(st) = stages {
@@ -144,12 +157,12 @@ fn replay(
         while let Ok(span) = st.queue.try_recv() {
             batch.push(span);
             if batch.len() >= BATCH {
-                encoded += encode(&mut batch);
+                encoded += encode(&mut enc, &mut batch);
             }
         }
     }
     if !batch.is_empty() {
-        encoded += encode(&mut batch);
+        encoded += encode(&mut enc, &mut batch);
     }
     (spans, encoded)
 }
@@ -284,11 +297,23 @@ fn main() {
     });
     group.bench_function("encode", |b| {
         b.iter_batched_ref(
+            || (Encoding::default(), spans.clone()),
+            |(enc, spans)| {
+                while !spans.is_empty() {
+                    let mut batch: Vec<Span> = spans.drain(..spans.len().min(BATCH)).collect();
+                    encode(enc, &mut batch);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("encode_via_proto", |b| {
+        b.iter_batched_ref(
             || spans.clone(),
             |spans| {
                 while !spans.is_empty() {
-                    let mut batch: Vec<Span> = spans.drain(..spans.len().min(BATCH)).collect();
-                    encode(&mut batch);
+                    let batch = spans.drain(..spans.len().min(BATCH));
+                    black_box(export_request(batch).encode_to_vec());
                 }
             },
             BatchSize::LargeInput,

@@ -19,13 +19,12 @@ use criterion::{BatchSize, Criterion, Throughput};
 /// The same allocator as the agent binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use prost::Message;
 use tracer::{
     agent::read_recording,
     assemble::SpanAssembler,
     capture::events::{Event, decode},
     conn::TableLimits,
-    export::export_request,
+    export::TraceEncoder,
     pipeline::{
         Sampler, SamplingOptions,
         sample::{HeadSampler, Policies, SamplerKind},
@@ -74,9 +73,13 @@ fn stages(opts: &SamplingOptions) -> (SpanAssembler, Sampler) {
 fn replay(assembler: &mut SpanAssembler, sampler: &mut Sampler, records: &[Vec<u8>]) -> (u64, u64) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let (mut built, mut encoded) = (0u64, 0u64);
+    let (mut encoder, mut buf) = (TraceEncoder::new(), Vec::new());
     let mut flush = |batch: &mut Vec<Span>| {
         encoded += batch.len() as u64;
-        black_box(export_request(batch.drain(..)).encode_to_vec());
+        buf.clear();
+        encoder.encode(batch, &mut buf);
+        black_box(&buf);
+        batch.clear();
     };
     // A fixed clock: held traces wait for `finish`, the end of the pass.
     for record in records {

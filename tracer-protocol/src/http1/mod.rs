@@ -519,6 +519,27 @@ impl Http1Conn {
                     .all(|d| matches!(d.phase, Phase::Start | Phase::Resync) && d.buf.is_empty()))
     }
 
+    /// Frees the buffers an idle connection keeps for reuse (the request queue, the head
+    /// buffers, the output lists): between requests a keep-alive connection then holds no
+    /// heap at all, and the next request allocates them again. Only empty buffers are
+    /// freed, so calling it at any time changes nothing but the memory held.
+    pub fn shrink_idle(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.started.is_empty() {
+            self.started = Vec::new();
+        }
+        if self.ready.is_empty() {
+            self.ready = Vec::new();
+        }
+        for d in &mut self.dirs {
+            if d.buf.is_empty() {
+                d.buf = Vec::new();
+            }
+        }
+    }
+
     // ---- internals ----
 
     /// May a message of `kind` travel in `dir`, given the role learnt so far?

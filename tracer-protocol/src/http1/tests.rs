@@ -892,3 +892,52 @@ fn several_messages_and_leading_crlf() {
 }
 
 mod recorded;
+
+#[test]
+fn an_idle_connection_shrunk_holds_no_heap_and_parses_the_next_request() {
+    let mut t = T::new();
+    // A head split across chunks leaves a head buffer; pipelining grows the queue.
+    t.feed(IN, &GET[..10]);
+    t.feed(IN, &[&GET[10..], GET, GET].concat());
+    t.feed(EG, &[OK5, OK5, OK5].concat());
+    assert_eq!(t.take().len(), 3);
+    assert!(t.c.is_idle());
+    assert!(t.c.memory_bytes() > 0, "buffers kept for reuse");
+    t.c.shrink_idle();
+    assert_eq!(t.c.memory_bytes(), 0);
+    // The next exchanges parse as before: whole, split across chunks, byte by byte.
+    for split in [GET.len(), 7, 1] {
+        for part in GET.chunks(split) {
+            t.feed(IN, part);
+        }
+        t.feed(EG, OK5);
+        let x = t.take();
+        assert_eq!(x.len(), 1, "split {split}");
+        assert_eq!((x[0].request.target.as_str(), status(&x[0])), ("/a", 200));
+        assert_eq!(x[0].response_body_size, 5);
+        t.c.shrink_idle();
+        assert_eq!(t.c.memory_bytes(), 0);
+    }
+    assert_eq!(t.c.stats(), ParseStats::default());
+}
+
+#[test]
+fn shrinking_a_busy_connection_loses_nothing() {
+    let mut t = T::new();
+    // A request waiting for its response, and a response head cut between chunks.
+    t.feed(IN, GET);
+    t.c.shrink_idle();
+    t.feed(EG, &OK5[..20]);
+    t.c.shrink_idle();
+    t.feed(EG, &OK5[20..]);
+    let x = t.take();
+    assert_eq!(x.len(), 1);
+    assert_eq!((status(&x[0]), x[0].response_body_size), (200, 5));
+    // A body in progress.
+    t.feed(IN, GET);
+    t.feed(EG, &OK5[..OK5.len() - 2]);
+    t.c.shrink_idle();
+    t.feed(EG, &OK5[OK5.len() - 2..]);
+    let x = t.take();
+    assert_eq!((x.len(), x[0].incomplete), (1, false));
+}

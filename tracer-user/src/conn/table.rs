@@ -275,22 +275,24 @@ impl ConnTable {
         }
     }
 
-    /// Forgets connections without traffic for longer than the limits allow.
+    /// Forgets connections without traffic for longer than the limits allow, and frees the
+    /// parser buffers of idle ones quiet for [`SHRINK_AFTER_NS`] (a keep-alive connection
+    /// waiting for its next request then costs its entry alone).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Finished>) {
         let limits = self.limits;
-        let expired: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                let quiet = now_ns.saturating_sub(c.last_ns);
-                if c.http.is_idle() {
-                    quiet > limits.idle_timeout_ns
-                } else {
-                    quiet > limits.stalled_timeout_ns
+        let mut expired = Vec::new();
+        for (id, c) in &mut self.conns {
+            let quiet = now_ns.saturating_sub(c.last_ns);
+            if c.http.is_idle() {
+                if quiet > limits.idle_timeout_ns {
+                    expired.push(*id);
+                } else if quiet >= SHRINK_AFTER_NS {
+                    shrink_idle(&mut c.http);
                 }
-            })
-            .map(|(id, _)| *id)
-            .collect();
+            } else if quiet > limits.stalled_timeout_ns {
+                expired.push(*id);
+            }
+        }
         for id in expired {
             if let Some(conn) = self.conns.remove(&id) {
                 self.stats.expired += 1;
@@ -360,6 +362,20 @@ impl Conn {
         self.http = ConnParser::new(protocol);
         self.next = [None; 2];
         self.meta.tls = true;
+    }
+}
+
+/// An idle connection quiet this long has its parser's buffers freed: a busy one keeps them
+/// (no allocation per request), one between sparse requests gives them back.
+const SHRINK_AFTER_NS: u64 = 1_000_000_000;
+
+/// Frees the buffers an idle connection's parser keeps for reuse.
+fn shrink_idle(parser: &mut ConnParser) {
+    match parser {
+        ConnParser::Http1(c) => c.shrink_idle(),
+        // Drained by every call.
+        ConnParser::Http2 { scratch, .. } => *scratch = Vec::new(),
+        ConnParser::Db(_) => {}
     }
 }
 
@@ -611,15 +627,38 @@ mod tests {
             table.on_data(&resp, RESP, &mut out);
         }
         assert_eq!(out.len(), N as usize);
-        let per_conn = table.memory_bytes() as u64 / N;
+        let per_conn = |table: &ConnTable| table.memory_bytes() as u64 / N;
+        let busy = per_conn(&table);
+        // The sweep right after keeps the buffers of connections just used...
+        table.expire(2_000 + SHRINK_AFTER_NS - 1, &mut out);
+        assert_eq!(per_conn(&table), busy);
+        // ...and frees them once the connections have been quiet for a while.
+        table.expire(2_000 + SHRINK_AFTER_NS, &mut out);
+        let idle = per_conn(&table);
         eprintln!(
-            "idle connection: {per_conn} bytes (state {} bytes, parser heap {}, capacity {})",
+            "idle connection: {idle} bytes ({busy} just used; state {} bytes, parser heap {}, \
+             table capacity {})",
             std::mem::size_of::<Conn>(),
             table.conns.values().next().unwrap().http.memory_bytes(),
             table.conns.capacity(),
         );
-        // The rest is the HTTP/1 parser's buffers kept for reuse (its queue of requests): 992 B.
-        assert!(per_conn <= 2048, "{per_conn} bytes per idle connection");
+        assert_eq!(table.len(), N as usize, "none expired");
+        assert!(idle <= 1024, "{idle} bytes per idle connection");
+        // Each still parses its next exchange.
+        for id in 1..=N {
+            let req = header(id, Direction::Ingress, REQ.len() as u64, REQ, 3_000_000_000);
+            table.on_data(&req, REQ, &mut out);
+            let resp = header(
+                id,
+                Direction::Egress,
+                RESP.len() as u64,
+                RESP,
+                3_000_000_100,
+            );
+            table.on_data(&resp, RESP, &mut out);
+        }
+        assert_eq!(out.len(), 2 * N as usize);
+        assert!(out[N as usize..].iter().all(|(_, ex)| !ex.incomplete));
     }
 
     /// A PostgreSQL client connection's calls: each `(direction, TLS plaintext?, bytes)`

@@ -24,6 +24,7 @@ mod console;
 mod metrics_config;
 mod otlp;
 pub mod otlp_metrics;
+mod otlp_wire;
 pub mod prometheus;
 mod retry;
 mod transport;
@@ -34,6 +35,7 @@ pub use metrics_config::{
     MetricsConfig, MetricsExportArgs, MetricsExporterKind, OtlpMetricsConfig, PrometheusAddr,
 };
 pub use otlp::{SCOPE_NAME, SCOPE_VERSION, export_request};
+pub use otlp_wire::TraceEncoder;
 
 #[cfg(test)]
 mod tests;

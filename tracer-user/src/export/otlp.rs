@@ -58,8 +58,8 @@ fn proto_resource(r: &Resource) -> ProtoResource {
     }
 }
 
-/// Converts one span, moving its strings.
-pub fn proto_span(s: Span) -> ProtoSpan {
+/// OTLP `Span.flags`: the W3C trace flags and whether the parent is remote.
+pub(super) fn span_flags(s: &Span) -> u32 {
     let mut flags = u32::from(s.flags);
     if s.parent_span_id.is_some() {
         // A server span's parent came in the request's traceparent: remote. A client span's
@@ -69,6 +69,12 @@ pub fn proto_span(s: Span) -> ProtoSpan {
             flags |= FLAG_CONTEXT_IS_REMOTE;
         }
     }
+    flags
+}
+
+/// Converts one span, moving its strings.
+pub fn proto_span(s: Span) -> ProtoSpan {
+    let flags = span_flags(&s);
     ProtoSpan {
         trace_id: s.trace_id.to_vec(),
         span_id: s.span_id.to_vec(),
