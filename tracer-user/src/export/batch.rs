@@ -8,9 +8,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::config::{ExportArgs, ExportConfig, Target};
+use super::console;
+use super::otlp_wire::TraceEncoder;
 use super::retry::{INITIAL_BACKOFF, Jitter, MAX_BACKOFF, WarnThrottle};
-use super::transport::{ExportError, GrpcTransport, HttpTransport, encode_request};
-use super::{console, otlp};
+use super::transport::{ExportError, GrpcTransport, HttpTransport};
 use crate::span::Span;
 
 /// Export counters, shared with whoever reports them. All monotonic except `queue_len`.
@@ -182,6 +183,7 @@ pub fn spawn_with_config(
         warnings: WarnThrottle::default(),
         jitter: Jitter::new(),
         description: description.clone(),
+        encoder: TraceEncoder::new(),
         cfg,
     };
     let task = tokio::spawn(worker.run());
@@ -218,6 +220,7 @@ struct Worker {
     warnings: WarnThrottle,
     jitter: Jitter,
     description: String,
+    encoder: TraceEncoder,
 }
 
 impl Worker {
@@ -342,11 +345,10 @@ impl Worker {
                 }
                 return;
             }
-            Backend::Grpc(_) => {
-                Payload::Grpc(encode_request(&otlp::export_request(batch.drain(..))))
-            }
-            Backend::Http(h) => Payload::Http(h.encode(&otlp::export_request(batch.drain(..)))),
+            Backend::Grpc(_) => Payload::Grpc(self.encoder.encode_to_vec(batch).into()),
+            Backend::Http(h) => Payload::Http(h.encode(self.encoder.encode_to_vec(batch))),
         };
+        batch.clear();
 
         let mut backoff = INITIAL_BACKOFF;
         loop {

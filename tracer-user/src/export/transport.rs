@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -146,7 +144,7 @@ pub fn grpc_retryable(code: tonic::Code) -> bool {
 const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// OTLP/gRPC for spans. The request goes out as bytes encoded once by the caller
-/// ([`encode_request`]), so a retry re-sends them as they are instead of copying every span
+/// ([`super::otlp_wire::TraceEncoder`]), so a retry re-sends them as they are instead of copying every span
 /// of the batch again; the response is decoded with prost.
 pub struct GrpcTransport {
     grpc: tonic::client::Grpc<Channel>,
@@ -170,7 +168,7 @@ impl GrpcTransport {
         })
     }
 
-    /// One attempt with `body`, an `ExportTraceServiceRequest` from [`encode_request`].
+    /// One attempt with `body`, an `ExportTraceServiceRequest` encoded by the caller.
     pub async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<Sent, ExportError> {
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
@@ -205,11 +203,6 @@ impl GrpcTransport {
             }
         }
     }
-}
-
-/// The protobuf bytes of `req`, once per batch (both transports send these).
-pub fn encode_request(req: &ExportTraceServiceRequest) -> Bytes {
-    Bytes::from(req.encode_to_vec())
 }
 
 /// A tonic codec whose requests are protobuf bytes already and whose responses are `R`.
@@ -305,9 +298,9 @@ impl HttpTransport {
         })
     }
 
-    /// The request body: protobuf, gzipped if configured. Built once per batch.
-    pub fn encode(&self, req: &ExportTraceServiceRequest) -> Bytes {
-        let raw = req.encode_to_vec();
+    /// The request body from the encoded `ExportTraceServiceRequest`: gzipped if configured.
+    /// Built once per batch.
+    pub fn encode(&self, raw: Vec<u8>) -> Bytes {
         if !self.gzip {
             return raw.into();
         }

@@ -12,8 +12,17 @@ use super::recording::{RECORDING, recording_decodes, tracer_records};
 use super::report::{Figure, print_table};
 use crate::util;
 
-/// The pipeline's stages, in the agent's order, and encoding (criterion group `stage`).
-const STAGES: [&str; 5] = ["redact", "metrics", "recent", "sample", "encode"];
+/// The pipeline's stages, in the agent's order, and encoding (criterion group `stage`;
+/// `encode_via_proto` is the former encoder, through opentelemetry-proto messages, for
+/// comparison).
+const STAGES: [&str; 6] = [
+    "redact",
+    "metrics",
+    "recent",
+    "sample",
+    "encode",
+    "encode_via_proto",
+];
 
 /// What one replay measured: events and spans per pass, and the rate over the recording with
 /// its pids resolved (as in a live agent) and as recorded (pids gone).
