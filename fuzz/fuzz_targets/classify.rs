@@ -3,13 +3,14 @@
 //! (the kernel's 8-byte head buffer may hold stale bytes past a short call), and each verdict
 //! means what its documentation says: a TLS record header, the HTTP/2 preface, an HTTP/1
 //! status line or a known method; a mid-stream HEADERS frame that is whole within the call;
-//! a database client's first message (PostgreSQL startup or SSLRequest, a Redis command).
+//! a database client's first message (PostgreSQL startup or SSLRequest, a Redis command, a
+//! MySQL greeting received) or a query on a connection open before tracing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tracer_common::{
     Protocol, classify,
-    classify::{classify_db, is_h2_headers_frame},
+    classify::{classify_db, classify_db_mid_stream, is_h2_headers_frame},
 };
 
 /// The head bytes a call of `len` bytes really has.
@@ -48,23 +49,33 @@ fuzz_target!(|input: &[u8]| {
         ),
         Protocol::Unknown => {}
         Protocol::Other => panic!("classify never decides Other (the attempt count does)"),
-        Protocol::Postgres | Protocol::Redis => panic!("classify never decides {verdict:?} (classify_db does)"),
+        Protocol::Postgres | Protocol::Redis | Protocol::Mysql => panic!("classify never decides {verdict:?} (classify_db does)"),
     }
 
     // Database clients: the bytes the call has decide, and a verdict holds only for a client's
     // end (what a server receives is `Other`).
     let egress = stale & 0x80 != 0;
-    let db = classify_db(&head, n_of(len), egress);
-    assert_eq!(db, classify_db(&other, n_of(len), egress), "{head:?} len {len}");
+    let db = classify_db(&head, n_of(len), call_len, egress);
+    assert_eq!(db, classify_db(&other, n_of(len), call_len, egress), "{head:?} len {len}");
     match db {
         Protocol::Postgres => {
             assert!(egress && n_of(len) == 8 && seen[0] == 0 && seen[1] == 0);
             assert!(seen[4..8] == [0, 3, 0, 0] || seen == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
         }
         Protocol::Redis => assert!(egress && seen[0] == b'*' && seen[1..].contains(&b'$')),
-        Protocol::Other => assert!(!egress),
+        Protocol::Mysql => assert!(!egress && seen[3] == 0 && seen[4] == 10),
+        // A database server's end (a MySQL greeting sent, a client's first message received).
+        Protocol::Other => assert!(!egress || seen[4] == 10),
         Protocol::Unknown => {}
         _ => panic!("classify_db decided {db:?}"),
+    }
+    let mid = classify_db_mid_stream(&head, n_of(len), call_len);
+    assert_eq!(mid, classify_db_mid_stream(&other, n_of(len), call_len), "{head:?} len {len}");
+    match mid {
+        Protocol::Mysql => assert!(n_of(len) == 8 && seen[3..5] == [0, 3] && call_len >= 4),
+        Protocol::Postgres => assert!(n_of(len) == 8 && seen[0] == b'Q' && call_len >= 1),
+        Protocol::Unknown => {}
+        _ => panic!("classify_db_mid_stream decided {mid:?}"),
     }
 
     let n = len.min(8);

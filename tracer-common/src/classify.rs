@@ -13,10 +13,12 @@ pub enum Protocol {
     Postgres = 3,
     /// Redis RESP2/RESP3, seen from the client.
     Redis = 4,
+    /// MySQL / MariaDB client/server protocol, seen from the client.
+    Mysql = 5,
     /// A TLS record: the plaintext, if any, comes from the TLS library probes.
-    Tls = 5,
+    Tls = 6,
     /// Anything else: no payload is copied.
-    Other = 6,
+    Other = 7,
 }
 
 impl Protocol {
@@ -26,18 +28,19 @@ impl Protocol {
             2 => Self::Http2,
             3 => Self::Postgres,
             4 => Self::Redis,
-            5 => Self::Tls,
-            6 => Self::Other,
+            5 => Self::Mysql,
+            6 => Self::Tls,
+            7 => Self::Other,
             _ => Self::Unknown,
         }
     }
 
     /// Whether the agent parses this protocol (its payload is copied). The parsed ones are
-    /// numbered 1..=4 so this is one compare: a second branch here, in every syscall
+    /// numbered 1..=5 so this is one compare: a second branch here, in every syscall
     /// program, took `sys_exit_recvmsg` over the verifier's 1M instructions on 6.1.
     #[inline(always)]
     pub fn is_parsed(self) -> bool {
-        (self as u8).wrapping_sub(1) < 4
+        (self as u8).wrapping_sub(1) < 5
     }
 }
 
@@ -82,10 +85,20 @@ pub fn classify(head: &[u8; 8], len: usize) -> Protocol {
 /// sends it (`egress`); the same bytes received are a database server's end, `Other`.
 /// - PostgreSQL: the startup message (length < 64 KiB, protocol 3.0) or an SSLRequest.
 /// - Redis: a command array of bulk strings, `*<1-2 digits>\r\n$`.
+/// - MySQL / MariaDB: the server speaks first, so the client's end is recognised by the
+///   greeting it receives ([`is_mysql_greeting`], in the receiving programs); a greeting
+///   sent is a server's end, `Other`.
 ///
 /// A few compares on the 8-byte head, no loop: it runs in every data syscall's program.
 #[inline(always)]
-pub fn classify_db(head: &[u8; 8], n: usize, egress: bool) -> Protocol {
+pub fn classify_db(head: &[u8; 8], n: usize, call_len: u64, egress: bool) -> Protocol {
+    if is_mysql_greeting(head, n, call_len) {
+        return if egress {
+            Protocol::Other
+        } else {
+            Protocol::Mysql
+        };
+    }
     if n < 5 {
         return Protocol::Unknown;
     }
@@ -104,6 +117,74 @@ pub fn classify_db(head: &[u8; 8], n: usize, egress: bool) -> Protocol {
         (false, false, _) => Protocol::Unknown,
         _ => Protocol::Other,
     }
+}
+
+/// A MySQL / MariaDB server greeting (HandshakeV10) at the start of a call: a 3-byte
+/// little-endian length under 256 that the call holds whole, sequence 0, protocol 10, and
+/// the version string's start (`8.0.36`, `5.5.5-10.11.6-MariaDB`): a digit then two digits
+/// or dots. Greetings are 70–130 bytes, read whole by every client library we know.
+#[inline(always)]
+pub fn is_mysql_greeting(head: &[u8; 8], n: usize, call_len: u64) -> bool {
+    let version = |b: u8| b.is_ascii_digit() || b == b'.';
+    n == 8
+        && head[0] >= 32
+        && head[1] == 0
+        && head[2] == 0
+        && head[3] == 0
+        && head[4] == 10
+        && (b'1'..=b'9').contains(&head[5])
+        && version(head[6])
+        && version(head[7])
+        && u64::from(head[0]) + 4 <= call_len
+}
+
+/// A greeting's payload read by a call of its own after its 4-byte header (clients that read
+/// each header apart, e.g. mysql-connector-python): the connection's first 4 bytes were
+/// received, nothing was sent, and this call holds protocol 10 and a version's start. A
+/// server's end never receives first, so it never matches.
+#[inline(always)]
+pub fn is_mysql_greeting_payload(
+    head: &[u8; 8],
+    n: usize,
+    call_len: u64,
+    position: u64,
+    other_position: u64,
+) -> bool {
+    let version = |b: u8| b.is_ascii_digit() || b == b'.';
+    position == 4
+        && other_position == 0
+        && n >= 4
+        && head[0] == 10
+        && (b'1'..=b'9').contains(&head[1])
+        && version(head[2])
+        && version(head[3])
+        && (32..256).contains(&call_len)
+}
+
+/// A database client's request on a connection open before tracing (no connect seen, so no
+/// startup or greeting will come): one whole query the call holds exactly, whose text starts
+/// with a letter and two letters or spaces.
+/// - MySQL COM_QUERY: 3-byte little-endian length, sequence 0, command 0x03, the SQL.
+/// - PostgreSQL Query: `Q`, a 4-byte big-endian length that counts itself, the SQL.
+///
+/// Only the sending end may call it: a server receives the same bytes.
+#[inline(always)]
+pub fn classify_db_mid_stream(head: &[u8; 8], n: usize, call_len: u64) -> Protocol {
+    let text = head[5].is_ascii_alphabetic()
+        && (head[6].is_ascii_alphabetic() || head[6] == b' ')
+        && (head[7].is_ascii_alphabetic() || head[7] == b' ');
+    if n < 8 || !text {
+        return Protocol::Unknown;
+    }
+    let mysql_len = (head[0] as u64) | (head[1] as u64) << 8 | (head[2] as u64) << 16;
+    if head[3] == 0 && head[4] == 0x03 && mysql_len + 4 == call_len {
+        return Protocol::Mysql;
+    }
+    let pg_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
+    if head[0] == b'Q' && pg_len + 1 == call_len {
+        return Protocol::Postgres;
+    }
+    Protocol::Unknown
 }
 
 /// HTTP/2 without its preface: for connections first seen mid-stream (open before tracing,
@@ -167,7 +248,7 @@ mod tests {
             let mut head = [0u8; 8];
             let n = bytes.len().min(8);
             head[..n].copy_from_slice(&bytes[..n]);
-            classify_db(&head, n, egress)
+            classify_db(&head, n, bytes.len() as u64, egress)
         }
         // psql's startup message, an SSLRequest; the same received: a server's end.
         let startup = b"\x00\x00\x00\x3f\x00\x03\x00\x00user\x00";
@@ -202,6 +283,76 @@ mod tests {
         assert_eq!(d(b"*123\r\n$", true), Protocol::Unknown);
         assert_eq!(d(b"*1\r\n", true), Protocol::Unknown);
         assert_eq!(d(b"GET / HTTP/1.1", true), Protocol::Unknown);
+    }
+
+    /// MariaDB 10.11's and MySQL 8.0's greetings (first bytes, as recorded), received by the
+    /// client; sent, they are a server's end.
+    #[test]
+    fn mysql_greetings() {
+        fn d(bytes: &[u8], call_len: u64, egress: bool) -> Protocol {
+            let mut head = [0u8; 8];
+            let n = bytes.len().min(8);
+            head[..n].copy_from_slice(&bytes[..n]);
+            classify_db(&head, n, call_len, egress)
+        }
+        let mariadb = b"\x5b\x00\x00\x00\x0a5.5.5-10.11.6-MariaDB";
+        let mysql = b"\x4a\x00\x00\x00\x0a8.0.36\x00";
+        assert_eq!(d(mariadb, 95, false), Protocol::Mysql);
+        assert_eq!(d(mysql, 78, false), Protocol::Mysql);
+        assert_eq!(d(mariadb, 95, true), Protocol::Other);
+        // Cut short, a later packet (sequence 1), another protocol version, no version.
+        assert_eq!(d(mariadb, 40, false), Protocol::Unknown);
+        assert_eq!(
+            d(b"\x5b\x00\x00\x01\x0a5.5.5", 95, false),
+            Protocol::Unknown
+        );
+        assert_eq!(
+            d(b"\x5b\x00\x00\x00\x095.5.5", 95, false),
+            Protocol::Unknown
+        );
+        assert_eq!(
+            d(b"\x5b\x00\x00\x00\x0a\x00\x00\x00", 95, false),
+            Protocol::Unknown
+        );
+        assert_eq!(
+            d(b"\x5b\x01\x00\x00\x0a5.5.5", 400, false),
+            Protocol::Unknown
+        );
+        // The payload read apart from its header (mysql-connector-python).
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&mariadb[4..12]);
+        assert!(is_mysql_greeting_payload(&head, 8, 91, 4, 0));
+        assert!(!is_mysql_greeting_payload(&head, 8, 91, 0, 0));
+        assert!(!is_mysql_greeting_payload(&head, 8, 91, 4, 120));
+        assert!(!is_mysql_greeting_payload(&head, 8, 4000, 4, 0));
+        head[0] = 9;
+        assert!(!is_mysql_greeting_payload(&head, 8, 91, 4, 0));
+    }
+
+    #[test]
+    fn queries_on_connections_open_before_tracing() {
+        fn m(bytes: &[u8], call_len: u64) -> Protocol {
+            let mut head = [0u8; 8];
+            let n = bytes.len().min(8);
+            head[..n].copy_from_slice(&bytes[..n]);
+            classify_db_mid_stream(&head, n, call_len)
+        }
+        let mut com_query = vec![9, 0, 0, 0, 0x03];
+        com_query.extend(b"SELECT 1");
+        assert_eq!(m(&com_query, 13), Protocol::Mysql);
+        // Not the whole call, a continuation (sequence 1), another command, no SQL text.
+        assert_eq!(m(&com_query, 20), Protocol::Unknown);
+        com_query[3] = 1;
+        assert_eq!(m(&com_query, 13), Protocol::Unknown);
+        assert_eq!(m(b"\x05\x00\x00\x00\x16SEL", 9), Protocol::Unknown);
+        assert_eq!(m(b"\x05\x00\x00\x00\x03\x00\x01\x02", 9), Protocol::Unknown);
+        let mut q = b"Q\x00\x00\x00\x0dSELECT 1\x00".to_vec();
+        assert_eq!(m(&q, q.len() as u64), Protocol::Postgres);
+        assert_eq!(m(&q, 40), Protocol::Unknown);
+        q[5] = b'1';
+        assert_eq!(m(&q, q.len() as u64), Protocol::Unknown);
+        assert_eq!(m(b"GET / HTTP/1.1\r\n", 16), Protocol::Unknown);
+        assert_eq!(m(b"SELECT", 6), Protocol::Unknown);
     }
 
     #[test]

@@ -12,7 +12,10 @@ use aya_ebpf::{
 use tracer_common::{
     CloseEvent, ConnAddr, ConnState, DataHeader, Direction, DropCause, EventKind, MAX_CAPTURE,
     Protocol, Role, Source, SpanCtx,
-    classify::{MAX_CLASSIFY_ATTEMPTS, classify, classify_db, is_h2_headers_frame},
+    classify::{
+        MAX_CLASSIFY_ATTEMPTS, classify, classify_db, classify_db_mid_stream, is_h2_headers_frame,
+        is_mysql_greeting, is_mysql_greeting_payload,
+    },
 };
 
 use crate::{
@@ -385,17 +388,26 @@ fn account(
         let mut head = [0u8; 8];
         let n = read_head(head_src, avail, &mut head);
         let mut c = classify(&head, n);
-        // Database clients speak first: only sending programs classify them (the direction is a
-        // constant of each program, so receiving ones carry none of it: sys_exit_recvmsg is at
-        // the verifier's limit on 6.1).
+        // SAFETY: as above, `conn` is a CONNS value valid for this run.
+        let open_before_tracing = unsafe { (*conn).role } == Role::Unknown as u8;
+        // The direction is a constant of each program, so each carries only its own side's
+        // database checks (sys_exit_recvmsg is near the verifier's limit on 6.1). PostgreSQL
+        // and Redis clients speak first: sending programs. A MySQL client's first bytes are
+        // the server's greeting: receiving programs, one compare chain.
         if c == Protocol::Unknown && source.direction() == Direction::Egress {
-            c = classify_db(&head, n, true);
+            c = classify_db(&head, n, len, true);
+            if c == Protocol::Unknown && open_before_tracing {
+                c = classify_db_mid_stream(&head, n, len);
+            }
         }
         if c == Protocol::Unknown
-            // SAFETY: as above, `conn` is a CONNS value valid for this run.
-            && unsafe { (*conn).role } == Role::Unknown as u8
-            && is_h2_headers_frame(&head, n, len)
+            && source.direction() == Direction::Ingress
+            && (is_mysql_greeting(&head, n, len)
+                || is_mysql_greeting_payload(&head, n, len, position, other_position))
         {
+            c = Protocol::Mysql;
+        }
+        if c == Protocol::Unknown && open_before_tracing && is_h2_headers_frame(&head, n, len) {
             // Open before tracing (no accept or connect seen): HTTP/2 without its preface.
             c = Protocol::Http2;
         }
