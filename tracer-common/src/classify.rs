@@ -85,20 +85,13 @@ pub fn classify(head: &[u8; 8], len: usize) -> Protocol {
 /// sends it (`egress`); the same bytes received are a database server's end, `Other`.
 /// - PostgreSQL: the startup message (length < 64 KiB, protocol 3.0) or an SSLRequest.
 /// - Redis: a command array of bulk strings, `*<1-2 digits>\r\n$`.
-/// - MySQL / MariaDB: the server speaks first, so the client's end is recognised by the
-///   greeting it receives ([`is_mysql_greeting`], in the receiving programs); a greeting
-///   sent is a server's end, `Other`.
+///
+/// MySQL / MariaDB servers speak first: the client's end is recognised by the greeting it
+/// receives ([`is_mysql_greeting`], in the receiving programs only).
 ///
 /// A few compares on the 8-byte head, no loop: it runs in every data syscall's program.
 #[inline(always)]
-pub fn classify_db(head: &[u8; 8], n: usize, call_len: u64, egress: bool) -> Protocol {
-    if is_mysql_greeting(head, n, call_len) {
-        return if egress {
-            Protocol::Other
-        } else {
-            Protocol::Mysql
-        };
-    }
+pub fn classify_db(head: &[u8; 8], n: usize, egress: bool) -> Protocol {
     if n < 5 {
         return Protocol::Unknown;
     }
@@ -119,69 +112,66 @@ pub fn classify_db(head: &[u8; 8], n: usize, call_len: u64, egress: bool) -> Pro
     }
 }
 
-/// A MySQL / MariaDB server greeting (HandshakeV10) at the start of a call: a 3-byte
-/// little-endian length under 256 that the call holds whole, sequence 0, protocol 10, and
-/// the version string's start (`8.0.36`, `5.5.5-10.11.6-MariaDB`): a digit then two digits
-/// or dots. Greetings are 70–130 bytes, read whole by every client library we know.
+/// A MySQL / MariaDB server greeting (HandshakeV10) received at the start of a call, either
+/// - whole: a 3-byte little-endian length from 32 to 255 that the call holds, sequence 0,
+///   protocol 10, and the version's start (`8.0.36`, `5.5.5-10.11.6-MariaDB`): a digit 1-9
+///   then two digits or dots; greetings are 70–130 bytes, read whole by most client
+///   libraries;
+/// - or its payload read by a call of its own after the 4-byte header (clients that read
+///   each header apart, e.g. mysql-connector-python): the connection's first 4 bytes were
+///   received, nothing was sent, and this call of 32 to 255 bytes holds protocol 10 and the
+///   version's start.
+///
+/// A server's end receives no greeting (it sends one): it never matches. The equalities are
+/// folded into one compare each: this runs in every receiving program.
 #[inline(always)]
-pub fn is_mysql_greeting(head: &[u8; 8], n: usize, call_len: u64) -> bool {
-    let version = |b: u8| b.is_ascii_digit() || b == b'.';
-    n == 8
-        && head[0] >= 32
-        && head[1] == 0
-        && head[2] == 0
-        && head[3] == 0
-        && head[4] == 10
-        && (b'1'..=b'9').contains(&head[5])
-        && version(head[6])
-        && version(head[7])
-        && u64::from(head[0]) + 4 <= call_len
-}
-
-/// A greeting's payload read by a call of its own after its 4-byte header (clients that read
-/// each header apart, e.g. mysql-connector-python): the connection's first 4 bytes were
-/// received, nothing was sent, and this call holds protocol 10 and a version's start. A
-/// server's end never receives first, so it never matches.
-#[inline(always)]
-pub fn is_mysql_greeting_payload(
+pub fn is_mysql_greeting(
     head: &[u8; 8],
     n: usize,
     call_len: u64,
     position: u64,
     other_position: u64,
 ) -> bool {
-    let version = |b: u8| b.is_ascii_digit() || b == b'.';
-    position == 4
-        && other_position == 0
+    let h = |i: usize| u64::from(head[i]);
+    // A digit or a dot (or '/', between them: loose but harmless).
+    let version = |b: u64| b.wrapping_sub(u64::from(b'.')) < 12;
+    let first_digit = |b: u64| b.wrapping_sub(u64::from(b'1')) < 9;
+    let whole = ((n as u64) ^ 8) | h(1) | h(2) | h(3) | (h(4) ^ 10) == 0
+        && h(0).wrapping_sub(32) < 224
+        && h(0) + 4 <= call_len
+        && first_digit(h(5))
+        && version(h(6))
+        && version(h(7));
+    let payload = (position ^ 4) | other_position | (h(0) ^ 10) == 0
         && n >= 4
-        && head[0] == 10
-        && (b'1'..=b'9').contains(&head[1])
-        && version(head[2])
-        && version(head[3])
-        && (32..256).contains(&call_len)
+        && call_len.wrapping_sub(32) < 224
+        && first_digit(h(1))
+        && version(h(2))
+        && version(h(3));
+    whole || payload
 }
 
 /// A database client's request on a connection open before tracing (no connect seen, so no
 /// startup or greeting will come): one whole query the call holds exactly, whose text starts
-/// with a letter and two letters or spaces.
+/// with two letters.
 /// - MySQL COM_QUERY: 3-byte little-endian length, sequence 0, command 0x03, the SQL.
 /// - PostgreSQL Query: `Q`, a 4-byte big-endian length that counts itself, the SQL.
 ///
-/// Only the sending end may call it: a server receives the same bytes.
+/// Only the sending end may call it: a server receives the same bytes. The equalities are
+/// folded into one compare per protocol.
 #[inline(always)]
 pub fn classify_db_mid_stream(head: &[u8; 8], n: usize, call_len: u64) -> Protocol {
-    let text = head[5].is_ascii_alphabetic()
-        && (head[6].is_ascii_alphabetic() || head[6] == b' ')
-        && (head[7].is_ascii_alphabetic() || head[7] == b' ');
-    if n < 8 || !text {
+    let h = |i: usize| u64::from(head[i]);
+    let letter = |b: u64| (b | 0x20).wrapping_sub(u64::from(b'a')) < 26;
+    if n < 8 || !letter(h(5)) || !letter(h(6)) {
         return Protocol::Unknown;
     }
-    let mysql_len = (head[0] as u64) | (head[1] as u64) << 8 | (head[2] as u64) << 16;
-    if head[3] == 0 && head[4] == 0x03 && mysql_len + 4 == call_len {
+    let mysql_len = h(0) | h(1) << 8 | h(2) << 16;
+    if h(3) | (h(4) ^ 0x03) | ((mysql_len + 4) ^ call_len) == 0 {
         return Protocol::Mysql;
     }
-    let pg_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
-    if head[0] == b'Q' && pg_len + 1 == call_len {
+    let pg_len = h(1) << 24 | h(2) << 16 | h(3) << 8 | h(4);
+    if (h(0) ^ u64::from(b'Q')) | ((pg_len + 1) ^ call_len) == 0 {
         return Protocol::Postgres;
     }
     Protocol::Unknown
@@ -248,7 +238,7 @@ mod tests {
             let mut head = [0u8; 8];
             let n = bytes.len().min(8);
             head[..n].copy_from_slice(&bytes[..n]);
-            classify_db(&head, n, bytes.len() as u64, egress)
+            classify_db(&head, n, egress)
         }
         // psql's startup message, an SSLRequest; the same received: a server's end.
         let startup = b"\x00\x00\x00\x3f\x00\x03\x00\x00user\x00";
@@ -286,47 +276,36 @@ mod tests {
     }
 
     /// MariaDB 10.11's and MySQL 8.0's greetings (first bytes, as recorded), received by the
-    /// client; sent, they are a server's end.
+    /// client, whole or (mysql-connector-python) their payload after the header's call.
     #[test]
     fn mysql_greetings() {
-        fn d(bytes: &[u8], call_len: u64, egress: bool) -> Protocol {
+        fn g(bytes: &[u8], call_len: u64, position: u64, other: u64) -> bool {
             let mut head = [0u8; 8];
             let n = bytes.len().min(8);
             head[..n].copy_from_slice(&bytes[..n]);
-            classify_db(&head, n, call_len, egress)
+            is_mysql_greeting(&head, n, call_len, position, other)
         }
         let mariadb = b"\x5b\x00\x00\x00\x0a5.5.5-10.11.6-MariaDB";
         let mysql = b"\x4a\x00\x00\x00\x0a8.0.36\x00";
-        assert_eq!(d(mariadb, 95, false), Protocol::Mysql);
-        assert_eq!(d(mysql, 78, false), Protocol::Mysql);
-        assert_eq!(d(mariadb, 95, true), Protocol::Other);
-        // Cut short, a later packet (sequence 1), another protocol version, no version.
-        assert_eq!(d(mariadb, 40, false), Protocol::Unknown);
-        assert_eq!(
-            d(b"\x5b\x00\x00\x01\x0a5.5.5", 95, false),
-            Protocol::Unknown
-        );
-        assert_eq!(
-            d(b"\x5b\x00\x00\x00\x095.5.5", 95, false),
-            Protocol::Unknown
-        );
-        assert_eq!(
-            d(b"\x5b\x00\x00\x00\x0a\x00\x00\x00", 95, false),
-            Protocol::Unknown
-        );
-        assert_eq!(
-            d(b"\x5b\x01\x00\x00\x0a5.5.5", 400, false),
-            Protocol::Unknown
-        );
-        // The payload read apart from its header (mysql-connector-python).
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&mariadb[4..12]);
-        assert!(is_mysql_greeting_payload(&head, 8, 91, 4, 0));
-        assert!(!is_mysql_greeting_payload(&head, 8, 91, 0, 0));
-        assert!(!is_mysql_greeting_payload(&head, 8, 91, 4, 120));
-        assert!(!is_mysql_greeting_payload(&head, 8, 4000, 4, 0));
-        head[0] = 9;
-        assert!(!is_mysql_greeting_payload(&head, 8, 91, 4, 0));
+        assert!(g(mariadb, 95, 0, 0));
+        assert!(g(mysql, 78, 0, 0));
+        // Cut short, a later packet (sequence 1), another protocol version, no version, a
+        // length of 256 or more, a short call.
+        assert!(!g(mariadb, 40, 0, 0));
+        assert!(!g(b"\x5b\x00\x00\x01\x0a5.5.5", 95, 0, 0));
+        assert!(!g(b"\x5b\x00\x00\x00\x095.5.5", 95, 0, 0));
+        assert!(!g(b"\x5b\x00\x00\x00\x0a\x00\x00\x00", 95, 0, 0));
+        assert!(!g(b"\x5b\x01\x00\x00\x0a5.5.5", 400, 0, 0));
+        assert!(!g(&mariadb[..7], 7, 0, 0));
+        // The payload read apart from its header: only as the connection's first bytes after
+        // those 4, with nothing sent.
+        assert!(g(&mariadb[4..], 91, 4, 0));
+        assert!(!g(&mariadb[4..], 91, 0, 0));
+        assert!(!g(&mariadb[4..], 91, 4, 120));
+        assert!(!g(&mariadb[4..], 4000, 4, 0));
+        assert!(!g(b"\x095.5.5-10", 91, 4, 0));
+        // A client's COM_QUERY received: a server's end.
+        assert!(!g(b"\x09\x00\x00\x00\x03SELECT 1", 13, 0, 0));
     }
 
     #[test]
@@ -346,6 +325,7 @@ mod tests {
         assert_eq!(m(&com_query, 13), Protocol::Unknown);
         assert_eq!(m(b"\x05\x00\x00\x00\x16SEL", 9), Protocol::Unknown);
         assert_eq!(m(b"\x05\x00\x00\x00\x03\x00\x01\x02", 9), Protocol::Unknown);
+        assert_eq!(m(b"\x05\x00\x00\x00\x03S1", 9), Protocol::Unknown);
         let mut q = b"Q\x00\x00\x00\x0dSELECT 1\x00".to_vec();
         assert_eq!(m(&q, q.len() as u64), Protocol::Postgres);
         assert_eq!(m(&q, 40), Protocol::Unknown);
