@@ -3,13 +3,14 @@
 //! (the kernel's 8-byte head buffer may hold stale bytes past a short call), and each verdict
 //! means what its documentation says: a TLS record header, the HTTP/2 preface, an HTTP/1
 //! status line or a known method; a mid-stream HEADERS frame that is whole within the call;
-//! a database client's first message (PostgreSQL startup or SSLRequest, a Redis command).
+//! a database client's first message (PostgreSQL startup or SSLRequest, a Redis command), a
+//! MySQL greeting received, or a query on a connection open before tracing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tracer_common::{
     Protocol, classify,
-    classify::{classify_db, is_h2_headers_frame},
+    classify::{classify_db, classify_db_mid_stream, is_h2_headers_frame, is_mysql_greeting},
 };
 
 /// The head bytes a call of `len` bytes really has.
@@ -48,7 +49,7 @@ fuzz_target!(|input: &[u8]| {
         ),
         Protocol::Unknown => {}
         Protocol::Other => panic!("classify never decides Other (the attempt count does)"),
-        Protocol::Postgres | Protocol::Redis => panic!("classify never decides {verdict:?} (classify_db does)"),
+        Protocol::Postgres | Protocol::Redis | Protocol::Mysql => panic!("classify never decides {verdict:?} (classify_db does)"),
     }
 
     // Database clients: the bytes the call has decide, and a verdict holds only for a client's
@@ -65,6 +66,30 @@ fuzz_target!(|input: &[u8]| {
         Protocol::Other => assert!(!egress),
         Protocol::Unknown => {}
         _ => panic!("classify_db decided {db:?}"),
+    }
+    let mid = classify_db_mid_stream(&head, n_of(len), call_len);
+    assert_eq!(mid, classify_db_mid_stream(&other, n_of(len), call_len), "{head:?} len {len}");
+    match mid {
+        // The SQL text starts with two letters.
+        Protocol::Postgres | Protocol::Mysql if !seen[5..7].iter().all(u8::is_ascii_alphabetic) => {
+            panic!("{seen:?}")
+        }
+        Protocol::Mysql => assert!(n_of(len) == 8 && seen[3..5] == [0, 3] && call_len >= 4),
+        Protocol::Postgres => assert!(n_of(len) == 8 && seen[0] == b'Q' && call_len >= 1),
+        Protocol::Unknown => {}
+        _ => panic!("classify_db_mid_stream decided {mid:?}"),
+    }
+    // A MySQL greeting received, whole (sequence 0, protocol 10) or its payload after the
+    // connection's first 4 bytes.
+    let (position, other_position) = (u64::from(*c0 & 7), u64::from(*c1 & 1));
+    let greeting = is_mysql_greeting(&head, n_of(len), call_len, position, other_position);
+    assert_eq!(greeting, is_mysql_greeting(&other, n_of(len), call_len, position, other_position));
+    if greeting {
+        assert!(
+            seen.len() == 8 && seen[1..5] == [0, 0, 0, 10]
+                || seen.len() >= 4 && seen[0] == 10 && position == 4 && other_position == 0,
+            "{seen:?}"
+        );
     }
 
     let n = len.min(8);

@@ -14,6 +14,7 @@ pub mod db;
 pub mod headers;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
@@ -148,6 +149,7 @@ impl ConnParser {
             },
             tracer_common::Protocol::Postgres => Self::Db(Box::new(db::DbConn::postgres())),
             tracer_common::Protocol::Redis => Self::Db(Box::new(db::DbConn::redis())),
+            tracer_common::Protocol::Mysql => Self::Db(Box::new(db::DbConn::mysql())),
             _ => Self::Http1(http1::Http1Conn::new(Default::default())),
         }
     }

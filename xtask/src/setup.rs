@@ -56,6 +56,9 @@ const TEST_PACKAGES: &[&str] = &[
     "postgresql",
     "redis-server",
     "redis-tools",
+    // tests/tests/mysql.rs: MariaDB's server (mariadbd, mariadb-install-db) and its CLI.
+    "mariadb-server",
+    "mariadb-client",
 ];
 /// Python modules for the test OTLP receiver (decodes with the official OTel protobufs).
 const TEST_PYTHON: &[(&str, &str)] = &[
@@ -83,6 +86,8 @@ const TEST_PYTHON: &[(&str, &str)] = &[
     // The database tests' Python clients (tests/tests/db.rs).
     ("psycopg", "psycopg"),
     ("redis", "redis"),
+    // tests/tests/mysql.rs: server-side prepared statements (pure Python).
+    ("mysql.connector", "mysql-connector-python"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

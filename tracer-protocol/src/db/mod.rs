@@ -6,13 +6,15 @@
 //! server's end of a database connection (see `tracer_common::classify::classify_db`).
 use std::sync::Arc;
 
-use crate::{Chunk, Direction, ParseStats, postgres, redis};
+use crate::{Chunk, Direction, ParseStats, mysql, postgres, redis};
 
 /// Which database (`db.system.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbSystem {
     Postgresql,
     Redis,
+    Mysql,
+    Mariadb,
 }
 
 impl DbSystem {
@@ -21,6 +23,8 @@ impl DbSystem {
         match self {
             Self::Postgresql => "postgresql",
             Self::Redis => "redis",
+            Self::Mysql => "mysql",
+            Self::Mariadb => "mariadb",
         }
     }
 }
@@ -34,11 +38,12 @@ pub struct DbExchange {
     pub operation: Option<Arc<str>>,
     /// `db.collection.name`, when the statement names one table plainly.
     pub collection: Option<Arc<str>>,
-    /// `db.namespace`: the database (PostgreSQL) or the database index (Redis).
+    /// `db.namespace`: the database (PostgreSQL, MySQL) or the database index (Redis).
     pub namespace: Option<Arc<str>>,
     /// `db.query.text`, sanitised (see [`crate::sql::sanitize`]); never set for Redis.
     pub query_text: Option<Arc<str>>,
-    /// `db.response.status_code`: the SQLSTATE, or the Redis error prefix (`ERR`, `WRONGTYPE`).
+    /// `db.response.status_code`: the SQLSTATE (PostgreSQL), the error code (MySQL: `1146`),
+    /// or the Redis error prefix (`ERR`, `WRONGTYPE`).
     pub error_code: Option<String>,
     /// Entry of the request's first write, exit of the response's last read.
     pub start_ns: u64,
@@ -156,6 +161,7 @@ pub struct DbConn {
 enum Parser {
     Postgres(postgres::PgConn),
     Redis(redis::RedisConn),
+    Mysql(mysql::MysqlConn),
 }
 
 impl DbConn {
@@ -173,10 +179,18 @@ impl DbConn {
         }
     }
 
+    pub fn mysql() -> Self {
+        Self {
+            parser: Parser::Mysql(mysql::MysqlConn::default()),
+            done: Vec::new(),
+        }
+    }
+
     pub fn on_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>) {
         match &mut self.parser {
             Parser::Postgres(p) => p.on_chunk(dir, chunk, &mut self.done),
             Parser::Redis(p) => p.on_chunk(dir, chunk, &mut self.done),
+            Parser::Mysql(p) => p.on_chunk(dir, chunk, &mut self.done),
         }
     }
 
@@ -184,6 +198,7 @@ impl DbConn {
         match &mut self.parser {
             Parser::Postgres(p) => p.on_gap(dir, len),
             Parser::Redis(p) => p.on_gap(dir, len),
+            Parser::Mysql(p) => p.on_gap(dir, len),
         }
     }
 
@@ -192,6 +207,7 @@ impl DbConn {
         match &mut self.parser {
             Parser::Postgres(p) => p.on_close(),
             Parser::Redis(p) => p.on_close(),
+            Parser::Mysql(p) => p.on_close(),
         }
     }
 
@@ -204,6 +220,7 @@ impl DbConn {
         match &self.parser {
             Parser::Postgres(p) => p.stats(),
             Parser::Redis(p) => p.stats(),
+            Parser::Mysql(p) => p.stats(),
         }
     }
 
@@ -211,6 +228,7 @@ impl DbConn {
         match &self.parser {
             Parser::Postgres(p) => p.is_idle(),
             Parser::Redis(p) => p.is_idle(),
+            Parser::Mysql(p) => p.is_idle(),
         }
     }
 
@@ -219,6 +237,7 @@ impl DbConn {
         own + match &self.parser {
             Parser::Postgres(p) => p.memory_bytes(),
             Parser::Redis(p) => p.memory_bytes(),
+            Parser::Mysql(p) => p.memory_bytes(),
         }
     }
 }

@@ -2,40 +2,25 @@
 //! conventions for database client spans (stable since semantic conventions 1.33; written
 //! against 1.37): `db.system.name`, `db.namespace`, `db.operation.name`,
 //! `db.collection.name`, `db.query.text` (sanitised: literals are `?`, bounded; Redis
-//! arguments are never kept), `db.response.status_code` and `error.type` for errors,
+//! arguments are never kept), `db.response.status_code` and `error.type` for errors (the
+//! SQLSTATE for PostgreSQL, the error code for MySQL / MariaDB, e.g. `1146`),
 //! `server.address`, `server.port`, `network.peer.*`.
 //!
 //! The name is `{db.operation.name} {db.collection.name}`, the operation alone, or the
 //! system's name when the statement named neither. A failed call has status Error, with the
-//! SQLSTATE / Redis error prefix as its `error.type` (no message: error texts quote data).
+//! SQLSTATE / MySQL error code / Redis error prefix as its `error.type` (no message: error
+//! texts quote data).
 use std::sync::Arc;
 
 use super::{Clock, ParentResolver, SpanContext};
 use crate::conn::ConnMeta;
-use crate::protocol::{DbExchange, Direction, HttpExchange, RequestHead};
+use crate::protocol::DbExchange;
 use crate::span::{Attributes, Resource, Span, SpanKind, StatusCode};
 
-/// The trace context of a call: the parent resolver's CLIENT path, which (with no outgoing
-/// headers to read) makes the call a child of the SERVER span its thread is serving.
+/// The trace context of a call: with no outgoing headers to read, the child of the SERVER
+/// span its thread is serving.
 pub fn db_context(parents: &mut ParentResolver, conn: &ConnMeta, call: &DbExchange) -> SpanContext {
-    let as_client_request = HttpExchange {
-        request_direction: Direction::Egress,
-        request: RequestHead::default(),
-        response: None,
-        start_ns: call.start_ns,
-        end_ns: call.end_ns,
-        request_body_size: 0,
-        response_body_size: 0,
-        tid: call.tid,
-        // No HTTP request of this connection can have this number.
-        seq: u64::MAX,
-        incomplete: false,
-        head_position: 0,
-        injected: None,
-        messages: Vec::new(),
-        messages_dropped: 0,
-    };
-    parents.context_for(conn, &as_client_request)
+    parents.client_context(conn, call.tid, call.start_ns)
 }
 
 /// Builds the span of one call, in the trace context `ctx`.
@@ -187,5 +172,26 @@ mod tests {
         c.operation = None;
         c.system = DbSystem::Redis;
         assert_eq!(build(&c).name, "redis");
+    }
+
+    #[test]
+    fn mariadb_errors_carry_the_error_code() {
+        let mut c = call();
+        c.system = DbSystem::Mariadb;
+        c.error_code = Some("1146".into());
+        let span = build(&c);
+        assert_eq!(span.name, "SELECT items");
+        assert_eq!(
+            span.attr("db.system.name"),
+            Some(&AttrValue::Str("mariadb".into()))
+        );
+        assert_eq!(
+            span.attr("db.response.status_code"),
+            Some(&AttrValue::Str("1146".into()))
+        );
+        assert_eq!(span.status, StatusCode::Error);
+        c.system = DbSystem::Mysql;
+        c.operation = None;
+        assert_eq!(build(&c).name, "mysql");
     }
 }

@@ -777,6 +777,14 @@ impl ParentResolver {
         }
     }
 
+    /// The context of a CLIENT call that carries no trace context of its own (a database
+    /// call): the child of the SERVER span its thread is serving, else a new root (the path an
+    /// HTTP request without headers takes in [`Self::context_for`]).
+    pub fn client_context(&mut self, conn: &ConnMeta, tid: u32, start_ns: u64) -> SpanContext {
+        self.client_context_of(conn, tid, start_ns, &RequestHead::default(), None)
+            .0
+    }
+
     /// A request the kernel injected `traceparent` into: the callee names these ids, so the
     /// CLIENT span takes them as they are. Its parent is the SERVER span the kernel saw the
     /// thread serving, when the in-process view agrees (same span, same trace); otherwise the

@@ -1,0 +1,370 @@
+//! Privileged end-to-end: MySQL-protocol client spans from a real MariaDB 10.11 (Debian's
+//! `mariadb-server`, `mariadb-install-db` into a temporary datadir, `mariadbd` on a free port
+//! as the `mysql` user) and real clients: the `mariadb` CLI (libmariadb) and
+//! mysql-connector-python (pure Python, server-side prepared statements: COM_STMT_PREPARE /
+//! COM_STMT_EXECUTE; it reads each packet's header apart from its payload). Also a Python web
+//! service whose request runs two queries (both children of its SERVER span), and MySQL and
+//! PostgreSQL connections opened before the agent started (traced from their next query on).
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use test_kit::run_bounded;
+use tracer_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn is_db(s: &Value, system: &str, port: u16) -> bool {
+    s.kind() == "SPAN_KIND_CLIENT"
+        && s.attr_str("db.system.name") == system
+        && s.attr_i64("server.port") == i64::from(port)
+}
+
+/// MariaDB in `dir` (a datadir made there, owned by the `mysql` user) on a free port, with
+/// database `shop` and its table `items`; root logs in without a password.
+fn start_mariadb(dir: &Path) -> (Proc, u16) {
+    let data = dir.join("data");
+    let chown = Command::new("chown")
+        .arg("mysql")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    run_bounded(
+        "mariadb-install-db",
+        Command::new("mariadb-install-db")
+            .args([
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", data.display())),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "mariadbd",
+        Command::new("mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--skip-log-bin"])
+            .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display())),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(30))
+        .unwrap();
+    mariadb(
+        port,
+        None,
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40))",
+    )
+    .unwrap();
+    (server, port)
+}
+
+/// The `mariadb` CLI running `sql` (its statements one by one; it stops at a failing one).
+fn mariadb(port: u16, database: Option<&str>, sql: &str) -> anyhow::Result<String> {
+    let mut c = Command::new("mariadb");
+    c.args(["--no-defaults", "-h", "127.0.0.1", "-u", "root"])
+        .arg(format!("-P{port}"))
+        .args(database)
+        .args(["-e", sql]);
+    run_bounded("mariadb", &mut c, Duration::from_secs(20))
+}
+
+fn python(name: &str, script: &str, args: &[String]) -> String {
+    run_bounded(
+        name,
+        Command::new("python3").arg("-c").arg(script).args(args),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+#[test]
+fn mariadb_statements_from_the_cli_and_prepared_statements() {
+    require_root();
+    let dir = TempDir::new("mysql-stmts");
+    let (_server, port) = start_mariadb(dir.path());
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    // The CLI stops at the failing statement: it comes last.
+    let failed = mariadb(
+        port,
+        Some("shop"),
+        "INSERT INTO items VALUES (1, 'secret-name'); \
+         SELECT name FROM items WHERE id = 1; SELECT * FROM missing_table",
+    );
+    assert!(failed.is_err(), "{failed:?}");
+    // Its session set-up (SET NAMES, autocommit), a statement prepared once and executed
+    // twice, and a PREPARE that fails: no statement, no execution.
+    python(
+        "mysql-connector-python",
+        r#"
+import sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", database="shop")
+cur = c.cursor(prepared=True)
+for _ in range(2):
+    cur.execute("SELECT name FROM items WHERE id = %s", (1,))
+    assert cur.fetchall() == [("secret-name",)]
+try:
+    cur.execute("INSERT INTO nope VALUES (%s)", ("secret-name",))
+except mysql.connector.Error as e:
+    assert e.errno == 1146
+c.close()
+"#,
+        &[port.to_string()],
+    );
+    sc.wait_spans(8, WAIT, |s| is_db(s, "mariadb", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "mariadb", port));
+    assert_eq!(spans.len(), 8, "{log}\n{spans:#?}");
+    for s in &spans {
+        assert_eq!(s.attr_str("db.namespace"), "shop", "{s:#}");
+        assert_eq!(s.attr_str("server.address"), "127.0.0.1");
+        assert_eq!(s.attr_i64("network.peer.port"), i64::from(port));
+        let attributes = s["attributes"].to_string();
+        assert!(
+            !attributes.contains("secret-name"),
+            "a literal leaked: {s:#}"
+        );
+        assert!(s.end_ns() > s.start_ns(), "{s:#}");
+    }
+    let by_text = |text: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| s.attr_str("db.query.text") == text)
+            .collect()
+    };
+    let insert = by_text("INSERT INTO items VALUES (?, ?)");
+    assert_eq!(insert.len(), 1, "{spans:#?}");
+    assert_eq!(insert[0].name(), "INSERT items");
+    assert_eq!(insert[0].attr_str("db.operation.name"), "INSERT");
+    assert_eq!(insert[0].res("service.name"), "mariadb");
+    assert_eq!(insert[0].status_code(), "STATUS_CODE_UNSET");
+    let select = by_text("SELECT name FROM items WHERE id = ?");
+    // The CLI's (literal sanitised) and the prepared one's twice (`?` as sent).
+    assert_eq!(select.len(), 3, "{spans:#?}");
+    for s in &select {
+        assert_eq!(s.name(), "SELECT items");
+        assert_eq!(s.attr_str("db.collection.name"), "items");
+        assert_eq!(s.status_code(), "STATUS_CODE_UNSET");
+    }
+    let missing = by_text("SELECT * FROM missing_table");
+    assert_eq!(missing.len(), 1, "{spans:#?}");
+    assert_eq!(missing[0].status_code(), "STATUS_CODE_ERROR");
+    assert_eq!(missing[0].attr_str("db.response.status_code"), "1146");
+    assert_eq!(missing[0].attr_str("error.type"), "1146");
+    let failed = by_text("INSERT INTO nope VALUES (?)");
+    assert_eq!(failed.len(), 1, "{spans:#?}");
+    assert_eq!(failed[0].attr_str("db.response.status_code"), "1146");
+    assert_eq!(by_text("SET NAMES ? COLLATE ?").len(), 1, "{spans:#?}");
+}
+
+/// One thread serves (http.server); its database connection is opened by the first request.
+const WEB_SERVICE: &str = r#"
+import sys, mysql.connector
+from http.server import BaseHTTPRequestHandler, HTTPServer
+web_port, db_port = int(sys.argv[1]), int(sys.argv[2])
+db = None
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        global db
+        if db is None:
+            db = mysql.connector.connect(host="127.0.0.1", port=db_port, user="root", database="shop", autocommit=True)
+        cur = db.cursor()
+        cur.execute("SELECT count(*) FROM items")
+        count = cur.fetchall()[0][0]
+        cur.execute("SELECT DATABASE()")
+        name = cur.fetchall()[0][0]
+        body = f"{name}: {count} items\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", web_port), Handler).serve_forever()
+"#;
+
+#[test]
+fn a_web_requests_queries_are_children_of_its_server_span() {
+    require_root();
+    let dir = TempDir::new("mysql-web");
+    let (_server, db_port) = start_mariadb(dir.path());
+    let web_port = free_port();
+    let mut web = Proc::spawn(
+        "web service",
+        Command::new("python3")
+            .args(["-c", WEB_SERVICE])
+            .arg(web_port.to_string())
+            .arg(db_port.to_string()),
+    )
+    .unwrap();
+    web.wait_listening(web_port, Duration::from_secs(20))
+        .unwrap();
+    let sc = Scenario::ports(&[web_port, db_port]).start().unwrap();
+    curl(&[&format!("http://127.0.0.1:{web_port}/report")]).unwrap();
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(web_port)
+    };
+    let is_query =
+        |s: &Value| is_db(s, "mariadb", db_port) && s.attr_str("db.operation.name") == "SELECT";
+    sc.wait_spans(1, WAIT, is_server);
+    sc.wait_spans(2, WAIT, is_query);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let server = done.spans_where(is_server);
+    let queries = done.spans_where(is_query);
+    assert_eq!(server.len(), 1, "{log}\n{server:#?}");
+    assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
+    let server = &server[0];
+    for q in &queries {
+        assert_eq!(q.trace_id(), server.trace_id(), "{q:#}\n{server:#}");
+        assert_eq!(q.parent_id(), server.span_id(), "{q:#}\n{server:#}");
+        assert_eq!(q.attr_str("tracer.parent.source"), "thread");
+        assert!(q.start_ns() >= server.start_ns() && q.end_ns() <= server.end_ns());
+    }
+    let mut texts: Vec<&str> = queries
+        .iter()
+        .map(|q| q.attr_str("db.query.text"))
+        .collect();
+    texts.sort_unstable();
+    assert_eq!(texts, ["SELECT DATABASE()", "SELECT count(*) FROM items"]);
+}
+
+/// A client connected (and queried) before the agent started: no greeting to recognise. The
+/// kernel takes the connection for MySQL from its next COM_QUERY (sequence 0, a length that
+/// matches the call, SQL text); the greeting's version was never seen, so the system is the
+/// protocol's, `mysql`, and the database unknown.
+#[test]
+fn a_connection_open_before_the_agent_is_traced_from_its_next_query() {
+    require_root();
+    let dir = TempDir::new("mysql-early");
+    let (_server, port) = start_mariadb(dir.path());
+    let client = Proc::spawn(
+        "early client",
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                r#"
+import signal, sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", database="shop")
+cur = c.cursor()
+cur.execute("SELECT 1")
+cur.fetchall()
+signal.signal(signal.SIGUSR1, lambda *a: None)
+print("PAUSED", flush=True)
+signal.pause()
+cur.execute("SELECT name FROM items WHERE id = 7")
+cur.fetchall()
+cur.execute("SELECT * FROM missing_table")
+"#,
+            )
+            .arg(port.to_string()),
+    )
+    .unwrap();
+    client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
+    let sc = Scenario::port(port).unwrap();
+    client.signal(libc::SIGUSR1);
+    let is_early = |s: &Value| is_db(s, "mysql", port);
+    sc.wait_spans(2, WAIT, is_early);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(is_early);
+    assert_eq!(spans.len(), 2, "{log}\n{spans:#?}");
+    assert_eq!(spans[0].name(), "SELECT items");
+    assert_eq!(
+        spans[0].attr_str("db.query.text"),
+        "SELECT name FROM items WHERE id = ?"
+    );
+    assert_eq!(spans[0].attr("db.namespace"), &Value::Null);
+    assert_eq!(spans[1].attr_str("db.response.status_code"), "1146");
+}
+
+/// The same for PostgreSQL (its startup was not seen): libpq's PQexec sends a simple Query
+/// (`Q`, a length matching the call, SQL text), which the kernel takes for PostgreSQL on a
+/// connection whose connect it did not see. (Beside the MySQL case, as the kernel rule is one.)
+#[test]
+fn a_postgres_connection_open_before_the_agent_is_traced_from_its_next_query() {
+    require_root();
+    let dir = TempDir::new("mysql-early-pg");
+    let (_pg, port) = start_postgres(dir.path());
+    let client = Proc::spawn(
+        "early psycopg client",
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                r#"
+import signal, sys, psycopg
+c = psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres", autocommit=True)
+c.pgconn.exec_(b"SELECT 1")
+signal.signal(signal.SIGUSR1, lambda *a: None)
+print("PAUSED", flush=True)
+signal.pause()
+assert c.pgconn.exec_(b"SELECT relname FROM pg_class WHERE relname = 'secret'").status == 2
+assert c.pgconn.exec_(b"SELECT * FROM missing_table").status == 7
+print("DONE", flush=True)
+"#,
+            )
+            .arg(port.to_string()),
+    )
+    .unwrap();
+    client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
+    let sc = Scenario::port(port).unwrap();
+    client.signal(libc::SIGUSR1);
+    client.wait_line("DONE", WAIT).unwrap();
+    let is_early = |s: &Value| is_db(s, "postgresql", port);
+    sc.wait_spans(2, WAIT, is_early);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(is_early);
+    assert_eq!(spans.len(), 2, "{log}\n{spans:#?}");
+    assert_eq!(spans[0].name(), "SELECT pg_class");
+    assert_eq!(
+        spans[0].attr_str("db.query.text"),
+        "SELECT relname FROM pg_class WHERE relname = ?"
+    );
+    assert_eq!(spans[1].attr_str("db.response.status_code"), "42P01");
+}
+
+/// PostgreSQL 15 in `dir` (initialised there, owned by the `postgres` user) on a free port.
+fn start_postgres(dir: &Path) -> (Proc, u16) {
+    let chown = Command::new("chown")
+        .arg("postgres")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_postgres = |program: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(format!("/usr/lib/postgresql/15/bin/{program}"));
+        c
+    };
+    let data = dir.join("data");
+    run_bounded(
+        "initdb",
+        as_postgres("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut pg = Proc::spawn(
+        "postgres",
+        as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir),
+    )
+    .unwrap();
+    pg.wait_listening(port, Duration::from_secs(30)).unwrap();
+    (pg, port)
+}
