@@ -98,8 +98,8 @@ impl<'a> Iterator for Ops<'a> {
     }
 }
 
-/// Everything a database client parser keeps (bodies of 16 KiB per direction, bounded
-/// statement tables, pending calls) stays under this.
+/// Everything a database client parser keeps (bodies or payloads of at most 16 KiB per
+/// direction, bounded statement tables, pending calls) stays under this.
 pub const DB_MEMORY_BOUND: usize = 2 * 1024 * 1024;
 
 /// Feeds the op stream to a database client parser (requests are Egress): no panic, memory
