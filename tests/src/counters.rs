@@ -69,6 +69,16 @@ pub struct Counters {
     #[serde(default)]
     pub postgres_unanswered_calls: u64,
     #[serde(default)]
+    pub mysql_gaps: u64,
+    #[serde(default)]
+    pub mysql_invalid_messages: u64,
+    #[serde(default)]
+    pub mysql_dropped_calls: u64,
+    #[serde(default)]
+    pub mysql_unmatched_responses: u64,
+    #[serde(default)]
+    pub mysql_unanswered_calls: u64,
+    #[serde(default)]
     pub redis_gaps: u64,
     #[serde(default)]
     pub redis_invalid_messages: u64,

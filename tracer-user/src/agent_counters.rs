@@ -410,6 +410,36 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "PostgreSQL calls without a result when their connection closed or expired (no span).",
     ),
     counter(
+        "mysql_gaps",
+        "tracer.mysql_gaps",
+        "{gap}",
+        "Holes in MySQL/MariaDB client connections' byte streams (their calls since are not reported).",
+    ),
+    counter(
+        "mysql_invalid_messages",
+        "tracer.mysql_invalid_messages",
+        "{event}",
+        "MySQL/MariaDB connections whose framing was lost (a gap, an impossible length, a desync): no span from them afterwards.",
+    ),
+    counter(
+        "mysql_dropped_calls",
+        "tracer.mysql_dropped_calls",
+        "{call}",
+        "MySQL/MariaDB calls waiting for their result when their connection's framing was lost (no span).",
+    ),
+    counter(
+        "mysql_unmatched_responses",
+        "tracer.mysql_unmatched_responses",
+        "{message}",
+        "MySQL/MariaDB results or replies without a call to pair with.",
+    ),
+    counter(
+        "mysql_unanswered_calls",
+        "tracer.mysql_unanswered_calls",
+        "{call}",
+        "MySQL/MariaDB calls without a result when their connection closed or expired (no span).",
+    ),
+    counter(
         "redis_gaps",
         "tracer.redis_gaps",
         "{gap}",
