@@ -310,9 +310,8 @@ impl ServiceGraph {
 /// Peer name buffers kept for reuse, at most.
 const FREE_PEERS: usize = 1024;
 
-/// The server a CLIENT span names: `service.peer.name`, else `server.address`.
 /// A database call's server node: its peer's service name, else the database system
-/// (`postgresql`, `redis`), as Tempo names database nodes. `None`: not a database call.
+/// (`postgresql`, `mysql`, `mariadb`, `redis`), as Tempo names database nodes. `None`: not a database call.
 fn database_name(span: &Span) -> Option<&str> {
     let system = match span.attr("db.system.name") {
         Some(AttrValue::Str(s)) => s.as_str(),
