@@ -38,40 +38,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prost::Message;
 use tokio::sync::mpsc;
 use tracer::{
-    agent::read_recording,
     assemble::SpanAssembler,
-    capture::events::{Event, decode},
-    conn::TableLimits,
-    export::{ExportStats, SpanSender, TraceEncoder, export_request},
+    export::{ExportStats, SpanSender, export_request},
     pipeline::{
         MetricsOptions, Pipeline, RecentTraces, RedactOptions, Redactor, Sampler, SamplingOptions,
         SpanMetrics,
     },
-    process::ProcessTable,
     span::Span,
-    trace::{Clock, SpanOptions},
     ui::{RecentStore, StoreLimits},
 };
-use tracer_common::EventHeader;
 
-const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
-/// The OTLP exporters' default batch size (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
-const BATCH: usize = 512;
+mod replay;
+use replay::{BATCH, Encoding, assembler, recorded, with_pid};
+
 /// The export queue's default capacity (`OTEL_BSP_MAX_QUEUE_SIZE`).
 const QUEUE: usize = 2048;
-/// Offset of `EventHeader::pid` in every record.
-const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
 /// Wall-clock time the replayed spans end near (the store's windows start there).
 const NOW_NS: u64 = 1_700_000_000_000_000_000;
-
-fn assembler() -> SpanAssembler {
-    SpanAssembler::new(
-        ProcessTable::new(None, vec![]),
-        Clock::measure(),
-        SpanOptions::default(),
-        TableLimits::default(),
-    )
-}
 
 fn store() -> Arc<RecentStore> {
     Arc::new(RecentStore::new(StoreLimits::default(), NOW_NS))
@@ -100,21 +83,6 @@ fn agent_stages() -> AgentStages {
         queue,
         store,
     }
-}
-
-/// An exporter's encoder and its reused output buffer.
-#[derive(Default)]
-struct Encoding {
-    encoder: TraceEncoder,
-    buf: Vec<u8>,
-}
-
-/// Encodes `batch` (left empty) as one OTLP request, as an exporter does; its size in bytes.
-fn encode(enc: &mut Encoding, batch: &mut Vec<Span>) -> usize {
-    enc.buf.clear();
-    enc.encoder.encode(batch, &mut enc.buf);
-    batch.clear();
-    black_box(&enc.buf).len()
 }
 
 /// One pass: every record through the span assembler, each span through `stages` if given
@@ -149,7 +117,7 @@ fn replay(
             }),
         }
         if batch.len() >= BATCH {
-            encoded += encode(&mut enc, &mut batch);
+            encoded += enc.encode(&mut batch);
         }
     }
     if let Some(st) = stages {
@@ -157,12 +125,12 @@ fn replay(
         while let Ok(span) = st.queue.try_recv() {
             batch.push(span);
             if batch.len() >= BATCH {
-                encoded += encode(&mut enc, &mut batch);
+                encoded += enc.encode(&mut batch);
             }
         }
     }
     if !batch.is_empty() {
-        encoded += encode(&mut enc, &mut batch);
+        encoded += enc.encode(&mut batch);
     }
     (spans, encoded)
 }
@@ -181,28 +149,8 @@ fn spans_of(records: &[Vec<u8>]) -> Vec<Span> {
     spans
 }
 
-/// The records with data and close events attributed to `pid`.
-fn with_pid(records: &[Vec<u8>], pid: u32) -> Vec<Vec<u8>> {
-    records
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            if matches!(decode(&r), Some(Event::Data { .. } | Event::Close(_))) {
-                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_ne_bytes());
-            }
-            r
-        })
-        .collect()
-}
-
 fn main() {
-    let bytes = std::fs::read(RECORDING).unwrap_or_else(|e| {
-        panic!("{RECORDING}: {e} (record one with `cargo xtask bench --record`)")
-    });
-    let recorded: Vec<Vec<u8>> = read_recording(&bytes)
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
+    let recorded = recorded();
     let live = with_pid(&recorded, std::process::id());
     let mut check = assembler();
     let mut stages = agent_stages();
@@ -301,7 +249,7 @@ fn main() {
             |(enc, spans)| {
                 while !spans.is_empty() {
                     let mut batch: Vec<Span> = spans.drain(..spans.len().min(BATCH)).collect();
-                    encode(enc, &mut batch);
+                    enc.encode(&mut batch);
                 }
             },
             BatchSize::LargeInput,

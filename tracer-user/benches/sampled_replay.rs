@@ -12,7 +12,7 @@
 //!
 //! Run by `cargo xtask bench`, which reads criterion's estimates back and the `… per pass:`
 //! lines printed here.
-use std::{hint::black_box, time::Duration};
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput};
 
@@ -20,24 +20,18 @@ use criterion::{BatchSize, Criterion, Throughput};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracer::{
-    agent::read_recording,
     assemble::SpanAssembler,
-    capture::events::{Event, decode},
-    conn::TableLimits,
-    export::TraceEncoder,
     pipeline::{
         Sampler, SamplingOptions,
         sample::{HeadSampler, Policies, SamplerKind},
     },
-    process::ProcessTable,
     span::Span,
-    trace::{Clock, ParentResolver, SpanOptions},
+    trace::ParentResolver,
 };
-use tracer_common::EventHeader;
 
-const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/events.bin");
-const BATCH: usize = 512;
-const PID_OFFSET: usize = std::mem::offset_of!(EventHeader, pid);
+mod replay;
+use replay::{BATCH, Encoding, assembler, recorded, with_pid};
+
 const RATIO: f64 = 0.1;
 const SLOWER_THAN_NS: u64 = 100_000_000;
 
@@ -59,13 +53,8 @@ fn sampling(ratio: Option<f64>) -> SamplingOptions {
 
 /// The assembler with the head sampler deciding new traces, and the sampling stage.
 fn stages(opts: &SamplingOptions) -> (SpanAssembler, Sampler) {
-    let assembler = SpanAssembler::new(
-        ProcessTable::new(None, vec![]),
-        Clock::measure(),
-        SpanOptions::default(),
-        TableLimits::default(),
-    )
-    .with_parent_resolver(ParentResolver::default().with_head_sampler(opts.head));
+    let assembler =
+        assembler().with_parent_resolver(ParentResolver::default().with_head_sampler(opts.head));
     (assembler, Sampler::new(opts.clone()))
 }
 
@@ -73,13 +62,10 @@ fn stages(opts: &SamplingOptions) -> (SpanAssembler, Sampler) {
 fn replay(assembler: &mut SpanAssembler, sampler: &mut Sampler, records: &[Vec<u8>]) -> (u64, u64) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let (mut built, mut encoded) = (0u64, 0u64);
-    let (mut encoder, mut buf) = (TraceEncoder::new(), Vec::new());
+    let mut enc = Encoding::default();
     let mut flush = |batch: &mut Vec<Span>| {
         encoded += batch.len() as u64;
-        buf.clear();
-        encoder.encode(batch, &mut buf);
-        black_box(&buf);
-        batch.clear();
+        enc.encode(batch);
     };
     // A fixed clock: held traces wait for `finish`, the end of the pass.
     for record in records {
@@ -99,20 +85,7 @@ fn replay(assembler: &mut SpanAssembler, sampler: &mut Sampler, records: &[Vec<u
 }
 
 fn main() {
-    let bytes = std::fs::read(RECORDING).unwrap_or_else(|e| {
-        panic!("{RECORDING}: {e} (record one with `cargo xtask bench --record`)")
-    });
-    let pid = std::process::id();
-    let records: Vec<Vec<u8>> = read_recording(&bytes)
-        .into_iter()
-        .map(|r| {
-            let mut r = r.to_vec();
-            if matches!(decode(&r), Some(Event::Data { .. } | Event::Close(_))) {
-                r[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&pid.to_ne_bytes());
-            }
-            r
-        })
-        .collect();
+    let records = with_pid(&recorded(), std::process::id());
     let variants = [
         ("off", sampling(None)),
         ("ratio_0.1_tail", sampling(Some(RATIO))),
