@@ -54,6 +54,17 @@ impl Agent {
 
     /// SIGTERM; the agent must exit successfully (final flush included) within 20 s. Returns
     /// its stderr.
+    /// Waits up to `timeout` for the agent's log line saying it attached TLS probes to a file
+    /// whose line contains `what` (a path or part of it, e.g. `libssl.so`); the line, if any.
+    pub fn wait_tls_attached(&self, what: &str, timeout: Duration) -> Option<String> {
+        crate::wait_for(timeout, || {
+            self.proc
+                .stderr()
+                .into_iter()
+                .find(|l| l.contains("attached TLS probes to") && l.contains(what))
+        })
+    }
+
     pub fn stop(self) -> Result<String> {
         self.stop_within(Duration::from_secs(20))
     }

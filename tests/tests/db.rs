@@ -233,13 +233,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
 /// Waits until the agent logged that it attached TLS probes to a file whose line contains
 /// `what`.
 fn wait_attached(sc: &Scenario, what: &str) {
-    let found = wait_for(WAIT, || {
-        sc.agent
-            .proc
-            .stderr()
-            .into_iter()
-            .find(|l| l.contains("attached TLS probes to") && l.contains(what))
-    });
+    let found = sc.agent.wait_tls_attached(what, WAIT);
     assert!(found.is_some(), "no TLS probes on {what}:\n{}", sc.log());
 }
 

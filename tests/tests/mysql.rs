@@ -4,7 +4,8 @@
 //! mysql-connector-python (pure Python, server-side prepared statements: COM_STMT_PREPARE /
 //! COM_STMT_EXECUTE; it reads each packet's header apart from its payload). Also a Python web
 //! service whose request runs two queries (both children of its SERVER span), and MySQL and
-//! PostgreSQL connections opened before the agent started (traced from their next query on).
+//! PostgreSQL connections opened before the agent started (traced from their next query on),
+//! and the CLI over TLS.
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
@@ -22,6 +23,11 @@ fn is_db(s: &Value, system: &str, port: u16) -> bool {
 /// MariaDB in `dir` (a datadir made there, owned by the `mysql` user) on a free port, with
 /// database `shop` and its table `items`; root logs in without a password.
 fn start_mariadb(dir: &Path) -> (Proc, u16) {
+    start_mariadb_with(dir, &[])
+}
+
+/// [`start_mariadb`] with more `mariadbd` options.
+fn start_mariadb_with(dir: &Path, options: &[String]) -> (Proc, u16) {
     let data = dir.join("data");
     let chown = Command::new("chown")
         .arg("mysql")
@@ -49,7 +55,8 @@ fn start_mariadb(dir: &Path) -> (Proc, u16) {
             .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
-            .arg(format!("--pid-file={}", dir.join("pid").display())),
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .args(options),
     )
     .unwrap();
     server
@@ -176,6 +183,97 @@ c.close()
     assert_eq!(failed.len(), 1, "{spans:#?}");
     assert_eq!(failed[0].attr_str("db.response.status_code"), "1146");
     assert_eq!(by_text("SET NAMES ? COLLATE ?").len(), 1, "{spans:#?}");
+}
+
+/// MariaDB with TLS (`--ssl-cert`/`--ssl-key`, a certificate made by the test): the CLI asks
+/// for TLS after the server's greeting (in the clear), so the conversation goes on in the
+/// plaintext the libssl probes see. The same spans as in the clear, none from ciphertext.
+#[test]
+fn mariadb_over_tls_from_the_cli() {
+    require_root();
+    let dir = TempDir::new("mysql-tls");
+    let certs = Certs::new("mysql-tls-certs");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(certs.cert(), &cert).unwrap();
+    std::fs::copy(certs.key(), &key).unwrap();
+    // mariadbd runs as `mysql`.
+    let chown = Command::new("chown")
+        .arg("mysql")
+        .args([&cert, &key])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let (_server, port) = start_mariadb_with(
+        dir.path(),
+        &[
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+        ],
+    );
+    let sc = Scenario::ports(&[port]).start().unwrap();
+    // The clients' libssl, mapped by the server too: probed at the start.
+    let attached = sc.agent.wait_tls_attached("libssl.so", WAIT);
+    assert!(attached.is_some(), "no TLS probes on libssl:\n{}", sc.log());
+    let mut c = Command::new("mariadb");
+    c.args(["--no-defaults", "--ssl", "-h", "127.0.0.1", "-u", "root"])
+        .arg(format!("-P{port}"))
+        .args(["shop", "-N", "-e"])
+        .arg(
+            "SHOW SESSION STATUS LIKE 'Ssl_version'; INSERT INTO items VALUES (7, 'secret-name'); \
+             SELECT name FROM items WHERE id = 7; SELECT * FROM missing_table",
+        );
+    let out = run_bounded("mariadb --ssl", &mut c, Duration::from_secs(20));
+    // The CLI stops at the failing statement (last); the session was TLS.
+    let err = format!("{out:?}");
+    assert!(err.contains("TLSv1"), "not a TLS session: {err}");
+    assert!(err.contains("1146"), "{err}");
+    // SHOW, INSERT, SELECT and the failing SELECT (with `-e` the CLI sends nothing else).
+    sc.wait_spans(4, WAIT, |s| is_db(s, "mariadb", port));
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(|s| is_db(s, "mariadb", port));
+    assert_eq!(spans.len(), 4, "{log}\n{spans:#?}");
+    let c = &done.counters;
+    assert_eq!(
+        (
+            c.mysql_gaps,
+            c.mysql_invalid_messages,
+            c.mysql_dropped_calls,
+            c.mysql_unmatched_responses,
+            c.mysql_unanswered_calls
+        ),
+        (0, 0, 0, 0, 0),
+        "{log}"
+    );
+    assert!(c.tls_files_attached >= 1, "{log}");
+    for s in &spans {
+        assert_eq!(s.attr_str("db.namespace"), "shop", "{s:#}");
+        assert_eq!(s.attr_i64("network.peer.port"), i64::from(port));
+        assert!(
+            !s["attributes"].to_string().contains("secret-name"),
+            "a literal leaked: {s:#}"
+        );
+        assert!(s.end_ns() > s.start_ns(), "{s:#}");
+    }
+    let by_text = |text: &str| {
+        spans
+            .iter()
+            .filter(|s| s.attr_str("db.query.text") == text)
+            .count()
+    };
+    assert_eq!(by_text("SHOW SESSION STATUS LIKE ?"), 1, "{spans:#?}");
+    assert_eq!(by_text("INSERT INTO items VALUES (?, ?)"), 1, "{spans:#?}");
+    assert_eq!(
+        by_text("SELECT name FROM items WHERE id = ?"),
+        1,
+        "{spans:#?}"
+    );
+    let missing: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr_str("db.query.text") == "SELECT * FROM missing_table")
+        .collect();
+    assert_eq!(missing.len(), 1, "{spans:#?}");
+    assert_eq!(missing[0].attr_str("db.response.status_code"), "1146");
 }
 
 /// One thread serves (http.server); its database connection is opened by the first request.

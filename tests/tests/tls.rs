@@ -23,13 +23,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Waits until the agent logged that it attached TLS probes to a file whose line contains
 /// `what` (a path or part of it).
 fn wait_attached(agent: &Agent, what: &str) {
-    let found = wait_for(WAIT, || {
-        agent
-            .proc
-            .stderr()
-            .into_iter()
-            .find(|l| l.contains("attached TLS probes to") && l.contains(what))
-    });
+    let found = agent.wait_tls_attached(what, WAIT);
     assert!(
         found.is_some(),
         "the agent did not attach TLS probes to {what}; stderr:\n{}",

@@ -250,8 +250,28 @@ fn mark_tls(sock: &TcpSock) {
         // a byte that ends up `Tls` or `Other` either way.
         unsafe {
             if (*conn).ino == sock.ino && (*conn).protocol != Protocol::Other as u8 {
+                carry_into_plaintext(conn);
                 (*conn).protocol = Protocol::Tls as u8;
             }
+        }
+    }
+}
+
+/// MySQL's TLS begins after the server's greeting and the client's SSL request, both in the
+/// clear: the plaintext goes on with that conversation (its first bytes, the client's
+/// handshake response, are nothing a classification could recognise), so it keeps the
+/// protocol the cleartext was classified as.
+///
+/// # Safety
+/// `conn` points to a CONNS value, valid for this program run.
+#[inline(always)]
+unsafe fn carry_into_plaintext(conn: *mut ConnState) {
+    // SAFETY: the caller's.
+    unsafe {
+        if (*conn).protocol == Protocol::Mysql as u8
+            && (*conn).tls_protocol == Protocol::Unknown as u8
+        {
+            (*conn).tls_protocol = Protocol::Mysql as u8;
         }
     }
 }
@@ -342,6 +362,7 @@ pub fn plaintext_event(
         // its first bytes looked like HTTP, e.g. a protocol upgraded to TLS). `Other` stays:
         // it also marks connections outside the port target set.
         if (*conn).protocol != Protocol::Other as u8 {
+            carry_into_plaintext(conn);
             (*conn).protocol = Protocol::Tls as u8;
         }
         (

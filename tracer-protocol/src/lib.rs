@@ -182,6 +182,14 @@ impl ConnParser {
         }
     }
 
+    /// See [`db::DbConn::resume_over_tls`]; false for HTTP (its TLS plaintext starts over).
+    pub fn resume_over_tls(&mut self) -> bool {
+        match self {
+            Self::Db(c) => c.resume_over_tls(),
+            Self::Http1(_) | Self::Http2 { .. } => false,
+        }
+    }
+
     pub fn on_close(&mut self, ts: u64, out: &mut Vec<HttpExchange>) {
         match self {
             Self::Http1(c) => c.on_close(ts, out),

@@ -194,6 +194,17 @@ impl DbConn {
         }
     }
 
+    /// The connection's TLS plaintext continues the conversation its cleartext began (MySQL:
+    /// the greeting, then the client's SSL request); false when the protocol starts over in
+    /// the plaintext instead (PostgreSQL's startup message follows its SSLRequest) or the
+    /// client never asked for TLS.
+    pub fn resume_over_tls(&mut self) -> bool {
+        match &mut self.parser {
+            Parser::Mysql(p) => p.resume_over_tls(),
+            Parser::Postgres(_) | Parser::Redis(_) => false,
+        }
+    }
+
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
         match &mut self.parser {
             Parser::Postgres(p) => p.on_gap(dir, len),

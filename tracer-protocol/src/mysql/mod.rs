@@ -78,7 +78,10 @@ enum Phase {
     /// Authenticating: everything up to the server's OK.
     Authenticating,
     Ready,
-    /// TLS (the syscalls carry ciphertext), or the server refused the connection.
+    /// The client asked for TLS: the syscalls carry ciphertext from here on; the conversation
+    /// goes on in the TLS plaintext (see [`MysqlConn::resume_over_tls`]).
+    TlsRequested,
+    /// The server refused the connection (or the client's TLS plaintext is not delivered).
     Opaque,
     /// Framing lost: nothing more is reported.
     Lost,
@@ -194,7 +197,10 @@ impl MysqlConn {
             }
         }
         self.gaps.on_chunk(dir, chunk);
-        if matches!(self.phase, Phase::Opaque | Phase::Lost) {
+        if matches!(
+            self.phase,
+            Phase::TlsRequested | Phase::Opaque | Phase::Lost
+        ) {
             return;
         }
         if dir == Direction::Ingress && std::mem::take(&mut self.headerless_greeting) {
@@ -207,7 +213,12 @@ impl MysqlConn {
         }
         let sent = Sent::of(chunk);
         let mut input = Input::of(chunk);
-        while !input.is_empty() && !matches!(self.phase, Phase::Opaque | Phase::Lost) {
+        while !input.is_empty()
+            && !matches!(
+                self.phase,
+                Phase::TlsRequested | Phase::Opaque | Phase::Lost
+            )
+        {
             let framer = &mut self.framers[dir.index()];
             match framer.next(&mut input, sent) {
                 Ok(Some(packet)) => {
@@ -226,6 +237,19 @@ impl MysqlConn {
                 Err(()) => self.lose(),
             }
         }
+    }
+
+    /// The TLS plaintext of a connection whose client asked for TLS after the greeting: the
+    /// same conversation, its next packet the client's handshake response (sequence 2), in a
+    /// byte stream of its own. False (nothing changed) when the client had not asked.
+    pub fn resume_over_tls(&mut self) -> bool {
+        if self.phase != Phase::TlsRequested {
+            return false;
+        }
+        self.phase = Phase::Response;
+        self.framers = [Framer::new(KEEP_CLIENT), Framer::new(KEEP_SERVER)];
+        self.gaps = StartGaps::default();
+        true
     }
 
     pub fn on_gap(&mut self, dir: Direction, len: u64) {
@@ -309,7 +333,7 @@ impl MysqlConn {
                 }
                 self.on_command(packet, body);
             }
-            Phase::Opaque | Phase::Lost => {}
+            Phase::TlsRequested | Phase::Opaque | Phase::Lost => {}
         }
     }
 
@@ -373,7 +397,7 @@ impl MysqlConn {
         let client_caps = le_u32(body).unwrap_or(0);
         self.caps = client_caps & self.server_caps;
         if client_caps & CLIENT_SSL != 0 && packet.len == 32 {
-            self.phase = Phase::Opaque;
+            self.phase = Phase::TlsRequested;
             return;
         }
         self.phase = Phase::Authenticating;
@@ -432,7 +456,7 @@ impl MysqlConn {
             }
             Phase::Ready => {}
             // Nothing is expected before the client's response.
-            Phase::Response | Phase::Opaque | Phase::Lost => return,
+            Phase::Response | Phase::TlsRequested | Phase::Opaque | Phase::Lost => return,
         }
         let Some(front) = self.pending.front() else {
             self.stats.unmatched_responses += 1;

@@ -222,7 +222,8 @@ fn lost_framing_reports_nothing_more() {
     assert_eq!(p.phase, Phase::Lost);
 }
 
-/// The greeting, the client's SSL request: TLS follows, never parsed here.
+/// The greeting, the client's SSL request: the syscalls then carry ciphertext, never parsed;
+/// the conversation resumes on the TLS plaintext.
 #[test]
 fn ssl_request_hands_over_to_tls() {
     let capture = load_capture(include_str!("testdata/mariadb_cli.hex"));
@@ -234,7 +235,7 @@ fn ssl_request_hands_over_to_tls() {
     let mut ssl = (CLIENT_SSL | CLIENT_PROTOCOL_41).to_le_bytes().to_vec();
     ssl.resize(32, 0);
     feed(&mut p, Direction::Egress, &packet(1, &ssl), 2, &mut out);
-    assert_eq!(p.phase, Phase::Opaque);
+    assert_eq!(p.phase, Phase::TlsRequested);
     feed(
         &mut p,
         Direction::Egress,
@@ -242,6 +243,33 @@ fn ssl_request_hands_over_to_tls() {
         3,
         &mut out,
     );
+    assert_eq!(p.stats(), ParseStats::default());
+    assert!(out.is_empty());
+
+    // The TLS plaintext (a stream of its own): the handshake response (sequence 2), the
+    // server's OK, then commands as in the clear.
+    assert!(p.resume_over_tls());
+    assert!(!p.resume_over_tls());
+    let mut response = (CLIENT_SSL | CLIENT_PROTOCOL_41 | CLIENT_CONNECT_WITH_DB)
+        .to_le_bytes()
+        .to_vec();
+    response.resize(32, 0);
+    response.extend_from_slice(b"shop_user\0\0shop\0");
+    feed(
+        &mut p,
+        Direction::Egress,
+        &packet(2, &response),
+        4,
+        &mut out,
+    );
+    feed(&mut p, Direction::Ingress, &packet(3, OK), 5, &mut out);
+    assert_eq!(p.phase, Phase::Ready);
+    feed(&mut p, Direction::Egress, &query("SELECT 1"), 6, &mut out);
+    feed(&mut p, Direction::Ingress, &packet(1, OK), 7, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].system, DbSystem::Mariadb);
+    assert_eq!(s(&out[0].operation), Some("SELECT"));
+    assert_eq!(s(&out[0].namespace), Some("shop"));
     assert_eq!(p.stats(), ParseStats::default());
 }
 

@@ -344,7 +344,8 @@ impl ConnTable {
 
 impl Conn {
     /// Starts the connection over with the TLS plaintext's parser: the cleartext parser is
-    /// finished as at a close (what it still waited for is counted, in the totals).
+    /// finished as at a close (what it still waited for is counted, in the totals), unless it
+    /// resumes on the plaintext.
     fn restart_as_tls(
         &mut self,
         protocol: Protocol,
@@ -352,6 +353,13 @@ impl Conn {
         out: &mut Vec<Finished>,
         stats: &mut TableStats,
     ) {
+        if protocol == self.protocol && self.http.resume_over_tls() {
+            // MySQL: the plaintext goes on with the conversation (the greeting was in the
+            // clear), with its own byte positions.
+            self.next = [None; 2];
+            self.meta.tls = true;
+            return;
+        }
         let mut done = Vec::new();
         self.http.on_close(ts, &mut done);
         out.extend(done.into_iter().map(|ex| (self.meta, ex)));
