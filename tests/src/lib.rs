@@ -3,6 +3,7 @@
 //! scenario that ties them together and reads the agent's counters.
 pub mod agent;
 pub mod counters;
+pub mod databases;
 pub mod netns;
 pub mod peers;
 pub mod privilege;
@@ -14,6 +15,7 @@ pub mod services;
 
 pub use agent::{Agent, log_line, rss_kib, summary, without_endpoints};
 pub use counters::{Counters, ExportTotals, Injection, KernelDrops, Sampling};
+pub use databases::{assert_children_of, is_db, run_python, start_postgres};
 pub use netns::Node;
 pub use peers::{Certs, grpcpeer};
 pub use privilege::require_root;

@@ -13,68 +13,6 @@ use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn is_db(s: &Value, system: &str, port: u16) -> bool {
-    s.kind() == "SPAN_KIND_CLIENT"
-        && s.attr_str("db.system.name") == system
-        && s.attr_i64("server.port") == i64::from(port)
-}
-
-/// PostgreSQL in `dir` (initialised there, owned by the `postgres` user) on a free port; with
-/// `certs`, also over TLS with that certificate.
-fn start_postgres(dir: &Path, certs: Option<&Certs>) -> (Proc, u16) {
-    let data = dir.join("data");
-    let chown = Command::new("chown")
-        .arg("postgres")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let as_postgres = |program: &str| {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-            .arg(format!("/usr/lib/postgresql/15/bin/{program}"));
-        c
-    };
-    run_bounded(
-        "initdb",
-        as_postgres("initdb")
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut postgres = as_postgres("postgres");
-    postgres
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .arg("-k")
-        .arg(dir);
-    if let Some(certs) = certs {
-        // The server reads its key only when the postgres user owns it, mode 0600.
-        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::copy(certs.cert(), &cert).unwrap();
-        std::fs::copy(certs.key(), &key).unwrap();
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let chown = Command::new("chown")
-            .arg("postgres")
-            .args([&cert, &key])
-            .status()
-            .unwrap();
-        assert!(chown.success());
-        postgres.args(["-c", "ssl=on", "-c"]);
-        postgres.arg(format!("ssl_cert_file={}", cert.display()));
-        postgres
-            .arg("-c")
-            .arg(format!("ssl_key_file={}", key.display()));
-    }
-    let mut pg = Proc::spawn("postgres", &mut postgres).unwrap();
-    pg.wait_listening(port, Duration::from_secs(30)).unwrap();
-    (pg, port)
-}
-
 /// libpq's connection string: `sslmode` `disable` (in the clear) or `require` (TLS).
 fn conninfo(port: u16, sslmode: &str) -> String {
     format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}")
@@ -89,15 +27,6 @@ fn psql(port: u16, sslmode: &str, sql: &[&str]) -> String {
     }
     // The failing statement's error goes to stderr; psql goes on with the next -c.
     run_bounded("psql", &mut c, Duration::from_secs(20)).unwrap_or_default()
-}
-
-fn python(name: &str, script: &str, args: &[String]) -> String {
-    run_bounded(
-        name,
-        Command::new("python3").arg("-c").arg(script).args(args),
-        Duration::from_secs(30),
-    )
-    .unwrap()
 }
 
 #[test]
@@ -143,7 +72,7 @@ fn postgres_statements(sslmode: &str) {
         "{out}"
     );
     // psycopg: a prepared statement run twice, a binary-result query, a failing insert.
-    let out = python(
+    let out = run_python(
         "psycopg",
         r#"
 import sys, psycopg
@@ -275,7 +204,7 @@ fn redis_commands_from_redis_cli_and_pipelines() {
     cli(&["INCR", "user:1"]);
     cli(&["-n", "3", "GET", "user:1"]);
     // redis-py: one pipeline of 20 commands in one write, then a MULTI/EXEC transaction.
-    python(
+    run_python(
         "redis-py",
         r#"
 import sys, redis
@@ -434,13 +363,7 @@ fn a_web_requests_queries_are_children_of_its_server_span() {
     let queries = done.spans_where(|s| is_db(s, "postgresql", pg_port));
     assert_eq!(server.len(), 1, "{log}\n{server:#?}");
     assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
-    let server = &server[0];
-    for q in &queries {
-        assert_eq!(q.trace_id(), server.trace_id(), "{q:#}\n{server:#}");
-        assert_eq!(q.parent_id(), server.span_id(), "{q:#}\n{server:#}");
-        assert_eq!(q.attr_str("tracer.parent.source"), "thread");
-        assert!(q.start_ns() >= server.start_ns() && q.end_ns() <= server.end_ns());
-    }
+    assert_children_of(&server[0], &queries);
     let mut texts: Vec<&str> = queries
         .iter()
         .map(|q| q.attr_str("db.query.text"))
@@ -450,4 +373,50 @@ fn a_web_requests_queries_are_children_of_its_server_span() {
         texts,
         ["SELECT count(*) FROM pg_class", "SELECT current_database()"]
     );
+}
+
+/// A PostgreSQL client connected before the agent started (its startup was not seen): libpq's PQexec sends a simple Query
+/// (`Q`, a length matching the call, SQL text), which the kernel takes for PostgreSQL on a
+/// connection whose connect it did not see. (tests/tests/mysql.rs has the MySQL case of the same kernel rule.)
+#[test]
+fn a_postgres_connection_open_before_the_agent_is_traced_from_its_next_query() {
+    require_root();
+    let dir = TempDir::new("db-early-pg");
+    let (_pg, port) = start_postgres(dir.path(), None);
+    let client = Proc::spawn(
+        "early psycopg client",
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                r#"
+import signal, sys, psycopg
+c = psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres", autocommit=True)
+c.pgconn.exec_(b"SELECT 1")
+signal.signal(signal.SIGUSR1, lambda *a: None)
+print("PAUSED", flush=True)
+signal.pause()
+assert c.pgconn.exec_(b"SELECT relname FROM pg_class WHERE relname = 'secret'").status == 2
+assert c.pgconn.exec_(b"SELECT * FROM missing_table").status == 7
+print("DONE", flush=True)
+"#,
+            )
+            .arg(port.to_string()),
+    )
+    .unwrap();
+    client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
+    let sc = Scenario::port(port).unwrap();
+    client.signal(libc::SIGUSR1);
+    client.wait_line("DONE", WAIT).unwrap();
+    let is_early = |s: &Value| is_db(s, "postgresql", port);
+    sc.wait_spans(2, WAIT, is_early);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let spans = done.spans_where(is_early);
+    assert_eq!(spans.len(), 2, "{log}\n{spans:#?}");
+    assert_eq!(spans[0].name(), "SELECT pg_class");
+    assert_eq!(
+        spans[0].attr_str("db.query.text"),
+        "SELECT relname FROM pg_class WHERE relname = ?"
+    );
+    assert_eq!(spans[1].attr_str("db.response.status_code"), "42P01");
 }

@@ -3,9 +3,8 @@
 //! as the `mysql` user) and real clients: the `mariadb` CLI (libmariadb) and
 //! mysql-connector-python (pure Python, server-side prepared statements: COM_STMT_PREPARE /
 //! COM_STMT_EXECUTE; it reads each packet's header apart from its payload). Also a Python web
-//! service whose request runs two queries (both children of its SERVER span), and MySQL and
-//! PostgreSQL connections opened before the agent started (traced from their next query on),
-//! and the CLI over TLS.
+//! service whose request runs two queries (both children of its SERVER span), a connection
+//! opened before the agent started (traced from its next query on), and the CLI over TLS.
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
@@ -13,12 +12,6 @@ use test_kit::run_bounded;
 use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn is_db(s: &Value, system: &str, port: u16) -> bool {
-    s.kind() == "SPAN_KIND_CLIENT"
-        && s.attr_str("db.system.name") == system
-        && s.attr_i64("server.port") == i64::from(port)
-}
 
 /// MariaDB in `dir` (a datadir made there, owned by the `mysql` user) on a free port, with
 /// database `shop` and its table `items`; root logs in without a password.
@@ -81,15 +74,6 @@ fn mariadb(port: u16, database: Option<&str>, sql: &str) -> anyhow::Result<Strin
     run_bounded("mariadb", &mut c, Duration::from_secs(20))
 }
 
-fn python(name: &str, script: &str, args: &[String]) -> String {
-    run_bounded(
-        name,
-        Command::new("python3").arg("-c").arg(script).args(args),
-        Duration::from_secs(30),
-    )
-    .unwrap()
-}
-
 #[test]
 fn mariadb_statements_from_the_cli_and_prepared_statements() {
     require_root();
@@ -106,7 +90,7 @@ fn mariadb_statements_from_the_cli_and_prepared_statements() {
     assert!(failed.is_err(), "{failed:?}");
     // Its session set-up (SET NAMES, autocommit), a statement prepared once and executed
     // twice, and a PREPARE that fails: no statement, no execution.
-    python(
+    run_python(
         "mysql-connector-python",
         r#"
 import sys, mysql.connector
@@ -334,13 +318,7 @@ fn a_web_requests_queries_are_children_of_its_server_span() {
     let queries = done.spans_where(is_query);
     assert_eq!(server.len(), 1, "{log}\n{server:#?}");
     assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
-    let server = &server[0];
-    for q in &queries {
-        assert_eq!(q.trace_id(), server.trace_id(), "{q:#}\n{server:#}");
-        assert_eq!(q.parent_id(), server.span_id(), "{q:#}\n{server:#}");
-        assert_eq!(q.attr_str("tracer.parent.source"), "thread");
-        assert!(q.start_ns() >= server.start_ns() && q.end_ns() <= server.end_ns());
-    }
+    assert_children_of(&server[0], &queries);
     let mut texts: Vec<&str> = queries
         .iter()
         .map(|q| q.attr_str("db.query.text"))
@@ -396,88 +374,4 @@ cur.execute("SELECT * FROM missing_table")
     );
     assert_eq!(spans[0].attr("db.namespace"), &Value::Null);
     assert_eq!(spans[1].attr_str("db.response.status_code"), "1146");
-}
-
-/// The same for PostgreSQL (its startup was not seen): libpq's PQexec sends a simple Query
-/// (`Q`, a length matching the call, SQL text), which the kernel takes for PostgreSQL on a
-/// connection whose connect it did not see. (Beside the MySQL case, as the kernel rule is one.)
-#[test]
-fn a_postgres_connection_open_before_the_agent_is_traced_from_its_next_query() {
-    require_root();
-    let dir = TempDir::new("mysql-early-pg");
-    let (_pg, port) = start_postgres(dir.path());
-    let client = Proc::spawn(
-        "early psycopg client",
-        Command::new("python3")
-            .arg("-c")
-            .arg(
-                r#"
-import signal, sys, psycopg
-c = psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres", autocommit=True)
-c.pgconn.exec_(b"SELECT 1")
-signal.signal(signal.SIGUSR1, lambda *a: None)
-print("PAUSED", flush=True)
-signal.pause()
-assert c.pgconn.exec_(b"SELECT relname FROM pg_class WHERE relname = 'secret'").status == 2
-assert c.pgconn.exec_(b"SELECT * FROM missing_table").status == 7
-print("DONE", flush=True)
-"#,
-            )
-            .arg(port.to_string()),
-    )
-    .unwrap();
-    client.wait_line("PAUSED", Duration::from_secs(20)).unwrap();
-    let sc = Scenario::port(port).unwrap();
-    client.signal(libc::SIGUSR1);
-    client.wait_line("DONE", WAIT).unwrap();
-    let is_early = |s: &Value| is_db(s, "postgresql", port);
-    sc.wait_spans(2, WAIT, is_early);
-    let done = sc.stop().unwrap();
-    let log = done.summary();
-    let spans = done.spans_where(is_early);
-    assert_eq!(spans.len(), 2, "{log}\n{spans:#?}");
-    assert_eq!(spans[0].name(), "SELECT pg_class");
-    assert_eq!(
-        spans[0].attr_str("db.query.text"),
-        "SELECT relname FROM pg_class WHERE relname = ?"
-    );
-    assert_eq!(spans[1].attr_str("db.response.status_code"), "42P01");
-}
-
-/// PostgreSQL 15 in `dir` (initialised there, owned by the `postgres` user) on a free port.
-fn start_postgres(dir: &Path) -> (Proc, u16) {
-    let chown = Command::new("chown")
-        .arg("postgres")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let as_postgres = |program: &str| {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-            .arg(format!("/usr/lib/postgresql/15/bin/{program}"));
-        c
-    };
-    let data = dir.join("data");
-    run_bounded(
-        "initdb",
-        as_postgres("initdb")
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut pg = Proc::spawn(
-        "postgres",
-        as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-k")
-            .arg(dir),
-    )
-    .unwrap();
-    pg.wait_listening(port, Duration::from_secs(30)).unwrap();
-    (pg, port)
 }
