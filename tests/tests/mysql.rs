@@ -22,8 +22,12 @@ fn start_mariadb(dir: &Path) -> (Proc, u16) {
 /// [`start_mariadb`] with more `mariadbd` options.
 fn start_mariadb_with(dir: &Path, options: &[String]) -> (Proc, u16) {
     let data = dir.join("data");
+    // Its own temporary directory: with the shared /tmp, concurrent bootstraps of the
+    // other tests' servers once collided on a temporary table file (ERROR 1051).
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let chown = Command::new("chown")
-        .arg("mysql")
+        .args(["-R", "mysql"])
         .arg(dir)
         .status()
         .unwrap();
@@ -32,11 +36,13 @@ fn start_mariadb_with(dir: &Path, options: &[String]) -> (Proc, u16) {
         "mariadb-install-db",
         Command::new("mariadb-install-db")
             .args([
+                "--no-defaults",
                 "--user=mysql",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ])
-            .arg(format!("--datadir={}", data.display())),
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display())),
         Duration::from_secs(60),
     )
     .unwrap();
@@ -47,6 +53,7 @@ fn start_mariadb_with(dir: &Path, options: &[String]) -> (Proc, u16) {
             .args(["--no-defaults", "--user=mysql", "--skip-log-bin"])
             .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .args(options),
