@@ -5,7 +5,7 @@ use std::{path::Path, process::Command, time::Duration};
 use serde_json::Value;
 use test_kit::run_bounded;
 
-use crate::{Certs, Proc, SpanJson, free_port};
+use crate::{Certs, Proc, Scenario, SpanJson, curl, free_port};
 
 /// A CLIENT span of `system` (`db.system.name`) to the server on `port`.
 pub fn is_db(s: &Value, system: &str, port: u16) -> bool {
@@ -80,8 +80,51 @@ pub fn run_python(name: &str, script: &str, args: &[String]) -> String {
     .unwrap()
 }
 
+/// A web request whose handler runs two queries (tests/servers/db_web_service.py with
+/// `backend`, `postgres` or `mysql`, on a free port; its database, of `db.system.name`
+/// `system`, listens on `db_port`): both SELECTs, with exactly `texts`, are children of the
+/// request's SERVER span.
+pub fn check_a_web_requests_queries(backend: &str, system: &str, db_port: u16, texts: [&str; 2]) {
+    let wait = Duration::from_secs(20);
+    let web_port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/db_web_service.py");
+    let mut web = Proc::spawn(
+        "web service",
+        Command::new("python3")
+            .arg(script)
+            .arg(backend)
+            .arg(web_port.to_string())
+            .arg(db_port.to_string()),
+    )
+    .unwrap();
+    web.wait_listening(web_port, wait).unwrap();
+    let sc = Scenario::ports(&[web_port, db_port]).start().unwrap();
+    curl(&[&format!("http://127.0.0.1:{web_port}/report")]).unwrap();
+    let is_server = |s: &Value| {
+        s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(web_port)
+    };
+    // SELECTs only: a client's session set-up (mysql-connector's SET NAMES) is spanned too.
+    let is_query =
+        |s: &Value| is_db(s, system, db_port) && s.attr_str("db.operation.name") == "SELECT";
+    sc.wait_spans(1, wait, is_server);
+    sc.wait_spans(2, wait, is_query);
+    let done = sc.stop().unwrap();
+    let log = done.summary();
+    let server = done.spans_where(is_server);
+    let queries = done.spans_where(is_query);
+    assert_eq!(server.len(), 1, "{log}\n{server:#?}");
+    assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
+    assert_children_of(&server[0], &queries);
+    let mut found: Vec<&str> = queries
+        .iter()
+        .map(|q| q.attr_str("db.query.text"))
+        .collect();
+    found.sort_unstable();
+    assert_eq!(found, texts, "{log}");
+}
+
 /// Each query span is the serving span's child, made by its thread, inside its time.
-pub fn assert_children_of(server: &Value, queries: &[Value]) {
+fn assert_children_of(server: &Value, queries: &[Value]) {
     for q in queries {
         assert_eq!(q.trace_id(), server.trace_id(), "{q:#}\n{server:#}");
         assert_eq!(q.parent_id(), server.span_id(), "{q:#}\n{server:#}");

@@ -5,7 +5,7 @@
 //! come from the plaintext the libssl probes see); Redis 7 (`redis-server` on a free port)
 //! with `redis-cli` and redis-py's pipelines; and a Python web service whose request runs two
 //! queries: both are children of its SERVER span.
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use test_kit::run_bounded;
@@ -338,40 +338,11 @@ fn a_web_requests_queries_are_children_of_its_server_span() {
     require_root();
     let dir = TempDir::new("db-web");
     let (_pg, pg_port) = start_postgres(dir.path(), None);
-    let web_port = free_port();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/db_web_service.py");
-    let mut web = Proc::spawn(
-        "web service",
-        Command::new("python3")
-            .arg(script)
-            .arg(web_port.to_string())
-            .arg(pg_port.to_string()),
-    )
-    .unwrap();
-    web.wait_listening(web_port, Duration::from_secs(20))
-        .unwrap();
-    let sc = Scenario::ports(&[web_port, pg_port]).start().unwrap();
-    curl(&[&format!("http://127.0.0.1:{web_port}/report")]).unwrap();
-    let is_server = |s: &Value| {
-        s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(web_port)
-    };
-    sc.wait_spans(1, WAIT, is_server);
-    sc.wait_spans(2, WAIT, |s| is_db(s, "postgresql", pg_port));
-    let done = sc.stop().unwrap();
-    let log = done.summary();
-    let server = done.spans_where(is_server);
-    let queries = done.spans_where(|s| is_db(s, "postgresql", pg_port));
-    assert_eq!(server.len(), 1, "{log}\n{server:#?}");
-    assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
-    assert_children_of(&server[0], &queries);
-    let mut texts: Vec<&str> = queries
-        .iter()
-        .map(|q| q.attr_str("db.query.text"))
-        .collect();
-    texts.sort_unstable();
-    assert_eq!(
-        texts,
-        ["SELECT count(*) FROM pg_class", "SELECT current_database()"]
+    check_a_web_requests_queries(
+        "postgres",
+        "postgresql",
+        pg_port,
+        ["SELECT count(*) FROM pg_class", "SELECT current_database()"],
     );
 }
 

@@ -267,77 +267,19 @@ fn mariadb_over_tls_from_the_cli() {
     assert_eq!(missing[0].attr_str("db.response.status_code"), "1146");
 }
 
-/// One thread serves (http.server); its database connection is opened by the first request.
-const WEB_SERVICE: &str = r#"
-import sys, mysql.connector
-from http.server import BaseHTTPRequestHandler, HTTPServer
-web_port, db_port = int(sys.argv[1]), int(sys.argv[2])
-db = None
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        global db
-        if db is None:
-            db = mysql.connector.connect(host="127.0.0.1", port=db_port, user="root", database="shop", autocommit=True)
-        cur = db.cursor()
-        cur.execute("SELECT count(*) FROM items")
-        count = cur.fetchall()[0][0]
-        cur.execute("SELECT DATABASE()")
-        name = cur.fetchall()[0][0]
-        body = f"{name}: {count} items\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-HTTPServer(("127.0.0.1", web_port), Handler).serve_forever()
-"#;
-
 #[test]
 fn a_web_requests_queries_are_children_of_its_server_span() {
     require_root();
     let dir = TempDir::new("mysql-web");
     let (_server, db_port) = start_mariadb(dir.path());
-    let web_port = free_port();
-    let mut web = Proc::spawn(
-        "web service",
-        Command::new("python3")
-            .args(["-c", WEB_SERVICE])
-            .arg(web_port.to_string())
-            .arg(db_port.to_string()),
-    )
-    .unwrap();
-    web.wait_listening(web_port, Duration::from_secs(20))
-        .unwrap();
-    let sc = Scenario::ports(&[web_port, db_port]).start().unwrap();
-    curl(&[&format!("http://127.0.0.1:{web_port}/report")]).unwrap();
-    let is_server = |s: &Value| {
-        s.kind() == "SPAN_KIND_SERVER" && s.attr_i64("server.port") == i64::from(web_port)
-    };
-    let is_query =
-        |s: &Value| is_db(s, "mariadb", db_port) && s.attr_str("db.operation.name") == "SELECT";
-    sc.wait_spans(1, WAIT, is_server);
-    sc.wait_spans(2, WAIT, is_query);
-    let done = sc.stop().unwrap();
-    let log = done.summary();
-    let server = done.spans_where(is_server);
-    let queries = done.spans_where(is_query);
-    assert_eq!(server.len(), 1, "{log}\n{server:#?}");
-    assert_eq!(queries.len(), 2, "{log}\n{queries:#?}");
-    assert_children_of(&server[0], &queries);
-    let mut texts: Vec<&str> = queries
-        .iter()
-        .map(|q| q.attr_str("db.query.text"))
-        .collect();
-    texts.sort_unstable();
-    assert_eq!(texts, ["SELECT DATABASE()", "SELECT count(*) FROM items"]);
+    check_a_web_requests_queries(
+        "mysql",
+        "mariadb",
+        db_port,
+        ["SELECT DATABASE()", "SELECT count(*) FROM items"],
+    );
 }
 
-/// A client connected (and queried) before the agent started: no greeting to recognise. The
-/// kernel takes the connection for MySQL from its next COM_QUERY (sequence 0, a length that
-/// matches the call, SQL text); the greeting's version was never seen, so the system is the
-/// protocol's, `mysql`, and the database unknown.
 #[test]
 fn a_connection_open_before_the_agent_is_traced_from_its_next_query() {
     require_root();
