@@ -363,34 +363,62 @@ fn haproxy_to_a_python_service_every_request_is_a_four_span_chain() {
     );
 }
 
+/// The app on another "node": an echo server in a network namespace, which nginx dials at
+/// `dialled` (an iptables redirect takes that to `listening`, where the server is).
+struct RemoteApp {
+    _app: Proc,
+    node: Node,
+    dialled: u16,
+    listening: u16,
+}
+
+impl RemoteApp {
+    fn start(tag: &str, octet: u8) -> Self {
+        let node = Node::create(tag, octet);
+        let (dialled, listening) = (free_port(), free_port());
+        node.redirect(dialled, listening);
+        let app = Proc::spawn(
+            "echo server",
+            node.command("python3")
+                .arg(workspace_root().join("tests/servers/echo.py"))
+                .args([&listening.to_string(), node.inside()]),
+        )
+        .unwrap();
+        app.wait_line("READY", Duration::from_secs(10)).unwrap();
+        Self {
+            _app: app,
+            node,
+            dialled,
+            listening,
+        }
+    }
+
+    /// A fresh nginx in front of the app (so its upstream connection opens while the agent
+    /// runs), and an agent with `--inject-traceparent inject` and no NAT lookup: nothing but
+    /// the rewritten header can link across the "nodes". nginx (keep it), its URL, the agent.
+    fn behind_nginx(&self, dir: &Path, inject: &str) -> (Proc, String, Scenario) {
+        let port = free_port();
+        let upstream = format!("{}:{}", self.node.inside(), self.dialled);
+        let nginx = nginx_proxy(dir, port, &upstream);
+        let sc = traced(&[port, self.dialled, self.listening])
+            .args(&["--inject-traceparent", inject, "--nat-lookup", "off"])
+            .start()
+            .unwrap();
+        (nginx, format!("http://127.0.0.1:{port}"), sc)
+    }
+}
+
 /// nginx here, the app on another "node": only the rewritten header links the app's SERVER
 /// span to nginx's CLIENT span; the app receives a well-formed header with curl's trace id
 /// and flags. With injection off, the header arrives byte-identical (and names curl's span).
 #[test]
 fn across_nodes_the_rewritten_header_alone_gives_the_parent() {
     require_root();
-    let node = Node::create("p", 150);
-    let (host, inside) = (node.host(), node.inside());
-    let (dialled, listening) = (free_port(), free_port());
-    node.redirect(dialled, listening);
-    let app = Proc::spawn(
-        "echo server",
-        node.command("python3")
-            .arg(workspace_root().join("tests/servers/echo.py"))
-            .args([&listening.to_string(), inside]),
-    )
-    .unwrap();
-    app.wait_line("READY", Duration::from_secs(10)).unwrap();
+    let remote = RemoteApp::start("p", 150);
+    let host = remote.node.host();
     for inject in ["auto", "off"] {
-        // A fresh nginx each time: its upstream connection opens while this agent runs.
         let dir = TempDir::new("proxy-nodes");
-        let port = free_port();
-        let _nginx = nginx_proxy(dir.path(), port, &format!("{inside}:{dialled}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let sc = traced(&[port, dialled, listening])
-            .args(&["--inject-traceparent", inject, "--nat-lookup", "off"])
-            .start()
-            .unwrap();
+        let (_nginx, url, sc) = remote.behind_nginx(dir.path(), inject);
         let receiver = sc.receiver();
         let sent = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let path = format!("/node-{inject}");
@@ -422,8 +450,6 @@ fn across_nodes_the_rewritten_header_alone_gives_the_parent() {
         assert_eq!(done.counters.injection().rewrite_done, 1);
         assert_eq!(done.counters.injection().inject_failed, 0);
     }
-    drop(app);
-    drop(node);
 }
 
 /// The value of header `name` (any case) in an echoed request head.
@@ -509,27 +535,11 @@ impl B3Form {
 #[test]
 fn across_nodes_a_forwarded_b3_context_is_rewritten() {
     require_root();
-    let node = Node::create("b", 50);
-    let (host, inside) = (node.host(), node.inside());
-    let (dialled, listening) = (free_port(), free_port());
-    node.redirect(dialled, listening);
-    let app = Proc::spawn(
-        "echo server",
-        node.command("python3")
-            .arg(workspace_root().join("tests/servers/echo.py"))
-            .args([&listening.to_string(), inside]),
-    )
-    .unwrap();
-    app.wait_line("READY", Duration::from_secs(10)).unwrap();
+    let remote = RemoteApp::start("b", 50);
+    let host = remote.node.host();
     for inject in ["auto", "off"] {
         let dir = TempDir::new("proxy-b3");
-        let port = free_port();
-        let _nginx = nginx_proxy(dir.path(), port, &format!("{inside}:{dialled}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let sc = traced(&[port, dialled, listening])
-            .args(&["--inject-traceparent", inject, "--nat-lookup", "off"])
-            .start()
-            .unwrap();
+        let (_nginx, url, sc) = remote.behind_nginx(dir.path(), inject);
         let receiver = sc.receiver();
         for form in [B3Form::Single, B3Form::Multi] {
             let path = format!("/b3-{form:?}-{inject}");
@@ -572,8 +582,6 @@ fn across_nodes_a_forwarded_b3_context_is_rewritten() {
             assert_eq!(injection.inject_failed, 0, "{injection:?}");
         }
     }
-    drop(app);
-    drop(node);
 }
 
 /// An app instrumented with the OpenTelemetry SDK behind nginx: its own span's parent is
