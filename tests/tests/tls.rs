@@ -16,6 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
+use test_kit::run_bounded;
 use tracer_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -49,6 +50,38 @@ fn is_client_of(s: &Value, service: &str, port: u16) -> bool {
 /// status, peer, the server span as the client span's child, and durations.
 fn check_exchange(server: &Value, client: &Value, path: &str, status: i64, port: u16) {
     check_named(server, client, path, &format!("GET {path}"), status, port)
+}
+
+/// [`check_exchange`] for each `(path, status)`.
+fn check_exchanges(servers: &[Value], clients: &[Value], expected: &[(&str, i64)], port: u16) {
+    for &(path, status) in expected {
+        check_exchange(
+            by_path(servers, path),
+            by_path(clients, path),
+            path,
+            status,
+            port,
+        );
+    }
+}
+
+/// The SERVER and CLIENT spans the agent exported, exactly `n_servers` and `n_clients`.
+fn both_ends(
+    done: &Outcome,
+    (is_server, n_servers): (impl Fn(&Value) -> bool, usize),
+    (is_client, n_clients): (impl Fn(&Value) -> bool, usize),
+) -> (Vec<Value>, Vec<Value>) {
+    let log = done.summary();
+    let servers = done.spans_where(is_server);
+    let clients = done.spans_where(is_client);
+    assert_eq!(servers.len(), n_servers, "{log}\n{servers:#?}");
+    assert_eq!(clients.len(), n_clients, "{log}\n{clients:#?}");
+    (servers, clients)
+}
+
+/// A client program run to its end (bounded); its stdout.
+fn run_client(cmd: &mut Command) -> String {
+    run_bounded("client", cmd, Duration::from_secs(30)).unwrap()
 }
 
 fn check_named(server: &Value, client: &Value, path: &str, name: &str, status: i64, port: u16) {
@@ -173,19 +206,17 @@ fn curl_to_nginx() {
     let done = sc.stop().unwrap();
     let log = done.summary();
     drop(nginx);
-    let servers = done.spans_where(|s| is_server_of(s, "nginx"));
-    let clients = done.spans_where(|s| is_client_of(s, "curl", port));
-    assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
-    assert_eq!(clients.len(), 3, "{log}\n{clients:#?}");
-    for (path, status) in [("/tls/first", 200), ("/missing", 404), ("/tls/second", 200)] {
-        check_exchange(
-            by_path(&servers, path),
-            by_path(&clients, path),
-            path,
-            status,
-            port,
-        );
-    }
+    let (servers, clients) = both_ends(
+        &done,
+        (|s: &Value| is_server_of(s, "nginx"), 3),
+        (|s: &Value| is_client_of(s, "curl", port), 3),
+    );
+    check_exchanges(
+        &servers,
+        &clients,
+        &[("/tls/first", 200), ("/missing", 404), ("/tls/second", 200)],
+        port,
+    );
     assert_only_plaintext_spans(&done.spans, 6, &log);
     assert!(done.counters.tls_files_attached >= 1, "{log}");
     assert_eq!(done.counters.tls_attach_failed, 0, "{log}");
@@ -225,15 +256,7 @@ for path in ["/tls/py", "/status/404"]:
 c.close()
 "#
     );
-    let out = Command::new("python3")
-        .args(["-c", &client])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client(Command::new("python3").args(["-c", &client]));
     let is_server = |s: &Value| {
         s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
     };
@@ -246,10 +269,7 @@ c.close()
     spans_where(sc.receiver(), 2, is_client);
     let done = sc.stop().unwrap();
     let log = done.summary();
-    let servers = done.spans_where(is_server);
-    let clients = done.spans_where(is_client);
-    assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
-    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
+    let (servers, clients) = both_ends(&done, (is_server, 2), (is_client, 2));
     assert!(
         clients.iter().all(|c| c
             .res("service.name")
@@ -258,13 +278,7 @@ c.close()
             .starts_with("python3")),
         "{clients:#?}"
     );
-    check_exchange(
-        by_path(&servers, "/tls/py"),
-        by_path(&clients, "/tls/py"),
-        "/tls/py",
-        200,
-        port,
-    );
+    check_exchanges(&servers, &clients, &[("/tls/py", 200)], port);
     check_named(
         by_path(&servers, "/status/404"),
         by_path(&clients, "/status/404"),
@@ -313,15 +327,7 @@ function get(path) {{
 get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
 "#
     );
-    let out = Command::new("node")
-        .args(["-e", &client_js])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client(Command::new("node").args(["-e", &client_js]));
     let is_server = |s: &Value| {
         s.kind() == "SPAN_KIND_SERVER" && s.res("process.pid").as_i64() == Some(server.pid() as i64)
     };
@@ -329,22 +335,15 @@ get("/tls/node").then(() => get("/missing")).then(() => agent.destroy());
     spans_where(sc.receiver(), 2, |s| is_client_of(s, "node", port));
     let done = sc.stop().unwrap();
     let log = done.summary();
-    let servers = done.spans_where(is_server);
-    let clients = done.spans_where(|s| is_client_of(s, "node", port));
-    assert_eq!(servers.len(), 2, "{log}\n{servers:#?}");
-    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
-    check_exchange(
-        by_path(&servers, "/tls/node"),
-        by_path(&clients, "/tls/node"),
-        "/tls/node",
-        200,
-        port,
+    let (servers, clients) = both_ends(
+        &done,
+        (is_server, 2),
+        (|s: &Value| is_client_of(s, "node", port), 2),
     );
-    check_exchange(
-        by_path(&servers, "/missing"),
-        by_path(&clients, "/missing"),
-        "/missing",
-        404,
+    check_exchanges(
+        &servers,
+        &clients,
+        &[("/tls/node", 200), ("/missing", 404)],
         port,
     );
     assert_only_plaintext_spans(&done.spans, 4, &log);
@@ -424,20 +423,12 @@ fn go_https_server_and_client() {
     // This file's own line: the agent also attaches to the other tests' Go servers.
     wait_attached(&sc.agent, &format!("{} [Go", app.display()));
     let base = format!("https://127.0.0.1:{port}");
-    let out = Command::new(app)
-        .args([
-            "client",
-            &format!("{base}/tls/go"),
-            &format!("{base}/missing"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n404\n");
+    let out = run_client(Command::new(app).args([
+        "client",
+        &format!("{base}/tls/go"),
+        &format!("{base}/missing"),
+    ]));
+    assert_eq!(out, "200\n404\n");
 
     let server_pid = server.pid() as i64;
     let is_server = |s: &Value| {
@@ -448,11 +439,7 @@ fn go_https_server_and_client() {
 
     // A stripped Go binary: its request reaches the traced server, its own side is reported
     // as not traceable.
-    let out = Command::new(stripped)
-        .args(["client", &format!("{base}/tls/stripped")])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_client(Command::new(stripped).args(["client", &format!("{base}/tls/stripped")]));
     spans_where(sc.receiver(), 3, is_server);
     // That client may exit before the agent looks at it: a stripped server stays up until the
     // agent has reported it (it serves nothing in this test).
@@ -499,22 +486,15 @@ fn go_https_server_and_client() {
     );
     assert!(done.counters.tls_detached >= 1, "{log}");
 
-    let servers = done.spans_where(is_server);
-    let clients = done.spans_where(|s| is_client_of(s, "tlsapp", port));
-    assert_eq!(servers.len(), 3, "{log}\n{servers:#?}");
-    assert_eq!(clients.len(), 2, "{log}\n{clients:#?}");
-    check_exchange(
-        by_path(&servers, "/tls/go"),
-        by_path(&clients, "/tls/go"),
-        "/tls/go",
-        200,
-        port,
+    let (servers, clients) = both_ends(
+        &done,
+        (is_server, 3),
+        (|s: &Value| is_client_of(s, "tlsapp", port), 2),
     );
-    check_exchange(
-        by_path(&servers, "/missing"),
-        by_path(&clients, "/missing"),
-        "/missing",
-        404,
+    check_exchanges(
+        &servers,
+        &clients,
+        &[("/tls/go", 200), ("/missing", 404)],
         port,
     );
     // Go's Write is captured at its entry, before the bytes leave: the same-node link from
