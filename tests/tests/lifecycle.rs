@@ -4,18 +4,24 @@ use std::{process::Command, time::Duration};
 
 use tracer_tests::*;
 
-#[test]
-fn sigterm_detaches_everything_and_exits_zero() {
-    require_root();
-    let bin = tracer_bin().unwrap();
-    let mut agent = Proc::spawn(
+/// The agent with its defaults (no exporter, no metrics or view endpoint), once it traces.
+fn started_agent() -> Proc {
+    let agent = Proc::spawn(
         "tracer",
-        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
+        without_endpoints(&mut Command::new(tracer_bin().unwrap()))
+            .args(["--port", &free_port().to_string()]),
     )
     .unwrap();
     agent
         .wait_line("tracing; stop with", Duration::from_secs(30))
         .unwrap();
+    agent
+}
+
+#[test]
+fn sigterm_detaches_everything_and_exits_zero() {
+    require_root();
+    let mut agent = started_agent();
     let ids = program_ids_of(agent.pid());
     assert_eq!(
         ids.len(),
@@ -56,15 +62,7 @@ fn sigterm_detaches_everything_and_exits_zero() {
 #[test]
 fn sigint_also_stops_cleanly() {
     require_root();
-    let bin = tracer_bin().unwrap();
-    let mut agent = Proc::spawn(
-        "tracer",
-        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
-    )
-    .unwrap();
-    agent
-        .wait_line("tracing; stop with", Duration::from_secs(30))
-        .unwrap();
+    let mut agent = started_agent();
     agent.signal(libc::SIGINT);
     let status = agent.wait_exit(Duration::from_secs(15)).unwrap();
     assert!(status.success(), "exit status {status}");
@@ -128,15 +126,7 @@ fn kernel_config() -> String {
 #[test]
 fn start_up_reports_kernel_features_in_one_line_and_keeps_tracepoints() {
     require_root();
-    let bin = tracer_bin().unwrap();
-    let mut agent = Proc::spawn(
-        "tracer",
-        without_endpoints(&mut Command::new(&bin)).args(["--port", &free_port().to_string()]),
-    )
-    .unwrap();
-    agent
-        .wait_line("tracing; stop with", Duration::from_secs(30))
-        .unwrap();
+    let mut agent = started_agent();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let prefix = format!("kernel {}: ", release.trim());
     let stderr = agent.stderr();
