@@ -223,6 +223,14 @@ fn spans_of_run(
 /// Same node, no incoming context: each SERVER span's parent is its call's CLIENT span (found
 /// by the connection's addresses), one server span per client span, in the same trace, and
 /// the server handled the call while the client waited.
+/// The run's CLIENT spans (of `client`'s process) and SERVER spans (of `server`'s), each
+/// as [`spans_of_run`] checks them, linked by address.
+fn check_run_linked(done: &Outcome, run: &Run, log: &str, (client, server): (&Proc, &Proc)) {
+    let clients = spans_of_run(done, "SPAN_KIND_CLIENT", run, log, |s| pid_is(s, client));
+    let servers = spans_of_run(done, "SPAN_KIND_SERVER", run, log, |s| pid_is(s, server));
+    check_address_links(&clients, &servers, log);
+}
+
 fn check_address_links(clients: &[Value], servers: &[Value], log: &str) {
     const TRAIL_NS: u64 = 5_000_000;
     let mut parents = HashSet::new();
@@ -331,13 +339,7 @@ fn grpc_go_h2c_many_calls_on_one_connection() {
         port,
     };
     let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
-    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| {
-        pid_is(s, &client)
-    });
-    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| {
-        pid_is(s, &server)
-    });
-    check_address_links(&clients, &servers, &log);
+    check_run_linked(&done, &run, &log, (&client, &server));
     check_counters(&done.counters, 2 * run.total(), GO_SERVER_GAPS);
     assert_eq!(done.counters.address_linked, run.total() as u64, "{log}");
     assert_total(&done.spans, 2 * run.total(), &log);
@@ -378,13 +380,7 @@ fn grpc_go_over_tls_spans_come_from_the_plaintext() {
         port,
     };
     let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
-    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| {
-        pid_is(s, &client)
-    });
-    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| {
-        pid_is(s, &server)
-    });
-    check_address_links(&clients, &servers, &log);
+    check_run_linked(&done, &run, &log, (&client, &server));
     check_counters(&done.counters, 2 * run.total(), GO_SERVER_GAPS);
     assert!(done.counters.tls_files_attached >= 1, "{log}");
     let before_stop = done.log.split("final counters").next().unwrap_or_default();
@@ -436,9 +432,7 @@ fn check_interop(sc: Scenario, client: &Proc, server: &Proc, port: u16, gaps: &[
         port,
     };
     let (done, log) = stop_when_all_arrived(sc, 2 * run.total());
-    let clients = spans_of_run(&done, "SPAN_KIND_CLIENT", &run, &log, |s| pid_is(s, client));
-    let servers = spans_of_run(&done, "SPAN_KIND_SERVER", &run, &log, |s| pid_is(s, server));
-    check_address_links(&clients, &servers, &log);
+    check_run_linked(&done, &run, &log, (client, server));
     check_counters(&done.counters, 2 * run.total(), gaps);
     assert_total(&done.spans, 2 * run.total(), &log);
 }
