@@ -16,7 +16,7 @@ pub mod bpf;
 
 pub use container::{BASE_PACKAGES, Container, base_image, image};
 pub use net::{free_port, raw_server, read_head, reset, wait_port};
-pub use nginx::{nginx, start_nginx};
+pub use nginx::{nginx, start_nginx, start_nginx_sized};
 pub use peers::{curl, python_http_server};
 pub use proc::{Proc, describe, run_bounded};
 pub use temp::TempDir;

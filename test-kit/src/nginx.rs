@@ -1,5 +1,5 @@
-//! A private nginx: its own prefix, configuration, pid file and logs, one worker, on a
-//! loopback port. Never touches the system's nginx.
+//! A private nginx: its own prefix, configuration, pid file and logs, one worker (unless asked
+//! for more), on a loopback port. Never touches the system's nginx.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -15,13 +15,27 @@ use crate::proc::Proc;
 /// `server` the server block's own (`listen` included), each a line or several. Returns once
 /// nginx accepts connections; the error log is in the error when it does not.
 pub fn start_nginx(prefix: &Path, port: u16, http: &str, server: &str) -> Result<Proc> {
+    start_nginx_sized(prefix, port, http, server, 1, 1024)
+}
+
+/// [`start_nginx`] with `workers` worker processes, each with room for `connections` open at
+/// once (its connection and file limits).
+pub fn start_nginx_sized(
+    prefix: &Path,
+    port: u16,
+    http: &str,
+    server: &str,
+    workers: u32,
+    connections: u32,
+) -> Result<Proc> {
     std::fs::create_dir_all(prefix).with_context(|| format!("creating {}", prefix.display()))?;
     let conf = format!(
         r#"user root;
-worker_processes 1;
+worker_processes {workers};
+worker_rlimit_nofile {files};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type text/plain;
@@ -37,6 +51,7 @@ http {{
 }}
 "#,
         d = prefix.display(),
+        files = connections + 1000,
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,51 +17,11 @@ const ROUNDS: usize = 2;
 
 /// nginx with room for the connections (the tests' shared nginx allows 1024 per worker).
 fn big_nginx(dir: &Path, port: u16) -> Proc {
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = format!(
-        r#"user root;
-worker_processes 1;
-worker_rlimit_nofile 40000;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 30000; }}
-http {{
-    access_log off;
-    default_type text/plain;
-    keepalive_timeout 120s;
-    keepalive_requests 100000;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=16384;
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-        d = d.display(),
+    let http = "keepalive_timeout 120s;\n    keepalive_requests 100000;";
+    let server = format!(
+        "listen 127.0.0.1:{port} backlog=16384;\n        location / {{ return 200 \"ok\\n\"; }}"
     );
-    let conf_path = d.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let mut proc = Proc::spawn_keeping_stdout(
-        "nginx",
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null()),
-    )
-    .expect("starting nginx (install it: `cargo xtask setup --test-deps`)")
-    .terminate_on_drop(Duration::from_secs(5));
-    proc.wait_listening(port, Duration::from_secs(10)).unwrap();
-    proc
+    test_kit::start_nginx_sized(&dir.join("nginx"), port, http, &server, 1, 15_000).unwrap()
 }
 
 /// Opens every connection, then sends one request per connection per round (`/cN/rR`), all

@@ -85,6 +85,11 @@ impl Counters {
         Some(c)
     }
 
+    /// One of the agent's own fields of the `final counters` line (0 when absent).
+    pub(super) fn agent(&self, key: &str) -> u64 {
+        self.agent.get(key).copied().unwrap_or(0)
+    }
+
     /// Every non-zero loss counter, or `none`.
     pub(super) fn losses_text(&self) -> String {
         let mut out: Vec<String> = self

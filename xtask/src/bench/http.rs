@@ -11,6 +11,7 @@ use super::{
     Args, RATE,
     agent::Agent,
     bpf_stats::{self, KernelCost, Snapshot, StatsOn},
+    connections::{ConnMemory, idle_connections},
     load::{Oha, oha, wrk},
     nginx::Nginx,
     pipeline::pipeline,
@@ -226,6 +227,12 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     drop(nginx);
     drop(receiver);
     drop(dir);
+    // ---- memory per tracked connection (plain HTTP only: the figure is the same with TLS) ----
+    let conns = if args.tls {
+        None
+    } else {
+        Some(idle_connections(tracer, &args.agent_args)?)
+    };
     let live_took = measuring.elapsed();
     let busy_after = busy_cpus();
 
@@ -306,6 +313,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         &kernel_rounds,
         "request",
     ));
+    figures.extend(conns.iter().flat_map(ConnMemory::figures));
     figures.extend(pipeline.figures());
     figures.extend(sampled.figures());
 
@@ -329,6 +337,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
         "throughput_rounds": tp_rounds,
         "latency_rounds": lat_rounds,
+        "idle_connections": conns.as_ref().map(ConnMemory::json),
         "pipeline": pipeline.json(),
         "sampled_replay": sampled.json(),
         "agent_profile": profile.as_ref().map(Profile::json),

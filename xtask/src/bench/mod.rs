@@ -28,6 +28,10 @@
 //!   kept, p50/p99 added, coverage (CLIENT spans / calls), agent CPU per call;
 //!   `bench-db-<unix time>.json`, `latest-db.json`.
 //!
+//! - Memory per tracked connection (HTTP/1 run, after the live rounds): 50,000 keep-alive
+//!   connections to nginx with one request each, both ends traced (100,000 tracked), then idle:
+//!   the agent's VmRSS before and with them open, per tracked connection (`connections`).
+//!
 //! In the traced rounds at a fixed rate the kernel's BPF statistics are on (`bpf_stats`): the
 //! agent's programs' run time per request, per program and summed (both ends). One more traced
 //! round runs under `perf record -g` (`profile`, where perf is installed): the agent's top 10
@@ -50,6 +54,7 @@
 //! into figures, the table and the JSON file.
 mod agent;
 mod bpf_stats;
+mod connections;
 mod counters;
 mod criterion;
 mod db;
@@ -113,6 +118,11 @@ pub struct Args {
     /// agent CPU per call.
     #[arg(long, conflicts_with_all = ["tls", "record", "grpc", "vs_sdk"])]
     db: bool,
+    /// Only the memory-per-connection round of the HTTP/1 run: 50,000 keep-alive connections
+    /// to nginx, one request each, both ends traced (100,000 tracked), then idle; the agent's
+    /// RSS before and with them open.
+    #[arg(long, conflicts_with_all = ["record", "replay_only", "tls", "grpc", "vs_sdk", "db"])]
+    connections_only: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -145,6 +155,10 @@ pub fn run(args: Args) -> Result<()> {
         vs_sdk::run(&args, &tracer, started)
     } else if args.db {
         db::run(&args, &tracer, started)
+    } else if args.connections_only {
+        let m = connections::idle_connections(&tracer, &args.agent_args)?;
+        report::print_table(&m.figures());
+        Ok(())
     } else {
         http::run(&args, &tracer, started)
     }
