@@ -118,6 +118,70 @@ impl<'a> Input<'a> {
     }
 }
 
+/// The body of a length-prefixed message as it arrives, for the framers: kept up to a bound,
+/// the rest skipped by its length, captured or not. After uncaptured bytes nothing more of
+/// it is kept (no holes).
+#[derive(Debug, Default)]
+pub struct Body {
+    /// Bytes still to come (`None`: between bodies; the framer reads a head).
+    left: Option<u64>,
+    kept: Vec<u8>,
+    /// Bytes of this body went uncaptured.
+    cut: bool,
+}
+
+impl Body {
+    /// A new message starts: nothing of it is kept yet.
+    pub fn restart(&mut self) {
+        self.kept.clear();
+        self.cut = false;
+    }
+
+    /// The head said `len` bytes of body follow.
+    pub fn expect(&mut self, len: u64) {
+        self.left = Some(len);
+    }
+
+    /// Between a head and the end of its body.
+    pub fn reading(&self) -> bool {
+        self.left.is_some()
+    }
+
+    /// Takes what `input` holds of the body, keeping at most `keep` bytes of it in all; true
+    /// when the body ended (the framer reads a head next).
+    pub fn read(&mut self, input: &mut Input<'_>, keep: usize) -> bool {
+        let left = self.left.unwrap_or(0);
+        let from_data = (input.data.len() as u64).min(left) as usize;
+        let room = if self.cut {
+            0
+        } else {
+            keep.saturating_sub(self.kept.len())
+        };
+        self.kept
+            .extend_from_slice(&input.data[..from_data.min(room)]);
+        input.data = &input.data[from_data..];
+        let mut left = left - from_data as u64;
+        if input.data.is_empty() && left > 0 && input.uncaptured > 0 {
+            left -= input.skip(left);
+            self.cut = true;
+        }
+        if left > 0 {
+            self.left = Some(left);
+            return false;
+        }
+        self.left = None;
+        true
+    }
+
+    pub fn kept(&self) -> &[u8] {
+        &self.kept
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.kept.capacity()
+    }
+}
+
 /// What an initial gap of the response direction means: the kernel's positions count from
 /// when it first saw the connection, so the first event of a direction may follow bytes never
 /// delivered. Responses moved before the first request was sent (counted in that request

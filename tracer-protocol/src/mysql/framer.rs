@@ -2,7 +2,7 @@
 //! then the payload. A payload of 0xffffff bytes continues in the next packet; the framer
 //! joins them into one logical packet. A payload is kept up to a bound (statement text,
 //! greeting, error fields); the rest is skipped by its length, captured or not.
-use crate::db::{Input, Sent};
+use crate::db::{Body, Input, Sent};
 
 /// A physical packet of this length continues in the next one.
 pub const CONTINUED: u32 = 0xff_ffff;
@@ -22,13 +22,10 @@ pub struct Framer {
     keep: usize,
     head: [u8; 4],
     head_len: usize,
-    /// Payload bytes still to come of the physical packet being read (`None`: reading a head).
-    body_left: Option<u64>,
     /// The physical packet being read continues a logical one.
     continued: bool,
-    body: Vec<u8>,
-    /// Bytes of this payload went uncaptured: what follows them is not kept (no holes).
-    cut: bool,
+    /// The body of the packet being read (`Body::reading`: else its head).
+    body: Body,
     first: Packet,
 }
 
@@ -39,10 +36,8 @@ impl Framer {
             keep,
             head: [0; 4],
             head_len: 0,
-            body_left: None,
             continued: false,
-            body: Vec::new(),
-            cut: false,
+            body: Body::default(),
             first: Packet {
                 seq: 0,
                 len: 0,
@@ -53,26 +48,25 @@ impl Framer {
 
     /// The kept payload of the packet [`Self::next`] returned last.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.body.kept()
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.body.capacity()
+        self.body.memory_bytes()
     }
 
     /// The next whole logical packet from `input` (`None`: `input` ended inside one). `Err`:
     /// the framing is lost (uncaptured bytes in a head).
     pub fn next(&mut self, input: &mut Input<'_>, sent: Sent) -> Result<Option<Packet>, ()> {
         loop {
-            if self.body_left.is_none() {
+            if !self.body.reading() {
                 if self.head_len == 0 {
                     if input.data.is_empty() && input.uncaptured > 0 {
                         return Err(());
                     }
                     if !self.continued {
                         self.first.sent = sent;
-                        self.body.clear();
-                        self.cut = false;
+                        self.body.restart();
                     }
                 }
                 let take = (4 - self.head_len).min(input.data.len());
@@ -90,28 +84,11 @@ impl Framer {
                     self.first.seq = self.head[3];
                     self.first.len = len;
                 }
-                self.body_left = Some(u64::from(len));
+                self.body.expect(u64::from(len));
             }
-            let left = self.body_left.unwrap_or(0);
-            let from_data = (input.data.len() as u64).min(left) as usize;
-            let room = if self.cut {
-                0
-            } else {
-                self.keep.saturating_sub(self.body.len())
-            };
-            let keep = from_data.min(room);
-            self.body.extend_from_slice(&input.data[..keep]);
-            input.data = &input.data[from_data..];
-            let mut left = left - from_data as u64;
-            if input.data.is_empty() && left > 0 && input.uncaptured > 0 {
-                left -= input.skip(left);
-                self.cut = true;
-            }
-            if left > 0 {
-                self.body_left = Some(left);
+            if !self.body.read(input, self.keep) {
                 return Ok(None);
             }
-            self.body_left = None;
             self.head_len = 0;
             let physical_len = u32::from_le_bytes([self.head[0], self.head[1], self.head[2], 0]);
             if physical_len == CONTINUED {

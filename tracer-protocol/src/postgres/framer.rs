@@ -2,7 +2,7 @@
 //! the answer to an SSLRequest) and a 4-byte big-endian length that counts itself. A body is
 //! kept up to [`MAX_KEPT_BODY`] bytes (statement text, error fields); the rest is skipped by
 //! its length, captured or not.
-use crate::db::{Input, Sent};
+use crate::db::{Body, Input, Sent};
 
 /// Longest body prefix kept (a longer statement is cut; its sanitised text is bounded anyway).
 pub const MAX_KEPT_BODY: usize = 16 * 1024;
@@ -32,11 +32,8 @@ pub struct Framer {
     mode: Mode,
     head: [u8; 5],
     head_len: usize,
-    /// Body bytes still to come of the message being read (`None`: reading a head).
-    body_left: Option<u64>,
-    body: Vec<u8>,
-    /// Bytes of this body went uncaptured: what follows them is not kept (no holes).
-    cut: bool,
+    /// The body of the message being read (`Body::reading`: else its head).
+    body: Body,
     first: Sent,
 }
 
@@ -52,20 +49,18 @@ impl Framer {
             mode,
             head: [0; 5],
             head_len: 0,
-            body_left: None,
-            body: Vec::new(),
-            cut: false,
+            body: Body::default(),
             first: Sent::default(),
         }
     }
 
     /// The kept body of the message [`Self::next`] returned last.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.body.kept()
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.body.capacity()
+        self.body.memory_bytes()
     }
 
     /// The next whole message from `input` (`None`: `input` ended inside one). `Err`: the
@@ -76,14 +71,13 @@ impl Framer {
             Mode::Untyped => 4,
             Mode::Byte => 1,
         };
-        if self.body_left.is_none() {
+        if !self.body.reading() {
             if self.head_len == 0 {
                 if input.data.is_empty() && input.uncaptured > 0 {
                     return Err(());
                 }
                 self.first = sent;
-                self.body.clear();
-                self.cut = false;
+                self.body.restart();
             }
             let take = (head_size - self.head_len).min(input.data.len());
             self.head[self.head_len..self.head_len + take].copy_from_slice(&input.data[..take]);
@@ -107,28 +101,11 @@ impl Framer {
             if !(4..=MAX_MESSAGE).contains(&len) {
                 return Err(());
             }
-            self.body_left = Some(u64::from(len - 4));
+            self.body.expect(u64::from(len - 4));
         }
-        let left = self.body_left.unwrap_or(0);
-        let from_data = (input.data.len() as u64).min(left) as usize;
-        let room = if self.cut {
-            0
-        } else {
-            MAX_KEPT_BODY.saturating_sub(self.body.len())
-        };
-        let keep = from_data.min(room);
-        self.body.extend_from_slice(&input.data[..keep]);
-        input.data = &input.data[from_data..];
-        let mut left = left - from_data as u64;
-        if input.data.is_empty() && left > 0 && input.uncaptured > 0 {
-            left -= input.skip(left);
-            self.cut = true;
-        }
-        if left > 0 {
-            self.body_left = Some(left);
+        if !self.body.read(input, MAX_KEPT_BODY) {
             return Ok(None);
         }
-        self.body_left = None;
         self.head_len = 0;
         let kind = match self.mode {
             Mode::Typed | Mode::Byte => self.head[0],
