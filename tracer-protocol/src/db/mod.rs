@@ -376,6 +376,14 @@ fn replay(
     out
 }
 
+/// [`replay_split_everywhere`] of a capture in [`load_capture`]'s format.
+#[cfg(test)]
+pub fn replay_capture(new: impl Fn() -> DbConn, capture: &str, check: impl Fn(&[DbExchange])) {
+    let messages = load_capture(capture);
+    let refs: Vec<(Direction, &[u8])> = messages.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    replay_split_everywhere(new, &refs, check);
+}
+
 /// A capture recorded through a relay between a real client and server: one line per read,
 /// `c <hex>` (client to server) or `s <hex>` (server to client), in the order they happened.
 #[cfg(test)]

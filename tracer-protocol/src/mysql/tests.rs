@@ -1,10 +1,8 @@
 use super::*;
-use crate::db::{DbConn, load_capture, replay_split_everywhere};
+use crate::db::{DbConn, load_capture, replay_capture};
 
 fn run(capture: &str, check: impl Fn(&[DbExchange])) {
-    let messages = load_capture(capture);
-    let refs: Vec<(Direction, &[u8])> = messages.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    replay_split_everywhere(DbConn::mysql, &refs, check);
+    replay_capture(DbConn::mysql, capture, check);
 }
 
 fn s(v: &Option<Arc<str>>) -> Option<&str> {
