@@ -148,6 +148,17 @@ pub struct Injection {
     pub rewrite_done: u64,
 }
 
+/// One database protocol's loss counters; all zero (`DbLosses::default()`) when nothing was
+/// lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbLosses {
+    pub gaps: u64,
+    pub invalid_messages: u64,
+    pub dropped_calls: u64,
+    pub unmatched_responses: u64,
+    pub unanswered_calls: u64,
+}
+
 impl Counters {
     /// The counters of the agent's last `final stats` line in `log` (its stderr).
     pub fn final_in(log: &str) -> Result<Self> {
@@ -157,6 +168,39 @@ impl Counters {
     /// The counters of the last `periodic stats` line among `lines`, if there is one yet.
     pub fn last_periodic(lines: &[String]) -> Option<Result<Self>> {
         Self::last_in(lines.iter().map(String::as_str), "periodic")
+    }
+
+    /// PostgreSQL's loss counters (`tracer_postgres_*`).
+    pub fn postgres_losses(&self) -> DbLosses {
+        DbLosses {
+            gaps: self.postgres_gaps,
+            invalid_messages: self.postgres_invalid_messages,
+            dropped_calls: self.postgres_dropped_calls,
+            unmatched_responses: self.postgres_unmatched_responses,
+            unanswered_calls: self.postgres_unanswered_calls,
+        }
+    }
+
+    /// MySQL's loss counters (`tracer_mysql_*`).
+    pub fn mysql_losses(&self) -> DbLosses {
+        DbLosses {
+            gaps: self.mysql_gaps,
+            invalid_messages: self.mysql_invalid_messages,
+            dropped_calls: self.mysql_dropped_calls,
+            unmatched_responses: self.mysql_unmatched_responses,
+            unanswered_calls: self.mysql_unanswered_calls,
+        }
+    }
+
+    /// Redis's loss counters (`tracer_redis_*`).
+    pub fn redis_losses(&self) -> DbLosses {
+        DbLosses {
+            gaps: self.redis_gaps,
+            invalid_messages: self.redis_invalid_messages,
+            dropped_calls: self.redis_dropped_calls,
+            unmatched_responses: self.redis_unmatched_responses,
+            unanswered_calls: self.redis_unanswered_calls,
+        }
     }
 
     /// Injection's counts; panics when the agent had injection off.

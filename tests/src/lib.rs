@@ -14,7 +14,7 @@ pub mod scenario;
 pub mod services;
 
 pub use agent::{Agent, log_line, rss_kib, summary, without_endpoints};
-pub use counters::{Counters, ExportTotals, Injection, KernelDrops, Sampling};
+pub use counters::{Counters, DbLosses, ExportTotals, Injection, KernelDrops, Sampling};
 pub use databases::{check_a_web_requests_queries, is_db, run_python, start_postgres};
 pub use netns::Node;
 pub use peers::{Certs, grpcpeer};
