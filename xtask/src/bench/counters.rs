@@ -41,6 +41,21 @@ const AGENT_FIELDS: &[&str] = &[
     "tls_attach_failed",
     "tls_unsupported",
     "tls_detached",
+    "postgres_gaps",
+    "postgres_invalid_messages",
+    "postgres_dropped_calls",
+    "postgres_unmatched_responses",
+    "postgres_unanswered_calls",
+    "mysql_gaps",
+    "mysql_invalid_messages",
+    "mysql_dropped_calls",
+    "mysql_unmatched_responses",
+    "mysql_unanswered_calls",
+    "redis_gaps",
+    "redis_invalid_messages",
+    "redis_dropped_calls",
+    "redis_unmatched_responses",
+    "redis_unanswered_calls",
 ];
 /// Counters that mean lost or incomplete spans.
 const LOSS_FIELDS: &[&str] = &[
@@ -53,6 +68,18 @@ const LOSS_FIELDS: &[&str] = &[
     "h2_desyncs",
     "h2_dropped_blocks",
     "h2_streams_over_limit",
+    "postgres_gaps",
+    "postgres_invalid_messages",
+    "postgres_dropped_calls",
+    "postgres_unmatched_responses",
+    "mysql_gaps",
+    "mysql_invalid_messages",
+    "mysql_dropped_calls",
+    "mysql_unmatched_responses",
+    "redis_gaps",
+    "redis_invalid_messages",
+    "redis_dropped_calls",
+    "redis_unmatched_responses",
 ];
 
 fn pairs(s: &str) -> impl Iterator<Item = (&str, u64)> {
