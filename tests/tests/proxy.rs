@@ -218,7 +218,14 @@ fn assert_rewritten(received: &str, c: &Chain) {
     assert_eq!(parts.len(), 4, "{received}");
     assert_eq!(parts[0], "00");
     assert_eq!(parts[1], c.curl.trace_id(), "{received}");
-    assert_eq!(parts[2], c.proxy_client.span_id(), "{received}");
+    assert_eq!(
+        parts[2],
+        c.proxy_client.span_id(),
+        "{received}: the parent-id field is not the proxy's CLIENT span (curl's span {}; \
+         proxy CLIENT span {:#})",
+        c.curl.span_id(),
+        c.proxy_client
+    );
     assert_eq!(parts[3], "01", "{received}");
 }
 
