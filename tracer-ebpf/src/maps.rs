@@ -208,8 +208,8 @@ pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries
 
 /// Bytes the injection decision looks at (a power of two).
 pub const SCAN_MAX: usize = 2048;
-/// Bytes one run of the scan program looks at before it tail-calls itself: small enough for
-/// the verifier to walk every turn of its loop cheaply.
+/// Steps one run of the scan program takes before it tail-calls itself (each step covers 1 or
+/// 8 bytes): small enough for the verifier to walk every turn of its loop cheaply.
 pub const SCAN_CHUNK: usize = 128;
 
 /// A request head being scanned by the chain of tail calls `http_*_ctx` → `http_scan` (×k) →
