@@ -454,11 +454,14 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
         let _ = RECEIVED.insert(key, span_id, 0);
     }
     let mut multiplexed = 0;
-    // SAFETY: this thread's entry, which only this thread writes; read at once.
-    if let Some(prev) = unsafe { THREAD_CTX.get(pid_tgid) } {
-        multiplexed = prev.multiplexed;
-        if prev.state == THREAD_SERVING && prev.conn_id != conn_id {
-            multiplexed = 1;
+    let prev = THREAD_CTX.get_ptr_mut(pid_tgid);
+    if let Some(prev) = prev {
+        // SAFETY: this thread's entry, which only this thread writes; valid for the run.
+        unsafe {
+            multiplexed = (*prev).multiplexed;
+            if (*prev).state == THREAD_SERVING && (*prev).conn_id != conn_id {
+                multiplexed = 1;
+            }
         }
     }
     let state = if foreign != 0 && !adopted {
@@ -475,7 +478,14 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
         multiplexed,
         _pad: [0; 5],
     };
-    let _ = THREAD_CTX.insert(pid_tgid, t, 0);
+    match prev {
+        // In place: a lookup, where an insert also takes a bucket lock and an LRU node.
+        // SAFETY: as above.
+        Some(prev) => unsafe { *prev = t },
+        None => {
+            let _ = THREAD_CTX.insert(pid_tgid, t, 0);
+        }
+    }
     count_inject(InjectStat::ServerRequests);
     0
 }
