@@ -197,6 +197,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
             sk: sock.sk,
             ino: sock.ino,
             file: 0,
+            inode: 0,
         },
         sock.fd,
         source,
