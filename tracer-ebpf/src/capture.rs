@@ -22,9 +22,10 @@ use crate::{
     context::{after_ingress, before_egress},
     maps::{
         CONN_SEQ, CONNS, DataScratch, EVENTS, INFLIGHT, INJECT_DONE, PendingSyscall, SCRATCH,
-        TARGET_CGROUPS, TARGET_PIDS, TARGET_PORTS, config, count, offsets, wakeup_flags,
+        TARGET_CGROUPS, TARGET_PIDS, TARGET_PORTS, config, count, end_inflight, offsets,
+        set_inflight, wakeup_flags,
     },
-    sock::{TcpSock, conn_addr, tcp_sock_of_fd},
+    sock::{TcpSock, conn_addr, file_of_fd, still_socket, tcp_sock_of_file},
     uapi::{Iovec, Mmsghdr, SyscallRecord, UserMsghdr},
 };
 
@@ -81,8 +82,31 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         return;
     };
     let fd = fd as i32;
-    let Some(sock) = tcp_sock_of_fd(fd, &offsets()) else {
+    let off = offsets();
+    let Some(file) = file_of_fd(fd, &off) else {
         return;
+    };
+    let entry = INFLIGHT.get_ptr_mut(pid_tgid);
+    // The socket of the thread's previous call, when this call is on the same one.
+    let known = entry.and_then(|e| {
+        // SAFETY: this thread's entry (only this thread writes it), valid for the run; read
+        // at once.
+        let (sk, ino, prev_fd, file, inode) =
+            unsafe { ((*e).sk, (*e).ino, (*e).fd, (*e).file, (*e).inode) };
+        let sock = TcpSock {
+            sk,
+            ino,
+            file,
+            inode,
+        };
+        (prev_fd == fd).then_some(sock)
+    });
+    let sock = match known {
+        Some(sock) if still_socket(file, &sock, &off) => sock,
+        _ => match tcp_sock_of_file(file, &off) {
+            Some(sock) => sock,
+            None => return,
+        },
     };
     crate::tls::on_socket_syscall(pid_tgid, &sock, fd);
     // SAFETY: the value is copied at once, so a concurrent update or delete cannot leave a
@@ -97,7 +121,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
             return;
         }
     }
-    let mut inflight = PendingSyscall::new(sock.sk, sock.ino, buf, fd, source as u8);
+    let mut inflight = PendingSyscall::new(&sock, buf, fd, source as u8);
     let egress = source.direction() == Direction::Egress;
     if let Some(c) = conn
         && egress
@@ -117,7 +141,7 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         inflight.local_port = c.addr.local_port;
         inflight.remote_port = c.addr.remote_port;
     }
-    if INFLIGHT.insert(pid_tgid, inflight, 0).is_err() {
+    if !set_inflight(pid_tgid, entry, &inflight) {
         count(DropCause::InflightMapFull);
         return;
     }
@@ -162,13 +186,13 @@ impl Call {
 #[inline(always)]
 pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(entry) = INFLIGHT.get_ptr(pid_tgid) else {
+    let Some(entry) = INFLIGHT.get_ptr_mut(pid_tgid) else {
         return;
     };
     // SAFETY: `entry` points to this thread's INFLIGHT value, which only this thread writes or
     // removes, and `scratch` to this CPU's SCRATCH slot; both stay valid for this run. What the
-    // exit needs is copied out before the entry is removed (only that: the stack is small);
-    // injected ids go straight to this CPU's event header.
+    // exit needs is copied out before the entry is marked done (only that: the stack is
+    // small); injected ids go straight to this CPU's event header.
     let inflight = unsafe {
         let injected = (*entry).inject_state == INJECT_DONE;
         if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
@@ -178,7 +202,7 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
                 SpanCtx::default()
             };
         }
-        Call {
+        let call = Call {
             sk: (*entry).sk,
             ino: (*entry).ino,
             buf: (*entry).buf,
@@ -186,9 +210,10 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
             fd: (*entry).fd,
             source: (*entry).source,
             injected,
-        }
+        };
+        end_inflight(entry);
+        call
     };
-    let _ = INFLIGHT.remove(pid_tgid);
     let Some(ret) = arg::<i64>(ctx, 0) else {
         return;
     };
@@ -200,6 +225,7 @@ pub fn exit_data<const SOURCE: u8>(ctx: &TracePointContext) {
             sk: inflight.sk,
             ino: inflight.ino,
             file: 0,
+            inode: 0,
         },
         Role::Unknown,
     ) else {

@@ -29,12 +29,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{EventKind, ProcessEvent, Role, Source};
+use tracer_common::{DropCause, EventKind, ProcessEvent, Role, Source};
 
 use crate::{
     capture::{arg, close_conn, conn_state, enter_data, exit_data, traced},
-    maps::{CONNECT, EVENTS, INFLIGHT, PendingSyscall, config, offsets, wakeup_flags},
-    sock::{file_shared, tcp_sock_of_fd},
+    maps::{
+        CONNECT, EVENTS, INFLIGHT, PendingSyscall, config, count, end_inflight, offsets,
+        set_inflight, wakeup_flags,
+    },
+    sock::{TcpSock, file_shared, tcp_sock_of_fd},
 };
 
 macro_rules! data_syscall {
@@ -99,8 +102,16 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some(fd) = arg::<u64>(&ctx, 0) else {
         return 0;
     };
-    let inflight = PendingSyscall::new(0, 0, 0, fd as i32, CONNECT);
-    let _ = INFLIGHT.insert(pid_tgid, inflight, 0);
+    let none = TcpSock {
+        sk: 0,
+        ino: 0,
+        file: 0,
+        inode: 0,
+    };
+    let inflight = PendingSyscall::new(&none, 0, fd as i32, CONNECT);
+    if !set_inflight(pid_tgid, INFLIGHT.get_ptr_mut(pid_tgid), &inflight) {
+        count(DropCause::InflightMapFull);
+    }
     0
 }
 
@@ -110,11 +121,16 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     const EINPROGRESS: i64 = 115;
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied at once; only this thread writes its entry.
-    let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
+    let Some(entry) = INFLIGHT.get_ptr_mut(pid_tgid) else {
         return 0;
     };
-    let _ = INFLIGHT.remove(pid_tgid);
+    // SAFETY: this thread's entry (only this thread writes it), valid for the run; copied out
+    // before it is marked done.
+    let inflight = unsafe {
+        let inflight = *entry;
+        end_inflight(entry);
+        inflight
+    };
     let Some(ret) = arg::<i64>(&ctx, 0) else {
         return 0;
     };
@@ -186,10 +202,12 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Fires for every thread; only the thread-group leader's exit ends the process.
+/// Fires for every thread: the thread's `INFLIGHT` entry goes; only the thread-group leader's
+/// exit ends the process.
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = INFLIGHT.remove(pid_tgid);
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         process_event(EventKind::Exit);
     }

@@ -1,6 +1,7 @@
 //! Maps and globals shared by the programs. Sizes are defaults; the agent resizes at load
 //! time `EVENTS` (`--ring-buffer-bytes`) and the maps of connections and threads (`CONNS`,
 //! `SOCKS`, `INFLIGHT`, `THREAD_CTX`: from `--max-connections`, whose default these match).
+use crate::sock::TcpSock;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
@@ -76,6 +77,11 @@ pub struct PendingSyscall {
     /// `struct sock *` of the fd, and its socket's inode number.
     pub sk: u64,
     pub ino: u64,
+    /// `struct file *` and `struct inode *` of the fd: the thread's next call on the same fd
+    /// checks that they still hold ([`crate::sock::still_socket`]) instead of walking the
+    /// socket again.
+    pub file: u64,
+    pub inode: u64,
     /// The buffer, iovec array, msghdr or mmsghdr array argument.
     pub buf: u64,
     pub ts_enter: u64,
@@ -102,10 +108,12 @@ pub struct PendingSyscall {
 
 impl PendingSyscall {
     #[inline(always)]
-    pub fn new(sk: u64, ino: u64, buf: u64, fd: i32, source: u8) -> Self {
+    pub fn new(sock: &TcpSock, buf: u64, fd: i32, source: u8) -> Self {
         Self {
-            sk,
-            ino,
+            sk: sock.sk,
+            ino: sock.ino,
+            file: sock.file,
+            inode: sock.inode,
             buf,
             // SAFETY: a helper without arguments.
             ts_enter: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
@@ -130,8 +138,46 @@ pub const INJECT_DONE: u8 = 2;
 /// `PendingSyscall::source` of a connect(2) in flight.
 pub const CONNECT: u8 = 100;
 
+/// `PendingSyscall::source` of a thread whose call has returned.
+pub const CALL_DONE: u8 = 0;
+
+/// Each thread's socket call in flight, by pid_tgid. A thread's entry stays from its first
+/// traced call until it exits (`sched_process_exit` removes it) and is overwritten in place
+/// by each call ([`set_inflight`]; its exit marks it [`CALL_DONE`]): a lookup and a copy per
+/// call, where an insert at entry and a delete at exit take the bucket lock and the free list
+/// twice.
 #[map]
 pub static INFLIGHT: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(32768, 0);
+
+/// Makes `call` this thread's call in flight, over `entry` (the thread's entry, when it has
+/// one); false when the map is full.
+#[inline(always)]
+pub fn set_inflight(
+    pid_tgid: u64,
+    entry: Option<*mut PendingSyscall>,
+    call: &PendingSyscall,
+) -> bool {
+    if let Some(entry) = entry {
+        // SAFETY: this thread's entry, which only this thread reads or writes (the sk_msg
+        // program of its send calls runs on the thread too); valid for the run.
+        unsafe { *entry = *call };
+        return true;
+    }
+    INFLIGHT.insert(pid_tgid, call, 0).is_ok()
+}
+
+/// The thread's call returned: its exit took what it needed; nothing may act on it any more.
+///
+/// # Safety
+/// `entry` is this thread's INFLIGHT value, valid for the run.
+#[inline(always)]
+pub unsafe fn end_inflight(entry: *mut PendingSyscall) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*entry).source = CALL_DONE;
+        (*entry).inject_state = 0;
+    }
+}
 
 /// Tracked TCP connections by `struct sock *`. LRU so that connections whose end we missed
 /// cannot fill the table.
@@ -208,8 +254,8 @@ pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries
 
 /// Bytes the injection decision looks at (a power of two).
 pub const SCAN_MAX: usize = 2048;
-/// Bytes one run of the scan program looks at before it tail-calls itself: small enough for
-/// the verifier to walk every turn of its loop cheaply.
+/// Steps one run of the scan program takes before it tail-calls itself (each step covers 1 or
+/// 8 bytes): small enough for the verifier to walk every turn of its loop cheaply.
 pub const SCAN_CHUNK: usize = 128;
 
 /// A request head being scanned by the chain of tail calls `http_*_ctx` → `http_scan` (×k) →

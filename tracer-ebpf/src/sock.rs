@@ -24,12 +24,20 @@ pub struct TcpSock {
     pub ino: u64,
     /// `struct file *` of the fd.
     pub file: u64,
+    /// `struct inode *` of the socket.
+    pub inode: u64,
 }
 
 /// The socket of `fd` when it is a TCP (stream, IPv4/IPv6) socket, else `None` (files,
 /// pipes, Unix sockets, UDP, closed fds).
 #[inline(always)]
 pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
+    tcp_sock_of_file(file_of_fd(fd, off)?, off)
+}
+
+/// The `struct file *` of `fd` in the current task's table (`None`: not open).
+#[inline(always)]
+pub fn file_of_fd(fd: i32, off: &KernelOffsets) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -44,9 +52,12 @@ pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
     }
     let fd_array: u64 = read(fdt, off.fdt_fd)?;
     let file: u64 = read(fd_array, (fd as u32) * 8)?;
-    if file == 0 {
-        return None;
-    }
+    if file == 0 { None } else { Some(file) }
+}
+
+/// The socket of an open file when it is a TCP (stream, IPv4/IPv6) socket.
+#[inline(always)]
+pub fn tcp_sock_of_file(file: u64, off: &KernelOffsets) -> Option<TcpSock> {
     let inode: u64 = read(file, off.file_inode)?;
     let mode: u16 = read(inode, off.inode_mode)?;
     if mode & S_IFMT != S_IFSOCK {
@@ -63,7 +74,28 @@ pub fn tcp_sock_of_fd(fd: i32, off: &KernelOffsets) -> Option<TcpSock> {
         return None;
     }
     let ino: u64 = read(inode, off.inode_ino)?;
-    Some(TcpSock { sk, ino, file })
+    Some(TcpSock {
+        sk,
+        ino,
+        file,
+        inode,
+    })
+}
+
+/// Whether the open file `file` is still the TCP socket `known` was found for (its file, its
+/// inode and the inode's number, which a new socket never reuses while the agent runs): two
+/// reads where [`tcp_sock_of_file`] takes seven. A file or inode freed and reallocated at the
+/// same address fails the check (a socket's inode gets a new number; another kind of file's
+/// inode comes from another slab, so never the socket inode's address).
+#[inline(always)]
+pub fn still_socket(file: u64, known: &TcpSock, off: &KernelOffsets) -> bool {
+    if known.sk == 0 || file != known.file {
+        return false;
+    }
+    let Some(inode) = read::<u64>(file, off.file_inode) else {
+        return false;
+    };
+    inode == known.inode && read::<u64>(inode, off.inode_ino) == Some(known.ino)
 }
 
 /// Both ends of the connection, from `struct sock_common`.

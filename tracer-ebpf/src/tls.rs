@@ -23,7 +23,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -79,6 +79,11 @@ pub static SSL_SOCKS: LruHashMap<[u64; 2], SslSock> = LruHashMap::with_max_entri
 #[map]
 pub static SSL_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Whether an OpenSSL call has been seen since the programs loaded: until one is, socket
+/// calls skip the two look-ups of [`on_socket_syscall`] (the flag is one array slot, set once).
+#[map]
+pub static SSL_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -88,6 +93,15 @@ fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if ssl == 0 {
         return;
+    }
+    if let Some(seen) = SSL_SEEN.get_ptr_mut(0) {
+        // SAFETY: the array's one slot, valid for the run. Written only while 0, so CPUs do
+        // not keep taking the cache line from each other; a racing writer writes the same 1.
+        unsafe {
+            if *seen == 0 {
+                *seen = 1;
+            }
+        }
     }
     let call = SslCall {
         ssl,
@@ -197,6 +211,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
             sk: sock.sk,
             ino: sock.ino,
             file: 0,
+            inode: 0,
         },
         sock.fd,
         source,
@@ -213,6 +228,10 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
 /// thread (see the module comment) does.
 #[inline(always)]
 pub fn on_socket_syscall(pid_tgid: u64, sock: &TcpSock, fd: i32) {
+    // Set before the call's SSL_CALLS entry (or, at its return, SSL_PENDING's) is written.
+    if SSL_SEEN.get(0).is_none_or(|seen| *seen == 0) {
+        return;
+    }
     // SAFETY: this thread's entries, only read at once.
     let ssl = match unsafe { SSL_CALLS.get(pid_tgid) } {
         Some(call) => {

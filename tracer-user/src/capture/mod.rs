@@ -78,9 +78,9 @@ const MIN_THREAD_ENTRIES: u32 = 16384;
 
 /// Entries of each budget map for `max_connections`: one per connection in the maps of
 /// connections (`CONNS`, and `SOCKS` for injection), and one per two connections, at least
-/// [`MIN_THREAD_ENTRIES`], in those of threads (`INFLIGHT`: a thread inside a socket call;
-/// `THREAD_CTX`: the request a thread serves) — a thread-per-connection server with every
-/// thread waiting in `read` fills them one per connection, an event loop with one.
+/// [`MIN_THREAD_ENTRIES`], in those of threads (`INFLIGHT`: a live thread that has made a
+/// traced socket call; `THREAD_CTX`: the request a thread serves) — a thread-per-connection
+/// server fills them one per connection, an event loop with one.
 pub fn budget_map_sizes(max_connections: u32) -> [(&'static str, u32); 4] {
     let threads = (max_connections / 2).max(MIN_THREAD_ENTRIES);
     [
