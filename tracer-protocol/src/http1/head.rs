@@ -68,17 +68,37 @@ pub(super) fn message_start(b: &[u8]) -> MessageStart {
 /// Index just past the empty line ending a head (`\n\n` or `\n\r\n`), scanning from `from`.
 pub(super) fn find_head_end(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            match (b.get(i + 1), b.get(i + 2)) {
-                (Some(b'\n'), _) => return Some(i + 2),
-                (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
-                _ => {}
-            }
+    while let Some(n) = next_newline(b, i) {
+        match (b.get(n + 1), b.get(n + 2)) {
+            (Some(b'\n'), _) => return Some(n + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(n + 3),
+            _ => {}
         }
-        i += 1;
+        i = n + 1;
     }
     None
+}
+
+/// Index of the first `\n` at or after `from`. Every message's head is scanned for its end:
+/// eight bytes at a time (a word holds a `\n` when it XORed with `\n`s has a zero byte; the
+/// lowest flagged byte is exact).
+fn next_newline(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut i = from;
+    while let Some(word) = b.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes) ^ NEWLINES;
+        let zeros = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zeros != 0 {
+            return Some(i + (zeros.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = b.get(i..)?;
+    rest.iter().position(|&c| c == b'\n').map(|p| i + p)
 }
 
 /// Why a complete head could not be used.
@@ -332,4 +352,39 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
     Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_head_end;
+
+    /// The byte-at-a-time scan the word-at-a-time one must agree with.
+    fn naive(b: &[u8], from: usize) -> Option<usize> {
+        (from..b.len()).find_map(|i| match (b[i], b.get(i + 1), b.get(i + 2)) {
+            (b'\n', Some(b'\n'), _) => Some(i + 2),
+            (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn head_ends_are_found_at_every_offset_and_alignment() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\n\n";
+        for pad in 0..9 {
+            let mut b = vec![b'x'; pad];
+            b.extend_from_slice(head);
+            for len in 0..=b.len() {
+                for from in 0..=len + 1 {
+                    assert_eq!(find_head_end(&b[..len], from), naive(&b[..len], from));
+                }
+            }
+        }
+        // Bytes that differ from `\n` by one bit, and high bytes, are not line ends.
+        let b = [0x0b, 0x8a, 0x0a, 0x0e, 0x0a, 0xff, 0x0a, 0x0d, 0x0a, 0x80];
+        for from in 0..b.len() {
+            assert_eq!(find_head_end(&b, from), naive(&b, from));
+        }
+        assert_eq!(find_head_end(b"a\n\n", 0), Some(3));
+        assert_eq!(find_head_end(b"", 5), None);
+    }
 }

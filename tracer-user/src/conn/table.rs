@@ -1,6 +1,7 @@
 //! The connection table: one entry per connection with HTTP traffic, per-direction reassembly
 //! by byte position, and expiry of idle and abandoned state.
-use std::collections::HashMap;
+// Looked up on every event: foldhash (seeded per process), not std's SipHash.
+use hashbrown::HashMap;
 
 use tracer_common::{CloseEvent, DataHeader, Direction, Protocol, Role, Source};
 

@@ -6,10 +6,11 @@
 //!
 //! Protobuf prefixes every nested message with its length, so a batch is sized first (each
 //! span's length kept) and then written in one pass into a buffer reserved to the exact size.
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+// Looked up per span: foldhash, not std's SipHash.
+use hashbrown::HashMap;
+use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use super::otlp::{SCOPE_NAME, SCOPE_VERSION, span_flags};
 use crate::span::{AttrValue, Span, SpanKind, StatusCode};
@@ -320,9 +321,25 @@ fn span_len(s: &Span) -> usize {
 
 // ---- writing ----
 
+/// A varint, written here rather than by prost's `encode_varint` so that it inlines: most
+/// values written are tags and lengths below 128, one byte.
+#[inline]
+fn put_raw_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    put_raw_varint(u64::from(tag << 3 | wire_type as u32), out);
+}
+
 fn put_header(tag: u32, len: usize, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+    put_key(tag, WireType::LengthDelimited, out);
+    put_raw_varint(len as u64, out);
 }
 
 fn put_str(tag: u32, s: &str, out: &mut Vec<u8>) {
@@ -338,15 +355,15 @@ fn put_bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
 
 fn put_fixed64(tag: u32, v: u64, out: &mut Vec<u8>) {
     if v != 0 {
-        encode_key(tag, WireType::SixtyFourBit, out);
+        put_key(tag, WireType::SixtyFourBit, out);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
 
 fn put_varint(tag: u32, v: u64, out: &mut Vec<u8>) {
     if v != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
+        put_key(tag, WireType::Varint, out);
+        put_raw_varint(v, out);
     }
 }
 
@@ -356,18 +373,23 @@ fn put_string_value(s: &str, out: &mut Vec<u8>) {
 }
 
 fn put_key_value(tag: u32, key: &str, v: &AttrValue, out: &mut Vec<u8>) {
-    put_header(tag, key_value_len(key, v), out);
+    let value_len = any_value_len(v);
+    put_header(
+        tag,
+        str_len(field::KEY, key.as_bytes()) + len_delimited(field::VALUE, value_len),
+        out,
+    );
     put_str(field::KEY, key, out);
-    put_header(field::VALUE, any_value_len(v), out);
+    put_header(field::VALUE, value_len, out);
     match v {
         AttrValue::Str(s) => put_string_value(s, out),
         AttrValue::Int(i) => {
             // A set oneof member is written even when zero.
-            encode_key(field::INT_VALUE, WireType::Varint, out);
-            encode_varint(*i as u64, out);
+            put_key(field::INT_VALUE, WireType::Varint, out);
+            put_raw_varint(*i as u64, out);
         }
         AttrValue::Bool(b) => {
-            encode_key(field::BOOL_VALUE, WireType::Varint, out);
+            put_key(field::BOOL_VALUE, WireType::Varint, out);
             out.push(u8::from(*b));
         }
         AttrValue::StrArray(a) => {
@@ -420,7 +442,7 @@ fn put_span(s: &Span, out: &mut Vec<u8>) {
     }
     let flags = span_flags(s);
     if flags != 0 {
-        encode_key(field::FLAGS, WireType::ThirtyTwoBit, out);
+        put_key(field::FLAGS, WireType::ThirtyTwoBit, out);
         out.extend_from_slice(&flags.to_le_bytes());
     }
 }

@@ -12,6 +12,7 @@
 //! texts quote data).
 use std::sync::Arc;
 
+use super::address::ip_text;
 use super::{Clock, ParentResolver, SpanContext};
 use crate::conn::ConnMeta;
 use crate::protocol::DbExchange;
@@ -54,9 +55,10 @@ pub fn span_from_db(
         None => StatusCode::Unset,
     };
     let server = conn.remote;
-    attrs.push(("server.address", server.ip().to_string().into()));
+    let address = ip_text(server.ip());
+    attrs.push(("server.address", address.clone().into()));
     attrs.push(("server.port", i64::from(server.port()).into()));
-    attrs.push(("network.peer.address", server.ip().to_string().into()));
+    attrs.push(("network.peer.address", address.into()));
     attrs.push(("network.peer.port", i64::from(server.port()).into()));
     attrs.push(("tracer.parent.source", ctx.source.as_str().into()));
 

@@ -2,6 +2,7 @@
 //! `grpc` on top of it), the route heuristic, ids, the W3C/B3 context of
 //! incoming requests, and resolving each span's parent.
 
+pub mod address;
 pub mod clock;
 pub use tracer_protocol::trace_context as context;
 pub mod db;

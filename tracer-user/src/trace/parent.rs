@@ -59,10 +59,11 @@
 //!
 //! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
 //! not tracked (counted in [`ParentStats::refused_full`]) and their thread is marked multiplexed.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+// Not std's SipHash: these maps are looked up several times per request (foldhash, seeded
+// per process, as everywhere else in the agent).
+use hashbrown::HashMap;
 
 use super::context::{Extracted, ParentSource, extract};
 use super::{IdGenerator, SpanContext};

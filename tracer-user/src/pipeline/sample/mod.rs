@@ -19,7 +19,10 @@ pub mod options;
 pub mod tail;
 pub mod tracestate;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Looked up per span: foldhash (seeded per process), not std's SipHash.
+use hashbrown::HashMap;
 
 use crate::span::{Span, TraceId};
 

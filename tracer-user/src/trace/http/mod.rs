@@ -28,10 +28,10 @@ mod target;
 mod tests;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use self::target::{Target, default_port, parse_target, split_host_port};
+use super::address::ip_text;
 use super::route::route_of;
 use super::{Clock, SpanContext, grpc};
 use crate::conn::ConnMeta;
@@ -261,7 +261,7 @@ fn server_address<'a>(
         SpanKind::Client => conn.remote,
         SpanKind::Server => conn.local,
     };
-    (Cow::Owned(ip_string(conn_server.ip())), conn_server.port())
+    (Cow::Owned(ip_text(conn_server.ip())), conn_server.port())
 }
 
 /// What `url.full` carries in place of a request target's `user:password@` (always: the
@@ -308,11 +308,12 @@ fn url_full(
 
 /// `client.*` (SERVER spans) and `network.peer.*`: the connection's other end.
 fn push_peer(attrs: &mut Attributes, conn: &ConnMeta, kind: SpanKind) {
+    let peer = ip_text(conn.remote.ip());
     if kind == SpanKind::Server {
-        attrs.push(("client.address", ip_string(conn.remote.ip()).into()));
+        attrs.push(("client.address", peer.clone().into()));
         attrs.push(("client.port", i64::from(conn.remote.port()).into()));
     }
-    attrs.push(("network.peer.address", ip_string(conn.remote.ip()).into()));
+    attrs.push(("network.peer.address", peer.into()));
     attrs.push(("network.peer.port", i64::from(conn.remote.port()).into()));
 }
 
@@ -386,10 +387,6 @@ fn push_agent_attributes(attrs: &mut Attributes, ex: &HttpExchange, ctx: &SpanCo
         // The request left with a `traceparent` the agent added, naming this span.
         attrs.push(("tracer.traceparent.injected", true.into()));
     }
-}
-
-fn ip_string(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 /// The first value of header `name` (case-insensitive).
