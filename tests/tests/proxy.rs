@@ -229,6 +229,45 @@ fn assert_rewritten(received: &str, c: &Chain) {
     assert_eq!(parts[3], "01", "{received}");
 }
 
+/// The headers the app received (one chain each), once the agent stopped. Each names the
+/// proxy's CLIENT span — or, now and then under load, is exactly the header curl sent (its
+/// span as parent): the kernel did not find it among the ones the proxy received and left it
+/// alone, counted as `inject_skipped_has_context` (seen with HAProxy at load 10: 1 of 22;
+/// docs/proxies.md). Never another id, no failure, and most are rewritten.
+fn assert_forwarded_headers(chains: &[(Chain, String)], done: &Outcome) {
+    let injection = done.counters.injection();
+    let log = done.summary();
+    let mut left_alone = 0;
+    for (c, received) in chains {
+        let parent_field = received.split('-').nth(2).unwrap_or_default();
+        if parent_field == c.curl.span_id() {
+            left_alone += 1;
+            assert_eq!(
+                received.split('-').nth(1),
+                Some(c.curl.trace_id()),
+                "{received}"
+            );
+            continue;
+        }
+        assert_rewritten(received, c);
+    }
+    let n = chains.len() as u64;
+    assert_eq!(
+        injection.rewrite_done,
+        n - left_alone,
+        "{injection:?}\n{log}"
+    );
+    assert_eq!(
+        injection.inject_skipped_has_context, left_alone,
+        "{injection:?}\n{log}"
+    );
+    assert!(
+        left_alone * 2 < n,
+        "{left_alone} of {n} left alone: {injection:?}"
+    );
+    assert_eq!(injection.inject_failed, 0, "{injection:?}");
+}
+
 fn paths(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("/{prefix}/{i}")).collect()
 }
@@ -250,6 +289,7 @@ fn nginx_to_gunicorn_every_request_is_a_four_span_chain() {
     let mut bodies = requests(&url, &seq, 1, &[]);
     bodies.extend(requests(&url, &con, CONCURRENT, &[]));
     let errors = std::fs::read_to_string(dir.path().join("nginx/error.log")).unwrap_or_default();
+    let mut chains = Vec::new();
     for (path, body) in seq.iter().chain(&con).zip(&bodies) {
         assert!(
             body.starts_with("00-"),
@@ -260,13 +300,10 @@ fn nginx_to_gunicorn_every_request_is_a_four_span_chain() {
         let c = chain(receiver, path, "nginx");
         // On one node the rewritten header and the connection name the same CLIENT span.
         c.assert_linked(path, SAME_NODE);
-        assert_rewritten(traceparent_in(body), &c);
+        chains.push((c, traceparent_in(body).to_owned()));
     }
     let done = sc.stop().unwrap();
-    let injection = done.counters.injection();
-    let n = (seq.len() + con.len()) as u64;
-    assert_eq!(injection.rewrite_done, n, "{injection:?}");
-    assert_eq!(injection.inject_failed, 0, "{injection:?}");
+    assert_forwarded_headers(&chains, &done);
 }
 
 /// Injection off: nothing on the wire changes (the app receives curl's own header
@@ -355,19 +392,15 @@ fn haproxy_to_a_python_service_every_request_is_a_four_span_chain() {
     let con = paths("hcon", 3 * CONCURRENT);
     let mut bodies = requests(&url, &seq, 1, &[]);
     bodies.extend(requests(&url, &con, CONCURRENT, &[]));
+    let mut chains = Vec::new();
     for (path, body) in seq.iter().chain(&con).zip(&bodies) {
         let c = chain(receiver, path, "haproxy");
         c.assert_linked(path, SAME_NODE);
         assert_eq!(body.matches("traceparent").count(), 1, "{body}");
-        assert_rewritten(traceparent_in(body), &c);
+        chains.push((c, traceparent_in(body).to_owned()));
     }
     let done = sc.stop().unwrap();
-    let injection = done.counters.injection();
-    assert_eq!(
-        injection.rewrite_done,
-        (seq.len() + con.len()) as u64,
-        "{injection:?}"
-    );
+    assert_forwarded_headers(&chains, &done);
 }
 
 /// The app on another "node": an echo server in a network namespace, which nginx dials at
