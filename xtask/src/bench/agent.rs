@@ -112,13 +112,23 @@ impl Agent {
 
     /// Peak resident set size (VmHWM) in KiB.
     pub(super) fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM")
+    }
+
+    /// Resident set size now (VmRSS) in KiB.
+    pub(super) fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// A `/proc/PID/status` figure in KiB (`VmHWM`, `VmRSS`, ...).
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let pid = self.proc.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("no VmHWM in /proc/PID/status")
+            .with_context(|| format!("no {field} in /proc/PID/status"))
     }
 
     /// SIGTERM (the agent flushes its spans), then its final counters.

@@ -63,7 +63,7 @@ pub(super) fn idle_connections(tracer: &Path, extra: &[String]) -> Result<ConnMe
     // queue's.
     let agent = Agent::start(tracer, port, None, None, &args)?;
     std::thread::sleep(Duration::from_secs(1));
-    let rss_before_kib = rss_kib(agent.pid())?;
+    let rss_before_kib = agent.rss_kib()?;
     step(format!(
         "connections round: {n} keep-alive connections to nginx, one request each, both ends traced ({} tracked)",
         2 * n
@@ -80,7 +80,7 @@ pub(super) fn idle_connections(tracer: &Path, extra: &[String]) -> Result<ConnMe
             .context("a client did not open its connections")?;
     }
     std::thread::sleep(IDLE);
-    let rss_open_kib = rss_kib(agent.pid())?;
+    let rss_open_kib = agent.rss_kib()?;
     let counters = agent.stop()?;
     drop(clients);
     let tracked = 2 * n as u64;
@@ -122,16 +122,6 @@ for i in range(count):
 print("OPEN", flush=True)
 time.sleep(3600)
 "#;
-
-/// Current resident set size (VmRSS) in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/PID/status")
-}
 
 impl ConnMemory {
     fn bytes_per_connection(&self) -> f64 {
