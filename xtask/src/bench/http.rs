@@ -1,7 +1,10 @@
 //! The HTTP/1 benchmark: nginx saturated by wrk (throughput), then driven at a fixed rate by
 //! oha (latency, coverage, agent cost), untraced and traced rounds interleaved; then the
 //! pipeline replay.
-use std::{path::Path, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, ensure};
 use serde_json::json;
@@ -210,7 +213,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
 
     // ---- the agent's profile, in a traced round of its own ----
     let mut profile = None;
-    if profile::available() {
+    if profile::available() && !args.live_only {
         step(format!(
             "profile round: traced, {RATE} req/s, perf record on the agent"
         ));
@@ -228,7 +231,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     drop(receiver);
     drop(dir);
     // ---- memory per tracked connection (plain HTTP only: the figure is the same with TLS) ----
-    let conns = if args.tls {
+    let conns = if args.tls || args.live_only {
         None
     } else {
         Some(idle_connections(tracer, &args.agent_args)?)
@@ -237,8 +240,11 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let busy_after = busy_cpus();
 
     // ---- pipeline replay (criterion) ----
-    let pipeline = pipeline(&recording)?;
-    let sampled = sampled_replay()?;
+    let (pipeline, sampled) = if args.live_only {
+        (None, None)
+    } else {
+        (Some(pipeline(&recording)?), Some(sampled_replay()?))
+    };
 
     // ---- figures ----
     let ratios: Vec<f64> = tp_traced
@@ -248,11 +254,12 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         .collect();
     let p50 = |v: &[Oha]| median(&v.iter().map(|o| o.p50_us).collect::<Vec<_>>());
     let p99 = |v: &[Oha]| median(&v.iter().map(|o| o.p99_us).collect::<Vec<_>>());
+    // The targets are those of the cost issue (kernel ≤ 3 µs, agent ≤ 5 µs per request).
     let mut figures = vec![
         Figure::min(
             "throughput traced/untraced",
             median(&ratios),
-            0.95,
+            0.65,
             "",
             format!(
                 "median of {} pairs; untraced {:.0} req/s, traced {:.0} req/s",
@@ -275,7 +282,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         Figure::max(
             "p99 added at 5k req/s",
             p99(&lat_traced) - p99(&lat_untraced),
-            50.0,
+            200.0,
             "µs",
             format!(
                 "untraced {:.1} µs, traced {:.1} µs",
@@ -303,7 +310,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         Figure::max(
             "agent peak RSS",
             rss_kib.iter().copied().fold(0.0, f64::max) / 1024.0,
-            64.0,
+            48.0,
             "MiB",
             "VmHWM, highest over the traced rounds".into(),
         ),
@@ -314,8 +321,8 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         "request",
     ));
     figures.extend(conns.iter().flat_map(ConnMemory::figures));
-    figures.extend(pipeline.figures());
-    figures.extend(sampled.figures());
+    figures.extend(pipeline.iter().flat_map(|p| p.figures()));
+    figures.extend(sampled.iter().flat_map(|s| s.figures()));
 
     let total = started.elapsed();
     print_table(&figures);
@@ -338,23 +345,27 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         "throughput_rounds": tp_rounds,
         "latency_rounds": lat_rounds,
         "idle_connections": conns.as_ref().map(ConnMemory::json),
-        "pipeline": pipeline.json(),
-        "sampled_replay": sampled.json(),
+        "pipeline": pipeline.as_ref().map(|p| p.json()),
+        "sampled_replay": sampled.as_ref().map(|s| s.json()),
         "agent_profile": profile.as_ref().map(Profile::json),
         "seconds": { "setup": setup_took.as_secs_f64(), "live": live_took.as_secs_f64(), "total": total.as_secs_f64() },
     });
-    let (stem, latest) = if args.tls {
-        ("bench-tls", "latest-tls")
-    } else {
-        ("bench", "latest")
+    // A live-only run is a quick comparison, not the full figure set `latest.json` stands for.
+    let (stem, latest) = match (args.tls, args.live_only) {
+        (true, false) => ("bench-tls", "latest-tls"),
+        (true, true) => ("bench-tls-live", "latest-tls-live"),
+        (false, false) => ("bench", "latest"),
+        (false, true) => ("bench-live", "latest-live"),
     };
+    let replay_took = pipeline.as_ref().map_or(Duration::ZERO, |p| p.took)
+        + sampled.as_ref().map_or(Duration::ZERO, |s| s.took);
     save(
         &report,
         stem,
         latest,
         now,
         total,
-        live_took + pipeline.took + sampled.took,
+        live_took + replay_took,
         &figures,
     )
 }

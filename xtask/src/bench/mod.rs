@@ -123,6 +123,11 @@ pub struct Args {
     /// RSS before and with them open.
     #[arg(long, conflicts_with_all = ["record", "replay_only", "tls", "grpc", "vs_sdk", "db"])]
     connections_only: bool,
+    /// Only the live rounds of the HTTP/1 run (throughput, latency, coverage, agent CPU, kernel
+    /// time): no profile, no memory-per-connection round, no pipeline replay. For quick A/B
+    /// runs of two builds (`TRACER_BIN`) or two agent options, alternated.
+    #[arg(long, conflicts_with_all = ["record", "replay_only", "grpc", "vs_sdk", "db", "connections_only"])]
+    live_only: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
