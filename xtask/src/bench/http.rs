@@ -41,10 +41,15 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         }
     }
     // Compile the criterion benchmark now, so compiling never overlaps a measurement.
-    for bench in ["pipeline", "sampled_replay"] {
+    let replays: &[&str] = if args.live_only {
+        &[]
+    } else {
+        &["pipeline", "sampled_replay"]
+    };
+    for bench in replays {
         util::cargo(&["bench", "-p", "tracer-user", "--bench", bench, "--no-run"])?;
     }
-    if !recording_decodes()? {
+    if !args.live_only && !recording_decodes()? {
         step(format!(
             "{RECORDING} no longer decodes with this build's event layout (tracer-common changed): \
              re-recording it (commit the new file)"
