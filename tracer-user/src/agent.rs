@@ -157,12 +157,15 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let inner = guard.get_inner_mut();
-                drain_ring(inner, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                while drain_ring(guard.get_inner_mut(), RECORDS_PER_TURN, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)) {
+                    tokio::task::yield_now().await;
+                }
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s));
+                while drain_ring(ring.get_mut(), RECORDS_PER_TURN, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)) {
+                    tokio::task::yield_now().await;
+                }
                 tls.flush_backlog();
             }
             _ = tick.tick() => {
@@ -182,13 +185,16 @@ pub async fn run(
     }
 
     // Take what the kernel already reported, then detach before the final flush.
-    drain_ring(
+    while drain_ring(
         ring.get_mut(),
+        RECORDS_PER_TURN,
         &mut recorder,
         &mut assembler,
         &mut tls,
         &mut |s| pipeline.on_span(s),
-    );
+    ) {
+        tokio::task::yield_now().await;
+    }
     // Held traces are decided now (the final counters count them).
     pipeline.finish();
     let readings = read_counters(
@@ -232,16 +238,26 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Decodes every record waiting in the ring buffer (once) and hands it to the TLS attacher
-/// and the span assembler; the raw record goes to the recorder.
+/// Ring-buffer records taken per turn of the event loop. The export task runs on the same
+/// thread, between turns: draining a burst whole would fill the export queue (its spans
+/// dropped, counted) before the exporter could take any.
+const RECORDS_PER_TURN: usize = 1024;
+
+/// Decodes up to `budget` records waiting in the ring buffer and hands each to the TLS
+/// attacher and the span assembler; the raw record goes to the recorder. True when records
+/// were left: the caller yields to the other tasks, then calls again.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
+    budget: usize,
     recorder: &mut Option<Recorder>,
     assembler: &mut SpanAssembler,
     tls: &mut TlsAttacher,
     emit: &mut impl FnMut(Span),
-) {
-    while let Some(record) = ring.next() {
+) -> bool {
+    for _ in 0..budget {
+        let Some(record) = ring.next() else {
+            return false;
+        };
         if let Some(r) = recorder.as_mut() {
             r.write(&record);
         }
@@ -253,6 +269,7 @@ fn drain_ring(
             None => assembler.on_malformed(),
         }
     }
+    true
 }
 
 /// Appends raw ring-buffer records to a file (u32 little-endian length, then the bytes), for

@@ -80,15 +80,26 @@ impl Agent {
 
     /// utime + stime of the whole agent (all threads), in seconds.
     pub(super) fn cpu_seconds(&self) -> Result<f64> {
-        let pid = self.proc.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After the command name: state is field 3 of stat(5), utime 14, stime 15.
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        let f = self.stat_fields()?;
+        // utime is field 14 of stat(5), stime 15.
+        let ticks: u64 = f[14 - 3].parse::<u64>()? + f[15 - 3].parse::<u64>()?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         Ok(ticks as f64 / hz)
+    }
+
+    /// Minor page faults of the agent so far (minflt, field 10 of stat(5)): fresh pages its
+    /// allocator faulted in, each one zeroed by the kernel.
+    pub(super) fn minor_faults(&self) -> Result<u64> {
+        Ok(self.stat_fields()?[10 - 3].parse()?)
+    }
+
+    /// `/proc/PID/stat` after the command name: element 0 is field 3 of stat(5) (state).
+    fn stat_fields(&self) -> Result<Vec<String>> {
+        let pid = self.proc.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
+        Ok(rest.split_whitespace().map(str::to_owned).collect())
     }
 
     /// Context switches (voluntary and not) of all the agent's threads so far: how often it

@@ -151,12 +151,13 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         // The kernel's BPF statistics only while this traced round runs.
         let stats = StatsOn::enable();
         let ag = agent(None)?;
-        let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let (cpu0, cs0, faults0) = (ag.cpu_seconds()?, ag.ctx_switches(), ag.minor_faults()?);
         let progs0 = Snapshot::take(ag.pid())?;
         let b = oha(&target, args.secs)?;
         settle();
         let progs1 = Snapshot::take(ag.pid())?;
         let cpu = ag.cpu_seconds()? - cpu0;
+        let faults = (ag.minor_faults()? - faults0) as f64 / b.requests as f64;
         let cs = ag.ctx_switches() - cs0;
         let rss = ag.peak_rss_kib()?;
         let counters = ag.stop()?;
@@ -181,7 +182,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         let cov = got.server as f64 / b.requests as f64;
         let cpu_us = cpu * 1e6 / b.requests as f64;
         step(format!(
-            "  p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; {} server spans / {} requests = {:.4}%; agent {:.2} µs CPU/req, {:.2} wake-ups/req, peak RSS {:.1} MiB; losses: {}",
+            "  p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; {} server spans / {} requests = {:.4}%; agent {:.2} µs CPU/req, {:.2} wake-ups/req, {:.3} page faults/req, peak RSS {:.1} MiB; losses: {}",
             a.p50_us,
             b.p50_us,
             a.p99_us,
@@ -191,6 +192,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             cov * 100.0,
             cpu_us,
             cs as f64 / b.requests as f64,
+            faults,
             rss as f64 / 1024.0,
             counters.losses_text()
         ));
@@ -210,6 +212,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             "coverage": cov,
             "agent_cpu_us_per_request": cpu_us,
             "agent_context_switches_per_request": cs as f64 / b.requests as f64,
+            "agent_minor_faults_per_request": faults,
             "agent_peak_rss_kib": rss,
             "agent": counters.json(),
             "kernel": kernel,
