@@ -9,7 +9,20 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for the agent's memory. mimalloc asks for huge pages on its
+/// arenas, so a first touch faulted in and zeroed 2 MiB at once: in `cargo xtask bench`
+/// `clear_page_erms` was 7-20 % of the agent's profile, and the peak RSS 87-91 MiB against 69-72
+/// MiB with them off (idle: 68.6 → 58.9 MiB peak), at no cost in CPU per request. Setting
+/// `MIMALLOC_ALLOW_THP` leaves the choice to mimalloc.
+fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: prctl with integer arguments only; it sets a flag of this process.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     if let Some(Command::Top(args)) = &cli.command {
         // A client of a running agent: no programs, no privileges, no agent logging.
@@ -59,5 +72,21 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_agent() {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+            return; // the user's choice then, not the agent's
+        }
+        super::no_transparent_huge_pages();
+        // SAFETY: reads a flag of this process.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
+            1
+        );
     }
 }
