@@ -75,7 +75,7 @@ fn build_opts(ex: &HttpExchange, opts: &SpanOptions) -> Span {
 
 fn s(span: &Span, key: &str) -> Option<String> {
     match span.attr(key) {
-        Some(AttrValue::Str(v)) => Some(v.clone()),
+        Some(AttrValue::Str(v)) => Some(v.to_string()),
         None => None,
         other => panic!("{key} is not a string: {other:?}"),
     }
@@ -139,8 +139,9 @@ fn known_methods() {
     for m in [
         "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
     ] {
-        assert!(is_known_method(m), "{m}");
+        assert_eq!(known_method(m), Some(m));
     }
+    assert_eq!(known_method("get"), None);
 }
 
 // ---- url.* ----
