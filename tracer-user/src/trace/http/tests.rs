@@ -653,7 +653,7 @@ fn captured_header_values_are_bounded_and_the_cut_counted() {
         MAX_HEADER_VALUE_LEN,
         "cut at a char boundary"
     );
-    assert!(long.starts_with(&long_kept[0]));
+    assert!(long.starts_with(long_kept[0]));
     // 4 lines left out, one cut short, one left out.
     assert_eq!(sp.attr(HEADER_VALUES_CUT), Some(&AttrValue::Int(6)));
 }
