@@ -1,5 +1,6 @@
 //! What the parsers keep of a message's headers, the same for HTTP/1 and HTTP/2: the names the
 //! tracer uses and the bounds on what is copied.
+use crate::{HeaderList, HeaderName};
 
 /// Headers kept per message (HTTP/1 head, HTTP/2 header block).
 pub const MAX_KEPT_HEADERS: usize = 16;
@@ -22,22 +23,22 @@ pub enum Version {
 }
 
 /// Names kept in every version: span attributes and incoming trace context.
-const KEPT: [&[u8]; 6] = [
-    b"user-agent",
-    b"content-length",
-    b"content-type",
-    b"traceparent",
-    b"tracestate",
-    b"b3",
+const KEPT: [&str; 6] = [
+    "user-agent",
+    "content-length",
+    "content-type",
+    "traceparent",
+    "tracestate",
+    "b3",
 ];
 /// HTTP/1 only: HTTP/2 carries the host as the `:authority` pseudo-header.
-const KEPT_HTTP1: [&[u8]; 1] = [b"host"];
+const KEPT_HTTP1: [&str; 1] = ["host"];
 /// HTTP/2 only: gRPC's request and trailer fields.
-const KEPT_HTTP2: [&[u8]; 4] = [
-    b"grpc-timeout",
-    b"grpc-status",
-    b"grpc-message",
-    b"grpc-encoding",
+const KEPT_HTTP2: [&str; 4] = [
+    "grpc-timeout",
+    "grpc-status",
+    "grpc-message",
+    "grpc-encoding",
 ];
 /// B3 multi-header names (`x-b3-traceid`, ...): a prefix, bounded by [`MAX_KEPT_NAME`].
 const B3_PREFIX: &[u8] = b"x-b3-";
@@ -68,9 +69,42 @@ pub fn keep_also(names: &[String]) -> bool {
         .is_ok()
 }
 
+/// The name of a kept header (one [`kept_name`] accepted) as the header list holds it: the
+/// static one when it is one of the always-kept names, else an owned copy of at most
+/// [`MAX_KEPT_NAME`] bytes, lower-cased in HTTP/1 (HTTP/2 names are kept as received).
+pub fn kept_header_name(name: &[u8], version: Version) -> HeaderName {
+    let fixed = KEPT.iter().chain(&KEPT_HTTP1).chain(&KEPT_HTTP2);
+    for k in fixed {
+        if k.len() == name.len() && name.eq_ignore_ascii_case(k.as_bytes()) {
+            return HeaderName::Borrowed(k);
+        }
+    }
+    let mut owned = lossy(name, MAX_KEPT_NAME);
+    if version == Version::Http1 {
+        owned.make_ascii_lowercase();
+    }
+    HeaderName::Owned(owned)
+}
+
+/// Heap bytes a header list owns (what a bounded buffer charges for it).
+pub fn list_heap_bytes(list: &HeaderList) -> usize {
+    let name = |n: &HeaderName| match n {
+        HeaderName::Borrowed(_) => 0,
+        HeaderName::Owned(s) => s.capacity(),
+    };
+    list.capacity() * std::mem::size_of::<(HeaderName, String)>()
+        + list
+            .iter()
+            .map(|(n, v)| name(n) + v.capacity())
+            .sum::<usize>()
+}
+
 #[inline(always)]
-fn kept_in(name: &[u8], only_here: &[&[u8]], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
-    let listed = |list: &[&[u8]]| list.iter().any(|k| k.len() == name.len() && same(name, k));
+fn kept_in(name: &[u8], only_here: &[&str], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    let listed = |list: &[&str]| {
+        list.iter()
+            .any(|k| k.len() == name.len() && same(name, k.as_bytes()))
+    };
     listed(&KEPT)
         || listed(only_here)
         || ALSO_KEPT

@@ -51,8 +51,12 @@ pub struct Chunk<'a> {
     pub ctx: Option<SpanCtx>,
 }
 
+/// A kept header's name, lower case: one of the names the tracer always keeps is borrowed
+/// from a static list (no allocation per header), any other (`x-b3-*`, a captured header) owned.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
 /// A header value kept from a message (bounded copies).
-pub type HeaderList = Vec<(String, String)>;
+pub type HeaderList = Vec<(HeaderName, String)>;
 
 /// The request half of an exchange.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

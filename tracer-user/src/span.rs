@@ -1,7 +1,7 @@
 //! The agent's span model: what span building produces and the exporters work on. Close to
 //! OTLP's so export is a field-by-field copy. It depends on nothing else in the crate, so every
 //! layer (`trace`, `process`, `export`) can use it.
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -14,7 +14,9 @@ pub enum SpanKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    /// Borrowed when the value is one of a fixed set (a method, a scheme, a parent source):
+    /// no allocation per span for those.
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
     /// An array of strings (OTLP `ArrayValue`): e.g. a captured header, one element per
@@ -24,18 +26,25 @@ pub enum AttrValue {
 
 impl AttrValue {
     /// The strings a string or string-array value holds (none for other values).
-    pub fn strs(&self) -> &[String] {
+    pub fn strs(&self) -> Vec<&str> {
         match self {
-            Self::Str(s) => std::slice::from_ref(s),
-            Self::StrArray(a) => a,
-            Self::Int(_) | Self::Bool(_) => &[],
+            Self::Str(s) => vec![s],
+            Self::StrArray(a) => a.iter().map(String::as_str).collect(),
+            Self::Int(_) | Self::Bool(_) => Vec::new(),
         }
+    }
+
+    /// A value from a fixed set of strings (a method, a scheme, a parent source): borrowed,
+    /// nothing allocated per span.
+    pub const fn fixed(s: &'static str) -> Self {
+        Self::Str(Cow::Borrowed(s))
     }
 
     /// Heap bytes the value owns (what a bounded store or buffer charges for it).
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Self::Str(s) => s.capacity(),
+            Self::Str(Cow::Owned(s)) => s.capacity(),
+            Self::Str(Cow::Borrowed(_)) => 0,
             Self::StrArray(a) => {
                 a.capacity() * std::mem::size_of::<String>()
                     + a.iter().map(String::capacity).sum::<usize>()
@@ -47,12 +56,12 @@ impl AttrValue {
 
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        Self::Str(v)
+        Self::Str(Cow::Owned(v))
     }
 }
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
-        Self::Str(v.to_owned())
+        Self::Str(Cow::Owned(v.to_owned()))
     }
 }
 impl From<Vec<String>> for AttrValue {
@@ -100,7 +109,7 @@ impl Resource {
         self.attributes
             .iter()
             .find_map(|(k, v)| match (k.as_str(), v) {
-                ("service.name", AttrValue::Str(s)) => Some(s.as_str()),
+                ("service.name", AttrValue::Str(s)) => Some(&**s),
                 _ => None,
             })
             .unwrap_or("unknown_service")

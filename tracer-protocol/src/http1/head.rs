@@ -317,7 +317,10 @@ fn kept_headers(headers: &[httparse::Header<'_>], max_value: usize) -> HeaderLis
             break;
         }
         if headers::kept_name(h.name.as_bytes(), Version::Http1) {
-            out.push((h.name.to_ascii_lowercase(), lossy(h.value, max_value)));
+            out.push((
+                headers::kept_header_name(h.name.as_bytes(), Version::Http1),
+                lossy(h.value, max_value),
+            ));
         }
     }
     out

@@ -38,7 +38,8 @@ use head::{Kind, MessageStart, ParsedHead, find_head_end, message_start, parse_h
 use pairing::{PairedResponse, PendingRequest, QueueEntry};
 
 use crate::headers::DEFAULT_MAX_HEADER_VALUE;
-use crate::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, SpanCtx};
+use crate::headers::list_heap_bytes;
+use crate::{Chunk, Direction, HttpExchange, ParseStats, RequestHead, SpanCtx};
 
 /// Bounds on what one connection's parser holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,16 +211,8 @@ pub struct RequestStart<'a> {
     pub head: Option<&'a RequestHead>,
 }
 
-fn strings_bytes(list: &HeaderList) -> usize {
-    list.capacity() * std::mem::size_of::<(String, String)>()
-        + list
-            .iter()
-            .map(|(n, v)| n.capacity() + v.capacity())
-            .sum::<usize>()
-}
-
 fn req_bytes(r: &PendingRequest) -> usize {
-    r.head.method.capacity() + r.head.target.capacity() + strings_bytes(&r.head.headers)
+    r.head.method.capacity() + r.head.target.capacity() + list_heap_bytes(&r.head.headers)
 }
 
 impl Http1Conn {
@@ -491,7 +484,7 @@ impl Http1Conn {
             })
             .sum::<usize>();
         if let Some(f) = &self.paired {
-            n += req_bytes(&f.req) + strings_bytes(&f.resp.headers);
+            n += req_bytes(&f.req) + list_heap_bytes(&f.resp.headers);
         }
         n += self.ready.capacity() * std::mem::size_of::<HttpExchange>();
         n += self
@@ -500,8 +493,10 @@ impl Http1Conn {
             .map(|x| {
                 x.request.method.capacity()
                     + x.request.target.capacity()
-                    + strings_bytes(&x.request.headers)
-                    + x.response.as_ref().map_or(0, |r| strings_bytes(&r.headers))
+                    + list_heap_bytes(&x.request.headers)
+                    + x.response
+                        .as_ref()
+                        .map_or(0, |r| list_heap_bytes(&r.headers))
             })
             .sum::<usize>();
         n

@@ -155,12 +155,7 @@ struct Stream {
 
 impl Stream {
     fn heap_bytes(&self) -> usize {
-        let l = |l: &HeaderList| {
-            l.capacity() * std::mem::size_of::<(String, String)>()
-                + l.iter()
-                    .map(|(n, v)| n.capacity() + v.capacity())
-                    .sum::<usize>()
-        };
+        let l = crate::headers::list_heap_bytes;
         self.request.method.capacity()
             + self.request.target.capacity()
             + l(&self.request.headers)
@@ -492,7 +487,7 @@ impl Http2Conn {
             }
             let mut headers = HeaderList::new();
             if let Some(a) = b.authority {
-                headers.push(("host".to_string(), a));
+                headers.push(("host".into(), a));
             }
             headers.extend(b.headers);
             let incomplete = b.unknown > 0 || b.method.is_none() || b.path.is_none();

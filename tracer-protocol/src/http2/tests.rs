@@ -831,7 +831,7 @@ fn position_zero_without_the_preface_is_not_a_known_table() {
     let x = &f.out[0];
     assert_eq!(x.unknown_fields, 0);
     assert!(!x.http.incomplete);
-    assert_eq!(x.trailers, [("grpc-status".to_string(), "0".to_string())]);
+    assert_eq!(x.trailers, [("grpc-status".into(), "0".to_string())]);
 }
 
 /// Replays a capture recorded by `capture_proxy_log.py` (every recv, in arrival order) with

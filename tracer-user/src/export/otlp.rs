@@ -24,7 +24,7 @@ const FLAG_CONTEXT_IS_REMOTE: u32 = 0x200;
 fn any_value(v: AttrValue) -> AnyValue {
     AnyValue {
         value: Some(match v {
-            AttrValue::Str(s) => any_value::Value::StringValue(s),
+            AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
             AttrValue::Int(i) => any_value::Value::IntValue(i),
             AttrValue::Bool(b) => any_value::Value::BoolValue(b),
             AttrValue::StrArray(a) => any_value::Value::ArrayValue(ArrayValue {

@@ -485,7 +485,7 @@ mod tests {
         }
         fn value(&mut self) -> AttrValue {
             match self.below(7) {
-                0 => AttrValue::Str(self.string()),
+                0 => AttrValue::from(self.string()),
                 1 => AttrValue::Int(0),
                 2 => AttrValue::Int(match self.below(3) {
                     0 => -1,
@@ -556,7 +556,7 @@ mod tests {
             AttrValue::StrArray(vec!["a".into()]),
         ));
         big.attributes
-            .push(("host.id".into(), AttrValue::Str("x".repeat(200))));
+            .push(("host.id".into(), AttrValue::from("x".repeat(200))));
         vec![
             resource(1, "a"),
             resource(2, "b"),

@@ -105,23 +105,31 @@ impl Redactor {
             span.attributes
                 .retain(|(k, _)| !o.drop_attributes.iter().any(|d| d == k));
         }
+        let redacted = |key: &str, s: &str| {
+            let mut changed = redact_attribute(o, key, s);
+            if let Some(p) = &o.patterns
+                && let Cow::Owned(m) = p.mask(changed.as_deref().unwrap_or(s))
+            {
+                changed = Some(m);
+            }
+            changed
+        };
         for (key, value) in span.attributes.iter_mut() {
-            // A string array (a captured header) element by element.
-            let strings = match value {
-                AttrValue::Str(s) => std::slice::from_mut(s),
-                AttrValue::StrArray(a) => a.as_mut_slice(),
-                AttrValue::Int(_) | AttrValue::Bool(_) => continue,
-            };
-            for s in strings {
-                let mut changed = redact_attribute(o, key, s);
-                if let Some(p) = &o.patterns
-                    && let Cow::Owned(m) = p.mask(changed.as_deref().unwrap_or(s))
-                {
-                    changed = Some(m);
+            match value {
+                AttrValue::Str(s) => {
+                    if let Some(c) = redacted(key, s) {
+                        *s = Cow::Owned(c);
+                    }
                 }
-                if let Some(c) = changed {
-                    *s = c;
+                // A string array (a captured header) element by element.
+                AttrValue::StrArray(a) => {
+                    for s in a {
+                        if let Some(c) = redacted(key, s) {
+                            *s = c;
+                        }
+                    }
                 }
+                AttrValue::Int(_) | AttrValue::Bool(_) => {}
             }
         }
         if o.builtin
@@ -209,13 +217,13 @@ fn scrub_resource(o: &RedactOptions, r: &Resource) -> Option<Resource> {
                 && k == "process.command_line"
                 && let Cow::Owned(m) = scrub_command_line(s)
             {
-                *s = m;
+                *s = Cow::Owned(m);
                 changed = true;
             }
             if let Some(p) = &o.patterns
                 && let Cow::Owned(m) = p.mask(s)
             {
-                *s = m;
+                *s = Cow::Owned(m);
                 changed = true;
             }
         }

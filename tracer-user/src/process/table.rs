@@ -166,12 +166,12 @@ impl ProcessTable {
         let mut named = minimal_resource(pid, self.host_name.as_deref(), &self.extra);
         for (k, v) in &mut named.attributes {
             if k == "service.name" {
-                *v = AttrValue::Str(name.clone());
+                *v = AttrValue::from(name.clone());
             }
         }
         named
             .attributes
-            .insert(2, ("process.executable.name".into(), AttrValue::Str(name)));
+            .insert(2, ("process.executable.name".into(), AttrValue::from(name)));
         let named = Arc::new(named);
         self.insert(pid, Arc::clone(&named), ContainerInfo::default());
         named

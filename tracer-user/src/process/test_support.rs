@@ -8,7 +8,7 @@ pub(super) fn attr<'a>(r: &'a Resource, key: &str) -> Option<&'a AttrValue> {
 
 pub(super) fn s(r: &Resource, key: &str) -> Option<String> {
     match attr(r, key) {
-        Some(AttrValue::Str(v)) => Some(v.clone()),
+        Some(AttrValue::Str(v)) => Some(v.to_string()),
         None => None,
         other => panic!("{key}: {other:?}"),
     }

@@ -16,7 +16,7 @@ use super::address::ip_text;
 use super::{Clock, ParentResolver, SpanContext};
 use crate::conn::ConnMeta;
 use crate::protocol::DbExchange;
-use crate::span::{Attributes, Resource, Span, SpanKind, StatusCode};
+use crate::span::{AttrValue, Attributes, Resource, Span, SpanKind, StatusCode};
 
 /// The trace context of a call: with no outgoing headers to read, the child of the SERVER
 /// span its thread is serving.
@@ -33,7 +33,7 @@ pub fn span_from_db(
     ctx: SpanContext,
 ) -> Span {
     let mut attrs: Attributes = Vec::with_capacity(12);
-    attrs.push(("db.system.name", call.system.name().into()));
+    attrs.push(("db.system.name", AttrValue::fixed(call.system.name())));
     if let Some(ns) = &call.namespace {
         attrs.push(("db.namespace", ns.as_ref().into()));
     }

@@ -4,7 +4,7 @@
 use super::Clock;
 use super::http::{SpanStatus, header};
 use crate::protocol::{Direction, HttpExchange, http2::RpcMessage};
-use crate::span::{Attributes, SpanEvent, SpanKind, StatusCode, truncate_value};
+use crate::span::{AttrValue, Attributes, SpanEvent, SpanKind, StatusCode, truncate_value};
 
 /// `grpc-message` is cut to this many bytes for the span's status message.
 const MAX_STATUS_MESSAGE_LEN: usize = 256;
@@ -32,7 +32,7 @@ pub(super) fn push_call(
     path: Option<&str>,
     kind: SpanKind,
 ) -> Option<String> {
-    attrs.push(("rpc.system", "grpc".into()));
+    attrs.push(("rpc.system", AttrValue::fixed("grpc")));
     let mut name = None;
     if let Some((service, method)) = path
         .and_then(|p| p.strip_prefix('/'))
@@ -102,7 +102,7 @@ fn message_event(m: &RpcMessage, time_unix_ns: u64) -> SpanEvent {
         time_unix_ns,
         name: "rpc.message",
         attributes: vec![
-            ("rpc.message.type", kind.into()),
+            ("rpc.message.type", AttrValue::fixed(kind)),
             ("rpc.message.id", i64::from(m.id).into()),
             (size_key, i64::from(m.size).into()),
         ],

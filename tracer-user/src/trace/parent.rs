@@ -272,7 +272,7 @@ impl ParentResolver {
         head: &RequestHead,
     ) -> SpanContext {
         let (trace_id, span_id) = server_ids(self.key, conn_id, head_position);
-        let headers = head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let headers = head.headers.iter().map(|(k, v)| (&**k, v.as_str()));
         match extract(headers) {
             Extracted::Context(remote) => {
                 let parent_flags = remote.flags;
@@ -861,10 +861,7 @@ impl ParentResolver {
         rewritten: &SpanCtx,
     ) -> (SpanContext, Option<SpanId>) {
         self.stats.injected += 1;
-        let headers = request
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let headers = request.headers.iter().map(|(k, v)| (&**k, v.as_str()));
         // The header as the application sent it (the kernel changed only span ids): its
         // sampling decision (B3's multi headers carry it apart) and `tracestate`.
         let (forwarded, flags, trace_state) = match extract(headers) {
@@ -916,10 +913,7 @@ impl ParentResolver {
             Some(c) => return (self.injected_context(conn, tid, start_ns, c), None),
             None => {}
         }
-        let headers = request
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let headers = request.headers.iter().map(|(k, v)| (&**k, v.as_str()));
         let outgoing = extract(headers);
         // Forwarded: the child of the request that received it, whichever thread this is.
         if let Extracted::Context(r) = &outgoing

@@ -393,7 +393,7 @@ pub fn trace_json(trace_id: &TraceId, spans: Vec<StoredSpan>) -> Value {
                 .map(|(k, v)| json!([k, attr_json(v)]))
                 .collect();
             let parent_source = match s.attr("tracer.parent.source") {
-                Some(AttrValue::Str(v)) => v.as_str(),
+                Some(AttrValue::Str(v)) => &**v,
                 _ => "",
             };
             json!({

@@ -294,7 +294,7 @@ impl KeptSpan {
                 .map(|(k, v)| {
                     let v = match v {
                         KeptValue::Str { start, end } => {
-                            AttrValue::Str(self.text[*start as usize..*end as usize].to_owned())
+                            self.text[*start as usize..*end as usize].into()
                         }
                         KeptValue::Other(v) => v.clone(),
                     };

@@ -249,11 +249,12 @@ fn identity_of(resource: &Resource) -> Identity<'_> {
     let mut out = [None; 4];
     for (k, v) in &resource.attributes {
         let AttrValue::Str(s) = v else { continue };
+        let s: &str = s;
         match k.as_str() {
-            "service.name" if out[0].is_none() => out[0] = Some(s.as_str()),
-            "service.namespace" => out[1] = Some(s.as_str()),
-            "k8s.namespace.name" => out[2] = Some(s.as_str()),
-            "k8s.pod.name" => out[3] = Some(s.as_str()),
+            "service.name" if out[0].is_none() => out[0] = Some(s),
+            "service.namespace" => out[1] = Some(s),
+            "k8s.namespace.name" => out[2] = Some(s),
+            "k8s.pod.name" => out[3] = Some(s),
             _ => {}
         }
     }

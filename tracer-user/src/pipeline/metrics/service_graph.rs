@@ -314,7 +314,7 @@ const FREE_PEERS: usize = 1024;
 /// (`postgresql`, `mysql`, `mariadb`, `redis`), as Tempo names database nodes. `None`: not a database call.
 fn database_name(span: &Span) -> Option<&str> {
     let system = match span.attr("db.system.name") {
-        Some(AttrValue::Str(s)) => s.as_str(),
+        Some(AttrValue::Str(s)) => &**s,
         _ => return None,
     };
     match span.attr("service.peer.name") {

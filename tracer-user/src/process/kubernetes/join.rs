@@ -123,7 +123,7 @@ pub fn join(
     if !service_from_env {
         for (k, v) in &mut attrs {
             if k == "service.name" {
-                *v = AttrValue::Str(pod.service.name.clone());
+                *v = AttrValue::from(pod.service.name.clone());
             }
         }
     }
@@ -192,7 +192,7 @@ mod tests {
 
     fn get<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
         r.attributes.iter().find_map(|(k, v)| match v {
-            AttrValue::Str(s) if k == key => Some(s.as_str()),
+            AttrValue::Str(s) if k == key => Some(&**s),
             _ => None,
         })
     }

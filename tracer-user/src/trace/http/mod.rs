@@ -173,13 +173,13 @@ pub fn span_from_exchange(
 /// `http.request.method` (and `http.request.method_original` for a method the conventions do
 /// not know); returns the method's part of the span name.
 fn push_method<'a>(attrs: &mut Attributes, method: &'a str) -> &'a str {
-    if is_known_method(method) {
-        attrs.push(("http.request.method", method.into()));
+    if let Some(known) = known_method(method) {
+        attrs.push(("http.request.method", AttrValue::fixed(known)));
         return method;
     }
     // An empty method is an HTTP/2 `:method` that is not known (see `parse_target`): left out.
     if !method.is_empty() {
-        attrs.push(("http.request.method", "_OTHER".into()));
+        attrs.push(("http.request.method", AttrValue::fixed("_OTHER")));
         attrs.push((
             "http.request.method_original",
             truncate_value(method, MAX_METHOD_LEN).into(),
@@ -190,11 +190,13 @@ fn push_method<'a>(attrs: &mut Attributes, method: &'a str) -> &'a str {
 
 /// The methods of RFC 9110 and PATCH (RFC 5789), case-sensitive, as the conventions define
 /// "known" methods.
-fn is_known_method(m: &str) -> bool {
-    matches!(
-        m,
-        "CONNECT" | "DELETE" | "GET" | "HEAD" | "OPTIONS" | "PATCH" | "POST" | "PUT" | "TRACE"
-    )
+const KNOWN_METHODS: [&str; 9] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+/// `m` as one of [`KNOWN_METHODS`], if it is one.
+fn known_method(m: &str) -> Option<&'static str> {
+    KNOWN_METHODS.iter().copied().find(|k| *k == m)
 }
 
 /// `url.scheme`, `url.path`, `url.query`, `url.full` (CLIENT spans), `http.route`,
@@ -207,13 +209,13 @@ fn push_url_and_server<'a>(
     kind: SpanKind,
     opts: &SpanOptions,
 ) -> Option<Cow<'a, str>> {
-    let scheme: Cow<'_, str> = match target.scheme {
+    let scheme: Cow<'static, str> = match target.scheme {
         Some(s) => Cow::Owned(s.to_ascii_lowercase()),
         // Plaintext from the TLS probes: the request was made over TLS.
         None if conn.tls => Cow::Borrowed("https"),
         None => Cow::Borrowed(opts.scheme),
     };
-    attrs.push(("url.scheme", scheme.as_ref().into()));
+    attrs.push(("url.scheme", AttrValue::Str(scheme.clone())));
     let query = target.query.filter(|q| !q.is_empty());
     if let Some(path) = target.path {
         attrs.push(("url.path", path.into()));
@@ -321,7 +323,7 @@ fn push_peer(attrs: &mut Attributes, conn: &ConnMeta, kind: SpanKind) {
 fn push_request_details(attrs: &mut Attributes, ex: &HttpExchange) {
     let req = &ex.request;
     if !req.version.is_empty() {
-        attrs.push(("network.protocol.version", req.version.into()));
+        attrs.push(("network.protocol.version", AttrValue::fixed(req.version)));
     }
     if let Some(ua) = header(&req.headers, "user-agent") {
         attrs.push(("user_agent.original", ua.into()));
@@ -340,7 +342,7 @@ fn push_request_details(attrs: &mut Attributes, ex: &HttpExchange) {
 /// they give the span.
 fn response_status(attrs: &mut Attributes, ex: &HttpExchange, kind: SpanKind) -> SpanStatus {
     let Some(resp) = &ex.response else {
-        attrs.push(("error.type", "no_response".into()));
+        attrs.push(("error.type", AttrValue::fixed("no_response")));
         return SpanStatus {
             code: StatusCode::Error,
             message: Some("no response".to_owned()),
@@ -382,7 +384,10 @@ fn push_agent_attributes(attrs: &mut Attributes, ex: &HttpExchange, ctx: &SpanCo
     if ex.incomplete {
         attrs.push(("tracer.incomplete", true.into()));
     }
-    attrs.push(("tracer.parent.source", ctx.source.as_str().into()));
+    attrs.push((
+        "tracer.parent.source",
+        AttrValue::fixed(ctx.source.as_str()),
+    ));
     if ex.injected.is_some() {
         // The request left with a `traceparent` the agent added, naming this span.
         attrs.push(("tracer.traceparent.injected", true.into()));

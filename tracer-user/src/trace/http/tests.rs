@@ -75,7 +75,7 @@ fn build_opts(ex: &HttpExchange, opts: &SpanOptions) -> Span {
 
 fn s(span: &Span, key: &str) -> Option<String> {
     match span.attr(key) {
-        Some(AttrValue::Str(v)) => Some(v.clone()),
+        Some(AttrValue::Str(v)) => Some(v.to_string()),
         None => None,
         other => panic!("{key} is not a string: {other:?}"),
     }
@@ -139,8 +139,9 @@ fn known_methods() {
     for m in [
         "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
     ] {
-        assert!(is_known_method(m), "{m}");
+        assert_eq!(known_method(m), Some(m));
     }
+    assert_eq!(known_method("get"), None);
 }
 
 // ---- url.* ----
@@ -652,7 +653,7 @@ fn captured_header_values_are_bounded_and_the_cut_counted() {
         MAX_HEADER_VALUE_LEN,
         "cut at a char boundary"
     );
-    assert!(long.starts_with(&long_kept[0]));
+    assert!(long.starts_with(long_kept[0]));
     // 4 lines left out, one cut short, one left out.
     assert_eq!(sp.attr(HEADER_VALUES_CUT), Some(&AttrValue::Int(6)));
 }
