@@ -43,12 +43,15 @@ const KEPT_HTTP2: [&str; 4] = [
 /// B3 multi-header names (`x-b3-traceid`, ...): a prefix, bounded by [`MAX_KEPT_NAME`].
 const B3_PREFIX: &[u8] = b"x-b3-";
 
-/// Whether a header named `name` is kept. Called for every header of every message: the
-/// comparison is chosen once per call, not per name (a length check first skips most names).
-pub fn kept_name(name: &[u8], version: Version) -> bool {
+/// The header list's name for a header named `name` when the tracer keeps it, `None` when it
+/// does not. Called for every header of every message, so the decision and the name come from
+/// one pass: the always-kept names are borrowed from the static lists, any other kept name
+/// (`x-b3-*`, a captured header) is an owned copy of at most [`MAX_KEPT_NAME`] bytes,
+/// lower-cased in HTTP/1 (HTTP/2 names are lower case on the wire and compared exactly).
+pub fn kept_header(name: &[u8], version: Version) -> Option<HeaderName> {
     match version {
-        Version::Http1 => kept_in(name, &KEPT_HTTP1, |a, b| a.eq_ignore_ascii_case(b)),
-        Version::Http2 => kept_in(name, &KEPT_HTTP2, |a, b| a == b),
+        Version::Http1 => kept_in(name, &KEPT_HTTP1, |a, b| a.eq_ignore_ascii_case(b), true),
+        Version::Http2 => kept_in(name, &KEPT_HTTP2, |a, b| a == b, false),
     }
 }
 
@@ -69,23 +72,6 @@ pub fn keep_also(names: &[String]) -> bool {
         .is_ok()
 }
 
-/// The name of a kept header (one [`kept_name`] accepted) as the header list holds it: the
-/// static one when it is one of the always-kept names, else an owned copy of at most
-/// [`MAX_KEPT_NAME`] bytes, lower-cased in HTTP/1 (HTTP/2 names are kept as received).
-pub fn kept_header_name(name: &[u8], version: Version) -> HeaderName {
-    let fixed = KEPT.iter().chain(&KEPT_HTTP1).chain(&KEPT_HTTP2);
-    for k in fixed {
-        if k.len() == name.len() && name.eq_ignore_ascii_case(k.as_bytes()) {
-            return HeaderName::Borrowed(k);
-        }
-    }
-    let mut owned = lossy(name, MAX_KEPT_NAME);
-    if version == Version::Http1 {
-        owned.make_ascii_lowercase();
-    }
-    HeaderName::Owned(owned)
-}
-
 /// Heap bytes a header list owns (what a bounded buffer charges for it).
 pub fn list_heap_bytes(list: &HeaderList) -> usize {
     let name = |n: &HeaderName| match n {
@@ -100,20 +86,34 @@ pub fn list_heap_bytes(list: &HeaderList) -> usize {
 }
 
 #[inline(always)]
-fn kept_in(name: &[u8], only_here: &[&str], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
-    let listed = |list: &[&str]| {
+fn kept_in(
+    name: &[u8],
+    only_here: &[&'static str],
+    same: impl Fn(&[u8], &[u8]) -> bool,
+    lower_case: bool,
+) -> Option<HeaderName> {
+    let listed = |list: &[&'static str]| {
         list.iter()
-            .any(|k| k.len() == name.len() && same(name, k.as_bytes()))
+            .copied()
+            .find(|k| k.len() == name.len() && same(name, k.as_bytes()))
     };
-    listed(&KEPT)
-        || listed(only_here)
-        || ALSO_KEPT
-            .get()
-            .is_some_and(|also| also.iter().any(|k| k.len() == name.len() && same(name, k)))
-        || (name.len() > B3_PREFIX.len()
-            && name.len() <= MAX_KEPT_NAME
-            && same(&name[..B3_PREFIX.len()], B3_PREFIX)
-            && name.iter().all(|&b| is_token(b)))
+    if let Some(k) = listed(&KEPT).or_else(|| listed(only_here)) {
+        return Some(HeaderName::Borrowed(k));
+    }
+    let also = ALSO_KEPT
+        .get()
+        .is_some_and(|also| also.iter().any(|k| k.len() == name.len() && same(name, k)));
+    let b3 = name.len() > B3_PREFIX.len()
+        && name.len() <= MAX_KEPT_NAME
+        && same(&name[..B3_PREFIX.len()], B3_PREFIX)
+        && name.iter().all(|&b| is_token(b));
+    (also || b3).then(|| {
+        let mut owned = lossy(name, MAX_KEPT_NAME);
+        if lower_case {
+            owned.make_ascii_lowercase();
+        }
+        HeaderName::Owned(owned)
+    })
 }
 
 /// A byte of an RFC 9110 token (`tchar`): what a field name is made of. HTTP/1 names reach
@@ -137,28 +137,38 @@ pub fn lossy(b: &[u8], max: usize) -> String {
 mod tests {
     use super::*;
 
+    fn kept(name: &[u8], version: Version) -> bool {
+        kept_header(name, version).is_some()
+    }
+
     #[test]
     fn kept_names_per_version() {
         use Version::{Http1, Http2};
         for name in ["traceparent", "b3", "x-b3-traceid", "content-type"] {
-            assert!(kept_name(name.as_bytes(), Http1), "{name}");
-            assert!(kept_name(name.as_bytes(), Http2), "{name}");
+            assert!(kept(name.as_bytes(), Http1), "{name}");
+            assert!(kept(name.as_bytes(), Http2), "{name}");
         }
-        assert!(kept_name(b"Host", Http1) && !kept_name(b"host", Http2));
-        assert!(kept_name(b"grpc-status", Http2) && !kept_name(b"grpc-status", Http1));
+        assert!(kept(b"Host", Http1) && !kept(b"host", Http2));
+        assert!(kept(b"grpc-status", Http2) && !kept(b"grpc-status", Http1));
         // Case matters only in HTTP/2, where upper case is not valid on the wire.
-        assert!(kept_name(b"X-B3-SpanId", Http1) && !kept_name(b"X-B3-SpanId", Http2));
+        assert!(kept(b"X-B3-SpanId", Http1) && !kept(b"X-B3-SpanId", Http2));
         for version in [Http1, Http2] {
-            assert!(!kept_name(b"x-b3-", version));
-            assert!(!kept_name(
-                &[b"x-b3-".as_slice(), &[b'a'; 60]].concat(),
-                version
-            ));
-            assert!(!kept_name(b"cookie", version));
+            assert!(!kept(b"x-b3-", version));
+            assert!(!kept(&[b"x-b3-".as_slice(), &[b'a'; 60]].concat(), version));
+            assert!(!kept(b"cookie", version));
             // A B3-like name with bytes no field name may have is not kept.
-            assert!(!kept_name(b"x-b3-\xba\xba", version));
-            assert!(!kept_name(b"x-b3-span id", version));
+            assert!(!kept(b"x-b3-\xba\xba", version));
+            assert!(!kept(b"x-b3-span id", version));
         }
+        // The always-kept names are the static lower-case ones; others are lower-cased copies.
+        assert!(matches!(
+            kept_header(b"Host", Http1),
+            Some(HeaderName::Borrowed("host"))
+        ));
+        assert!(matches!(
+            kept_header(b"X-B3-SpanId", Http1),
+            Some(HeaderName::Owned(n)) if n == "x-b3-spanid"
+        ));
     }
 
     #[test]

@@ -157,15 +157,11 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                while drain_ring(guard.get_inner_mut(), RECORDS_PER_TURN, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)) {
-                    tokio::task::yield_now().await;
-                }
+                drain_ring(guard.get_inner_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)).await;
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                while drain_ring(ring.get_mut(), RECORDS_PER_TURN, &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)) {
-                    tokio::task::yield_now().await;
-                }
+                drain_ring(ring.get_mut(), &mut recorder, &mut assembler, &mut tls, &mut |s| pipeline.on_span(s)).await;
                 tls.flush_backlog();
             }
             _ = tick.tick() => {
@@ -185,16 +181,14 @@ pub async fn run(
     }
 
     // Take what the kernel already reported, then detach before the final flush.
-    while drain_ring(
+    drain_ring(
         ring.get_mut(),
-        RECORDS_PER_TURN,
         &mut recorder,
         &mut assembler,
         &mut tls,
         &mut |s| pipeline.on_span(s),
-    ) {
-        tokio::task::yield_now().await;
-    }
+    )
+    .await;
     // Held traces are decided now (the final counters count them).
     pipeline.finish();
     let readings = read_counters(
@@ -243,18 +237,30 @@ fn unix_now_ns() -> u64 {
 /// dropped, counted) before the exporter could take any.
 const RECORDS_PER_TURN: usize = 1024;
 
-/// Decodes up to `budget` records waiting in the ring buffer and hands each to the TLS
-/// attacher and the span assembler; the raw record goes to the recorder. True when records
-/// were left: the caller yields to the other tasks, then calls again.
-fn drain_ring(
+/// Decodes every record waiting in the ring buffer and hands each to the TLS attacher and the
+/// span assembler (the raw record to the recorder), [`RECORDS_PER_TURN`] at a time, yielding
+/// to the other tasks between turns.
+async fn drain_ring(
     ring: &mut RingBuf<MapData>,
-    budget: usize,
+    recorder: &mut Option<Recorder>,
+    assembler: &mut SpanAssembler,
+    tls: &mut TlsAttacher,
+    emit: &mut impl FnMut(Span),
+) {
+    while drain_turn(ring, recorder, assembler, tls, emit) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One turn of [`drain_ring`]: true when records were left.
+fn drain_turn(
+    ring: &mut RingBuf<MapData>,
     recorder: &mut Option<Recorder>,
     assembler: &mut SpanAssembler,
     tls: &mut TlsAttacher,
     emit: &mut impl FnMut(Span),
 ) -> bool {
-    for _ in 0..budget {
+    for _ in 0..RECORDS_PER_TURN {
         let Some(record) = ring.next() else {
             return false;
         };

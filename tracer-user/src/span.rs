@@ -26,6 +26,7 @@ pub enum AttrValue {
 
 impl AttrValue {
     /// The strings a string or string-array value holds (none for other values).
+    #[cfg(test)]
     pub fn strs(&self) -> Vec<&str> {
         match self {
             Self::Str(s) => vec![s],

@@ -316,11 +316,8 @@ fn kept_headers(headers: &[httparse::Header<'_>], max_value: usize) -> HeaderLis
         if out.len() >= MAX_KEPT_HEADERS {
             break;
         }
-        if headers::kept_name(h.name.as_bytes(), Version::Http1) {
-            out.push((
-                headers::kept_header_name(h.name.as_bytes(), Version::Http1),
-                lossy(h.value, max_value),
-            ));
+        if let Some(name) = headers::kept_header(h.name.as_bytes(), Version::Http1) {
+            out.push((name, lossy(h.value, max_value)));
         }
     }
     out

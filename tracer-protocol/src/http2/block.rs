@@ -5,7 +5,7 @@
 use super::hpack::Field;
 use crate::HeaderList;
 use crate::headers::{
-    MAX_KEPT_HEADERS, MAX_METHOD, MAX_TARGET, Version, is_token, kept_header_name, kept_name, lossy,
+    MAX_KEPT_HEADERS, MAX_METHOD, MAX_TARGET, Version, is_token, kept_header, lossy,
 };
 
 /// A decoded header block, reduced to what the tracer uses.
@@ -48,11 +48,10 @@ impl Block {
                     .filter(|n| (100..1000).contains(n));
                 self.status = Some(n.unwrap_or(0));
             }
-            _ if self.headers.len() < MAX_KEPT_HEADERS && kept_name(name, Version::Http2) => {
-                self.headers.push((
-                    kept_header_name(name, Version::Http2),
-                    lossy(value, max_value),
-                ));
+            _ if self.headers.len() < MAX_KEPT_HEADERS => {
+                if let Some(name) = kept_header(name, Version::Http2) {
+                    self.headers.push((name, lossy(value, max_value)));
+                }
             }
             _ => {}
         }

@@ -60,7 +60,10 @@ pub fn span_from_db(
     attrs.push(("server.port", i64::from(server.port()).into()));
     attrs.push(("network.peer.address", address.into()));
     attrs.push(("network.peer.port", i64::from(server.port()).into()));
-    attrs.push(("tracer.parent.source", ctx.source.as_str().into()));
+    attrs.push((
+        "tracer.parent.source",
+        AttrValue::fixed(ctx.source.as_str()),
+    ));
 
     let name = match (&call.operation, &call.collection) {
         (Some(op), Some(c)) => format!("{op} {c}"),
