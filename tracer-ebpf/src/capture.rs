@@ -658,7 +658,7 @@ pub fn emit(
         let size = core::mem::size_of::<DataHeader>() + captured;
         let size = if size > max { max } else { size };
         let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
-        if EVENTS.output::<[u8]>(bytes, wakeup_flags(size)).is_err() {
+        if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
             count(DropCause::RingbufFull);
         }
     }
@@ -696,10 +696,7 @@ pub fn close_conn(sk: u64, ino: Option<u64>, pid_tgid: u64) {
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
     ev.conn_id = conn.conn_id;
     ev.positions = positions;
-    if EVENTS
-        .output::<CloseEvent>(&ev, wakeup_flags(core::mem::size_of::<CloseEvent>()))
-        .is_err()
-    {
+    if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(DropCause::RingbufFull);
     }
 }

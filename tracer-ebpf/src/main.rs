@@ -193,7 +193,7 @@ fn process_event(kind: EventKind) {
     ev.header.tid = pid_tgid as u32;
     // SAFETY: a helper without arguments.
     ev.header.ts = unsafe { bpf_ktime_get_ns() };
-    let _ = EVENTS.output::<ProcessEvent>(&ev, wakeup_flags(core::mem::size_of::<ProcessEvent>()));
+    let _ = EVENTS.output::<ProcessEvent>(&ev, wakeup_flags());
 }
 
 #[tracepoint]

@@ -214,17 +214,12 @@ pub struct DataScratch {
 #[map]
 pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Ring-buffer commit flags for a record of `len` bytes: wake the agent only when this record
-/// takes the waiting bytes across `wakeup_bytes` (it also drains the ring on a timer), so a busy
-/// node costs one wakeup per batch instead of one per event. Not on every record above the
-/// mark: each forced wakeup is an irq_work (an IPI, a VM exit here), and while the agent lags
-/// behind that made every emitting program cost ~12 µs instead of ~1-2 µs.
+/// Ring-buffer commit flags: wake the agent only once enough events wait (it also drains the
+/// ring on a timer), so a busy node costs one wakeup per batch instead of one per event.
 #[inline(always)]
-pub fn wakeup_flags(len: usize) -> u64 {
+pub fn wakeup_flags() -> u64 {
     use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    let mark = config().wakeup_bytes as u64;
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if mark == 0 || (waiting < mark && waiting + len as u64 >= mark) {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config().wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
