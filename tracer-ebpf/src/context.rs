@@ -44,9 +44,9 @@ use tracer_common::{
 
 use crate::maps::{
     B3_TWICE, CONNS, ForwardKey, HEX_TABLE, INFLIGHT, INJECT_DONE, INJECT_PENDING, PROGS,
-    PendingSyscall, RECEIVED, REWRITE_PENDING, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH, SOCKS, ScanBuf,
+    PendingSyscall, REWRITE_PENDING, SCAN, SCAN_CHUNK, SCAN_MAX, SCRATCH, SOCKS, ScanBuf,
     TARGET_PORTS, THREAD_CTX, THREAD_FOREIGN, THREAD_RESPONDED, THREAD_SERVING, ThreadCtx, config,
-    count_inject, offsets,
+    count_inject, offsets, received_by, remember_received,
 };
 use tracer_common::config::INJECT_ALL;
 
@@ -451,7 +451,7 @@ pub fn http_server_finish(_ctx: TracePointContext) -> u32 {
             trace_id: received_trace,
             parent_id,
         };
-        let _ = RECEIVED.insert(key, span_id, 0);
+        remember_received(&key, span_id);
     }
     let mut multiplexed = 0;
     let prev = THREAD_CTX.get_ptr_mut(pid_tgid);
@@ -683,7 +683,7 @@ fn rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut Scan
             trace_id,
             parent_id,
         };
-        let Some(&server_span) = RECEIVED.get(key) else {
+        let Some(server_span) = received_by(&key) else {
             count_inject(InjectStat::HasContext);
             diag!(
                 "pid {}: no traceparent: the request carries trace context",
@@ -744,7 +744,7 @@ fn b3_rewrite_decision(pid_tgid: u64, inflight: *mut PendingSyscall, res: *mut S
             trace_id: b.trace_id,
             parent_id: b.span_id,
         };
-        let Some(&server_span) = RECEIVED.get(key) else {
+        let Some(server_span) = received_by(&key) else {
             count_inject(InjectStat::HasContext);
             diag!(
                 "pid {}: no traceparent: the request carries B3 context of its own",
