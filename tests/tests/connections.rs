@@ -74,6 +74,10 @@ fn ten_thousand_keep_alive_connections_every_request_traced() {
         // Spans leave as fast as they come: no export drop hides a missing span.
         .env("OTEL_BSP_MAX_QUEUE_SIZE", "100000")
         .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
+        // Room for a whole round's events (10,000 connections at once: ~40,000 events, about
+        // 16 MB): this test is about connection capacity, and the debug agent on a loaded CI
+        // machine fell behind the default 8 MiB ring (ringbuf_full=1185 in one run).
+        .args(&["--ring-buffer-bytes", "67108864"])
         .stop_within(Duration::from_secs(60))
         .start()
         .unwrap();
