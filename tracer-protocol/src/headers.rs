@@ -1,6 +1,6 @@
 //! What the parsers keep of a message's headers, the same for HTTP/1 and HTTP/2: the names the
 //! tracer uses and the bounds on what is copied.
-use crate::{HeaderList, HeaderName};
+use crate::{HeaderList, HeaderName, HeaderValue};
 
 /// Headers kept per message (HTTP/1 head, HTTP/2 header block).
 pub const MAX_KEPT_HEADERS: usize = 16;
@@ -72,16 +72,25 @@ pub fn keep_also(names: &[String]) -> bool {
         .is_ok()
 }
 
+/// Heap bytes a kept value owns: none when it is stored inline.
+pub fn value_heap_bytes(v: &HeaderValue) -> usize {
+    if v.is_heap_allocated() {
+        v.capacity()
+    } else {
+        0
+    }
+}
+
 /// Heap bytes a header list owns (what a bounded buffer charges for it).
 pub fn list_heap_bytes(list: &HeaderList) -> usize {
     let name = |n: &HeaderName| match n {
         HeaderName::Borrowed(_) => 0,
         HeaderName::Owned(s) => s.capacity(),
     };
-    list.capacity() * std::mem::size_of::<(HeaderName, String)>()
+    list.capacity() * std::mem::size_of::<(HeaderName, HeaderValue)>()
         + list
             .iter()
-            .map(|(n, v)| name(n) + v.capacity())
+            .map(|(n, v)| name(n) + value_heap_bytes(v))
             .sum::<usize>()
 }
 
@@ -112,7 +121,7 @@ fn kept_in(
         if lower_case {
             owned.make_ascii_lowercase();
         }
-        HeaderName::Owned(owned)
+        HeaderName::Owned(owned.into())
     })
 }
 
@@ -125,8 +134,14 @@ pub(crate) fn is_token(b: u8) -> bool {
 /// At most `max` bytes of text made of the start of `b` (invalid UTF-8 replaced by U+FFFD, cut
 /// at a character boundary): the bound holds for the kept text, whose replacement characters
 /// take three bytes each, not only for the bytes read.
-pub fn lossy(b: &[u8], max: usize) -> String {
-    let mut text = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
+pub fn lossy(b: &[u8], max: usize) -> HeaderValue {
+    let b = &b[..b.len().min(max)];
+    // Valid UTF-8 is copied as it is (compact_str's own lossy conversion goes character by
+    // character, and was 9 % of the agent's replay).
+    let mut text = match std::str::from_utf8(b) {
+        Ok(s) => return HeaderValue::new(s),
+        Err(_) => HeaderValue::from(String::from_utf8_lossy(b)),
+    };
     if text.len() > max {
         text.truncate(text.floor_char_boundary(max));
     }

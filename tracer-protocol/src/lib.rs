@@ -55,15 +55,20 @@ pub struct Chunk<'a> {
 /// from a static list (no allocation per header), any other (`x-b3-*`, a captured header) owned.
 pub type HeaderName = std::borrow::Cow<'static, str>;
 
-/// A header value kept from a message (bounded copies).
-pub type HeaderList = Vec<(HeaderName, String)>;
+/// A kept header's value (a bounded copy): up to 24 bytes inline, which most values the
+/// tracer keeps (`host`, `content-type`, `content-length`, a short `user-agent`) fit, so a
+/// message's values cost no allocation each.
+pub type HeaderValue = compact_str::CompactString;
+
+/// The headers kept from a message.
+pub type HeaderList = Vec<(HeaderName, HeaderValue)>;
 
 /// The request half of an exchange.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: HeaderValue,
     /// The request target as sent (origin-form `/path?query`, or absolute-form).
-    pub target: String,
+    pub target: HeaderValue,
     /// "1.0" or "1.1".
     pub version: &'static str,
     /// Headers the tracer uses (lower-cased names): host, user-agent, content-length,

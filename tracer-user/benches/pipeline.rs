@@ -33,13 +33,57 @@
 //! change of the event layout (tracer-common) no longer decodes: this then says
 //! `stale recording` and exits with status 3 (with `PIPELINE_CHECK_ONLY` set it only checks),
 //! and `cargo xtask bench` re-records it.
-use std::{hint::black_box, sync::Arc, time::Duration};
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    hint::black_box,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use criterion::{BatchSize, Criterion, Throughput};
 
-/// The same allocator as the agent binary.
+/// The same allocator as the agent binary, counting allocations while `COUNTING` is set
+/// (only in `PIPELINE_PASSES` mode, so criterion's figures pay one relaxed load per call).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+struct CountingAlloc;
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter has no effect on memory.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// One allocation (or reallocation), when counting.
+#[inline(always)]
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 use prost::Message;
 use tokio::sync::mpsc;
 use tracer::{
@@ -197,7 +241,9 @@ fn main() {
         for _ in 0..passes {
             let (mut a, mut st) = (assembler(), agent_stages());
             let before = process_cpu_time();
+            COUNTING.store(true, Ordering::Relaxed);
             black_box(replay(&mut a, Some(&mut st), &live));
+            COUNTING.store(false, Ordering::Relaxed);
             cpu += process_cpu_time().saturating_sub(before);
         }
         let per_pass = cpu / passes.max(1);
@@ -205,6 +251,12 @@ fn main() {
             "CPU per pass: {:.3} ms ({:.3} M events/s)",
             per_pass.as_secs_f64() * 1e3,
             recorded.len() as f64 / per_pass.as_secs_f64() / 1e6
+        );
+        // The pass's allocations, the stages' state and the export batches included.
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) as f64 / f64::from(passes.max(1));
+        println!(
+            "allocations per pass: {allocations:.0} ({:.1} per span)",
+            allocations / spans.max(1) as f64
         );
         return;
     }

@@ -38,7 +38,7 @@ use head::{Kind, MessageStart, ParsedHead, find_head_end, message_start, parse_h
 use pairing::{PairedResponse, PendingRequest, QueueEntry};
 
 use crate::headers::DEFAULT_MAX_HEADER_VALUE;
-use crate::headers::list_heap_bytes;
+use crate::headers::{list_heap_bytes, value_heap_bytes};
 use crate::{Chunk, Direction, HttpExchange, ParseStats, RequestHead, SpanCtx};
 
 /// Bounds on what one connection's parser holds.
@@ -212,7 +212,9 @@ pub struct RequestStart<'a> {
 }
 
 fn req_bytes(r: &PendingRequest) -> usize {
-    r.head.method.capacity() + r.head.target.capacity() + list_heap_bytes(&r.head.headers)
+    value_heap_bytes(&r.head.method)
+        + value_heap_bytes(&r.head.target)
+        + list_heap_bytes(&r.head.headers)
 }
 
 impl Http1Conn {
@@ -491,8 +493,8 @@ impl Http1Conn {
             .ready
             .iter()
             .map(|x| {
-                x.request.method.capacity()
-                    + x.request.target.capacity()
+                value_heap_bytes(&x.request.method)
+                    + value_heap_bytes(&x.request.target)
                     + list_heap_bytes(&x.request.headers)
                     + x.response
                         .as_ref()

@@ -132,7 +132,14 @@ fn request_starts_are_reported_with_the_exchange_seq() {
     let (_, exit) = t.feed(IN, req);
     let starts: Vec<_> =
         t.c.started()
-            .map(|s| (s.seq, s.tid, s.start_ns, s.head.map(|h| h.target.clone())))
+            .map(|s| {
+                (
+                    s.seq,
+                    s.tid,
+                    s.start_ns,
+                    s.head.map(|h| h.target.to_string()),
+                )
+            })
             .collect();
     assert_eq!(
         starts,

@@ -3,18 +3,18 @@
 //! could not resolve (unknown table entries).
 
 use super::hpack::Field;
-use crate::HeaderList;
 use crate::headers::{
     MAX_KEPT_HEADERS, MAX_METHOD, MAX_TARGET, Version, is_token, kept_header, lossy,
 };
+use crate::{HeaderList, HeaderValue};
 
 /// A decoded header block, reduced to what the tracer uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Block {
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub scheme: Option<String>,
-    pub authority: Option<String>,
+    pub method: Option<HeaderValue>,
+    pub path: Option<HeaderValue>,
+    pub scheme: Option<HeaderValue>,
+    pub authority: Option<HeaderValue>,
     /// `:status`; `Some(0)` when present but not a 3-digit number from 100.
     pub status: Option<u16>,
     pub headers: HeaderList,

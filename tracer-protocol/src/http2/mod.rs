@@ -58,7 +58,9 @@ use std::collections::HashMap;
 
 use super::http1::RequestStart;
 use crate::headers::DEFAULT_MAX_HEADER_VALUE;
-use crate::{Chunk, Direction, HeaderList, HttpExchange, ParseStats, RequestHead, ResponseHead};
+use crate::{
+    Chunk, Direction, HeaderList, HeaderValue, HttpExchange, ParseStats, RequestHead, ResponseHead,
+};
 use block::Block;
 pub use framer::FrameStats;
 use framer::{Event, FrameOrigin, Framer};
@@ -95,7 +97,7 @@ pub struct H2Exchange {
     pub http: HttpExchange,
     pub stream_id: u32,
     /// `:scheme`, when known.
-    pub scheme: Option<String>,
+    pub scheme: Option<HeaderValue>,
     /// Kept headers of the trailers block (gRPC: `grpc-status`, `grpc-message`).
     pub trailers: HeaderList,
     /// Header fields that referenced HPACK table entries this parser could not know (joined
@@ -132,7 +134,7 @@ pub struct H2Stats {
 struct Stream {
     seq: u64,
     request: RequestHead,
-    scheme: Option<String>,
+    scheme: Option<HeaderValue>,
     response: Option<ResponseHead>,
     trailers: HeaderList,
     start_ns: u64,
@@ -155,11 +157,11 @@ struct Stream {
 
 impl Stream {
     fn heap_bytes(&self) -> usize {
-        let l = crate::headers::list_heap_bytes;
-        self.request.method.capacity()
-            + self.request.target.capacity()
+        use crate::headers::{list_heap_bytes as l, value_heap_bytes as v};
+        v(&self.request.method)
+            + v(&self.request.target)
             + l(&self.request.headers)
-            + self.scheme.as_ref().map_or(0, String::capacity)
+            + self.scheme.as_ref().map_or(0, v)
             + self.response.as_ref().map_or(0, |r| l(&r.headers))
             + l(&self.trailers)
             + self.messages.as_ref().map_or(0, MessageLog::heap_bytes)

@@ -122,7 +122,7 @@ fn header(x: &H2Exchange, name: &str) -> Option<String> {
         .headers
         .iter()
         .find(|(n, _)| n == name)
-        .map(|(_, v)| v.clone())
+        .map(|(_, v)| v.to_string())
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -319,7 +319,7 @@ fn started_reports_request_heads_as_parsed() {
     let started: Vec<(u64, Direction, Option<String>)> = f
         .conn
         .started()
-        .map(|s| (s.seq, s.direction, s.head.map(|h| h.target.clone())))
+        .map(|s| (s.seq, s.direction, s.head.map(|h| h.target.to_string())))
         .collect();
     assert_eq!(
         started,
@@ -831,7 +831,7 @@ fn position_zero_without_the_preface_is_not_a_known_table() {
     let x = &f.out[0];
     assert_eq!(x.unknown_fields, 0);
     assert!(!x.http.incomplete);
-    assert_eq!(x.trailers, [("grpc-status".into(), "0".to_string())]);
+    assert_eq!(x.trailers, [("grpc-status".into(), "0".into())]);
 }
 
 /// Replays a capture recorded by `capture_proxy_log.py` (every recv, in arrival order) with

@@ -1040,8 +1040,10 @@ mod tests {
             version: "1.1",
             ..RequestHead::default()
         };
-        h.headers
-            .push(("traceparent".into(), format!("00-{CURL_TRACE}-{span}-01")));
+        h.headers.push((
+            "traceparent".into(),
+            format!("00-{CURL_TRACE}-{span}-01").into(),
+        ));
         h
     }
 

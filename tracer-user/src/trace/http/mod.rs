@@ -28,6 +28,7 @@ mod target;
 mod tests;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use self::target::{Target, default_port, parse_target, split_host_port};
@@ -144,7 +145,14 @@ pub fn span_from_exchange(
 
     let name = match (rpc_name, &route) {
         (Some(rpc), _) => rpc,
-        (None, Some(r)) => format!("{method_name} {r}"),
+        (None, Some(r)) => {
+            // Sized at once: `format!` starts small and grows.
+            let mut name = String::with_capacity(method_name.len() + 1 + r.len());
+            name.push_str(method_name);
+            name.push(' ');
+            name.push_str(r);
+            name
+        }
         (None, None) => method_name.to_owned(),
     };
     let start_unix_ns = clock.to_unix_ns(ex.start_ns);
@@ -280,7 +288,14 @@ fn url_full(
     path: &str,
     query: Option<&str>,
 ) -> String {
-    let mut full = String::with_capacity(16 + host.len() + path.len());
+    // Sized at once: scheme, "://", brackets, ":65535", "/" and "?" fit in 16 + 8.
+    let mut full = String::with_capacity(
+        24 + scheme.len()
+            + if userinfo { REDACTED_USERINFO.len() } else { 0 }
+            + host.len()
+            + path.len()
+            + query.map_or(0, str::len),
+    );
     full.push_str(scheme);
     full.push_str("://");
     if userinfo {
@@ -294,8 +309,8 @@ fn url_full(
         full.push_str(host);
     }
     if port != default_port(scheme) {
-        full.push(':');
-        full.push_str(&port.to_string());
+        // Infallible: writing to a String.
+        let _ = write!(full, ":{port}");
     }
     if !path.starts_with('/') {
         full.push('/');
