@@ -1,6 +1,6 @@
 //! What the parsers keep of a message's headers, the same for HTTP/1 and HTTP/2: the names the
 //! tracer uses and the bounds on what is copied.
-use crate::{HeaderList, HeaderName, HeaderValue};
+use crate::{HeaderList, HeaderName, HeaderValue, RequestHead};
 
 /// Headers kept per message (HTTP/1 head, HTTP/2 header block).
 pub const MAX_KEPT_HEADERS: usize = 16;
@@ -81,6 +81,11 @@ pub fn value_heap_bytes(v: &HeaderValue) -> usize {
     }
 }
 
+/// Heap bytes a request head owns.
+pub fn request_heap_bytes(head: &RequestHead) -> usize {
+    value_heap_bytes(&head.method) + value_heap_bytes(&head.target) + list_heap_bytes(&head.headers)
+}
+
 /// Heap bytes a header list owns (what a bounded buffer charges for it).
 pub fn list_heap_bytes(list: &HeaderList) -> usize {
     let name = |n: &HeaderName| match n {
@@ -138,10 +143,10 @@ pub fn lossy(b: &[u8], max: usize) -> HeaderValue {
     let b = &b[..b.len().min(max)];
     // Valid UTF-8 is copied as it is (compact_str's own lossy conversion goes character by
     // character, and was 9 % of the agent's replay).
-    let mut text = match std::str::from_utf8(b) {
-        Ok(s) => return HeaderValue::new(s),
-        Err(_) => HeaderValue::from(String::from_utf8_lossy(b)),
-    };
+    if let Ok(s) = std::str::from_utf8(b) {
+        return HeaderValue::new(s);
+    }
+    let mut text = HeaderValue::from(String::from_utf8_lossy(b));
     if text.len() > max {
         text.truncate(text.floor_char_boundary(max));
     }

@@ -38,7 +38,7 @@ use head::{Kind, MessageStart, ParsedHead, find_head_end, message_start, parse_h
 use pairing::{PairedResponse, PendingRequest, QueueEntry};
 
 use crate::headers::DEFAULT_MAX_HEADER_VALUE;
-use crate::headers::{list_heap_bytes, value_heap_bytes};
+use crate::headers::{list_heap_bytes, request_heap_bytes};
 use crate::{Chunk, Direction, HttpExchange, ParseStats, RequestHead, SpanCtx};
 
 /// Bounds on what one connection's parser holds.
@@ -212,9 +212,7 @@ pub struct RequestStart<'a> {
 }
 
 fn req_bytes(r: &PendingRequest) -> usize {
-    value_heap_bytes(&r.head.method)
-        + value_heap_bytes(&r.head.target)
-        + list_heap_bytes(&r.head.headers)
+    request_heap_bytes(&r.head)
 }
 
 impl Http1Conn {
@@ -493,9 +491,7 @@ impl Http1Conn {
             .ready
             .iter()
             .map(|x| {
-                value_heap_bytes(&x.request.method)
-                    + value_heap_bytes(&x.request.target)
-                    + list_heap_bytes(&x.request.headers)
+                request_heap_bytes(&x.request)
                     + x.response
                         .as_ref()
                         .map_or(0, |r| list_heap_bytes(&r.headers))

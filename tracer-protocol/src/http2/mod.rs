@@ -157,11 +157,9 @@ struct Stream {
 
 impl Stream {
     fn heap_bytes(&self) -> usize {
-        use crate::headers::{list_heap_bytes as l, value_heap_bytes as v};
-        v(&self.request.method)
-            + v(&self.request.target)
-            + l(&self.request.headers)
-            + self.scheme.as_ref().map_or(0, v)
+        use crate::headers::{list_heap_bytes as l, request_heap_bytes, value_heap_bytes};
+        request_heap_bytes(&self.request)
+            + self.scheme.as_ref().map_or(0, value_heap_bytes)
             + self.response.as_ref().map_or(0, |r| l(&r.headers))
             + l(&self.trailers)
             + self.messages.as_ref().map_or(0, MessageLog::heap_bytes)

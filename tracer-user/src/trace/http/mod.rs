@@ -145,14 +145,8 @@ pub fn span_from_exchange(
 
     let name = match (rpc_name, &route) {
         (Some(rpc), _) => rpc,
-        (None, Some(r)) => {
-            // Sized at once: `format!` starts small and grows.
-            let mut name = String::with_capacity(method_name.len() + 1 + r.len());
-            name.push_str(method_name);
-            name.push(' ');
-            name.push_str(r);
-            name
-        }
+        // Sized at once (`format!` starts small and grows).
+        (None, Some(r)) => [method_name, " ", r].concat(),
         (None, None) => method_name.to_owned(),
     };
     let start_unix_ns = clock.to_unix_ns(ex.start_ns);
@@ -288,9 +282,9 @@ fn url_full(
     path: &str,
     query: Option<&str>,
 ) -> String {
-    // Sized at once: scheme, "://", brackets, ":65535", "/" and "?" fit in 16 + 8.
+    // Sized at once: "://", brackets, ":65535", "/" and "?" fit in 16.
     let mut full = String::with_capacity(
-        24 + scheme.len()
+        16 + scheme.len()
             + if userinfo { REDACTED_USERINFO.len() } else { 0 }
             + host.len()
             + path.len()
