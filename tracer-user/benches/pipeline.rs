@@ -38,7 +38,7 @@ use std::{
     hint::black_box,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -51,37 +51,49 @@ use criterion::{BatchSize, Criterion, Throughput};
 static ALLOCATOR: CountingAlloc = CountingAlloc;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated and not freed while `COUNTING` is set (the view store's measured size).
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 
 struct CountingAlloc;
 
 // SAFETY: every call is forwarded unchanged to mimalloc; the counter has no effect on memory.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size() as i64);
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        freed(layout.size() as i64);
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size() as i64);
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
+        count(new_size as i64 - layout.size() as i64);
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
-/// One allocation (or reallocation), when counting.
+/// One allocation (or reallocation) of `bytes` more, when counting.
 #[inline(always)]
-fn count() {
+fn count(bytes: i64) {
     if COUNTING.load(Ordering::Relaxed) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One free, when counting.
+#[inline(always)]
+fn freed(bytes: i64) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 use prost::Message;
@@ -209,6 +221,36 @@ fn spans_of(records: &[Vec<u8>]) -> Vec<Span> {
     spans
 }
 
+/// The view's store with its default bounds, filled past them with this recording's spans
+/// (fresh trace ids each round, so it evicts as in the agent): the bytes it holds allocated,
+/// beside its own estimate and bound.
+fn view_store_memory(spans: &mut [Span]) {
+    let limits = StoreLimits::default();
+    LIVE_BYTES.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let store = RecentStore::new(limits, NOW_NS);
+    let mut round = 0u32;
+    while store.stats().spans_evicted < 2 * limits.max_spans as u64 {
+        round += 1;
+        for s in spans.iter_mut() {
+            s.trace_id[12..].copy_from_slice(&round.to_le_bytes());
+            store.insert_span(s);
+        }
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    let allocated = LIVE_BYTES.load(Ordering::Relaxed);
+    let st = store.stats();
+    println!(
+        "view store full: {} spans in {} traces, {} bytes estimated (bound {}), {allocated} bytes allocated ({:.0} per span)",
+        st.spans,
+        st.traces,
+        st.bytes,
+        st.max_bytes,
+        allocated as f64 / st.spans.max(1) as f64
+    );
+}
+
 fn main() {
     let recorded = recorded();
     let live = with_pid(&recorded, std::process::id());
@@ -230,6 +272,7 @@ fn main() {
         println!("stale recording: re-record it with `cargo xtask bench --record`");
         std::process::exit(3);
     }
+    view_store_memory(&mut spans_of(&live));
     if std::env::var_os("PIPELINE_CHECK_ONLY").is_some() {
         return;
     }

@@ -4,11 +4,17 @@
 //! Beside the spans it keeps per-route request windows (rate, errors, latency quantiles), the
 //! client → server edges it sees on this node, and the live subscribers' queues.
 //!
-//! Writers: the pipeline stage, on the agent's event loop: one short lock per span, no
-//! waiting on readers' work (a subscriber whose queue is full is dropped, never waited for).
-//! A span is kept compact: its text (name, status message, string attribute values) in one
-//! allocation and its attributes in another, whatever their number; the full [`StoredSpan`]
-//! is made again only for a reader that opens its trace.
+//! Writers: the pipeline stage, on the agent's event loop: one short lock and one trace
+//! look-up per span, no waiting on readers' work (a subscriber whose queue is full is dropped,
+//! never waited for).
+//! A span is kept compact: its fixed part in a slot of one slab shared by all spans (a trace's
+//! spans chained through it in arrival order, freed slots reused), its text (name, status
+//! message, string attribute values) in one allocation and its attributes in another,
+//! whatever their number; the full [`StoredSpan`] is made again only for a reader that opens
+//! its trace.
+//! The byte bound counts what the store really holds: each span's allocations at the
+//! allocator's size classes, and the slab's, the trace index's and the arrival queue's
+//! capacity (a test checks the estimate against a counting allocator).
 //! Readers: the API handlers, which copy what they answer while holding the lock.
 use std::{
     collections::VecDeque,
@@ -18,7 +24,7 @@ use std::{
     },
 };
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, hash_map::Entry};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -111,11 +117,45 @@ struct Head {
     resource: Arc<Resource>,
 }
 
-/// An attribute value of a kept span: a string is a range of the span's text.
+/// An attribute value of a kept span: a string is a range of the span's text. 16 bytes: the
+/// rare values that own allocations (string arrays: captured headers) are boxed.
 #[derive(Debug)]
 enum KeptValue {
     Str { start: u32, end: u32 },
-    Other(AttrValue),
+    Int(i64),
+    Bool(bool),
+    Other(Box<AttrValue>),
+}
+
+impl KeptValue {
+    /// What the value owns beyond itself, as allocated.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Other(v) => allocated(size_of::<AttrValue>()) + v.heap_bytes(),
+            Self::Str { .. } | Self::Int(_) | Self::Bool(_) => 0,
+        }
+    }
+
+    fn to_value(&self, text: &str) -> AttrValue {
+        match self {
+            Self::Str { start, end } => text[*start as usize..*end as usize].into(),
+            Self::Int(i) => AttrValue::Int(*i),
+            Self::Bool(b) => AttrValue::Bool(*b),
+            Self::Other(v) => (**v).clone(),
+        }
+    }
+}
+
+/// What an allocation of `n` bytes takes from the allocator: mimalloc's size classes (whole
+/// words up to 8 words, then 4 classes per power of two).
+fn allocated(n: usize) -> usize {
+    let words = n.div_ceil(8);
+    if words <= 8 {
+        return words * 8;
+    }
+    let octave = usize::BITS - 1 - (words - 1).leading_zeros();
+    let step = 1usize << (octave - 2);
+    words.div_ceil(step) * step * 8
 }
 
 /// A span as the store keeps it (see the module documentation).
@@ -164,7 +204,9 @@ impl KeptSpan {
                         let (start, end) = push(s);
                         KeptValue::Str { start, end }
                     }
-                    other => KeptValue::Other(other.clone()),
+                    AttrValue::Int(i) => KeptValue::Int(*i),
+                    AttrValue::Bool(b) => KeptValue::Bool(*b),
+                    other => KeptValue::Other(Box::new(other.clone())),
                 };
                 (*k, v)
             })
@@ -246,31 +288,23 @@ impl KeptSpan {
     fn str_attr(&self, key: &str) -> Option<&str> {
         match self.value(key)? {
             KeptValue::Str { start, end } => Some(&self.text[*start as usize..*end as usize]),
-            KeptValue::Other(_) => None,
+            _ => None,
         }
     }
 
     fn int_attr(&self, key: &str) -> Option<i64> {
         match self.value(key)? {
-            KeptValue::Other(AttrValue::Int(i)) => Some(*i),
+            KeptValue::Int(i) => Some(*i),
             _ => None,
         }
     }
 
-    /// What the span costs the store (its own size and what it owns; the shared resource not).
-    fn bytes(&self) -> usize {
-        let others: usize = self
-            .attributes
-            .iter()
-            .map(|(_, v)| match v {
-                // Arrays (captured headers) keep their own allocations.
-                KeptValue::Other(v) => v.heap_bytes(),
-                KeptValue::Str { .. } => 0,
-            })
-            .sum();
-        size_of::<Self>()
-            + self.text.len()
-            + self.attributes.len() * size_of::<(&str, KeptValue)>()
+    /// What the span's own allocations take (its slot is the slab's; the shared resource
+    /// not counted).
+    fn heap_bytes(&self) -> usize {
+        let others: usize = self.attributes.iter().map(|(_, v)| v.heap_bytes()).sum();
+        allocated(self.text.len())
+            + allocated(self.attributes.len() * size_of::<(&str, KeptValue)>())
             + others
     }
 
@@ -291,15 +325,7 @@ impl KeptSpan {
             attributes: self
                 .attributes
                 .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        KeptValue::Str { start, end } => {
-                            self.text[*start as usize..*end as usize].into()
-                        }
-                        KeptValue::Other(v) => v.clone(),
-                    };
-                    (*k, v)
-                })
+                .map(|(k, v)| (*k, v.to_value(&self.text)))
                 .collect(),
             seq: self.seq,
         }
@@ -440,9 +466,88 @@ pub struct EdgeRow {
     pub error_pct: f64,
 }
 
+/// A trace's spans: a chain through the slab, in arrival order.
 struct Trace {
-    spans: Vec<KeptSpan>,
+    first: u32,
+    last: u32,
+    spans: u32,
+    /// What its spans' own allocations take.
     bytes: usize,
+}
+
+/// No slot (the end of a chain).
+const NONE: u32 = u32::MAX;
+
+/// A kept span's place: `next` chains a trace's spans, and the free slots.
+struct Slot {
+    span: Option<KeptSpan>,
+    next: u32,
+}
+
+/// Every kept span, in one allocation that eviction makes room in, not gives back.
+struct Slab {
+    slots: Vec<Slot>,
+    /// The first free slot (`NONE`: none; the slab grows).
+    free: u32,
+}
+
+impl Slab {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NONE,
+        }
+    }
+
+    /// Puts `span` in a slot, the end of a chain; returns the slot.
+    fn insert(&mut self, span: KeptSpan) -> u32 {
+        if self.free == NONE {
+            // At most `max_spans` (below `NONE`) spans at once, so the number fits.
+            self.slots.push(Slot {
+                span: Some(span),
+                next: NONE,
+            });
+            return (self.slots.len() - 1) as u32;
+        }
+        let at = self.free;
+        let slot = &mut self.slots[at as usize];
+        self.free = slot.next;
+        *slot = Slot {
+            span: Some(span),
+            next: NONE,
+        };
+        at
+    }
+
+    /// Frees slot `at`; returns the next slot of its chain.
+    fn remove(&mut self, at: u32) -> u32 {
+        let slot = &mut self.slots[at as usize];
+        let next = slot.next;
+        slot.span = None;
+        slot.next = self.free;
+        self.free = at;
+        next
+    }
+
+    /// The spans of the chain starting at `first`.
+    fn chain(&self, first: u32) -> impl Iterator<Item = &KeptSpan> + '_ {
+        let mut at = first;
+        std::iter::from_fn(move || {
+            let slot = self.slots.get(at as usize)?;
+            at = slot.next;
+            slot.span.as_ref()
+        })
+    }
+}
+
+/// What a hash table of `capacity` entries of `entry` bytes allocates (hashbrown: a power of
+/// two of buckets at most 7/8 full, one control byte each).
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    allocated(buckets * (entry + 1) + 16)
 }
 
 /// Route windows by service, then route, then kind (looked up by `&str`: no key allocation
@@ -453,8 +558,11 @@ type Edges = HashMap<String, HashMap<String, CountRing>>;
 struct Inner {
     limits: StoreLimits,
     traces: HashMap<TraceId, Trace>,
+    slab: Slab,
     /// Traces by first arrival, oldest first (each trace once).
     order: VecDeque<TraceId>,
+    /// What the kept spans' own allocations take (`stats.bytes` adds the tables).
+    span_bytes: usize,
     routes: Routes,
     edges: Edges,
     subscribers: Vec<mpsc::Sender<Arc<str>>>,
@@ -471,11 +579,18 @@ pub struct RecentStore {
 
 impl RecentStore {
     pub fn new(limits: StoreLimits, now_unix_ns: u64) -> Self {
+        // Slots are numbered by u32 (`NONE` aside).
+        let limits = StoreLimits {
+            max_spans: limits.max_spans.min(NONE as usize - 1),
+            ..limits
+        };
         Self {
             inner: Mutex::new(Inner {
                 limits,
                 traces: HashMap::new(),
+                slab: Slab::new(),
                 order: VecDeque::new(),
+                span_bytes: 0,
                 routes: HashMap::new(),
                 edges: HashMap::new(),
                 subscribers: Vec::new(),
@@ -519,7 +634,6 @@ impl RecentStore {
         inner.next_seq += 1;
         inner.stats.spans_seen += 1;
         inner.record_route(&span);
-        inner.record_edge(&span);
         if let Some(event) = live_event {
             inner.publish(event);
             self.live
@@ -654,7 +768,7 @@ impl RecentStore {
         let inner = self.lock();
         let mut hits: Vec<&KeptSpan> = Vec::new();
         for trace in inner.traces.values() {
-            let matching = trace.spans.iter().filter(|s| filter.matches(s));
+            let matching = inner.slab.chain(trace.first).filter(|s| filter.matches(s));
             if one_per_trace {
                 hits.extend(matching.max_by_key(|s| (s.duration_ns(), s.seq)));
             } else {
@@ -677,10 +791,15 @@ impl RecentStore {
 
     /// Every stored span of a trace, in arrival order.
     pub fn trace(&self, id: &TraceId) -> Option<Vec<StoredSpan>> {
-        self.lock()
-            .traces
-            .get(id)
-            .map(|t| t.spans.iter().map(KeptSpan::stored).collect())
+        let inner = self.lock();
+        let trace = inner.traces.get(id)?;
+        Some(
+            inner
+                .slab
+                .chain(trace.first)
+                .map(KeptSpan::stored)
+                .collect(),
+        )
     }
 }
 
@@ -733,50 +852,6 @@ impl Inner {
         ring.record(bucket, span.duration_ns(), span.head.error);
     }
 
-    /// A CLIENT span and the SERVER span it called, both on this node, make one edge: counted
-    /// when the second of the two arrives.
-    fn record_edge(&mut self, span: &KeptSpan) {
-        let Some(trace) = self.traces.get(&span.head.trace_id) else {
-            return;
-        };
-        let h = &span.head;
-        let peer = match h.kind {
-            SpanKind::Client => trace.spans.iter().find(|s| {
-                s.head.kind == SpanKind::Server && s.head.parent_span_id == Some(h.span_id)
-            }),
-            SpanKind::Server => trace.spans.iter().find(|s| {
-                s.head.kind == SpanKind::Client && Some(s.head.span_id) == h.parent_span_id
-            }),
-        };
-        let Some(peer) = peer else { return };
-        let (client, server) = match h.kind {
-            SpanKind::Client => (span, peer),
-            SpanKind::Server => (peer, span),
-        };
-        let bucket = window::bucket_of(h.end_unix_ns / 1_000_000_000);
-        let error = client.head.error || server.head.error;
-        if let Some(ring) = self
-            .edges
-            .get_mut(client.service())
-            .and_then(|s| s.get_mut(server.service()))
-        {
-            ring.add(bucket, error);
-            return;
-        }
-        let edges: usize = self.edges.values().map(HashMap::len).sum();
-        if edges >= self.limits.max_routes {
-            self.stats.routes_over_limit += 1;
-            return;
-        }
-        let (c, s) = (client.service().to_owned(), server.service().to_owned());
-        self.edges
-            .entry(c)
-            .or_default()
-            .entry(s)
-            .or_default()
-            .add(bucket, error);
-    }
-
     /// Queues `event` for every subscriber; one whose queue is full is dropped (counted), one
     /// that went away is forgotten.
     fn publish(&mut self, event: Arc<str>) {
@@ -794,33 +869,122 @@ impl Inner {
         self.stats.live_clients = self.subscribers.len();
     }
 
+    /// Keeps `span` with its trace (one look-up), counts the edge it closes, and evicts the
+    /// oldest traces while over a bound.
     fn add(&mut self, span: KeptSpan) {
-        let bytes = span.bytes();
+        let bytes = span.heap_bytes();
         let id = span.head.trace_id;
-        let trace = self.traces.entry(id).or_insert_with(|| {
-            self.order.push_back(id);
-            Trace {
-                spans: Vec::new(),
-                bytes: 0,
+        match self.traces.entry(id) {
+            Entry::Occupied(e) => {
+                let trace = e.into_mut();
+                if let Some(peer) = self
+                    .slab
+                    .chain(trace.first)
+                    .find(|s| calls(s, &span) || calls(&span, s))
+                {
+                    let (client, server) = match span.head.kind {
+                        SpanKind::Client => (&span, peer),
+                        SpanKind::Server => (peer, &span),
+                    };
+                    let bucket = window::bucket_of(span.head.end_unix_ns / 1_000_000_000);
+                    record_edge(
+                        &mut self.edges,
+                        &mut self.stats,
+                        self.limits,
+                        bucket,
+                        client,
+                        server,
+                    );
+                }
+                let at = self.slab.insert(span);
+                let last = trace.last;
+                if let Some(slot) = self.slab.slots.get_mut(last as usize) {
+                    slot.next = at;
+                }
+                trace.last = at;
+                trace.spans += 1;
+                trace.bytes += bytes;
             }
-        });
-        trace.spans.push(span);
-        trace.bytes += bytes;
+            Entry::Vacant(e) => {
+                let at = self.slab.insert(span);
+                e.insert(Trace {
+                    first: at,
+                    last: at,
+                    spans: 1,
+                    bytes,
+                });
+                self.order.push_back(id);
+            }
+        }
         self.stats.spans += 1;
-        self.stats.bytes += bytes;
+        self.span_bytes += bytes;
+        // Evicting frees slots and entries, not the tables' capacity.
+        let tables = self.table_bytes();
+        self.stats.bytes = self.span_bytes + tables;
         while self.stats.spans > self.limits.max_spans || self.stats.bytes > self.limits.max_bytes {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
             if let Some(t) = self.traces.remove(&oldest) {
-                self.stats.spans -= t.spans.len();
-                self.stats.bytes -= t.bytes;
+                let mut at = t.first;
+                while at != NONE {
+                    at = self.slab.remove(at);
+                }
+                self.stats.spans -= t.spans as usize;
+                self.span_bytes -= t.bytes;
                 self.stats.traces_evicted += 1;
-                self.stats.spans_evicted += t.spans.len() as u64;
+                self.stats.spans_evicted += u64::from(t.spans);
             }
+            self.stats.bytes = self.span_bytes + tables;
         }
         self.stats.traces = self.traces.len();
     }
+
+    /// What the store's tables take: the slab, the trace index and the arrival queue, at
+    /// their capacity (they keep it after evictions, to be refilled).
+    fn table_bytes(&self) -> usize {
+        allocated(self.slab.slots.capacity() * size_of::<Slot>())
+            + table_bytes(self.traces.capacity(), size_of::<(TraceId, Trace)>())
+            + allocated(self.order.capacity() * size_of::<TraceId>())
+    }
+}
+
+/// Whether CLIENT span `client` made the call SERVER span `server` handled.
+fn calls(client: &KeptSpan, server: &KeptSpan) -> bool {
+    client.head.kind == SpanKind::Client
+        && server.head.kind == SpanKind::Server
+        && server.head.parent_span_id == Some(client.head.span_id)
+}
+
+/// A CLIENT span and the SERVER span it called, both on this node, make one edge: counted
+/// when the second of the two arrives.
+fn record_edge(
+    edges: &mut Edges,
+    stats: &mut StoreStats,
+    limits: StoreLimits,
+    bucket: u64,
+    client: &KeptSpan,
+    server: &KeptSpan,
+) {
+    let error = client.head.error || server.head.error;
+    if let Some(ring) = edges
+        .get_mut(client.service())
+        .and_then(|s| s.get_mut(server.service()))
+    {
+        ring.add(bucket, error);
+        return;
+    }
+    let count: usize = edges.values().map(HashMap::len).sum();
+    if count >= limits.max_routes {
+        stats.routes_over_limit += 1;
+        return;
+    }
+    edges
+        .entry(client.service().to_owned())
+        .or_default()
+        .entry(server.service().to_owned())
+        .or_default()
+        .add(bucket, error);
 }
 
 #[cfg(test)]
