@@ -152,6 +152,58 @@ impl DirectionState {
     }
 }
 
+/// An optional value on the heap whose allocation is reused from one value to the next
+/// (no allocation per exchange on a busy connection) until [`HeapSlot::shrink`] frees it.
+#[derive(Debug)]
+struct HeapSlot<T>(Option<Box<Option<T>>>);
+
+impl<T> Default for HeapSlot<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> HeapSlot<T> {
+    fn as_ref(&self) -> Option<&T> {
+        self.0.as_deref()?.as_ref()
+    }
+
+    fn as_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()?.as_mut()
+    }
+
+    fn is_some(&self) -> bool {
+        self.as_ref().is_some()
+    }
+
+    fn is_none(&self) -> bool {
+        self.as_ref().is_none()
+    }
+
+    /// The value, leaving the allocation for the next one.
+    fn take(&mut self) -> Option<T> {
+        self.0.as_deref_mut()?.take()
+    }
+
+    fn set(&mut self, value: T) {
+        match &mut self.0 {
+            Some(slot) => **slot = Some(value),
+            None => self.0 = Some(Box::new(Some(value))),
+        }
+    }
+
+    /// Frees the allocation when it holds no value.
+    fn shrink(&mut self) {
+        if self.is_none() {
+            self.0 = None;
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |_| size_of::<Option<T>>())
+    }
+}
+
 /// One connection's HTTP/1.x parser and request/response pairing.
 #[derive(Debug)]
 pub struct Http1Conn {
@@ -159,7 +211,9 @@ pub struct Http1Conn {
     config: httparse::ParserConfig,
     dirs: [DirectionState; 2],
     queue: VecDeque<QueueEntry>,
-    paired: Option<PairedResponse>,
+    /// The response being read and its request: on the heap, so that an idle connection
+    /// pays a pointer for it, not its ~250 bytes.
+    paired: HeapSlot<PairedResponse>,
     req_dir: Option<Direction>,
     stats: ParseStats,
     upgrades: u64,
@@ -229,7 +283,7 @@ impl Http1Conn {
             config,
             dirs: [DirectionState::new(), DirectionState::new()],
             queue: VecDeque::new(),
-            paired: None,
+            paired: HeapSlot::default(),
             req_dir: None,
             stats: ParseStats::default(),
             upgrades: 0,
@@ -483,7 +537,8 @@ impl Http1Conn {
                 QueueEntry::OverLimit(_) => 0,
             })
             .sum::<usize>();
-        if let Some(f) = &self.paired {
+        n += self.paired.heap_bytes();
+        if let Some(f) = self.paired.as_ref() {
             n += req_bytes(&f.req) + list_heap_bytes(&f.resp.headers);
         }
         n += self.ready.capacity() * std::mem::size_of::<HttpExchange>();
@@ -513,10 +568,11 @@ impl Http1Conn {
     }
 
     /// Frees the buffers an idle connection keeps for reuse (the request queue, the head
-    /// buffers, the output lists): between requests a keep-alive connection then holds no
+    /// buffers, the output lists, the paired response's slot): between requests a keep-alive connection then holds no
     /// heap at all, and the next request allocates them again. Only empty buffers are
     /// freed, so calling it at any time changes nothing but the memory held.
     pub fn shrink_idle(&mut self) {
+        self.paired.shrink();
         if self.queue.is_empty() {
             self.queue = VecDeque::new();
         }

@@ -242,7 +242,7 @@ impl Http1Conn {
         let framing = body.response_framing(method, status);
         self.dirs[d].owner = match req {
             Some(req) => {
-                self.paired = Some(PairedResponse {
+                self.paired.set(PairedResponse {
                     req,
                     resp: head,
                     body_size: 0,

@@ -83,7 +83,19 @@ pub(super) fn idle_connections(tracer: &Path, extra: &[String]) -> Result<ConnMe
     let rss_open_kib = agent.rss_kib()?;
     let counters = agent.stop()?;
     drop(clients);
-    let tracked = 2 * n as u64;
+    // What the agent really tracked when its RSS was read (the clients still hold every
+    // connection): a round whose events were lost or not yet read would understate the cost.
+    let tracked = counters.agent("conns_open");
+    let expected = 2 * n as u64;
+    if tracked < expected - expected / 100 {
+        anyhow::bail!(
+            "the agent tracked {tracked} of the {expected} connections (opened {}, expired {}; \
+             losses: {}): the memory figure would understate their cost",
+            counters.agent("conns_opened"),
+            counters.agent("conns_expired"),
+            counters.losses_text()
+        );
+    }
     let m = ConnMemory {
         tracked,
         rss_before_kib,
