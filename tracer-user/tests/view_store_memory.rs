@@ -103,7 +103,9 @@ fn pair(i: u32, resource: &Arc<Resource>) -> [Span; 2] {
         end_unix_ns: NOW_NS + u64::from(i) * 1_000 + 500_000,
         attributes: common(kind),
         status: StatusCode::Unset,
-        status_message: i.is_multiple_of(16).then(|| "upstream timed out".to_owned()),
+        status_message: i
+            .is_multiple_of(16)
+            .then(|| "upstream timed out".to_owned()),
         resource: resource.clone(),
         events: Vec::new(),
         dropped_events: 0,
