@@ -568,8 +568,8 @@ impl Http1Conn {
     }
 
     /// Frees the buffers an idle connection keeps for reuse (the request queue, the head
-    /// buffers, the output lists, the paired response's slot): between requests a keep-alive connection then holds no
-    /// heap at all, and the next request allocates them again. Only empty buffers are
+    /// buffers, the output lists, the paired response's slot): between requests a keep-alive
+    /// connection then holds no heap at all, and the next request allocates them again. Only empty buffers are
     /// freed, so calling it at any time changes nothing but the memory held.
     pub fn shrink_idle(&mut self) {
         self.paired.shrink();

@@ -519,6 +519,15 @@ impl Slab {
         at
     }
 
+    /// Puts `span` in a slot chained after slot `last`; returns the slot.
+    fn append(&mut self, last: u32, span: KeptSpan) -> u32 {
+        let at = self.insert(span);
+        if let Some(slot) = self.slots.get_mut(last as usize) {
+            slot.next = at;
+        }
+        at
+    }
+
     /// Frees slot `at`; returns the next slot of its chain.
     fn remove(&mut self, at: u32) -> u32 {
         let slot = &mut self.slots[at as usize];
@@ -896,12 +905,7 @@ impl Inner {
                         server,
                     );
                 }
-                let at = self.slab.insert(span);
-                let last = trace.last;
-                if let Some(slot) = self.slab.slots.get_mut(last as usize) {
-                    slot.next = at;
-                }
-                trace.last = at;
+                trace.last = self.slab.append(trace.last, span);
                 trace.spans += 1;
                 trace.bytes += bytes;
             }
