@@ -377,6 +377,7 @@ fn read_counters(
         ("spans", ev.spans),
         ("conns_open", conns.open),
         ("conns_opened", conns.opened),
+        ("conns_closed", conns.closed),
         ("conns_expired", conns.expired),
         ("conns_refused_full", conns.refused_full),
         ("gaps", conns.gaps),

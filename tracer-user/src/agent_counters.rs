@@ -109,6 +109,12 @@ pub const AGENT_COUNTERS: &[AgentCounter] = &[
         "Connections followed since start.",
     ),
     counter(
+        "conns_closed",
+        "tracer.conns_closed",
+        "{connection}",
+        "Connections followed until they closed.",
+    ),
+    counter(
         "conns_expired",
         "tracer.conns_expired",
         "{connection}",

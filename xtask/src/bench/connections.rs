@@ -55,9 +55,18 @@ pub(super) fn idle_connections(tracer: &Path, extra: &[String]) -> Result<ConnMe
         http,
         &server,
         PROCESSES as u32,
-        (per_process + 1000) as u32,
+        // Headroom: a worker short of free connections (under a sixteenth left) closes idle
+        // keep-alive ones, 32 at a time, and reuseport does not spread them evenly.
+        (per_process * 5 / 4 + 1000) as u32,
     )?;
-    let mut args = vec!["--max-connections".to_owned(), (2 * n + 4096).to_string()];
+    // Opening them all takes longer than the default idle timeout (30 s) on a slow machine:
+    // the first ones would be forgotten before the last open, and the figure understate them.
+    let mut args = vec![
+        "--max-connections".to_owned(),
+        (2 * n + 4096).to_string(),
+        "--idle-timeout".to_owned(),
+        "3600".to_owned(),
+    ];
     args.extend_from_slice(extra);
     // Spans are counted and discarded: the figure is the connections' state, not an export
     // queue's.
@@ -89,13 +98,21 @@ pub(super) fn idle_connections(tracer: &Path, extra: &[String]) -> Result<ConnMe
     let expected = 2 * n as u64;
     if tracked < expected - expected / 100 {
         anyhow::bail!(
-            "the agent tracked {tracked} of the {expected} connections (opened {}, expired {}; \
-             losses: {}): the memory figure would understate their cost",
+            "the agent tracked {tracked} of the {expected} connections (opened {}, closed {}, \
+             expired {}; losses: {}): the memory figure would understate their cost",
             counters.agent("conns_opened"),
+            counters.agent("conns_closed"),
             counters.agent("conns_expired"),
             counters.losses_text()
         );
     }
+    step(format!(
+        "  agent: opened {}, closed {}, expired {}, open {tracked}; losses: {}",
+        counters.agent("conns_opened"),
+        counters.agent("conns_closed"),
+        counters.agent("conns_expired"),
+        counters.losses_text()
+    ));
     let m = ConnMemory {
         tracked,
         rss_before_kib,

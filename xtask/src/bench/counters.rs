@@ -21,6 +21,7 @@ const AGENT_FIELDS: &[&str] = &[
     "spans",
     "conns_open",
     "conns_opened",
+    "conns_closed",
     "conns_expired",
     "conns_refused_full",
     "gaps",
