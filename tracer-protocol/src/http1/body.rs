@@ -199,13 +199,13 @@ impl Http1Conn {
         let d = dir.index();
         match ck {
             Chunked::Size => {
-                let old = self.dirs[d].buf.len();
+                let old = self.dirs[d].buf().len();
                 let (line, take): (&[u8], usize) = if old == 0 {
                     (&data[p..], data.len() - p)
                 } else {
                     let take = MAX_CHUNK_LINE.saturating_sub(old).min(data.len() - p);
-                    self.dirs[d].buf.extend_from_slice(&data[p..p + take]);
-                    (&self.dirs[d].buf, take)
+                    self.dirs[d].buf_mut().extend_from_slice(&data[p..p + take]);
+                    (self.dirs[d].buf(), take)
                 };
                 if !line.first().is_some_and(u8::is_ascii_hexdigit) {
                     self.lose(dir, out);
@@ -213,7 +213,7 @@ impl Http1Conn {
                 }
                 match httparse::parse_chunk_size(line) {
                     Ok(httparse::Status::Complete((n, size))) if n > old => {
-                        self.dirs[d].buf.clear();
+                        self.dirs[d].release_buf();
                         self.dirs[d].phase = Phase::Body(Body::Chunked(if size == 0 {
                             Chunked::Trailer { line: 0, total: 0 }
                         } else {
@@ -223,7 +223,7 @@ impl Http1Conn {
                     }
                     Ok(httparse::Status::Partial) if line.len() < MAX_CHUNK_LINE => {
                         if old == 0 {
-                            self.dirs[d].buf.extend_from_slice(&data[p..]);
+                            self.dirs[d].buf_mut().extend_from_slice(&data[p..]);
                         }
                         p + take
                     }
@@ -263,7 +263,7 @@ impl Http1Conn {
             } => {
                 for (i, &c) in data[p..].iter().enumerate() {
                     total += 1;
-                    if total > self.limits.max_head_bytes {
+                    if total > self.limits.head() {
                         self.lose(dir, out);
                         return data.len();
                     }

@@ -62,6 +62,38 @@ impl Default for Limits {
     }
 }
 
+/// [`Limits`] as each connection keeps them: 12 bytes, not 24 (values past `u32::MAX` are
+/// clamped, far beyond any sensible limit).
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    max_head_bytes: u32,
+    max_pending_requests: u32,
+    max_header_value: u32,
+}
+
+impl ConnLimits {
+    fn of(l: Limits) -> Self {
+        let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Self {
+            max_head_bytes: clamp(l.max_head_bytes),
+            max_pending_requests: clamp(l.max_pending_requests),
+            max_header_value: clamp(l.max_header_value),
+        }
+    }
+
+    fn limits(self) -> Limits {
+        Limits {
+            max_head_bytes: self.max_head_bytes as usize,
+            max_pending_requests: self.max_pending_requests as usize,
+            max_header_value: self.max_header_value as usize,
+        }
+    }
+
+    fn head(self) -> usize {
+        self.max_head_bytes as usize
+    }
+}
+
 /// A head buffer grown beyond this is freed once the head is done (others are reused).
 const KEEP_BUF_CAPACITY: usize = 4096;
 
@@ -124,10 +156,18 @@ enum Owner {
 #[derive(Debug)]
 struct DirectionState {
     phase: Phase,
-    buf: Vec<u8>,
     owner: Owner,
     /// ts_exit of the last chunk seen in this direction.
     last_exit: u64,
+    /// On the heap: only a message part split across chunks needs it, so an idle connection
+    /// pays a pointer here, not ~100 bytes. Kept for reuse while the connection is busy.
+    split: Option<Box<Split>>,
+}
+
+/// The bytes of a head (or a chunk-size line) split across chunks, buffered until its end.
+#[derive(Debug, Default)]
+struct Split {
+    buf: Vec<u8>,
     /// The chunk that held the first byte of the head being buffered.
     first: ChunkInfo,
 }
@@ -136,19 +176,54 @@ impl DirectionState {
     fn new() -> Self {
         Self {
             phase: Phase::Start,
-            buf: Vec::new(),
             owner: Owner::Discard,
             last_exit: 0,
-            first: ChunkInfo::default(),
+            split: None,
         }
     }
 
+    /// The bytes buffered so far.
+    fn buf(&self) -> &[u8] {
+        self.split.as_ref().map_or(&[], |s| &s.buf)
+    }
+
+    fn split_mut(&mut self) -> &mut Split {
+        self.split.get_or_insert_with(Box::default)
+    }
+
+    fn buf_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.split_mut().buf
+    }
+
+    /// Empties the buffer, keeping a small one for the next message.
     fn release_buf(&mut self) {
-        if self.buf.capacity() > KEEP_BUF_CAPACITY {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
+        if let Some(s) = &mut self.split {
+            if s.buf.capacity() > KEEP_BUF_CAPACITY {
+                s.buf = Vec::new();
+            } else {
+                s.buf.clear();
+            }
         }
+    }
+
+    /// Frees the buffer, keeping the slot.
+    fn free_buf(&mut self) {
+        if let Some(s) = &mut self.split {
+            s.buf = Vec::new();
+        }
+    }
+
+    /// Frees the slot when nothing is buffered.
+    fn shrink(&mut self) {
+        if self.buf().is_empty() {
+            self.split = None;
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.split
+            .as_ref()
+            .map_or(0, |s| size_of::<Split>() + s.buf.capacity())
     }
 }
 
@@ -207,7 +282,7 @@ impl<T> HeapSlot<T> {
 /// One connection's HTTP/1.x parser and request/response pairing.
 #[derive(Debug)]
 pub struct Http1Conn {
-    limits: Limits,
+    limits: ConnLimits,
     config: httparse::ParserConfig,
     dirs: [DirectionState; 2],
     queue: VecDeque<QueueEntry>,
@@ -279,7 +354,7 @@ impl Http1Conn {
             .ignore_invalid_headers_in_responses(true)
             .ignore_invalid_headers_in_requests(true);
         Self {
-            limits,
+            limits: ConnLimits::of(limits),
             config,
             dirs: [DirectionState::new(), DirectionState::new()],
             queue: VecDeque::new(),
@@ -334,7 +409,7 @@ impl Http1Conn {
                         break;
                     }
                     if let Some(end) = find_head_end(rest, 0) {
-                        if end > self.limits.max_head_bytes {
+                        if end > self.limits.head() {
                             self.drop_head(dir, out);
                             break;
                         }
@@ -342,35 +417,36 @@ impl Http1Conn {
                             break;
                         }
                         p += end;
-                    } else if rest.len() >= self.limits.max_head_bytes {
+                    } else if rest.len() >= self.limits.head() {
                         self.drop_head(dir, out);
                         break;
                     } else {
                         let state = &mut self.dirs[d];
-                        state.buf.clear();
-                        state.buf.extend_from_slice(rest);
                         state.phase = Phase::Head;
+                        let split = state.split_mut();
+                        split.buf.clear();
+                        split.buf.extend_from_slice(rest);
                         // The message's first byte is in this chunk.
-                        state.first = info.starting_at(p);
+                        split.first = info.starting_at(p);
                         p = data.len();
                     }
                 }
                 Phase::Head => {
-                    let old = self.dirs[d].buf.len();
-                    let room = self.limits.max_head_bytes.saturating_sub(old);
+                    let old = self.dirs[d].buf().len();
+                    let room = self.limits.head().saturating_sub(old);
                     let take = room.min(data.len() - p);
-                    self.dirs[d].buf.extend_from_slice(&data[p..p + take]);
-                    if !self.may_start(dir, &self.dirs[d].buf) {
+                    self.dirs[d].buf_mut().extend_from_slice(&data[p..p + take]);
+                    if !self.may_start(dir, self.dirs[d].buf()) {
                         self.dirs[d].release_buf();
                         self.invalid(dir, out);
                         break;
                     }
-                    match find_head_end(&self.dirs[d].buf, old.saturating_sub(2)) {
+                    match find_head_end(self.dirs[d].buf(), old.saturating_sub(2)) {
                         Some(end) if end > old => {
-                            let buf = std::mem::take(&mut self.dirs[d].buf);
-                            let first = self.dirs[d].first;
-                            let ok = self.on_head(dir, &buf[..end], first, info, out);
-                            self.dirs[d].buf = buf;
+                            // Out of the way of on_head's `&mut self`, then back for reuse.
+                            let split = self.dirs[d].split.take().unwrap_or_default();
+                            let ok = self.on_head(dir, &split.buf[..end], split.first, info, out);
+                            self.dirs[d].split = Some(split);
                             self.dirs[d].release_buf();
                             if !ok {
                                 break;
@@ -383,7 +459,7 @@ impl Http1Conn {
                             break;
                         }
                         None => {
-                            if self.dirs[d].buf.len() >= self.limits.max_head_bytes {
+                            if self.dirs[d].buf().len() >= self.limits.head() {
                                 self.drop_head(dir, out);
                                 break;
                             }
@@ -475,7 +551,7 @@ impl Http1Conn {
             }
         }
         let (limits, stats, upgrades) = (self.limits, self.stats, self.upgrades);
-        *self = Self::new(limits);
+        *self = Self::new(limits.limits());
         self.stats = stats;
         self.upgrades = upgrades;
     }
@@ -526,7 +602,11 @@ impl Http1Conn {
 
     /// Approximate heap bytes held (for bounded-memory assertions).
     pub fn memory_bytes(&self) -> usize {
-        let mut n = self.dirs.iter().map(|d| d.buf.capacity()).sum::<usize>();
+        let mut n = self
+            .dirs
+            .iter()
+            .map(DirectionState::heap_bytes)
+            .sum::<usize>();
         n += self.started.capacity() * std::mem::size_of::<Started>();
         n += self.queue.capacity() * std::mem::size_of::<QueueEntry>();
         n += self
@@ -564,7 +644,7 @@ impl Http1Conn {
                 && self
                     .dirs
                     .iter()
-                    .all(|d| matches!(d.phase, Phase::Start | Phase::Resync) && d.buf.is_empty()))
+                    .all(|d| matches!(d.phase, Phase::Start | Phase::Resync) && d.buf().is_empty()))
     }
 
     /// Frees the buffers an idle connection keeps for reuse (the request queue, the head
@@ -583,9 +663,7 @@ impl Http1Conn {
             self.ready = Vec::new();
         }
         for d in &mut self.dirs {
-            if d.buf.is_empty() {
-                d.buf = Vec::new();
-            }
+            d.shrink();
         }
     }
 
@@ -618,7 +696,7 @@ impl Http1Conn {
     /// A head hit by a loss, or too large: dropped and counted, buffer freed.
     fn drop_head(&mut self, dir: Direction, out: &mut Vec<HttpExchange>) {
         self.stats.dropped_messages += 1;
-        self.dirs[dir.index()].buf = Vec::new();
+        self.dirs[dir.index()].free_buf();
         self.lose(dir, out);
     }
 
@@ -638,7 +716,12 @@ impl Http1Conn {
             self.invalid(dir, out);
             return false;
         }
-        match parse_head(&self.config, kind, bytes, self.limits.max_header_value) {
+        match parse_head(
+            &self.config,
+            kind,
+            bytes,
+            self.limits.max_header_value as usize,
+        ) {
             Ok(ParsedHead::Request { head, method, body }) => {
                 self.on_request(dir, head, method, body, first, out);
             }

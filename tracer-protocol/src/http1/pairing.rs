@@ -160,7 +160,7 @@ impl Http1Conn {
             head_position: first.position,
             injected: first.ctx.filter(|_| dir == Direction::Egress),
         };
-        let cap = self.limits.max_pending_requests.max(1);
+        let cap = (self.limits.max_pending_requests as usize).max(1);
         let owner = if self.queue.len() < cap {
             self.queue.push_back(QueueEntry::Waiting(pending));
             Owner::Request(seq)
@@ -364,7 +364,7 @@ impl Http1Conn {
         }
         self.queue = VecDeque::new();
         for d in &mut self.dirs {
-            d.buf = Vec::new();
+            d.free_buf();
             d.phase = Phase::Resync;
             d.owner = Owner::Discard;
         }
