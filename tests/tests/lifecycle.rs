@@ -69,6 +69,38 @@ fn sigint_also_stops_cleanly() {
 }
 
 #[test]
+fn low_cpu_priority_puts_every_agent_thread_in_batch_at_nice_10() {
+    require_root();
+    let mut agent = Proc::spawn(
+        "tracer",
+        without_endpoints(&mut Command::new(tracer_bin().unwrap())).args([
+            "--port",
+            &free_port().to_string(),
+            "--cpu-priority",
+            "low",
+        ]),
+    )
+    .unwrap();
+    agent
+        .wait_line("tracing; stop with", Duration::from_secs(30))
+        .unwrap();
+    // What `ps -L -o cls,ni` shows: /proc/PID/task/TID/stat's nice (field 19) and policy
+    // (field 41; SCHED_BATCH = 3), counted after the command name's closing parenthesis.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+    let mut threads = 0;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let (nice, policy) = (fields[19 - 3], fields[41 - 3]);
+        assert_eq!((nice, policy), ("10", "3"), "{stat}");
+        threads += 1;
+    }
+    assert!(threads > 1, "the agent runs more than one thread");
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(15)).unwrap().success());
+}
+
+#[test]
 fn help_explains_every_option() {
     let out = Command::new(tracer_bin().unwrap())
         .arg("--help")
@@ -80,6 +112,7 @@ fn help_explains_every_option() {
         "--port",
         "--pid",
         "--capture-bytes",
+        "--cpu-priority",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "OTEL_EXPORTER_OTLP_HEADERS",

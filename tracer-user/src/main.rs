@@ -54,6 +54,9 @@ fn main() -> ExitCode {
         .flatten();
     // Probing fentry parses the kernel's BTF too: also in a child, also before the runtime.
     let features = preflight.then(tracer::capture::features::Features::detect_isolated);
+    if let Err(e) = cli.cpu_priority.apply() {
+        tracing::warn!("--cpu-priority {:?} not applied: {e}", cli.cpu_priority);
+    }
     // One thread: capture, stitching and export are a single sequential flow; a multi-thread
     // runtime only added cross-thread wakeups (measured with `cargo xtask bench`).
     let runtime = match tokio::runtime::Builder::new_current_thread()

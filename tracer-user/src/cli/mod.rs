@@ -67,6 +67,13 @@ pub struct Cli {
     #[arg(long, env = "TRACER_KEEP_QUERY_VALUES")]
     pub keep_query_values: bool,
 
+    /// How the agent's threads compete for CPU with the traced services. `low`: SCHED_BATCH
+    /// at nice 10, so on a busy node the services run first and the agent catches up when
+    /// they pause (events wait in the ring buffer meanwhile; what overflows it is counted as
+    /// `ringbuf_full`). `normal`: like any other process.
+    #[arg(long, value_enum, default_value_t = CpuPriority::Normal, env = "TRACER_CPU_PRIORITY")]
+    pub cpu_priority: CpuPriority,
+
     /// Seconds without traffic after which a connection with nothing in flight is forgotten
     /// (keep-alive connections come back on their next request).
     #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "TRACER_IDLE_TIMEOUT",
@@ -173,6 +180,35 @@ pub struct Cli {
 }
 
 /// With no command, `tracer` runs the agent.
+/// See `--cpu-priority`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuPriority {
+    #[default]
+    Normal,
+    Low,
+}
+
+impl CpuPriority {
+    /// Applies to the calling thread and the threads it starts afterwards (Linux keeps the
+    /// policy and nice value per thread): call before any other thread exists.
+    pub fn apply(self) -> std::io::Result<()> {
+        if self == Self::Normal {
+            return Ok(());
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain system calls on this thread (0), with a valid parameter block.
+        unsafe {
+            if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 10) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// A terminal view of a running agent's node-local view (its --ui-listen address): routes
@@ -253,6 +289,40 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn low_cpu_priority_is_batch_at_nice_10_for_the_thread_and_its_children() {
+        let cli = Cli::try_parse_from(["tracer", "--cpu-priority", "low"]).unwrap();
+        // On a thread of its own: the policy is per thread, the test process keeps its own.
+        let (policy, nice, child) = std::thread::spawn(move || {
+            cli.cpu_priority.apply().unwrap();
+            // SAFETY: queries of this thread's own scheduling, no pointers.
+            let read = || unsafe {
+                (
+                    libc::sched_getscheduler(0),
+                    libc::getpriority(libc::PRIO_PROCESS, 0),
+                )
+            };
+            let (policy, nice) = read();
+            let child = std::thread::spawn(read).join().unwrap();
+            (policy, nice, child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!((policy, nice), (libc::SCHED_BATCH, 10));
+        assert_eq!(
+            child,
+            (libc::SCHED_BATCH, 10),
+            "a thread started later inherits it"
+        );
+        // SAFETY: as above.
+        let here = unsafe { libc::sched_getscheduler(0) };
+        assert_eq!(here, libc::SCHED_OTHER);
+        assert_eq!(
+            Cli::try_parse_from(["tracer"]).unwrap().cpu_priority,
+            CpuPriority::Normal
+        );
     }
 
     #[test]
