@@ -61,6 +61,8 @@
 //! not tracked (counted in [`ParentStats::refused_full`]) and their thread is marked multiplexed.
 use std::{collections::VecDeque, net::SocketAddr};
 
+use smallvec::SmallVec;
+
 // Not std's SipHash: these maps are looked up several times per request (foldhash, seeded
 // per process, as everywhere else in the agent).
 use hashbrown::HashMap;
@@ -180,7 +182,9 @@ pub struct ParentResolver {
     /// does for those it creates.
     head: HeadSampler,
     cap: usize,
-    conns: HashMap<u64, VecDeque<Open>>,
+    /// A connection's open requests, in order: inline while there is one (the keep-alive
+    /// case), so a request costs no allocation here.
+    conns: HashMap<u64, SmallVec<[Open; 1]>>,
     tids: HashMap<u32, TidState>,
     stats: ParentStats,
     /// Open server requests (entries of `conns`).
@@ -190,7 +194,7 @@ pub struct ParentResolver {
     received: HashMap<ReceivedKey, (u64, u64)>,
     /// CLIENT contexts decided when their request head was parsed, until their exchange
     /// completes: (seq, context) per connection.
-    clients: HashMap<u64, VecDeque<(u64, SpanContext)>>,
+    clients: HashMap<u64, SmallVec<[(u64, SpanContext); 1]>>,
     client_count: usize,
     /// Recent CLIENT requests by address, for same-node SERVER spans (FIFO-bounded).
     callers: HashMap<AddrKey, Caller>,
@@ -340,7 +344,7 @@ impl ParentResolver {
         self.clients
             .entry(conn.conn_id)
             .or_default()
-            .push_back((start.seq, ctx));
+            .push((start.seq, ctx));
         self.client_count += 1;
     }
 
@@ -495,7 +499,7 @@ impl ParentResolver {
         }
         st.last = (conn.conn_id, start.seq);
         st.last_ns = start.start_ns;
-        self.conns.entry(conn.conn_id).or_default().push_back(Open {
+        self.conns.entry(conn.conn_id).or_default().push(Open {
             seq: start.seq,
             tid: start.tid,
             pid: conn.pid,
@@ -616,22 +620,17 @@ impl ParentResolver {
             return;
         };
         if in_order {
-            while q.front().is_some_and(|o| o.seq <= seq) {
-                if let Some(o) = q.pop_front() {
-                    Self::release(
-                        &mut self.tids,
-                        &mut self.received,
-                        &mut self.open,
-                        conn_id,
-                        &o,
-                    );
-                }
+            let done = q.iter().take_while(|o| o.seq <= seq).count();
+            for o in q.drain(..done) {
+                Self::release(
+                    &mut self.tids,
+                    &mut self.received,
+                    &mut self.open,
+                    conn_id,
+                    &o,
+                );
             }
-        } else if let Some(o) = q
-            .iter()
-            .position(|o| o.seq == seq)
-            .and_then(|i| q.remove(i))
-        {
+        } else if let Some(o) = q.iter().position(|o| o.seq == seq).map(|i| q.remove(i)) {
             Self::release(
                 &mut self.tids,
                 &mut self.received,
@@ -749,7 +748,7 @@ impl ParentResolver {
             Direction::Egress => {
                 let decided = self.clients.get_mut(&conn.conn_id).and_then(|q| {
                     let i = q.iter().position(|(seq, _)| *seq == ex.seq)?;
-                    q.remove(i).map(|(_, ctx)| ctx)
+                    Some(q.remove(i).1)
                 });
                 match decided {
                     Some(ctx) => {
@@ -757,7 +756,7 @@ impl ParentResolver {
                         if self
                             .clients
                             .get(&conn.conn_id)
-                            .is_some_and(VecDeque::is_empty)
+                            .is_some_and(|q| q.is_empty())
                         {
                             self.clients.remove(&conn.conn_id);
                         }
