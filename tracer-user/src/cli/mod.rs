@@ -179,7 +179,6 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// With no command, `tracer` runs the agent.
 /// See `--cpu-priority`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum CpuPriority {
@@ -209,6 +208,7 @@ impl CpuPriority {
     }
 }
 
+/// With no command, `tracer` runs the agent.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// A terminal view of a running agent's node-local view (its --ui-listen address): routes

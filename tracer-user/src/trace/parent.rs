@@ -619,18 +619,14 @@ impl ParentResolver {
         let Some(q) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if in_order {
-            let done = q.iter().take_while(|o| o.seq <= seq).count();
-            for o in q.drain(..done) {
-                Self::release(
-                    &mut self.tids,
-                    &mut self.received,
-                    &mut self.open,
-                    conn_id,
-                    &o,
-                );
-            }
-        } else if let Some(o) = q.iter().position(|o| o.seq == seq).map(|i| q.remove(i)) {
+        let done = if in_order {
+            0..q.iter().take_while(|o| o.seq <= seq).count()
+        } else {
+            q.iter()
+                .position(|o| o.seq == seq)
+                .map_or(0..0, |i| i..i + 1)
+        };
+        for o in q.drain(done) {
             Self::release(
                 &mut self.tids,
                 &mut self.received,
