@@ -72,7 +72,7 @@ fn accepted(ctx: &TracePointContext) {
     if !traced(pid_tgid) {
         return;
     }
-    let Some(fd) = arg::<i64>(ctx, 0) else { return };
+    let fd = arg(ctx, 0) as i64;
     if fd < 0 {
         return;
     }
@@ -99,9 +99,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(fd) = arg::<u64>(&ctx, 0) else {
-        return 0;
-    };
+    let fd = arg(&ctx, 0);
     let none = TcpSock {
         sk: 0,
         ino: 0,
@@ -131,9 +129,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         end_inflight(entry);
         inflight
     };
-    let Some(ret) = arg::<i64>(&ctx, 0) else {
-        return 0;
-    };
+    let ret = arg(&ctx, 0) as i64;
     if inflight.source != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
         return 0;
     }
@@ -149,9 +145,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(fd) = arg::<u64>(&ctx, 0) else {
-        return 0;
-    };
+    let fd = arg(&ctx, 0);
     let off = offsets();
     if let Some(sock) = tcp_sock_of_fd(fd as i32, &off) {
         // Pre-fork servers close the parent's copy while a child serves the connection: only
