@@ -122,14 +122,8 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
     }
     let mut inflight = PendingSyscall::new(&sock, buf, fd, source as u8);
     let egress = source.direction() == Direction::Egress;
-    if let Some(c) = conn
-        && egress
-    {
-        inflight.local_port = c.addr.local_port;
-        inflight.remote_port = c.addr.remote_port;
-    }
-    // Only a client's request head is scanned for injection (`http_client_ctx`): a server's
-    // response costs no read of its buffer here.
+    // Only a client's request can get `traceparent` (`http_client_ctx` scans its head, the
+    // sk_msg program matches the ports): a server's response costs no read of its buffer here.
     if let Some(c) = conn
         && egress
         && c.role == Role::Client as u8
@@ -147,6 +141,8 @@ pub fn enter_data(ctx: &TracePointContext, source: Source) {
         } else {
             len as u32
         };
+        inflight.local_port = c.addr.local_port;
+        inflight.remote_port = c.addr.remote_port;
     }
     if !set_inflight(pid_tgid, entry, &inflight) {
         count(DropCause::InflightMapFull);
