@@ -99,6 +99,28 @@ fn strip_injected(echoed: &[u8]) -> (Vec<u8>, Option<String>) {
     }
 }
 
+/// Segments with data the socket has sent (`tcpi_data_segs_out` of TCP_INFO, Linux 4.6+).
+fn data_segments_sent(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    /// Offset of `tcpi_data_segs_out` in `struct tcp_info` (include/uapi/linux/tcp.h).
+    const DATA_SEGS_OUT: usize = 156;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(len as usize >= DATA_SEGS_OUT + 4, "TCP_INFO of {len} bytes");
+    u32::from_ne_bytes(info[DATA_SEGS_OUT..DATA_SEGS_OUT + 4].try_into().unwrap())
+}
+
 fn count(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| w == &needle).count()
 }
@@ -169,6 +191,17 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     assert_eq!((srv.trace_id(), srv.parent_id()), (&*trace, &*span));
     assert_eq!(srv.attr_str("tracer.parent.source"), "w3c");
 
+    // The injected request leaves as one segment, as the client wrote it: the kernel's sockmap
+    // send would otherwise send the parts before and after the inserted header on their own
+    // (three segments, and a partial read for the server).
+    let mut c = Conn::open(port);
+    c.send(&get("/one-segment"));
+    let (without, value) = strip_injected(&c.echo());
+    assert_eq!(without, get("/one-segment"));
+    assert!(value.is_some());
+    assert_eq!(data_segments_sent(&c.s), 1);
+    drop(c);
+
     // A 1 MiB POST written at once: the body arrives byte-identical.
     let body: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let (head, body) = post("/large", &body);
@@ -217,7 +250,7 @@ fn injected_header_is_well_formed_once_and_nothing_else_changes() {
     assert_eq!(exchange(port, &[own], 1).remove(0), own);
 
     let injection = sc.stop().unwrap().counters.injection().clone();
-    assert_eq!(injection.inject_done, 6, "{injection:?}");
+    assert_eq!(injection.inject_done, 7, "{injection:?}");
     assert!(injection.inject_skipped_has_context >= 1, "{injection:?}");
     assert!(
         injection.inject_skipped_head_incomplete >= 1,

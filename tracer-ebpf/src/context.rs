@@ -1015,8 +1015,20 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
             *dst.add(i) = line[i];
             i += 1;
         }
+        // The insertion left the message in three scatterlist elements (before, the header,
+        // after), and the sockmap's send path (tcp_bpf_push) sends each element as a segment
+        // of its own: three segments for one request, a partial read for the server and more
+        // ACKs. A message that fits a page is copied back into one element; a failure (no
+        // memory) only costs those segments.
+        let size = ctx.size();
+        if size <= LINEARIZE_MAX {
+            let _ = bpf_msg_pull_data(msg, 0, size, 0);
+        }
         (*inflight).inject_state = INJECT_DONE;
         count_inject(InjectStat::Injected);
     }
     SK_PASS
 }
+
+/// The largest injected message copied back into one scatterlist element (one page).
+const LINEARIZE_MAX: u32 = 4096;
