@@ -221,7 +221,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
 
     // ---- the agent's profile, in a traced round of its own ----
     let mut profile = None;
-    if profile::available() && !args.live_only {
+    if (!args.live_only || args.profile) && profile::available() {
         step(format!(
             "profile round: traced, {RATE} req/s, perf record on the agent"
         ));

@@ -128,6 +128,10 @@ pub struct Args {
     /// runs of two builds (`TRACER_BIN`) or two agent options, alternated.
     #[arg(long, conflicts_with_all = ["record", "replay_only", "grpc", "vs_sdk", "db", "connections_only"])]
     live_only: bool,
+    /// With `--live-only`: the agent's profile round as well (`perf record -g` during one more
+    /// traced round), for an A/B run that also shows where the agent's time went.
+    #[arg(long, requires = "live_only")]
+    profile: bool,
     /// Extra option for the traced agent (repeatable), e.g.
     /// `--agent-arg=--inject-traceparent` to measure injection.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
