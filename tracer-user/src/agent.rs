@@ -56,6 +56,8 @@ pub async fn run(
     let sampling = cli.sampling.options();
     let parents = ParentResolver::default().with_head_sampler(sampling.head);
     let mut capture = Capture::load(&cli.capture_options(offsets, features, parents.key())?)?;
+    // Before the ring buffer is mapped (it counts in the resident set too): the peak stays low.
+    crate::memory::release_start_up_memory();
     // SAFETY: the ring buffer owns its fd and outlives the registration (dropped together).
     let mut ring = unsafe { AsyncFd::register(capture.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod key_value_list;
+pub mod memory;
 pub mod metric;
 pub mod pipeline;
 pub mod process;
