@@ -45,8 +45,10 @@ pub struct StoreLimits {
 impl Default for StoreLimits {
     fn default() -> Self {
         Self {
-            max_spans: 20_000,
-            max_bytes: 16 << 20,
+            // About a second of a 5k req/s node, minutes of a quiet one; the store's growth
+            // to its bound is most of the agent's resident memory after start-up.
+            max_spans: 10_000,
+            max_bytes: 8 << 20,
             max_routes: 1_000,
         }
     }
