@@ -15,7 +15,7 @@ use super::{
     agent::Agent,
     bpf_stats::{self, KernelCost, Snapshot, StatsOn},
     connections::{ConnMemory, idle_connections},
-    load::{Oha, oha, wrk},
+    load::{Oha, oha, tcp_segments_sent, wrk},
     nginx::Nginx,
     pipeline::pipeline,
     profile::{self, Profile},
@@ -88,14 +88,20 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
     let mut tp_untraced = Vec::new();
     let mut tp_traced = Vec::new();
     let mut tp_rounds = Vec::new();
+    let mut tp_segments = Vec::new();
     for pair in 1..=args.pairs {
         step(format!("throughput pair {pair}/{}: untraced", args.pairs));
+        let segs0 = tcp_segments_sent()?;
         let a = wrk(&target, args.secs)?;
+        let segs_a = (tcp_segments_sent()? - segs0) as f64 / a.requests as f64;
         step(format!("throughput pair {pair}/{}: traced", args.pairs));
         let before = receiver.counts();
         let ag = agent(None)?;
         let (cpu0, cs0) = (ag.cpu_seconds()?, ag.ctx_switches());
+        let segs0 = tcp_segments_sent()?;
         let b = wrk(&target, args.secs)?;
+        // The export to the receiver is loopback traffic too: counted in the traced figure.
+        let segs_b = (tcp_segments_sent()? - segs0) as f64 / b.requests as f64;
         settle();
         let cpu = ag.cpu_seconds()? - cpu0;
         let cs = ag.ctx_switches() - cs0;
@@ -103,7 +109,7 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         let counters = ag.stop()?;
         let got = receiver.counts().since(&before);
         step(format!(
-            "  untraced {:.0} req/s, traced {:.0} req/s ({:.3}); traced: {} server spans for {} requests, losses: {}",
+            "  untraced {:.0} req/s, traced {:.0} req/s ({:.3}); TCP segments per request {segs_a:.2} -> {segs_b:.2}; traced: {} server spans for {} requests, losses: {}",
             a.rps,
             b.rps,
             b.rps / a.rps,
@@ -113,10 +119,12 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
         ));
         tp_untraced.push(a.rps);
         tp_traced.push(b.rps);
+        tp_segments.push((segs_a, segs_b));
         tp_rounds.push(json!({
             "untraced": a.json(),
             "traced": b.json(),
             "ratio": b.rps / a.rps,
+            "tcp_segments_per_request": { "untraced": segs_a, "traced": segs_b },
             "server_spans": got.server,
             "client_spans": got.client,
             "coverage": got.server as f64 / b.requests as f64,
@@ -270,10 +278,13 @@ pub(super) fn run(args: &Args, tracer: &Path, started: Instant) -> Result<()> {
             0.65,
             "",
             format!(
-                "median of {} pairs; untraced {:.0} req/s, traced {:.0} req/s",
+                "median of {} pairs; untraced {:.0} req/s, traced {:.0} req/s; TCP segments per \
+                 request untraced {:.2}, traced {:.2}",
                 ratios.len(),
                 median(&tp_untraced),
-                median(&tp_traced)
+                median(&tp_traced),
+                median(&tp_segments.iter().map(|s| s.0).collect::<Vec<_>>()),
+                median(&tp_segments.iter().map(|s| s.1).collect::<Vec<_>>()),
             ),
         ),
         Figure::max(

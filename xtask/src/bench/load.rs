@@ -136,3 +136,25 @@ pub fn cargo_home() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
+
+/// TCP segments this network namespace has sent (`OutSegs` of /proc/net/snmp): the bench's
+/// traffic is all on loopback, so a round's difference over its requests is the segments per
+/// request. A traced request split into more segments (as the sockmap's send path did with
+/// an injected header) shows here.
+pub(super) fn tcp_segments_sent() -> Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next(), tcp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Tcp lines in /proc/net/snmp");
+    };
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "OutSegs")
+        .context("no OutSegs in /proc/net/snmp")?;
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .context("an unreadable OutSegs in /proc/net/snmp")
+}

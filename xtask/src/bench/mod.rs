@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what tracing costs, measured side by side in one run.
 //!
 //! - Throughput: nginx (1 worker, tiny `return 200`) saturated by `wrk` with keep-alive,
-//!   untraced and traced rounds interleaved (A B A B ...): traced/untraced requests per second.
+//!   untraced and traced rounds interleaved (A B A B ...): traced/untraced requests per second,
+//!   and the TCP segments sent per request in each (OutSegs, /proc/net/snmp; 2.00 untraced).
 //! - Latency at a fixed rate (5k req/s, `oha` open loop with latency correction): p50 and p99
 //!   added by tracing.
 //! - Coverage at that rate: server spans received over OTLP / requests sent, with the agent's
