@@ -102,23 +102,25 @@ fn strip_injected(echoed: &[u8]) -> (Vec<u8>, Option<String>) {
 /// Segments with data the socket has sent (`tcpi_data_segs_out` of TCP_INFO, Linux 4.6+).
 fn data_segments_sent(s: &TcpStream) -> u32 {
     use std::os::fd::AsRawFd;
-    /// Offset of `tcpi_data_segs_out` in `struct tcp_info` (include/uapi/linux/tcp.h).
-    const DATA_SEGS_OUT: usize = 156;
-    let mut info = [0u8; 256];
-    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that many.
     let rc = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
+            (&raw mut info).cast(),
             &mut len,
         )
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    assert!(len as usize >= DATA_SEGS_OUT + 4, "TCP_INFO of {len} bytes");
-    u32::from_ne_bytes(info[DATA_SEGS_OUT..DATA_SEGS_OUT + 4].try_into().unwrap())
+    assert!(
+        len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_data_segs_out) + 4,
+        "TCP_INFO of {len} bytes"
+    );
+    info.tcpi_data_segs_out
 }
 
 fn count(hay: &[u8], needle: &[u8]) -> usize {
