@@ -153,12 +153,14 @@ fn the_byte_bound_bounds_what_the_store_allocates() {
             max_spans: 1_000_000,
             max_bytes: 4 << 20,
             max_routes: 100,
+            max_new_traces_per_sec: 0,
         },
         // The span bound is.
         StoreLimits {
             max_spans: 5_000,
             max_bytes: 64 << 20,
             max_routes: 100,
+            max_new_traces_per_sec: 0,
         },
     ] {
         let (allocated, estimated, stats) = fill(limits, 40_000);

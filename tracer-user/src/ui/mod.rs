@@ -56,6 +56,13 @@ pub struct UiArgs {
     #[arg(long, value_name = "BYTES", default_value_t = StoreLimits::default().max_bytes,
           env = "TRACER_UI_MAX_BYTES")]
     pub ui_max_bytes: usize,
+
+    /// New traces per second the view's store keeps besides every failed one and every one
+    /// slower than its route's p99 (the rest are counted as not kept; the routes table and the
+    /// service map still count every request); 0 keeps every trace.
+    #[arg(long, value_name = "N", default_value_t = StoreLimits::default().max_new_traces_per_sec,
+          env = "TRACER_UI_MAX_NEW_TRACES")]
+    pub ui_max_new_traces: u32,
 }
 
 impl UiArgs {
@@ -63,6 +70,7 @@ impl UiArgs {
         StoreLimits {
             max_spans: self.ui_max_spans,
             max_bytes: self.ui_max_bytes,
+            max_new_traces_per_sec: self.ui_max_new_traces,
             ..StoreLimits::default()
         }
     }

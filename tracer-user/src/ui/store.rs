@@ -1,8 +1,16 @@
-//! The store of recent traces behind the node-local view: every span the pipeline hands it,
+//! The store of recent traces behind the node-local view: the spans the pipeline hands it,
 //! grouped by trace, bounded by span count and by (estimated) bytes. When over a bound the
 //! oldest trace (by its first span's arrival) goes, all its spans together, and is counted.
 //! Beside the spans it keeps per-route request windows (rate, errors, latency quantiles), the
-//! client → server edges it sees on this node, and the live subscribers' queues.
+//! client → server edges it sees on this node, and the live subscribers' queues; those two
+//! count every span.
+//!
+//! Admission: a span of a trace already kept is kept. A span that would start a new trace is
+//! kept when it failed, when it is slower than its route's p99 over the last minute, or while
+//! fewer than `max_new_traces_per_sec` traces started in its second; the rest are counted
+//! (`spans_not_kept`). On a busy node this keeps the store's memory spanning a useful stretch
+//! of time (at 5k req/s, every trace kept filled 10,000 spans in one second) with what a
+//! person opens the view for, and spares the agent copying spans no one will look at.
 //!
 //! Writers: the pipeline stage, on the agent's event loop: one short lock and one trace
 //! look-up per span, no waiting on readers' work (a subscriber whose queue is full is dropped,
@@ -40,6 +48,9 @@ pub struct StoreLimits {
     /// Distinct (service, kind, route) windows kept, and client → server edges; beyond it
     /// new ones are not tracked (counted).
     pub max_routes: usize,
+    /// New traces kept per second (by span end time) beyond the failed and the slow ones;
+    /// 0: every trace.
+    pub max_new_traces_per_sec: u32,
 }
 
 impl Default for StoreLimits {
@@ -50,6 +61,9 @@ impl Default for StoreLimits {
             max_spans: 10_000,
             max_bytes: 8 << 20,
             max_routes: 1_000,
+            // With the failed and the slow ones besides, 10,000 spans hold 10 s or more of a
+            // busy node's traces (5 spans each).
+            max_new_traces_per_sec: 200,
         }
     }
 }
@@ -438,6 +452,9 @@ pub struct StoreStats {
     pub routes_over_limit: u64,
     pub live_clients: usize,
     pub live_clients_dropped: u64,
+    /// Spans not kept: of new traces past `max_new_traces_per_sec`, neither failed nor slow
+    /// (they still count in the routes and edges).
+    pub spans_not_kept: u64,
 }
 
 /// One row of the routes table.
@@ -563,7 +580,55 @@ fn table_bytes(capacity: usize, entry: usize) -> usize {
 
 /// Route windows by service, then route, then kind (looked up by `&str`: no key allocation
 /// per span).
-type Routes = HashMap<String, HashMap<String, [Option<LatencyRing>; 2]>>;
+type Routes = HashMap<String, HashMap<String, [Option<RouteWindow>; 2]>>;
+
+/// One route's window, and the duration above which its spans count as slow (the window's
+/// p99 over the last minute, worked out again once a second; 0: none yet).
+#[derive(Default)]
+struct RouteWindow {
+    ring: LatencyRing,
+    slow_ns: u64,
+    slow_sec: u64,
+}
+
+/// Spans of a route with fewer requests in the last minute have no slow threshold (the
+/// admission rate keeps them).
+const SLOW_MIN_COUNT: u64 = 100;
+
+/// What admission needs of a span, before the span is copied.
+struct Arrival<'a> {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    kind: SpanKind,
+    end_unix_ns: u64,
+    duration_ns: u64,
+    error: bool,
+    resource: &'a Arc<Resource>,
+    name: &'a str,
+}
+
+impl Arrival<'_> {
+    fn service(&self) -> &str {
+        self.resource.service_name()
+    }
+
+    /// The key its other end on this node shares: a CLIENT span's own id is its callee's
+    /// parent id.
+    fn pair_key(&self) -> Option<SpanId> {
+        match self.kind {
+            SpanKind::Client => Some(self.span_id),
+            SpanKind::Server => self.parent_span_id,
+        }
+    }
+}
+
+/// A span not kept, waiting for its other end so that their edge is counted.
+struct Unpaired {
+    kind: SpanKind,
+    resource: Arc<Resource>,
+    error: bool,
+}
 type Edges = HashMap<String, HashMap<String, CountRing>>;
 
 struct Inner {
@@ -576,6 +641,13 @@ struct Inner {
     span_bytes: usize,
     routes: Routes,
     edges: Edges,
+    /// Spans not kept, by [`Arrival::pair_key`], oldest first in `unpaired_order` (at most
+    /// `max_spans`).
+    unpaired: HashMap<SpanId, Unpaired>,
+    unpaired_order: VecDeque<SpanId>,
+    /// The second new traces are being counted in, and how many were kept in it.
+    admit_sec: u64,
+    admitted_in_sec: u32,
     subscribers: Vec<mpsc::Sender<Arc<str>>>,
     stats: StoreStats,
     next_seq: u64,
@@ -604,6 +676,10 @@ impl RecentStore {
                 span_bytes: 0,
                 routes: HashMap::new(),
                 edges: HashMap::new(),
+                unpaired: HashMap::new(),
+                unpaired_order: VecDeque::new(),
+                admit_sec: 0,
+                admitted_in_sec: 0,
                 subscribers: Vec::new(),
                 stats: StoreStats {
                     max_spans: limits.max_spans,
@@ -622,35 +698,61 @@ impl RecentStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds one span (the pipeline stage's work).
+    /// Offers one span (the pipeline stage's work).
     pub fn insert_span(&self, span: &Span) {
-        self.insert_kept(KeptSpan::of_span(span));
+        let arrival = Arrival {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            kind: span.kind,
+            end_unix_ns: span.end_unix_ns,
+            duration_ns: span.end_unix_ns.saturating_sub(span.start_unix_ns),
+            error: span.status == StatusCode::Error,
+            resource: &span.resource,
+            name: &span.name,
+        };
+        self.offer(&arrival, || KeptSpan::of_span(span));
     }
 
-    /// Adds one span given as readers see it.
+    /// Offers one span given as readers see it.
     pub fn insert(&self, span: StoredSpan) {
-        self.insert_kept(KeptSpan::of_stored(&span));
+        let arrival = Arrival {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            kind: span.kind,
+            end_unix_ns: span.end_unix_ns,
+            duration_ns: span.duration_ns(),
+            error: span.error,
+            resource: &span.resource,
+            name: &span.name,
+        };
+        self.offer(&arrival, || KeptSpan::of_stored(&span));
     }
 
-    fn insert_kept(&self, mut span: KeptSpan) {
-        let live_event = self
-            .live
-            .load(Ordering::Relaxed)
-            .then(|| serde_json::to_string(&span.summary()).ok())
-            .flatten()
-            .map(Arc::<str>::from);
+    /// Counts the span in its route (and edge), then keeps it when admitted: the copy is made
+    /// only then.
+    fn offer(&self, arrival: &Arrival<'_>, copy: impl FnOnce() -> KeptSpan) {
         let mut guard = self.lock();
         let inner = &mut *guard;
+        inner.stats.spans_seen += 1;
+        let slow_ns = inner.record_route(arrival);
+        if !inner.admit(arrival, slow_ns) {
+            inner.stats.spans_not_kept += 1;
+            inner.pair_unkept(arrival);
+            return;
+        }
+        let mut span = copy();
         span.seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.stats.spans_seen += 1;
-        inner.record_route(&span);
-        if let Some(event) = live_event {
-            inner.publish(event);
+        if self.live.load(Ordering::Relaxed) {
+            if let Ok(event) = serde_json::to_string(&span.summary()) {
+                inner.publish(Arc::from(event));
+            }
             self.live
                 .store(!inner.subscribers.is_empty(), Ordering::Relaxed);
         }
-        inner.add(span);
+        inner.add(arrival, span);
     }
 
     /// A live feed of span summaries (JSON). At most `capacity` events wait for the reader; a
@@ -682,7 +784,7 @@ impl RecentStore {
         for routes in inner.routes.values_mut() {
             for kinds in routes.values_mut() {
                 for k in kinds.iter_mut() {
-                    if k.as_ref().is_some_and(|r| stale(r.counts())) {
+                    if k.as_ref().is_some_and(|r| stale(r.ring.counts())) {
                         *k = None;
                     }
                 }
@@ -714,7 +816,9 @@ impl RecentStore {
                     .into_iter()
                     .zip(kinds.iter())
                 {
-                    let Some(ring) = ring else { continue };
+                    let Some(RouteWindow { ring, .. }) = ring else {
+                        continue;
+                    };
                     let s = ring.summary(now, window);
                     if s.count == 0 {
                         continue;
@@ -836,31 +940,116 @@ impl Inner {
         age.clamp(1.0, window.secs() as f64)
     }
 
-    fn record_route(&mut self, span: &KeptSpan) {
-        let bucket = window::bucket_of(span.head.end_unix_ns / 1_000_000_000);
-        let kind = kind_index(span.head.kind);
-        if let Some(ring) = self
+    /// Counts the span in its route's window; returns the route's slow threshold (0: none).
+    fn record_route(&mut self, span: &Arrival<'_>) -> u64 {
+        let sec = span.end_unix_ns / 1_000_000_000;
+        let bucket = window::bucket_of(sec);
+        let kind = kind_index(span.kind);
+        let route = match self
             .routes
             .get_mut(span.service())
-            .and_then(|r| r.get_mut(span.name()))
+            .and_then(|r| r.get_mut(span.name))
             .and_then(|k| k[kind].as_mut())
         {
-            ring.record(bucket, span.duration_ns(), span.head.error);
+            Some(route) => route,
+            None => {
+                if self.stats.routes >= self.limits.max_routes {
+                    self.stats.routes_over_limit += 1;
+                    return 0;
+                }
+                self.stats.routes += 1;
+                self.routes
+                    .entry(span.service().to_owned())
+                    .or_default()
+                    .entry(span.name.to_owned())
+                    .or_default()[kind]
+                    .get_or_insert_with(RouteWindow::default)
+            }
+        };
+        if route.slow_sec != sec {
+            route.slow_sec = sec;
+            let s = route.ring.summary(bucket, Window::OneMinute);
+            route.slow_ns = if s.count >= SLOW_MIN_COUNT {
+                s.p99_ns
+            } else {
+                0
+            };
+        }
+        route.ring.record(bucket, span.duration_ns, span.error);
+        route.slow_ns
+    }
+
+    /// Whether to keep the span (see the module documentation).
+    fn admit(&mut self, span: &Arrival<'_>, slow_ns: u64) -> bool {
+        let rate = self.limits.max_new_traces_per_sec;
+        if rate == 0 || self.traces.contains_key(&span.trace_id) {
+            return true;
+        }
+        if span.error || (slow_ns > 0 && span.duration_ns > slow_ns) {
+            return true;
+        }
+        let sec = span.end_unix_ns / 1_000_000_000;
+        if sec != self.admit_sec {
+            self.admit_sec = sec;
+            self.admitted_in_sec = 0;
+        }
+        if self.admitted_in_sec < rate {
+            self.admitted_in_sec += 1;
+            return true;
+        }
+        false
+    }
+
+    /// A span not kept still closes an edge with its other end, kept or not; else it waits
+    /// for that end (bounded: the oldest waiting go first).
+    fn pair_unkept(&mut self, span: &Arrival<'_>) {
+        let Some(key) = span.pair_key() else {
+            return;
+        };
+        if self.pair_kept(span) {
             return;
         }
-        if self.stats.routes >= self.limits.max_routes {
-            self.stats.routes_over_limit += 1;
-            return;
+        while self.unpaired_order.len() >= self.limits.max_spans.max(1) {
+            if let Some(old) = self.unpaired_order.pop_front() {
+                self.unpaired.remove(&old);
+            }
         }
-        self.stats.routes += 1;
-        let ring = self
-            .routes
-            .entry(span.service().to_owned())
-            .or_default()
-            .entry(span.name().to_owned())
-            .or_default()[kind]
-            .get_or_insert_with(LatencyRing::default);
-        ring.record(bucket, span.duration_ns(), span.head.error);
+        self.unpaired.insert(
+            key,
+            Unpaired {
+                kind: span.kind,
+                resource: span.resource.clone(),
+                error: span.error,
+            },
+        );
+        self.unpaired_order.push_back(key);
+    }
+
+    /// A span (kept or not) whose other end is a span not kept that waits in `unpaired`:
+    /// counts their edge. Whether it found one.
+    fn pair_kept(&mut self, span: &Arrival<'_>) -> bool {
+        let Some(key) = span.pair_key() else {
+            return false;
+        };
+        match self.unpaired.get(&key) {
+            Some(peer) if peer.kind != span.kind => {}
+            _ => return false,
+        }
+        let peer = self.unpaired.remove(&key).expect("just found");
+        let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
+        let (client, server) = match span.kind {
+            SpanKind::Client => (span.service(), peer.resource.service_name()),
+            SpanKind::Server => (peer.resource.service_name(), span.service()),
+        };
+        record_edge(
+            &mut self.edges,
+            &mut self.stats,
+            self.limits,
+            bucket,
+            (client, server),
+            span.error || peer.error,
+        );
+        true
     }
 
     /// Queues `event` for every subscriber; one whose queue is full is dropped (counted), one
@@ -882,9 +1071,11 @@ impl Inner {
 
     /// Keeps `span` with its trace (one look-up), counts the edge it closes, and evicts the
     /// oldest traces while over a bound.
-    fn add(&mut self, span: KeptSpan) {
+    fn add(&mut self, arrival: &Arrival<'_>, span: KeptSpan) {
         let bytes = span.heap_bytes();
         let id = span.head.trace_id;
+        // Whether its other end is kept with it; else it may be a span not kept.
+        let mut paired = false;
         match self.traces.entry(id) {
             Entry::Occupied(e) => {
                 let trace = e.into_mut();
@@ -903,9 +1094,10 @@ impl Inner {
                         &mut self.stats,
                         self.limits,
                         bucket,
-                        client,
-                        server,
+                        (client.service(), server.service()),
+                        client.head.error || server.head.error,
                     );
+                    paired = true;
                 }
                 trace.last = self.slab.append(trace.last, span);
                 trace.spans += 1;
@@ -921,6 +1113,9 @@ impl Inner {
                 });
                 self.order.push_back(id);
             }
+        }
+        if !paired && !self.unpaired.is_empty() {
+            self.pair_kept(arrival);
         }
         self.stats.spans += 1;
         self.span_bytes += bytes;
@@ -969,14 +1164,10 @@ fn record_edge(
     stats: &mut StoreStats,
     limits: StoreLimits,
     bucket: u64,
-    client: &KeptSpan,
-    server: &KeptSpan,
+    (client, server): (&str, &str),
+    error: bool,
 ) {
-    let error = client.head.error || server.head.error;
-    if let Some(ring) = edges
-        .get_mut(client.service())
-        .and_then(|s| s.get_mut(server.service()))
-    {
+    if let Some(ring) = edges.get_mut(client).and_then(|s| s.get_mut(server)) {
         ring.add(bucket, error);
         return;
     }
@@ -986,9 +1177,9 @@ fn record_edge(
         return;
     }
     edges
-        .entry(client.service().to_owned())
+        .entry(client.to_owned())
         .or_default()
-        .entry(server.service().to_owned())
+        .entry(server.to_owned())
         .or_default()
         .add(bucket, error);
 }
@@ -1019,6 +1210,7 @@ mod tests {
                 max_spans,
                 max_bytes: usize::MAX,
                 max_routes: 100,
+                max_new_traces_per_sec: 0,
             },
             test_span().start_unix_ns,
         )
@@ -1060,6 +1252,7 @@ mod tests {
                 max_spans: 5_000,
                 max_bytes: 2 << 20,
                 max_routes: 100,
+                max_new_traces_per_sec: 0,
             },
             test_span().start_unix_ns,
         );
@@ -1105,6 +1298,66 @@ mod tests {
             ),
             ("proxy", "backend", 100_000)
         );
+    }
+
+    #[test]
+    fn past_the_rate_only_failed_and_slow_traces_are_kept_and_every_request_still_counts() {
+        let store = RecentStore::new(
+            StoreLimits {
+                max_spans: 100_000,
+                max_bytes: usize::MAX,
+                max_routes: 100,
+                max_new_traces_per_sec: 50,
+            },
+            test_span().start_unix_ns,
+        );
+        let base = test_span().start_unix_ns;
+        let (failed, slow) = (|i: u32| i % 100 == 7, |i: u32| i % 97 == 5 && i > 1_000);
+        // 10 s of 1k traces/s, three spans each (backend, then proxy's CLIENT, then proxy's
+        // SERVER), 1 ms apart; every 100th fails at the backend, every 97th is slow there.
+        for i in 0..10_000u32 {
+            let t = base + u64::from(i) * 1_000_000;
+            let backend_ns = if slow(i) { 5_000_000 } else { 200_000 };
+            let mut spans = [
+                span(i, 3, Some(2), SpanKind::Server, "backend"),
+                span(i, 2, Some(1), SpanKind::Client, "proxy"),
+                span(i, 1, None, SpanKind::Server, "proxy"),
+            ];
+            for (k, s) in spans.iter_mut().enumerate() {
+                s.start_unix_ns = t + 10_000 * (2 - k as u64);
+                s.end_unix_ns = s.start_unix_ns + backend_ns + 20_000 * k as u64;
+                if failed(i) {
+                    s.status = StatusCode::Error;
+                }
+                store.insert_span(s);
+            }
+        }
+        let st = store.stats();
+        assert_eq!(st.spans_seen, 30_000);
+        // 50 a second (10 s, 11 seconds touched at most), plus the failed and the slow ones.
+        let (n_failed, n_slow) = (100, (0..10_000).filter(|&i| slow(i)).count());
+        assert!(st.traces >= n_failed + n_slow, "{st:?}");
+        assert!(st.traces <= 11 * 50 + n_failed + n_slow, "{st:?}");
+        assert_eq!(st.spans_not_kept as usize + st.spans, 30_000, "{st:?}");
+        let id = |i: u32| span(i, 1, None, SpanKind::Server, "a").trace_id;
+        for i in (0..10_000).filter(|&i| failed(i) || slow(i)) {
+            let trace = store
+                .trace(&id(i))
+                .unwrap_or_else(|| panic!("trace {i} not kept"));
+            // Kept from its first span on: whole.
+            assert_eq!(trace.len(), 3, "trace {i}");
+        }
+        // The windows and the service map saw every request.
+        let now = base + 10 * SEC;
+        let routes = store.routes(now, Window::OneMinute, None);
+        assert_eq!(routes.iter().map(|r| r.count).sum::<u64>(), 30_000);
+        let edges = store.edges(now, Window::OneMinute);
+        assert_eq!(edges.len(), 1, "{edges:?}");
+        assert_eq!(
+            (edges[0].client.as_str(), edges[0].server.as_str()),
+            ("proxy", "backend")
+        );
+        assert_eq!((edges[0].count, edges[0].failed), (10_000, 100));
     }
 
     #[test]

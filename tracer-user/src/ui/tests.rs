@@ -17,6 +17,7 @@ fn server(limits: StoreLimits) -> (UiServer, Arc<RecentStore>) {
         ui_allow_remote: false,
         ui_max_spans: limits.max_spans,
         ui_max_bytes: limits.max_bytes,
+        ui_max_new_traces: limits.max_new_traces_per_sec,
     };
     let ui = start(&args, store.clone(), Vec::new()).unwrap().unwrap();
     (ui, store)
@@ -156,6 +157,8 @@ fn a_trace_is_served_in_tree_order_with_its_critical_path() {
 fn a_live_client_that_does_not_read_is_dropped_and_the_writer_never_waits() {
     let (ui, store) = server(StoreLimits {
         max_spans: 1000,
+        // Every span to the live feed.
+        max_new_traces_per_sec: 0,
         ..StoreLimits::default()
     });
     let mut conn = TcpStream::connect(ui.addr).unwrap();

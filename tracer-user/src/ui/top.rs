@@ -339,11 +339,12 @@ impl App {
                     .bg(Color::Cyan),
             ),
             Span::raw(format!(
-                " {}  ·  {} spans / {} traces stored, {} traces evicted  ·  window {}  ·  ",
+                " {}  ·  {} spans / {} traces stored, {} traces evicted, {} spans not kept  ·  window {}  ·  ",
                 self.client.base,
                 s["spans"],
                 s["traces"],
                 s["traces_evicted"],
+                s["spans_not_kept"],
                 if self.five_minutes { "5m" } else { "1m" }
             )),
             if self.paused {

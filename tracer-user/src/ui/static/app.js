@@ -82,6 +82,8 @@ async function loadStats() {
     el("span", {}, el("b", { text: s.traces }), " traces · ", el("b", { text: s.spans }), " spans stored"),
     el("span", {}, el("b", { text: s.traces_evicted }), " evicted"),
     el("span", {}, el("b", { text: s.spans_seen }), " seen"),
+    el("span", { title: "spans of new traces past the view's rate (--ui-max-new-traces), neither failed nor slow: counted in routes and the service map, not stored" },
+       el("b", { text: s.spans_not_kept }), " not kept"),
     el("span", {}, el("b", { text: s.live_clients }), " live clients"),
   );
 }
