@@ -12,8 +12,8 @@
 //! of time (at 5k req/s, every trace kept filled 10,000 spans in one second) with what a
 //! person opens the view for, and spares the agent copying spans no one will look at.
 //!
-//! Writers: the pipeline stage, on the agent's event loop: one short lock and one trace
-//! look-up per span, no waiting on readers' work (a subscriber whose queue is full is dropped,
+//! Writers: the pipeline stage, on the agent's event loop: one short lock and a trace look-up
+//! per span (two for a span kept), no waiting on readers' work (a subscriber whose queue is full is dropped,
 //! never waited for).
 //! A span is kept compact: its fixed part in a slot of one slab shared by all spans (a trace's
 //! spans chained through it in arrival order, freed slots reused), its text (name, status
@@ -581,6 +581,7 @@ fn table_bytes(capacity: usize, entry: usize) -> usize {
 /// Route windows by service, then route, then kind (looked up by `&str`: no key allocation
 /// per span).
 type Routes = HashMap<String, HashMap<String, [Option<RouteWindow>; 2]>>;
+type Edges = HashMap<String, HashMap<String, CountRing>>;
 
 /// One route's window, and the duration above which its spans count as slow (the window's
 /// p99 over the last minute, worked out again once a second; 0: none yet).
@@ -629,7 +630,6 @@ struct Unpaired {
     resource: Arc<Resource>,
     error: bool,
 }
-type Edges = HashMap<String, HashMap<String, CountRing>>;
 
 struct Inner {
     limits: StoreLimits,
@@ -642,7 +642,8 @@ struct Inner {
     routes: Routes,
     edges: Edges,
     /// Spans not kept, by [`Arrival::pair_key`], oldest first in `unpaired_order` (at most
-    /// `max_spans`).
+    /// `max_spans`; the key of one that found its other end stays queued until it reaches the
+    /// front, so the bound holds without a search).
     unpaired: HashMap<SpanId, Unpaired>,
     unpaired_order: VecDeque<SpanId>,
     /// The second new traces are being counted in, and how many were kept in it.
@@ -1031,11 +1032,10 @@ impl Inner {
         let Some(key) = span.pair_key() else {
             return false;
         };
-        match self.unpaired.get(&key) {
-            Some(peer) if peer.kind != span.kind => {}
+        let peer = match self.unpaired.entry(key) {
+            Entry::Occupied(e) if e.get().kind != span.kind => e.remove(),
             _ => return false,
-        }
-        let peer = self.unpaired.remove(&key).expect("just found");
+        };
         let bucket = window::bucket_of(span.end_unix_ns / 1_000_000_000);
         let (client, server) = match span.kind {
             SpanKind::Client => (span.service(), peer.resource.service_name()),
@@ -1204,6 +1204,16 @@ mod tests {
         s
     }
 
+    /// Trace `i` as it arrives: the backend's SERVER span, then the proxy's CLIENT span, then
+    /// the proxy's SERVER span (curl → proxy → backend).
+    fn proxy_trace(i: u32) -> [Span; 3] {
+        [
+            span(i, 3, Some(2), SpanKind::Server, "backend"),
+            span(i, 2, Some(1), SpanKind::Client, "proxy"),
+            span(i, 1, None, SpanKind::Server, "proxy"),
+        ]
+    }
+
     fn store(max_spans: usize) -> RecentStore {
         RecentStore::new(
             StoreLimits {
@@ -1261,11 +1271,7 @@ mod tests {
         // 10 s of 10k traces/s, three spans each (curl → proxy → backend), synthetic times.
         for i in 0..100_000u32 {
             let t = base + u64::from(i) * 100_000;
-            let mut spans = [
-                span(i, 3, Some(2), SpanKind::Server, "backend"),
-                span(i, 2, Some(1), SpanKind::Client, "proxy"),
-                span(i, 1, None, SpanKind::Server, "proxy"),
-            ];
+            let mut spans = proxy_trace(i);
             for (k, s) in spans.iter_mut().enumerate() {
                 s.start_unix_ns = t + 10_000 * (2 - k as u64);
                 s.end_unix_ns = t + 90_000 - 10_000 * (2 - k as u64);
@@ -1318,11 +1324,7 @@ mod tests {
         for i in 0..10_000u32 {
             let t = base + u64::from(i) * 1_000_000;
             let backend_ns = if slow(i) { 5_000_000 } else { 200_000 };
-            let mut spans = [
-                span(i, 3, Some(2), SpanKind::Server, "backend"),
-                span(i, 2, Some(1), SpanKind::Client, "proxy"),
-                span(i, 1, None, SpanKind::Server, "proxy"),
-            ];
+            let mut spans = proxy_trace(i);
             for (k, s) in spans.iter_mut().enumerate() {
                 s.start_unix_ns = t + 10_000 * (2 - k as u64);
                 s.end_unix_ns = s.start_unix_ns + backend_ns + 20_000 * k as u64;
