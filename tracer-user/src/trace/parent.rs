@@ -59,6 +59,9 @@
 //!
 //! Bounded: at most `cap` open server requests and `cap` thread states; beyond, requests are
 //! not tracked (counted in [`ParentStats::refused_full`]) and their thread is marked multiplexed.
+//! At most `cap` CLIENT requests are remembered for same-node callees, each until its callee
+//! takes it, about a second after its response (a callee on another node), or 30 s; one the
+//! kernel injected `traceparent` into is not remembered (its callee reads the header).
 use std::{collections::VecDeque, net::SocketAddr};
 
 use smallvec::SmallVec;
@@ -161,9 +164,15 @@ struct Caller {
 /// A received context by (process, trace id, the caller's span id in the header).
 type ReceivedKey = (u32, TraceId, SpanId);
 
-/// CLIENT requests are remembered by address for this long (a same-node server reads them
-/// within microseconds; this only bounds what is kept for callees on other nodes).
+/// CLIENT requests are remembered by address for this long at most (a same-node server reads
+/// them within microseconds; this only bounds requests that are never answered).
 const CALLER_TTL_NS: u64 = 30_000_000_000;
+/// A CLIENT request whose response arrived is forgotten this long after it. Its same-node
+/// server has read the request by then (it answered), but the server's own events can come
+/// later in the ring than the client's (the ring is ordered by event end): its exchange may
+/// still look its caller up. A request to another node is never looked up: this keeps what
+/// those cost to about a second of them instead of [`CALLER_TTL_NS`] (or the cap).
+const ANSWERED_CALLER_GRACE_NS: u64 = 1_000_000_000;
 
 #[derive(Debug)]
 struct TidState {
@@ -196,9 +205,14 @@ pub struct ParentResolver {
     /// completes: (seq, context) per connection.
     clients: HashMap<u64, SmallVec<[(u64, SpanContext); 1]>>,
     client_count: usize,
-    /// Recent CLIENT requests by address, for same-node SERVER spans (FIFO-bounded).
+    /// Recent CLIENT requests by address, for same-node SERVER spans: until a SERVER span
+    /// takes one as its parent, [`ANSWERED_CALLER_GRACE_NS`] after its response, or
+    /// [`CALLER_TTL_NS`] (FIFO-bounded by `cap`).
     callers: HashMap<AddrKey, Caller>,
+    /// (key, start) of `callers` in insertion order; entries taken meanwhile are skipped.
     caller_order: VecDeque<(AddrKey, u64)>,
+    /// (key, start, response time) of answered CLIENT requests, in the order answered.
+    answered: VecDeque<(AddrKey, u64, u64)>,
     scratch: Vec<u64>,
     /// Conntrack lookups, when on.
     nat: Option<Box<dyn NatLookup>>,
@@ -237,6 +251,7 @@ impl ParentResolver {
             client_count: 0,
             callers: HashMap::new(),
             caller_order: VecDeque::new(),
+            answered: VecDeque::new(),
             nat: None,
             nat_views: HashMap::new(),
         }
@@ -330,17 +345,25 @@ impl ParentResolver {
             head,
             start.injected.as_ref(),
         );
-        self.remember_caller(
-            (conn.local, conn.remote, start.head_position),
-            Caller {
-                trace_id: ctx.trace_id,
-                span_id: ctx.span_id,
-                flags: ctx.flags,
-                trace_state: ctx.trace_state.clone(),
-                start_ns: start.start_ns,
-                forwarded_from,
-            },
-        );
+        // The kernel put `traceparent` into this request, naming this span: a same-node callee
+        // reads it there (only a forwarded header's callee also needs the address).
+        let by_header = start
+            .injected
+            .as_ref()
+            .is_some_and(|c| c.injected() && !c.rewritten());
+        if !by_header {
+            self.remember_caller(
+                (conn.local, conn.remote, start.head_position),
+                Caller {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    flags: ctx.flags,
+                    trace_state: ctx.trace_state.clone(),
+                    start_ns: start.start_ns,
+                    forwarded_from,
+                },
+            );
+        }
         self.clients
             .entry(conn.conn_id)
             .or_default()
@@ -349,8 +372,15 @@ impl ParentResolver {
     }
 
     fn remember_caller(&mut self, key: AddrKey, caller: Caller) {
-        while self.caller_order.len() >= self.cap {
-            if let Some((old, _)) = self.caller_order.pop_front() {
+        // Entries already taken or forgotten go first (each costs one look-up, once), so the
+        // order stays about as long as the requests still remembered.
+        while let Some(&(old, at)) = self.caller_order.front() {
+            let live = self.callers.get(&old).is_some_and(|c| c.start_ns == at);
+            if live && self.caller_order.len() < self.cap {
+                break;
+            }
+            self.caller_order.pop_front();
+            if live {
                 self.callers.remove(&old);
             }
         }
@@ -365,16 +395,43 @@ impl ParentResolver {
             .filter(|c| c.start_ns <= server_start_ns)
     }
 
-    /// The same-node caller of a server request: by the server's view of the addresses, else
-    /// (NAT lookups on) by its client's view, looked up once per connection.
+    /// As [`Self::caller`], taken: one request has one callee, so a SERVER span that adopts
+    /// its caller ends the need to remember it.
+    fn take_caller(&mut self, key: &AddrKey, server_start_ns: u64) -> Option<Caller> {
+        self.caller(key, server_start_ns)?;
+        self.callers.remove(key)
+    }
+
+    /// The same-node caller of a server request, taken: by the server's view of the
+    /// addresses, else (NAT lookups on) by its client's view, looked up once per connection.
     fn find_caller(&mut self, conn_id: u64, key: &AddrKey, start_ns: u64) -> Option<Caller> {
-        if let Some(c) = self.caller(key, start_ns) {
-            return Some(c.clone());
+        if let Some(c) = self.take_caller(key, start_ns) {
+            return Some(c);
         }
         let (client, dialled) = self.nat_view(conn_id, key)?;
-        let c = self.caller(&(client, dialled, key.2), start_ns)?.clone();
+        let c = self.take_caller(&(client, dialled, key.2), start_ns)?;
         self.stats.nat_linked += 1;
         Some(c)
+    }
+
+    /// A CLIENT request was answered: its caller entry goes after the grace.
+    fn caller_answered(&mut self, key: AddrKey, end_ns: u64) {
+        let Some(start_ns) = self.callers.get(&key).map(|c| c.start_ns) else {
+            return;
+        };
+        if self.answered.len() >= self.cap
+            && let Some((old, at, _)) = self.answered.pop_front()
+            && self.callers.get(&old).is_some_and(|c| c.start_ns == at)
+        {
+            self.callers.remove(&old);
+        }
+        self.answered.push_back((key, start_ns, end_ns));
+    }
+
+    /// Callers remembered now (for tests and the bound's check).
+    #[cfg(test)]
+    fn callers_held(&self) -> usize {
+        self.callers.len()
     }
 
     /// How the client of server connection `conn_id` (seen as `key`) addressed it, when NAT
@@ -439,7 +496,9 @@ impl ParentResolver {
         {
             return false;
         }
-        let c = c.clone();
+        let Some(c) = self.callers.remove(key) else {
+            return false;
+        };
         self.adopt(ctx, c);
         self.stats.connection_won += 1;
         true
@@ -478,7 +537,7 @@ impl ParentResolver {
         // By address only: the caller's event may not be read yet (NAT lookups, which cannot
         // tell that, wait for `resolve_late`).
         if ctx.source == ParentSource::None
-            && let Some(c) = self.caller(&addr_key, start.start_ns).cloned()
+            && let Some(c) = self.take_caller(&addr_key, start.start_ns)
         {
             self.adopt(&mut ctx, c);
         } else {
@@ -686,6 +745,15 @@ impl ParentResolver {
                 self.callers.remove(&key);
             }
         }
+        while let Some(&(key, at, answered_ns)) = self.answered.front() {
+            if now_ns.saturating_sub(answered_ns) < ANSWERED_CALLER_GRACE_NS {
+                break;
+            }
+            self.answered.pop_front();
+            if self.callers.get(&key).is_some_and(|c| c.start_ns == at) {
+                self.callers.remove(&key);
+            }
+        }
     }
 
     /// The open server request thread `tid` of `pid` is serving, when it serves exactly one,
@@ -742,6 +810,7 @@ impl ParentResolver {
                 ctx
             }
             Direction::Egress => {
+                self.caller_answered((conn.local, conn.remote, ex.head_position), ex.end_ns);
                 let decided = self.clients.get_mut(&conn.conn_id).and_then(|q| {
                     let i = q.iter().position(|(seq, _)| *seq == ex.seq)?;
                     Some(q.remove(i).1)
@@ -1097,6 +1166,138 @@ mod tests {
 
     const PROXY: u32 = 100;
     const LOOP_TID: u32 = 100;
+
+    fn plain_head() -> RequestHead {
+        RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            version: "1.1",
+            ..RequestHead::default()
+        }
+    }
+
+    /// A keep-alive client and its same-node server: every SERVER span is its CLIENT span's
+    /// child, whether the server's head or the client's was read first, and nothing is left
+    /// remembered once each request was taken or answered.
+    #[test]
+    fn same_node_callers_are_taken_by_their_callee() {
+        let client = conn(1, 200, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+        let server = conn(2, 300, "127.0.0.1:8000", "127.0.0.1:6000", Role::Server);
+        let h = plain_head();
+        let mut r = resolver();
+        for seq in 0..1000u64 {
+            let t = 1_000 + seq * 10_000;
+            // Every other request: the server's head is read before the client's event.
+            let server_first = seq % 2 == 1;
+            if server_first {
+                r.on_start(
+                    &server,
+                    &start(Direction::Ingress, seq, 301, t + 5, &h, None),
+                );
+            }
+            r.on_start(&client, &start(Direction::Egress, seq, 201, t, &h, None));
+            if !server_first {
+                r.on_start(
+                    &server,
+                    &start(Direction::Ingress, seq, 301, t + 5, &h, None),
+                );
+            }
+            // The client's response can come before the server's own end in the ring.
+            let c = r.context_for(
+                &client,
+                &exchange(Direction::Egress, seq, 201, t, h.clone(), None),
+            );
+            let s = r.context_for(
+                &server,
+                &exchange(Direction::Ingress, seq, 301, t + 5, h.clone(), None),
+            );
+            assert_eq!(s.parent_span_id, Some(c.span_id), "request {seq}");
+            assert_eq!(s.trace_id, c.trace_id);
+            assert_eq!(s.source, ParentSource::Address);
+        }
+        assert_eq!(r.stats().address_linked, 1000);
+        assert_eq!(r.callers_held(), 0);
+        // The order is trimmed as requests come: about as long as what is remembered.
+        assert!(r.caller_order.len() <= 2, "{}", r.caller_order.len());
+    }
+
+    /// A request the kernel put `traceparent` into is not remembered by address: its
+    /// same-node callee reads the header, which names the CLIENT span.
+    #[test]
+    fn injected_requests_are_linked_by_their_header_alone() {
+        let client = conn(1, 200, "127.0.0.1:6000", "127.0.0.1:8000", Role::Client);
+        let server = conn(2, 300, "127.0.0.1:8000", "127.0.0.1:6000", Role::Server);
+        let mut r = resolver();
+        let mut kernel = SpanCtx {
+            span_id: [9; 8],
+            flags: 1,
+            state: CtxState::Injected as u8,
+            ..SpanCtx::default()
+        };
+        kernel.trace_id.copy_from_slice(&[0x4b; 16]);
+        let sent = plain_head();
+        r.on_start(
+            &client,
+            &start(Direction::Egress, 0, 201, 10, &sent, Some(kernel)),
+        );
+        assert_eq!(r.callers_held(), 0);
+        // What the server reads: the request with the inserted line.
+        let mut received = plain_head();
+        received.headers.push((
+            "traceparent".into(),
+            format!("00-{}-{}-01", "4b".repeat(16), hex(&[9; 8])).into(),
+        ));
+        r.on_start(
+            &server,
+            &start(Direction::Ingress, 0, 301, 20, &received, None),
+        );
+        let s = r.context_for(
+            &server,
+            &exchange(Direction::Ingress, 0, 301, 20, received.clone(), None),
+        );
+        let c = r.context_for(
+            &client,
+            &exchange(Direction::Egress, 0, 201, 10, sent, Some(kernel)),
+        );
+        assert_eq!(c.span_id, [9; 8]);
+        assert_eq!(s.parent_span_id, Some(c.span_id));
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(s.source, ParentSource::W3c);
+    }
+
+    /// Requests to another node are never taken: each is forgotten a second after its
+    /// response, so what they cost stays at about a second of them, not the cap.
+    #[test]
+    fn answered_callers_to_other_nodes_are_forgotten_after_a_second() {
+        let client = conn(1, 200, "10.0.0.1:6000", "10.0.0.2:8000", Role::Client);
+        let h = plain_head();
+        let mut r = ParentResolver::with_ids(10_000, 7, IdGenerator::from_seed(3));
+        let sec = 1_000_000_000u64;
+        for seq in 0..5000u64 {
+            let t = seq * (sec / 1000);
+            r.on_start(&client, &start(Direction::Egress, seq, 201, t, &h, None));
+            r.context_for(
+                &client,
+                &exchange(Direction::Egress, seq, 201, t, h.clone(), None),
+            );
+            if seq % 1000 == 999 {
+                r.tick(t, |_| true);
+                // At most the last second's requests (and those of the tick's own second).
+                assert!(r.callers_held() <= 2000, "{}", r.callers_held());
+            }
+        }
+        r.tick(5 * sec + ANSWERED_CALLER_GRACE_NS, |_| true);
+        assert_eq!(r.callers_held(), 0);
+        // A request still waiting for its response is kept.
+        r.on_start(
+            &client,
+            &start(Direction::Egress, 5000, 201, 6 * sec, &h, None),
+        );
+        r.tick(8 * sec, |_| true);
+        assert_eq!(r.callers_held(), 1);
+        r.tick(6 * sec + CALLER_TTL_NS, |_| true);
+        assert_eq!(r.callers_held(), 0);
+    }
 
     /// An nginx-like event loop: one thread holds four requests open at once, each forwarding
     /// its own incoming header upstream. Every CLIENT span is its SERVER span's child.
