@@ -68,7 +68,7 @@ use smallvec::SmallVec;
 
 // Not std's SipHash: these maps are looked up several times per request (foldhash, seeded
 // per process, as everywhere else in the agent).
-use hashbrown::HashMap;
+use hashbrown::{HashMap, hash_map::Entry};
 
 use super::context::{Extracted, ParentSource, extract};
 use super::{IdGenerator, SpanContext};
@@ -375,14 +375,13 @@ impl ParentResolver {
         // Entries already taken or forgotten go first (each costs one look-up, once), so the
         // order stays about as long as the requests still remembered.
         while let Some(&(old, at)) = self.caller_order.front() {
-            let live = self.callers.get(&old).is_some_and(|c| c.start_ns == at);
-            if live && self.caller_order.len() < self.cap {
+            if self.caller_order.len() < self.cap
+                && self.callers.get(&old).is_some_and(|c| c.start_ns == at)
+            {
                 break;
             }
             self.caller_order.pop_front();
-            if live {
-                self.callers.remove(&old);
-            }
+            self.forget_caller(&old, at);
         }
         self.caller_order.push_back((key, caller.start_ns));
         self.callers.insert(key, caller);
@@ -398,8 +397,20 @@ impl ParentResolver {
     /// As [`Self::caller`], taken: one request has one callee, so a SERVER span that adopts
     /// its caller ends the need to remember it.
     fn take_caller(&mut self, key: &AddrKey, server_start_ns: u64) -> Option<Caller> {
-        self.caller(key, server_start_ns)?;
-        self.callers.remove(key)
+        match self.callers.entry(*key) {
+            Entry::Occupied(e) if e.get().start_ns <= server_start_ns => Some(e.remove()),
+            _ => None,
+        }
+    }
+
+    /// Forgets the caller at `key` when it is still the request that started at `start_ns`
+    /// (a later request may have reused the key).
+    fn forget_caller(&mut self, key: &AddrKey, start_ns: u64) {
+        if let Entry::Occupied(e) = self.callers.entry(*key)
+            && e.get().start_ns == start_ns
+        {
+            e.remove();
+        }
     }
 
     /// The same-node caller of a server request, taken: by the server's view of the
@@ -421,9 +432,8 @@ impl ParentResolver {
         };
         if self.answered.len() >= self.cap
             && let Some((old, at, _)) = self.answered.pop_front()
-            && self.callers.get(&old).is_some_and(|c| c.start_ns == at)
         {
-            self.callers.remove(&old);
+            self.forget_caller(&old, at);
         }
         self.answered.push_back((key, start_ns, end_ns));
     }
@@ -741,18 +751,14 @@ impl ParentResolver {
                 break;
             }
             self.caller_order.pop_front();
-            if self.callers.get(&key).is_some_and(|c| c.start_ns == at) {
-                self.callers.remove(&key);
-            }
+            self.forget_caller(&key, at);
         }
         while let Some(&(key, at, answered_ns)) = self.answered.front() {
             if now_ns.saturating_sub(answered_ns) < ANSWERED_CALLER_GRACE_NS {
                 break;
             }
             self.answered.pop_front();
-            if self.callers.get(&key).is_some_and(|c| c.start_ns == at) {
-                self.callers.remove(&key);
-            }
+            self.forget_caller(&key, at);
         }
     }
 

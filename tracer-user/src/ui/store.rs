@@ -256,25 +256,6 @@ impl KeptSpan {
         )
     }
 
-    fn of_stored(span: &StoredSpan) -> Self {
-        let head = Head {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            parent_span_id: span.parent_span_id,
-            kind: span.kind,
-            start_unix_ns: span.start_unix_ns,
-            end_unix_ns: span.end_unix_ns,
-            error: span.error,
-            resource: span.resource.clone(),
-        };
-        Self::new(
-            head,
-            &span.name,
-            span.status_message.as_deref(),
-            &span.attributes,
-        )
-    }
-
     fn name(&self) -> &str {
         &self.text[..self.name_end as usize]
     }
@@ -713,22 +694,6 @@ impl RecentStore {
             name: &span.name,
         };
         self.offer(&arrival, || KeptSpan::of_span(span));
-    }
-
-    /// Offers one span given as readers see it.
-    pub fn insert(&self, span: StoredSpan) {
-        let arrival = Arrival {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            parent_span_id: span.parent_span_id,
-            kind: span.kind,
-            end_unix_ns: span.end_unix_ns,
-            duration_ns: span.duration_ns(),
-            error: span.error,
-            resource: &span.resource,
-            name: &span.name,
-        };
-        self.offer(&arrival, || KeptSpan::of_stored(&span));
     }
 
     /// Counts the span in its route (and edge), then keeps it when admitted: the copy is made
@@ -1230,20 +1195,8 @@ mod tests {
     fn oldest_traces_go_first_with_all_their_spans() {
         let store = store(5);
         for trace in 0..3u32 {
-            store.insert(StoredSpan::from_span(&span(
-                trace,
-                1,
-                None,
-                SpanKind::Server,
-                "a",
-            )));
-            store.insert(StoredSpan::from_span(&span(
-                trace,
-                2,
-                Some(1),
-                SpanKind::Client,
-                "a",
-            )));
+            store.insert_span(&span(trace, 1, None, SpanKind::Server, "a"));
+            store.insert_span(&span(trace, 2, Some(1), SpanKind::Client, "a"));
         }
         let stats = store.stats();
         // 6 spans > 5: trace 0 (2 spans) went, whole.
@@ -1277,7 +1230,7 @@ mod tests {
                 s.end_unix_ns = t + 90_000 - 10_000 * (2 - k as u64);
                 s.attributes
                     .push(("url.path", format!("/items/{i}").into()));
-                store.insert(StoredSpan::from_span(s));
+                store.insert_span(s);
             }
             let st = store.stats();
             max_seen = (max_seen.0.max(st.spans), max_seen.1.max(st.bytes));
@@ -1372,7 +1325,7 @@ mod tests {
             if i == 9 {
                 s.status = StatusCode::Error;
             }
-            store.insert(StoredSpan::from_span(&s));
+            store.insert_span(&s);
         }
         let now = test_span().start_unix_ns + 30 * SEC;
         let rows = store.routes(now, Window::OneMinute, None);
@@ -1402,10 +1355,10 @@ mod tests {
         for i in 0..5u32 {
             let mut s = span(i, 1, None, SpanKind::Server, "web");
             s.end_unix_ns = s.start_unix_ns + u64::from(i + 1) * 1_000_000;
-            store.insert(StoredSpan::from_span(&s));
+            store.insert_span(&s);
             let mut c = span(i, 2, Some(1), SpanKind::Client, "web");
             c.end_unix_ns = c.start_unix_ns + 500_000;
-            store.insert(StoredSpan::from_span(&c));
+            store.insert_span(&c);
         }
         let all = SpanFilter::default();
         assert_eq!(store.spans(&all, Order::Recent, 100, false).len(), 10);
@@ -1432,13 +1385,7 @@ mod tests {
         let mut slow = store.subscribe(8);
         let mut fast = store.subscribe(1000);
         for i in 0..100u32 {
-            store.insert(StoredSpan::from_span(&span(
-                i,
-                1,
-                None,
-                SpanKind::Server,
-                "a",
-            )));
+            store.insert_span(&span(i, 1, None, SpanKind::Server, "a"));
         }
         let st = store.stats();
         assert_eq!((st.live_clients, st.live_clients_dropped), (1, 1));
@@ -1457,13 +1404,7 @@ mod tests {
         assert_eq!(got, 100);
         // A reader that went away is forgotten, not counted as dropped.
         drop(fast);
-        store.insert(StoredSpan::from_span(&span(
-            999,
-            1,
-            None,
-            SpanKind::Server,
-            "a",
-        )));
+        store.insert_span(&span(999, 1, None, SpanKind::Server, "a"));
         let st = store.stats();
         assert_eq!((st.live_clients, st.live_clients_dropped), (0, 1));
     }

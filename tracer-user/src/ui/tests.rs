@@ -8,7 +8,6 @@ use std::{
 
 use super::*;
 use crate::span::{SpanKind, test_span};
-use store::StoredSpan;
 
 fn server(limits: StoreLimits) -> (UiServer, Arc<RecentStore>) {
     let store = Arc::new(RecentStore::new(limits, test_span().start_unix_ns));
@@ -94,7 +93,7 @@ fn a_trace_is_served_in_tree_order_with_its_critical_path() {
         });
         s.attributes
             .push(("tracer.parent.source", "address".into()));
-        store.insert(StoredSpan::from_span(&s));
+        store.insert_span(&s);
     }
     let (status, body) = get(ui.addr, &format!("/api/traces/{}", "01".repeat(16)));
     assert_eq!(status, 200, "{body}");
@@ -179,7 +178,7 @@ fn a_live_client_that_does_not_read_is_dropped_and_the_writer_never_waits() {
     // Far more than the queue and the socket buffers hold.
     for i in 0..200_000u32 {
         s.trace_id[..4].copy_from_slice(&i.to_le_bytes());
-        store.insert(StoredSpan::from_span(&s));
+        store.insert_span(&s);
         if store.stats().live_clients_dropped > 0 {
             break;
         }
